@@ -1,0 +1,54 @@
+# Breakwater: `make run` serves the demo; `make test` runs the suite. Nothing else is needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test test-sqlite lint format typecheck check bench clean
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Breakwater needs Python 3.11+, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-stamp: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.test-stamp: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@ $(VENV)/.run-stamp
+
+run: $(VENV)/.run-stamp
+	$(PY) manage.py demo
+
+# The whole suite on the configured database; when that is PostgreSQL, the database-behaviour
+# tests (migrations, constraints, apply) run a second time on SQLite.
+test: $(VENV)/.test-stamp
+	$(PY) -m pytest
+	@if [ -n "$$DATABASE_URL" ] && [[ "$$DATABASE_URL" != sqlite* ]]; then \
+		echo "--- database-behaviour tests again on SQLite"; \
+		DATABASE_URL= $(PY) -m pytest -m dbmatrix -q; \
+	fi
+
+lint: $(VENV)/.test-stamp
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.test-stamp
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+typecheck: $(VENV)/.test-stamp
+	$(PY) -m mypy .
+
+check: lint typecheck test
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py check
+
+bench: $(VENV)/.test-stamp
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) var/*.sqlite3* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+
+from agents.crypto import encrypt_secret
+from agents.models import Agent, ApiKey, Execution, ModelDeployment, Provider
+
+
+class ProviderForm(forms.ModelForm):
+    new_api_key = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Write-only: stored encrypted, never shown again. Leave blank to keep.",
+    )
+
+    class Meta:
+        model = Provider
+        fields = ["name", "kind", "base_url", "api_key_env", "simulation"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("new_api_key") and data.get("api_key_env"):
+            self.add_error("new_api_key", "use either api_key_env or a stored secret, not both")
+        return data
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
+    list_display = ["name", "kind", "base_url", "key_source"]
+    search_fields = ["name"]
+
+    @admin.display(description="key")
+    def key_source(self, obj: Provider) -> str:
+        if obj.api_key_env:
+            return f"env {obj.api_key_env}"
+        return "stored (encrypted)" if obj.has_stored_secret else "none"
+
+    def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
+        secret = form.cleaned_data.get("new_api_key")
+        if secret:
+            obj.api_key_encrypted = encrypt_secret(secret)
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(ModelDeployment)
+class ModelDeploymentAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "provider",
+        "upstream_model",
+        "input_usd_per_mtok",
+        "output_usd_per_mtok",
+        "max_concurrency",
+        "weight",
+        "enabled",
+    ]
+    list_filter = ["provider", "enabled"]
+    search_fields = ["name", "upstream_model"]
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["name", "model", "timeout_s", "max_retries", "cache_ttl_s", "enabled"]
+    list_filter = ["enabled", "model"]
+    search_fields = ["name", "description"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "scopes", "expires_at", "revoked_at", "last_used_at"]
+    readonly_fields = ["prefix", "created_at", "last_used_at"]
+    exclude = ["secret_hash"]
+    search_fields = ["name", "prefix"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are created by create_api_key / the API, which show them once
+
+
+@admin.register(Execution)
+class ExecutionAdmin(admin.ModelAdmin):
+    list_display = ["id", "agent_name", "status", "model", "cost_usd", "latency_ms", "created_at"]
+    list_filter = ["status", "cached", "fallback_reason"]
+    search_fields = ["id", "agent_name"]
+    date_hierarchy = "created_at"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

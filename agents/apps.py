@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class AgentsConfig(AppConfig):
+    name = "agents"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from agents.crypto import check_keys
+
+        check_keys()  # a malformed BREAKWATER_ENCRYPTION_KEYS stops start-up, naming it

@@ -1,0 +1,1 @@
+"""Config as code: ``apply`` and ``export`` (CONTRACT section 2)."""

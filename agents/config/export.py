@@ -1,0 +1,118 @@
+"""``config_export``: the database as a config document (the format ``apply`` reads).
+
+``export | apply`` is a no-op. Secrets are never exported: a provider with a stored secret is
+exported without it, and ``apply`` keeps a stored secret the file does not mention.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+from agents.models import Agent, ModelDeployment, Provider, ProviderKind
+from budgets.models import Budget, BudgetScope, BudgetWindow
+
+
+def _number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def config_export() -> dict[str, Any]:
+    providers = []
+    for provider in Provider.objects.order_by("name"):
+        item: dict[str, Any] = {"name": provider.name, "kind": provider.kind}
+        if provider.base_url:
+            item["base_url"] = provider.base_url
+        if provider.api_key_env:
+            item["api_key_env"] = provider.api_key_env
+        if provider.kind == ProviderKind.SIMULATED and provider.simulation:
+            item["simulation"] = dict(provider.simulation)
+        providers.append(item)
+
+    models = [
+        {
+            "name": d.name,
+            "provider": d.provider.name,
+            "upstream_model": d.upstream_model,
+            "input_usd_per_mtok": _number(d.input_usd_per_mtok),
+            "output_usd_per_mtok": _number(d.output_usd_per_mtok),
+            "max_concurrency": d.max_concurrency,
+            "weight": d.weight,
+            "enabled": d.enabled,
+        }
+        for d in ModelDeployment.objects.select_related("provider").order_by(
+            "name", "provider__name", "upstream_model"
+        )
+    ]
+
+    daily = {
+        b.agent_id: b.limit_usd
+        for b in Budget.objects.filter(scope=BudgetScope.AGENT, window=BudgetWindow.DAILY)
+    }
+    agents = []
+    for agent in Agent.objects.order_by("name"):
+        item = {"name": agent.name}
+        if agent.description:
+            item["description"] = agent.description
+        item["model"] = agent.model
+        item["fallback_models"] = list(agent.fallback_models)
+        if agent.cheap_model:
+            item["cheap_model"] = agent.cheap_model
+        item.update(
+            {
+                "system_prompt": agent.system_prompt,
+                "timeout_s": agent.timeout_s,
+                "max_retries": agent.max_retries,
+                "max_tokens": agent.max_tokens,
+                "breaker": {
+                    "failure_threshold": agent.breaker_failure_threshold,
+                    "recovery_timeout_s": agent.breaker_recovery_timeout_s,
+                    "half_open_max_calls": agent.breaker_half_open_max_calls,
+                },
+                "rate_limit": {"rpm": agent.rate_limit_rpm, "tpm": agent.rate_limit_tpm},
+                "cache_ttl_s": agent.cache_ttl_s,
+            }
+        )
+        if agent.pk in daily:
+            item["daily_budget_usd"] = _number(daily[agent.pk])
+        item["tools"] = list(agent.tools)
+        item["fallback_messages"] = dict(agent.fallback_messages)
+        item["enabled"] = agent.enabled
+        agents.append(item)
+
+    grouped: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
+    budgets_qs = (
+        Budget.objects.select_related("agent", "api_key")
+        .exclude(scope=BudgetScope.AGENT, window=BudgetWindow.DAILY)
+        .order_by("scope", "id")
+    )
+    for budget in budgets_qs:
+        target = None if budget.scope == BudgetScope.GLOBAL else budget.target
+        key = (budget.scope, target, budget.timezone, budget.warn_at_pct, budget.alert_at_pct)
+        entry = grouped[key]
+        if f"{budget.window}_limit_usd" in entry:  # pragma: no cover - unique per window
+            continue
+        entry.update({"scope": budget.scope} | ({"target": target} if target else {}))
+        entry[f"{budget.window}_limit_usd"] = _number(budget.limit_usd)
+        entry.update(
+            {
+                "timezone": budget.timezone,
+                "warn_at_pct": budget.warn_at_pct,
+                "alert_at_pct": budget.alert_at_pct,
+            }
+        )
+    return {
+        "providers": providers,
+        "models": models,
+        "agents": agents,
+        "budgets": list(grouped.values()),
+    }
+
+
+def config_export_yaml() -> str:
+    return yaml.safe_dump(
+        config_export(), sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
+    )

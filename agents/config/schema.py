@@ -1,0 +1,278 @@
+"""The config-as-code document (CONTRACT section 2), as pydantic models.
+
+Shape, types and ranges are checked here; references between entries (an agent's model exists,
+a budget's target exists) are checked in :mod:`agents.config.apply` against the document plus
+the database. Every error is reported as ``path: message``, e.g.
+``agents[2].breaker.failure_threshold: must be >= 1``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agents.models import ENV_NAME_RE, MODEL_NAME_RE, MONEY_MAX, PRICE_MAX, SLUG_RE
+from agents.runtime.fallbacks import FALLBACK_KINDS
+
+Slug = Annotated[str, StringConstraints(pattern=SLUG_RE)]
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_RE)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
+ToolName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")]
+Money = Annotated[Decimal, Field(ge=0, le=MONEY_MAX, allow_inf_nan=False, decimal_places=6)]
+Price = Annotated[Decimal, Field(ge=0, le=PRICE_MAX, allow_inf_nan=False, decimal_places=6)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host")
+    return value.rstrip("/")
+
+
+class SimulationSpec(Spec):
+    """Behaviour of a ``simulated`` provider: deterministic for a given seed."""
+
+    latency_ms: float = Field(default=800, ge=0, le=600_000, allow_inf_nan=False)
+    jitter_ms: float = Field(default=0, ge=0, le=600_000, allow_inf_nan=False)
+    error_rate: float = Field(default=0, ge=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+class ProviderSpec(Spec):
+    name: Slug
+    kind: Literal["openai", "anthropic", "simulated"]
+    base_url: str | None = None
+    api_key_env: EnvName | None = None
+    simulation: SimulationSpec | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> ProviderSpec:
+        if self.kind != "simulated" and self.simulation is not None:
+            raise ValueError("simulation: only allowed for kind simulated")
+        return self
+
+    def resolved_base_url(self) -> str:
+        return self.base_url or DEFAULT_BASE_URLS.get(self.kind, "")
+
+
+class ModelSpec(Spec):
+    name: ModelName
+    provider: Slug
+    upstream_model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    input_usd_per_mtok: Price
+    output_usd_per_mtok: Price
+    max_concurrency: int = Field(default=64, ge=1, le=100_000)
+    weight: int = Field(default=1, ge=1, le=1000)
+    enabled: bool = True
+
+
+class BreakerSpec(Spec):
+    failure_threshold: int = Field(default=5, ge=1, le=10_000)
+    recovery_timeout_s: float = Field(default=60, gt=0, le=86_400, allow_inf_nan=False)
+    half_open_max_calls: int = Field(default=1, ge=1, le=1000)
+
+
+class RateLimitSpec(Spec):
+    rpm: int | None = Field(default=None, ge=1, le=10_000_000)
+    tpm: int | None = Field(default=None, ge=1, le=10_000_000_000)
+
+
+class ToolSpec(Spec):
+    """A tool the agent may call: an allow-listed Python callable or an HTTP webhook."""
+
+    name: ToolName
+    kind: Literal["python", "webhook"]
+    description: str = Field(default="", max_length=1000)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    function: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    url: str | None = None
+    timeout_s: float = Field(default=10, gt=0, le=300, allow_inf_nan=False)
+    max_response_bytes: int = Field(default=65_536, ge=1, le=10 * 1024 * 1024)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ToolSpec:
+        if self.kind == "python" and (self.function is None or self.url is not None):
+            raise ValueError("a python tool needs `function` (module:callable) and no `url`")
+        if self.kind == "webhook" and (self.url is None or self.function is not None):
+            raise ValueError("a webhook tool needs `url` and no `function`")
+        if self.parameters.get("type") != "object":
+            raise ValueError("parameters: must be a JSON schema of type object")
+        return self
+
+
+class AgentSpec(Spec):
+    name: Slug
+    description: str = Field(default="", max_length=500)
+    model: ModelName
+    fallback_models: list[ModelName] = Field(default_factory=list, max_length=10)
+    cheap_model: ModelName | None = None
+    system_prompt: str = Field(default="", max_length=100_000)
+    timeout_s: Seconds = Field(default=30, le=3600)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    breaker: BreakerSpec = Field(default_factory=BreakerSpec)
+    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec)
+    cache_ttl_s: int = Field(default=0, ge=0, le=30 * 86_400)
+    daily_budget_usd: Money | None = None
+    tools: list[ToolSpec] = Field(default_factory=list, max_length=64)
+    fallback_messages: dict[
+        str, Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    ] = Field(default_factory=dict)
+    enabled: bool = True
+
+    @field_validator("fallback_messages")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - FALLBACK_KINDS)
+        if unknown:
+            raise ValueError(
+                f"unknown kind {unknown[0]!r}; expected one of {', '.join(sorted(FALLBACK_KINDS))}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _chain(self) -> AgentSpec:
+        if self.model in self.fallback_models:
+            raise ValueError("fallback_models: must not contain the agent's own model")
+        if len(set(self.fallback_models)) != len(self.fallback_models):
+            raise ValueError("fallback_models: must not repeat a model (a cycle)")
+        if self.cheap_model is not None and self.cheap_model == self.model:
+            raise ValueError("cheap_model: must differ from model")
+        names = [tool.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: tool names must be unique")
+        return self
+
+
+class BudgetSpec(Spec):
+    scope: Literal["global", "agent", "api_key"]
+    target: str | None = None  # agent name or API key prefix; none for global
+    daily_limit_usd: Money | None = None
+    monthly_limit_usd: Money | None = None
+    timezone: str = "UTC"
+    warn_at_pct: int = Field(default=50, ge=1, le=99)
+    alert_at_pct: int = Field(default=80, ge=2, le=100)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> BudgetSpec:
+        if self.scope == "global" and self.target is not None:
+            raise ValueError("target: not allowed for a global budget")
+        if self.scope != "global" and not self.target:
+            raise ValueError(f"target: required for scope {self.scope}")
+        if self.daily_limit_usd is None and self.monthly_limit_usd is None:
+            raise ValueError("set daily_limit_usd, monthly_limit_usd or both")
+        if self.warn_at_pct >= self.alert_at_pct:
+            raise ValueError("warn_at_pct: must be below alert_at_pct")
+        return self
+
+
+class ConfigDocument(Spec):
+    providers: list[ProviderSpec] = Field(default_factory=list)
+    models: list[ModelSpec] = Field(default_factory=list)
+    agents: list[AgentSpec] = Field(default_factory=list)
+    budgets: list[BudgetSpec] = Field(default_factory=list)
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "finite_number": "must be a finite number",
+    "extra_forbidden": "unknown field",
+    "missing": "is required",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "decimal_type": "must be a number",
+    "decimal_parsing": "must be a number",
+    "decimal_max_places": "must have at most {decimal_places} decimal places",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "string_pattern_mismatch": "invalid format (must match {pattern})",
+    "string_too_long": "must be at most {max_length} characters",
+    "string_too_short": "must not be empty",
+    "list_type": "must be a list",
+    "too_long": "must have at most {max_length} items",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-after") or part.startswith("function-"):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """``path: message`` lines, in document order."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        kind = err["type"]
+        ctx = {key: value for key, value in (err.get("ctx") or {}).items()}
+        if kind == "value_error":
+            message = str(ctx.get("error", err["msg"]))
+            # A validator may prefix its message with the sub-field it is about.
+            if ": " in message and message.split(": ", 1)[0].isidentifier():
+                field, message = message.split(": ", 1)
+                lines.append(f"{_path((*err['loc'], field))}: {message}")
+                continue
+        else:
+            template = _MESSAGES.get(kind)
+            message = template.format(**ctx) if template else err["msg"]
+        lines.append(f"{_path(err['loc'])}: {message}" if err["loc"] else message)
+    return lines

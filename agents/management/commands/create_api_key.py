@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.dateparse import parse_datetime
+
+from agents.services import api_key_create
+from console.errors import ValidationFailed
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class Command(BaseCommand):
+    help = "Create an API key and print it once (only its hash is stored)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", required=True)
+        parser.add_argument(
+            "--scopes", required=True, help="comma-separated: read,execute,operate,admin"
+        )
+        parser.add_argument("--agents", default="", help="comma-separated allow-list (default all)")
+        parser.add_argument("--expires-at", default=None, help="ISO 8601 date-time with offset")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        expires_at = None
+        if options["expires_at"]:
+            expires_at = parse_datetime(options["expires_at"])
+            if expires_at is None or expires_at.tzinfo is None:
+                raise CommandError("--expires-at: expected ISO 8601 with a UTC offset")
+        try:
+            created = api_key_create(
+                name=options["name"],
+                scopes=_csv(options["scopes"]),
+                agents=_csv(options["agents"]),
+                expires_at=expires_at,
+                actor="system:create_api_key",
+            )
+        except ValidationFailed as exc:
+            raise CommandError("; ".join(exc.errors)) from None
+        self.stdout.write(created.plaintext)
+        self.stderr.write(
+            f"Created key {created.api_key.prefix} ({created.api_key.scopes}). "
+            "Store it now: it cannot be shown again."
+        )

@@ -1,0 +1,324 @@
+"""Providers, model deployments, agents, API keys and executions.
+
+Invariants live in the database as CHECK/UNIQUE constraints, so a bad row is refused however it
+is written (ORM, admin, raw SQL, another service). ``agents.config`` validates the same rules
+earlier, with messages that name the field path, before anything touches the database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+SLUG_RE = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+MODEL_NAME_RE = r"^[A-Za-z0-9](?:[A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$"
+ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
+SCOPES_RE = r"^(read|execute|operate|admin)(,(read|execute|operate|admin)){0,3}$"
+MONEY_MAX = Decimal("100000000")  # $100M: anything above is a typo, not a budget
+PRICE_MAX = Decimal("100000")  # $100k per 1M tokens
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    SIMULATED = "simulated"
+
+
+class Provider(models.Model):
+    """An upstream LLM API. Its key is a reference to an env var or a Fernet token, never plain."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[RegexValidator(SLUG_RE)])
+    kind = models.CharField(max_length=16, choices=ProviderKind.choices)
+    base_url = models.URLField(max_length=500, blank=True, default="")
+    api_key_env = models.CharField(max_length=128, blank=True, default="")
+    api_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    # For `simulated` providers: latency_ms, jitter_ms, error_rate, seed (see agents.config).
+    simulation = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(name__regex=SLUG_RE), name="provider_name_slug"),
+            models.CheckConstraint(
+                condition=Q(kind__in=ProviderKind.values), name="provider_kind_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind=ProviderKind.SIMULATED) | ~Q(base_url=""),
+                name="provider_base_url_required",
+                violation_error_message="base_url is required for openai and anthropic providers",
+            ),
+            models.CheckConstraint(
+                condition=Q(api_key_env="") | Q(api_key_env__regex=ENV_NAME_RE),
+                name="provider_api_key_env_name",
+            ),
+            models.CheckConstraint(
+                condition=Q(api_key_env="") | Q(api_key_encrypted=""),
+                name="provider_one_key_source",
+                violation_error_message="use either api_key_env or a stored secret, not both",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_stored_secret(self) -> bool:
+        return bool(self.api_key_encrypted)
+
+
+class ModelDeployment(models.Model):
+    """One upstream model on one provider; deployments sharing ``name`` form a logical model."""
+
+    name = models.CharField(max_length=128, validators=[RegexValidator(MODEL_NAME_RE)])
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
+    upstream_model = models.CharField(max_length=128)
+    input_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    output_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    max_concurrency = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)])
+    weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name", "provider", "upstream_model"], name="deployment_identity_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(name__regex=MODEL_NAME_RE), name="deployment_name_valid"
+            ),
+            models.CheckConstraint(condition=~Q(upstream_model=""), name="deployment_upstream"),
+            models.CheckConstraint(
+                condition=Q(input_usd_per_mtok__gte=0, input_usd_per_mtok__lte=PRICE_MAX),
+                name="deployment_input_price_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(output_usd_per_mtok__gte=0, output_usd_per_mtok__lte=PRICE_MAX),
+                name="deployment_output_price_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_concurrency__gte=1, max_concurrency__lte=100000),
+                name="deployment_concurrency_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(weight__gte=1, weight__lte=1000), name="deployment_weight_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.provider_id}:{self.upstream_model}"
+
+
+class Agent(models.Model):
+    """An agent config: the CONTRACT's config-as-code fields, one column per scalar."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[RegexValidator(SLUG_RE)])
+    description = models.CharField(max_length=500, blank=True, default="")
+    model = models.CharField(max_length=128)
+    fallback_models = models.JSONField(default=list, blank=True)
+    cheap_model = models.CharField(max_length=128, blank=True, default="")
+    system_prompt = models.TextField(blank=True, default="")
+    timeout_s = models.FloatField(default=30.0)
+    max_retries = models.PositiveSmallIntegerField(default=3)
+    max_tokens = models.PositiveIntegerField(default=1024)
+    breaker_failure_threshold = models.PositiveIntegerField(default=5)
+    breaker_recovery_timeout_s = models.FloatField(default=60.0)
+    breaker_half_open_max_calls = models.PositiveIntegerField(default=1)
+    rate_limit_rpm = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_tpm = models.PositiveIntegerField(null=True, blank=True)
+    cache_ttl_s = models.PositiveIntegerField(default=0)
+    tools = models.JSONField(default=list, blank=True)
+    fallback_messages = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(name__regex=SLUG_RE), name="agent_name_slug"),
+            models.CheckConstraint(condition=~Q(model=""), name="agent_model_required"),
+            # Upper bounds also reject NaN and infinity (PostgreSQL sorts NaN above every number).
+            models.CheckConstraint(
+                condition=Q(timeout_s__gt=0, timeout_s__lte=3600), name="agent_timeout_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_retries__gte=0, max_retries__lte=10), name="agent_retries_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_tokens__gte=1, max_tokens__lte=1_000_000),
+                name="agent_max_tokens_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(breaker_failure_threshold__gte=1, breaker_failure_threshold__lte=10000),
+                name="agent_breaker_threshold_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    breaker_recovery_timeout_s__gt=0, breaker_recovery_timeout_s__lte=86400
+                ),
+                name="agent_breaker_recovery_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    breaker_half_open_max_calls__gte=1, breaker_half_open_max_calls__lte=1000
+                ),
+                name="agent_breaker_half_open_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(rate_limit_rpm__isnull=True) | Q(rate_limit_rpm__gte=1),
+                name="agent_rpm_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(rate_limit_tpm__isnull=True) | Q(rate_limit_tpm__gte=1),
+                name="agent_tpm_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(cache_ttl_s__gte=0, cache_ttl_s__lte=30 * 86400),
+                name="agent_cache_ttl_range",
+            ),
+            models.CheckConstraint(
+                condition=~Q(cheap_model=models.F("model")) | Q(cheap_model=""),
+                name="agent_cheap_model_differs",
+                violation_error_message="cheap_model must differ from model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Scope(models.TextChoices):
+    READ = "read"
+    EXECUTE = "execute"
+    OPERATE = "operate"
+    ADMIN = "admin"
+
+
+class ApiKey(models.Model):
+    """An API key: the public ``prefix`` finds the row, the SHA-256 of the whole key proves it.
+
+    Keys carry 190 bits of randomness, so a fast hash is safe (no offline guessing is feasible)
+    and keeps authentication cheap; comparison is constant-time (see ``agents.keys``).
+    """
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    scopes = models.CharField(max_length=64)  # comma-separated, checked by the database
+    agents = models.ManyToManyField(Agent, blank=True, related_name="api_keys")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(scopes__regex=SCOPES_RE), name="apikey_scopes_valid"
+            ),
+            models.CheckConstraint(condition=Q(prefix__startswith="bw_"), name="apikey_prefix"),
+            models.CheckConstraint(
+                condition=Q(secret_hash__regex=r"^[0-9a-f]{64}$"),  # noqa: S106 - a pattern
+                name="apikey_hash_sha256",
+            ),
+            models.CheckConstraint(condition=~Q(name=""), name="apikey_name_required"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(self.scopes.split(","))
+
+
+class ExecutionStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FallbackReason(models.TextChoices):
+    CIRCUIT_OPEN = "circuit_open"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    LLM_ERROR = "llm_error"
+    TOOL_ERROR = "tool_error"
+
+
+class Execution(models.Model):
+    """One agent execution: the CONTRACT's execution result, as stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent_name = models.CharField(max_length=64)
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
+    status = models.CharField(max_length=16, choices=ExecutionStatus.choices)
+    input = models.JSONField(default=list)
+    output = models.TextField(blank=True, default="")
+    model = models.CharField(max_length=128, blank=True, default="")
+    deployment_id = models.BigIntegerField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    fallback_used = models.BooleanField(default=False)
+    fallback_reason = models.CharField(  # noqa: DJ001 - the contract says null, not ""
+        max_length=32, choices=FallbackReason.choices, null=True, blank=True
+    )
+    cached = models.BooleanField(default=False)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    session_id = models.CharField(max_length=128, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    steps = models.JSONField(default=list, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # Keyset pagination: WHERE agent_name = ? AND (created_at, id) < (?, ?) ORDER BY ...
+            models.Index(fields=["agent_name", "-created_at", "-id"], name="execution_agent_time"),
+            models.Index(fields=["status", "-created_at", "-id"], name="execution_status_time"),
+            models.Index(fields=["-created_at", "-id"], name="execution_time"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=ExecutionStatus.values), name="execution_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(fallback_reason__isnull=True)
+                | Q(fallback_reason__in=FallbackReason.values),
+                name="execution_fallback_reason_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(cost_usd__gte=0, cost_usd__lte=MONEY_MAX),
+                name="execution_cost_range",
+            ),
+            models.CheckConstraint(
+                condition=~Q(fallback_used=True) | Q(fallback_reason__isnull=False),
+                name="execution_fallback_has_reason",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_name}:{self.id}"

@@ -1,0 +1,37 @@
+"""The one NinjaAPI, mounted at /api/v1/. Each app contributes a Router from <app>/api.py."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import ValidationError as NinjaValidationError
+
+from console.errors import ApplicationError
+
+api = NinjaAPI(
+    title="Breakwater API",
+    version="1",
+    urls_namespace="api",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+def error_body(type_: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"type": type_, "message": message}}
+
+
+@api.exception_handler(ApplicationError)
+def _application_error(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
+    return api.create_response(request, error_body(exc.type, exc.message), status=exc.status)
+
+
+@api.exception_handler(NinjaValidationError)
+def _validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    lines = []
+    for err in exc.errors:
+        loc = ".".join(str(part) for part in err.get("loc", ()) if part not in {"body", "payload"})
+        lines.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
+    return api.create_response(
+        request, error_body("validation_error", "; ".join(lines)), status=422
+    )

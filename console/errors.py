@@ -1,0 +1,37 @@
+"""Domain errors. Every API maps them to ``{"error": {"type", "message"}}`` in one place."""
+
+from __future__ import annotations
+
+
+class ApplicationError(Exception):
+    status = 400
+    type = "invalid_request"
+
+    def __init__(self, message: str, *, status: int | None = None, type: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+
+
+class NotFound(ApplicationError):
+    status = 404
+    type = "not_found"
+
+
+class Conflict(ApplicationError):
+    status = 409
+    type = "conflict"
+
+
+class ValidationFailed(ApplicationError):
+    """Bad input; ``errors`` holds one ``path: message`` line per problem."""
+
+    status = 422
+    type = "validation_error"
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("; ".join(errors))

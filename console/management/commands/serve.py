@@ -1,0 +1,87 @@
+"""``manage.py serve``: the production ASGI server (uvicorn with uvloop + httptools).
+
+In embedded mode it also runs the worker and scheduler in-process. SIGINT/SIGTERM stop the HTTP
+server first (in-flight requests finish), then the scheduler and worker, then the process exits
+with nothing left behind. See docs/DECISIONS.md for why uvicorn rather than daphne.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+log = logging.getLogger("breakwater.serve")
+
+
+class Command(BaseCommand):
+    help = "Serve console, API and websockets (and, in embedded mode, the worker and scheduler)."
+    requires_system_checks = []  # `check` runs at import of the app; keep start-up fast
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--no-embedded",
+            action="store_true",
+            help="do not run the in-process worker/scheduler even in embedded mode",
+        )
+        parser.add_argument("--access-log", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not 0 < options["port"] < 65536:
+            self.stderr.write(f"--port: must be between 1 and 65535, got {options['port']}")
+            raise SystemExit(2)
+        config = uvicorn.Config(
+            "console.asgi:application",
+            host=options["host"],
+            port=options["port"],
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            lifespan="off",
+            access_log=options["access_log"],
+            log_level=settings.LOG_LEVEL.lower(),
+            timeout_graceful_shutdown=15,
+            proxy_headers=settings.SECURE_PROXY_SSL_HEADER is not None,
+            server_header=False,
+        )
+        embedded = settings.EMBEDDED and not options["no_embedded"]
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_main(uvicorn.Server(config), embedded=embedded))
+
+
+async def _main(server: uvicorn.Server, *, embedded: bool) -> None:
+    # uvicorn captures SIGINT/SIGTERM during serve() and re-raises them afterwards; these
+    # handlers receive that re-raise, so the embedded components below stop in order instead
+    # of being torn down by a KeyboardInterrupt.
+    def _quiet(sig: int, frame: FrameType | None) -> None:
+        return None
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _quiet)
+
+    worker = scheduler = None
+    if embedded:
+        from console.embedded import EmbeddedScheduler, EmbeddedWorker
+
+        worker = EmbeddedWorker()
+        scheduler = EmbeddedScheduler(worker=worker)
+        scheduler.start()
+        log.info("embedded mode: in-process worker and scheduler running")
+    try:
+        await server.serve()
+    finally:
+        if scheduler is not None:
+            await scheduler.stop()
+        if worker is not None:
+            await worker.stop()
+        log.info("stopped")

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.db import migrations
+
+from console.db import append_only
+
+
+class Migration(migrations.Migration):
+    dependencies = [("console", "0001_initial")]
+
+    operations = [append_only("console_auditevent")]

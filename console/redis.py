@@ -1,0 +1,33 @@
+"""One Redis connection pool per process and event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import lru_cache
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+_async_clients: dict[int, aioredis.Redis] = {}
+
+
+def get_async_redis() -> aioredis.Redis:
+    """The asyncio client for the running loop (a pool cannot be shared across loops)."""
+    if settings.REDIS_URL is None:
+        raise RuntimeError("REDIS_URL is not set (embedded mode has no Redis)")
+    loop_id = id(asyncio.get_running_loop())
+    client = _async_clients.get(loop_id)
+    if client is None:
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30
+        )
+        _async_clients[loop_id] = client
+    return client
+
+
+@lru_cache(maxsize=1)
+def get_redis() -> redis.Redis:
+    if settings.REDIS_URL is None:
+        raise RuntimeError("REDIS_URL is not set (embedded mode has no Redis)")
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)

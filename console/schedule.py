@@ -1,0 +1,31 @@
+"""Periodic jobs, declared once: Celery beat runs them in distributed mode and the embedded
+scheduler runs them in-process in embedded mode.
+
+Each job is a Celery task (so beat can send it) whose body is a plain function of no
+arguments; jobs must be idempotent and safe to run concurrently with themselves across
+processes (they claim work with conditional UPDATEs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    task: str  # dotted Celery task name
+    every_s: float
+
+
+JOBS: tuple[Job, ...] = (
+    Job("executions-reap-stale", "agents.tasks.executions_reap_stale", every_s=60),
+)
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    return {
+        job.name: {"task": job.task, "schedule": job.every_s, "options": {"expires": job.every_s}}
+        for job in JOBS
+    }

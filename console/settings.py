@@ -1,0 +1,243 @@
+"""Breakwater settings: read from the environment only (CONTRACT section 2).
+
+Zero configuration gives the embedded mode: SQLite under ``var/``, in-process state, an in-memory
+channel layer and an in-process worker and scheduler. ``DATABASE_URL`` switches to PostgreSQL and
+``REDIS_URL`` to Redis (channel layer, Celery broker and result backend, Django cache, hot state).
+A ``.env`` file in the project root is read first if present; real environment variables win.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+from console.env import env_bool, env_float, env_int, env_list, env_str, env_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env", override=False)
+
+VAR_DIR = Path(env_str("BREAKWATER_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """``SECRET_KEY`` or, on a laptop, one generated once and kept in ``var/`` (mode 0600)."""
+    value = os.environ.get("SECRET_KEY", "").strip()
+    if value:
+        if len(value) < 32:
+            raise ImproperlyConfigured("SECRET_KEY: must be at least 32 characters long")
+        return value
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- Mode ---------------------------------------------------------------------------------
+REDIS_URL = env_url("REDIS_URL", None, schemes=frozenset({"redis", "rediss", "unix"}))
+EMBEDDED = REDIS_URL is None
+CELERY_BROKER_URL = env_url(
+    "CELERY_BROKER_URL",
+    REDIS_URL or "memory://",
+    schemes=frozenset({"redis", "rediss", "amqp", "amqps", "memory"}),
+)
+
+# --- Secrets at rest ---------------------------------------------------------------------
+# Comma-separated Fernet keys: the first encrypts, all decrypt (rotation). Validated in
+# agents.crypto at start-up so a malformed key names the variable.
+BREAKWATER_ENCRYPTION_KEYS = env_list("BREAKWATER_ENCRYPTION_KEYS", [])
+
+# --- Limits ------------------------------------------------------------------------------
+BREAKWATER_MAX_BODY_BYTES = env_int("BREAKWATER_MAX_BODY_BYTES", 1 << 20, min_value=1024)
+BREAKWATER_REQUIRE_SERVICES = env_bool("BREAKWATER_REQUIRE_SERVICES", False)
+BREAKWATER_STALE_EXECUTION_S = env_int(
+    "BREAKWATER_STALE_EXECUTION_S", 3900, min_value=60
+)  # > the longest agent deadline (3600 s)
+BREAKWATER_READYZ_TIMEOUT_S = env_float(
+    "BREAKWATER_READYZ_TIMEOUT_S", 2.0, min_value=0.05, max_value=30
+)
+
+# --- Applications ------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "channels",
+    "console",
+    "agents",
+    "budgets",
+    "incidents",
+]
+if DEBUG:
+    INSTALLED_APPS.insert(0, "daphne")  # `runserver` serves websockets in development
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "console.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------------------
+DATABASE_URL = env_url(
+    "DATABASE_URL",
+    f"sqlite:///{VAR_DIR / 'breakwater.sqlite3'}",
+    schemes=frozenset({"sqlite", "postgres", "postgresql", "pgsql"}),
+)
+assert DATABASE_URL is not None
+try:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0)
+except ValueError as exc:  # pragma: no cover - env_url already checked the scheme
+    raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from None
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL + a busy timeout let the server, the in-process worker and `manage.py` commands
+    # share the file without "database is locked" errors.
+    _db["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    _db["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache, channel layer, Celery -------------------------------------------------------
+CACHES: dict[str, dict[str, object]]
+CHANNEL_LAYERS: dict[str, dict[str, object]]
+if EMBEDDED:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "bw:cache",
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "bw:asgi"},
+        }
+    }
+
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Auth, i18n, static ------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+# Serve straight from the finders when nothing was collected (a laptop); production collects.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_MANIFEST_STRICT = False
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = BREAKWATER_MAX_BODY_BYTES
+
+# --- Security (production defaults; `manage.py check --deploy` is clean with HTTPS on) ------
+BREAKWATER_HTTPS = env_bool("BREAKWATER_HTTPS", False)
+SESSION_COOKIE_SECURE = BREAKWATER_HTTPS
+CSRF_COOKIE_SECURE = BREAKWATER_HTTPS
+SECURE_SSL_REDIRECT = BREAKWATER_HTTPS
+SECURE_HSTS_SECONDS = env_int(
+    "SECURE_HSTS_SECONDS", 31536000 if BREAKWATER_HTTPS else 0, min_value=0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = BREAKWATER_HTTPS
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BREAKWATER_BEHIND_PROXY", False) else None
+)
+# Health probes and metrics are plain HTTP from inside the cluster.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # htmx reads it to send X-CSRFToken
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Logging -----------------------------------------------------------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL: unknown level {LOG_LEVEL!r}")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

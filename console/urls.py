@@ -1,0 +1,17 @@
+"""URL configuration: console pages, admin, the API, /v1, health and metrics."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+
+from console import views
+from console.api import api
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
+]

@@ -1,0 +1,86 @@
+"""Shared fixtures and the service policy.
+
+Tests that need PostgreSQL, Redis or Chromium ask for them through :func:`require_service`.
+Without the service they skip, unless ``BREAKWATER_REQUIRE_SERVICES=1`` (CI), where a missing
+service fails the test: CI must never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE = os.environ.get("BREAKWATER_REQUIRE_SERVICES", "").strip().lower() in {
+    "1",
+    "true",
+    "yes",
+    "on",
+}
+
+
+def require_service(name: str, available: bool, hint: str) -> None:
+    if available:
+        return
+    message = f"{name} not available: {hint}"
+    if REQUIRE:
+        pytest.fail(f"{message} (BREAKWATER_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def _redis_reachable() -> bool:
+    if not settings.REDIS_URL:
+        return False
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    require_service("Redis", _redis_reachable(), "set REDIS_URL to a reachable server")
+    assert settings.REDIS_URL is not None
+    return settings.REDIS_URL
+
+
+@pytest.fixture
+def postgres(db: None) -> None:
+    from django.db import connection
+
+    require_service(
+        "PostgreSQL", connection.vendor == "postgresql", "set DATABASE_URL=postgres://..."
+    )
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    require_service("Chromium", path is not None, "apt-get install chromium chromium-driver")
+    assert path is not None
+    return path
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI, refuse to start when the services the suite is meant to exercise are absent."""
+    if not REQUIRE or hasattr(session.config, "workerinput"):
+        return
+    problems = []
+    on_postgres = os.environ.get("DATABASE_URL", "").startswith(("postgres", "postgresql"))
+    if not on_postgres and "dbmatrix" not in (session.config.option.markexpr or ""):
+        problems.append("DATABASE_URL is not a PostgreSQL URL")
+    if not _redis_reachable():
+        problems.append("REDIS_URL is not set or Redis does not answer")
+    if problems:
+        raise pytest.UsageError("BREAKWATER_REQUIRE_SERVICES=1 but " + "; ".join(problems))
+
+
+@pytest.fixture
+def demo_yaml() -> str:
+    return (ROOT / "demo" / "breakwater.yaml").read_text()
