@@ -1,0 +1,551 @@
+"""The executor: one agent execution through every safeguard.
+
+Order (ARCHITECTURE "data flow"): agent breaker -> rate limits -> deployment choice (least
+loaded, breaker-aware) -> attempt with deadline -> retries (exponential backoff, full jitter,
+``Retry-After``) -> fallback models -> tool loop -> record, metrics, live events.
+
+Round trips to shared state: one :meth:`StateStore.admit` before the first provider call and one
+:meth:`StateStore.complete` after the last; only failures (retries, fallbacks) add more. Breakers
+known to be open are remembered locally until their ``open_until``, so a rejected call costs no
+round trip at all.
+
+The deadline (``timeout_s``) bounds everything, retries and fallbacks included: no attempt starts
+that could not get at least ``min_attempt_s`` before it, and each attempt's own timeout is the
+time left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+from agents.runtime.clock import Clock
+from agents.runtime.errors import (
+    ClientError,
+    FallbackReason,
+    MessageKey,
+    ProviderFailure,
+    Timeout,
+    policy_for,
+)
+from agents.runtime.fallbacks import DEFAULT_FALLBACK_MESSAGES
+from agents.runtime.ports import ConfigSource, EventSink, NullEvents, RecordSink, SessionStore
+from agents.runtime.providers.base import OnToken, ProviderClient, estimate_messages
+from agents.runtime.state import (
+    AdmitRequest,
+    AttemptResult,
+    BreakerConfig,
+    BreakerState,
+    Candidate,
+    Completion,
+    Outcome,
+    RateLimit,
+    StateStore,
+    Transition,
+    agent_breaker_key,
+)
+from agents.runtime.types import (
+    AgentConfig,
+    ChatRequest,
+    ChatResponse,
+    Deployment,
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutionStatus,
+    Message,
+    Step,
+    Usage,
+)
+
+MTOK = Decimal(1_000_000)
+
+
+class UnknownAgent(Exception):
+    """No enabled agent has that name."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_s: float = 0.25
+    cap_s: float = 8.0
+    min_attempt_s: float = 0.05  # never start an attempt with less time than this left
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**retry)]."""
+        return rng.uniform(0.0, min(self.cap_s, self.base_s * (2**retry)))
+
+
+# Deployments are shared by agents, so their breakers use one configuration of their own.
+DEFAULT_DEPLOYMENT_BREAKER = BreakerConfig(
+    failure_threshold=5, recovery_timeout_s=30.0, half_open_max_calls=1
+)
+
+
+def price(deployment: Deployment, usage: Usage) -> Decimal:
+    return (
+        deployment.input_usd_per_mtok * usage.input_tokens
+        + deployment.output_usd_per_mtok * usage.output_tokens
+    ) / MTOK
+
+
+@dataclass
+class _Run:
+    """Mutable bookkeeping for one execution."""
+
+    request: ExecutionRequest
+    agent: AgentConfig
+    started: float  # monotonic
+    created_at: float  # wall clock
+    deadline: float  # monotonic
+    messages: tuple[Message, ...]
+    max_tokens: int
+    steps: list[Step] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cost: Decimal = Decimal(0)
+    attempts: int = 0
+    fallback_reason: FallbackReason | None = None
+    transitions: list[Transition] = field(default_factory=list)
+    streamed_chars: int = 0
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        config: ConfigSource,
+        state: StateStore,
+        providers: ProviderClient,
+        clock: Clock,
+        records: RecordSink,
+        events: EventSink | None = None,
+        sessions: SessionStore | None = None,
+        retry: RetryPolicy | None = None,
+        deployment_breaker: BreakerConfig = DEFAULT_DEPLOYMENT_BREAKER,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._state = state
+        self._providers = providers
+        self._clock = clock
+        self._records = records
+        self._events = events or NullEvents()
+        self._sessions = sessions
+        self._retry = retry or RetryPolicy()
+        self._deployment_breaker = deployment_breaker
+        self._rng = rng or random.Random()
+        # breaker key -> wall-clock time until which it is known to be open
+        self._open_until: dict[str, float] = {}
+
+    # --- public -----------------------------------------------------------------------------
+
+    async def execute(
+        self, request: ExecutionRequest, *, on_token: OnToken | None = None
+    ) -> ExecutionResult:
+        agent = self._config.agent(request.agent)
+        if agent is None:
+            raise UnknownAgent(request.agent)
+        history: tuple[Message, ...] = ()
+        if request.session_id and self._sessions is not None:
+            history = await self._sessions.history(agent.name, request.session_id)
+        system = (Message("system", agent.system_prompt),) if agent.system_prompt else ()
+        started = self._clock.monotonic()
+        run = _Run(
+            request=request,
+            agent=agent,
+            started=started,
+            created_at=self._clock.now(),
+            deadline=started + agent.timeout_s,
+            messages=system + history + request.messages,
+            max_tokens=min(request.max_tokens or agent.max_tokens, agent.max_tokens),
+        )
+        self._events.execution_started(request.execution_id, agent.name)
+        try:
+            result = await self._run(run, on_token)
+        except asyncio.CancelledError:
+            result = self._result(run, ExecutionStatus.CANCELLED, "", None, None)
+            self._finish(run, result)
+            raise
+        self._finish(run, result)
+        if (
+            request.session_id
+            and self._sessions is not None
+            and result.status == ExecutionStatus.SUCCEEDED
+        ):
+            await self._sessions.append(
+                agent.name,
+                request.session_id,
+                (*request.messages, Message("assistant", result.output)),
+            )
+        return result
+
+    # --- the pipeline -------------------------------------------------------------------------
+
+    async def _run(self, run: _Run, on_token: OnToken | None) -> ExecutionResult:
+        agent = run.agent
+        now = self._clock.now()
+        agent_key = agent_breaker_key(agent.name)
+        if self._open_until.get(agent_key, 0.0) > now:
+            run.steps.append(Step("refused", outcome="circuit_open", detail="agent breaker open"))
+            return self._degraded(run, "circuit_open", "unavailable", model=None, deployment=None)
+
+        chain = (agent.model, *agent.fallback_models)
+        model_index = self._first_usable(chain, now)
+        if model_index is None:
+            run.steps.append(Step("refused", outcome="circuit_open", detail="all models open"))
+            return self._degraded(run, "circuit_open", "unavailable", model=None, deployment=None)
+        if model_index > 0:
+            run.fallback_reason = "circuit_open"
+
+        estimate = estimate_messages(run.messages) + run.max_tokens
+        limits = []
+        if agent.rate_limits.rpm:
+            limits.append(RateLimit(f"rpm:agent:{agent.name}", agent.rate_limits.rpm, 60.0, 1))
+        if agent.rate_limits.tpm:
+            limits.append(
+                RateLimit(f"tpm:agent:{agent.name}", agent.rate_limits.tpm, 60.0, estimate)
+            )
+        lease_ttl = agent.timeout_s + 30.0
+        while True:
+            admission = await self._state.admit(
+                AdmitRequest(
+                    lease_id=run.request.execution_id,
+                    lease_ttl_s=lease_ttl,
+                    agent_breaker_key=agent_key,
+                    agent_breaker=agent.breaker,
+                    rate_limits=tuple(limits),
+                    candidates=self._candidates(chain[model_index]),
+                    deployment_breaker=self._deployment_breaker,
+                )
+            )
+            self._learn(admission.transitions, admission.open_until, agent.breaker)
+            if admission.ok or admission.refusal in ("rate_limited",):
+                break
+            if admission.refusal == "circuit_open" and agent_key in admission.open_until:
+                break  # the agent's own breaker
+            # This model's deployments are all open or full: try the next model.
+            run.fallback_reason = run.fallback_reason or "circuit_open"
+            model_index += 1
+            if model_index >= len(chain):
+                break
+        if not admission.ok:
+            if admission.refusal == "rate_limited":
+                run.steps.append(Step("refused", outcome="rate_limited"))
+                return self._degraded(
+                    run, "rate_limited", "rate_limit", None, None, retry_after=admission.retry_after
+                )
+            if admission.refusal == "no_deployment":  # every deployment at max_concurrency
+                run.steps.append(Step("refused", outcome="no_capacity"))
+                return self._degraded(
+                    run, "rate_limited", "rate_limit", None, None, retry_after=1.0
+                )
+            run.steps.append(Step("refused", outcome="circuit_open"))
+            return self._degraded(run, "circuit_open", "unavailable", None, None)
+
+        agent_probe = admission.agent_probe
+        deployment_id = admission.deployment_id
+        probe = admission.deployment_probe
+        retries = 0
+        settle = tuple(
+            (limit.key, limit.window_s, 0) for limit in limits if limit.key.startswith("tpm:")
+        )
+
+        async def complete(attempt: AttemptResult | None, agent_outcome: Outcome | None) -> None:
+            tokens = run.usage.input_tokens + run.usage.output_tokens
+            moved = await self._state.complete(
+                Completion(
+                    attempt=attempt,
+                    deployment_breaker=self._deployment_breaker,
+                    agent_breaker_key=agent_key if agent_outcome is not None else None,
+                    agent_breaker=agent.breaker if agent_outcome is not None else None,
+                    agent_outcome=agent_outcome,
+                    agent_duration_s=self._clock.monotonic() - run.started,
+                    agent_probe=agent_probe,
+                    entry_id=run.request.execution_id,
+                    rate_settlements=tuple((k, w, tokens) for k, w, _ in settle)
+                    if agent_outcome is not None
+                    else (),
+                )
+            )
+            self._learn(moved, {}, agent.breaker)
+
+        while True:
+            assert deployment_id is not None
+            deployment = self._deployment(chain[model_index], deployment_id)
+            remaining = run.deadline - self._clock.monotonic()
+            run.attempts += 1
+            started = self._clock.monotonic()
+            try:
+                response = await self._attempt(run, deployment, remaining, on_token)
+            except asyncio.CancelledError:
+                # The caller went away (client disconnect, shutdown). Charge what was produced,
+                # give back the lease and any probe slots, settle rate limits; then re-raise.
+                if run.streamed_chars:
+                    produced = Usage(estimate_messages(run.messages), (run.streamed_chars + 3) // 4)
+                    self._charge(run, deployment, produced)
+                cancelled = AttemptResult(
+                    deployment.id,
+                    run.request.execution_id,
+                    Outcome.IGNORED,
+                    self._clock.monotonic() - started,
+                    probe,
+                )
+                await asyncio.shield(complete(cancelled, Outcome.IGNORED))
+                raise
+            except ProviderFailure as failure:
+                elapsed = self._clock.monotonic() - started
+                policy = policy_for(failure)
+                self._charge(run, deployment, Usage(failure.input_tokens, failure.output_tokens))
+                run.steps.append(
+                    Step(
+                        "attempt",
+                        model=deployment.model,
+                        deployment=deployment.id,
+                        outcome=type(failure).__name__,
+                        detail=failure.message[:300],
+                        latency_ms=elapsed * 1000,
+                        input_tokens=failure.input_tokens,
+                        output_tokens=failure.output_tokens,
+                    )
+                )
+                attempt = AttemptResult(
+                    deployment.id,
+                    run.request.execution_id,
+                    Outcome.FAILURE if policy.counts_for_breaker else Outcome.IGNORED,
+                    elapsed,
+                    probe,
+                )
+                delay = self._retry_delay(run, failure, retries) if policy.retry else None
+                can_retry = policy.retry and retries < agent.max_retries and delay is not None
+                can_fallback = policy.fallback and model_index + 1 < len(chain)
+                if not can_retry and not can_fallback:
+                    outcome = Outcome.FAILURE if policy.counts_for_breaker else Outcome.IGNORED
+                    await complete(attempt, outcome)
+                    if isinstance(failure, ClientError):
+                        return self._result(
+                            run,
+                            ExecutionStatus.FAILED,
+                            "",
+                            deployment.model,
+                            deployment.id,
+                            error={"type": "client_error", "message": failure.message[:500]},
+                        )
+                    return self._degraded(
+                        run,
+                        policy.reason,
+                        policy.message,
+                        deployment.model,
+                        deployment.id,
+                        retry_after=failure.retry_after,
+                    )
+                await complete(attempt, None)
+                if can_retry:
+                    assert delay is not None
+                    retries += 1
+                    await self._clock.sleep(delay)
+                    selection = await self._state.select(
+                        lease_id=run.request.execution_id,
+                        lease_ttl_s=lease_ttl,
+                        candidates=self._candidates(chain[model_index]),
+                        breaker=self._deployment_breaker,
+                    )
+                    self._learn(selection.transitions, selection.open_until)
+                    if selection.deployment_id is not None:
+                        deployment_id, probe = selection.deployment_id, selection.probe
+                        continue
+                    if not can_fallback:
+                        await complete(None, Outcome.FAILURE)
+                        return self._degraded(
+                            run, "circuit_open", "unavailable", deployment.model, deployment.id
+                        )
+                # Fall back to the next model that has a usable deployment.
+                run.fallback_reason = run.fallback_reason or policy.reason
+                chosen = None
+                while model_index + 1 < len(chain) and chosen is None:
+                    model_index += 1
+                    retries = 0
+                    if self._remaining(run) < self._retry.min_attempt_s:
+                        break
+                    selection = await self._state.select(
+                        lease_id=run.request.execution_id,
+                        lease_ttl_s=lease_ttl,
+                        candidates=self._candidates(chain[model_index]),
+                        breaker=self._deployment_breaker,
+                    )
+                    self._learn(selection.transitions, selection.open_until)
+                    if selection.deployment_id is not None:
+                        chosen = selection
+                if chosen is None or chosen.deployment_id is None:
+                    await complete(None, Outcome.FAILURE)
+                    return self._degraded(
+                        run, policy.reason, policy.message, deployment.model, deployment.id
+                    )
+                deployment_id, probe = chosen.deployment_id, chosen.probe
+                run.steps.append(
+                    Step("fallback", model=chain[model_index], outcome=run.fallback_reason or "")
+                )
+                continue
+
+            elapsed = self._clock.monotonic() - started
+            self._charge(run, deployment, response.usage)
+            run.steps.append(
+                Step(
+                    "attempt",
+                    model=deployment.model,
+                    deployment=deployment.id,
+                    outcome="ok",
+                    latency_ms=elapsed * 1000,
+                    input_tokens=response.usage.input_tokens,
+                    output_tokens=response.usage.output_tokens,
+                )
+            )
+            await complete(
+                AttemptResult(
+                    deployment.id, run.request.execution_id, Outcome.SUCCESS, elapsed, probe
+                ),
+                Outcome.SUCCESS,
+            )
+            return self._result(
+                run, ExecutionStatus.SUCCEEDED, response.content, deployment.model, deployment.id
+            )
+
+    async def _attempt(
+        self, run: _Run, deployment: Deployment, remaining: float, on_token: OnToken | None
+    ) -> ChatResponse:
+        if remaining < self._retry.min_attempt_s:
+            raise Timeout("deadline reached before the attempt could start", phase="total")
+        relay: OnToken | None = None
+        if on_token is not None:
+            sink = on_token
+
+            async def relay(text: str) -> None:
+                run.streamed_chars += len(text)
+                self._events.execution_token(run.request.execution_id, text)
+                await sink(text)
+
+        request = ChatRequest(
+            model=deployment.upstream_model,
+            messages=run.messages,
+            max_tokens=run.max_tokens,
+            tools=run.agent.tools,
+        )
+        return await self._providers.chat(deployment, request, timeout_s=remaining, on_token=relay)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _remaining(self, run: _Run) -> float:
+        return run.deadline - self._clock.monotonic()
+
+    def _retry_delay(self, run: _Run, failure: ProviderFailure, retries: int) -> float | None:
+        """The wait before the next attempt, or None if that attempt could not finish in time."""
+        delay = (
+            failure.retry_after
+            if failure.retry_after is not None
+            else self._retry.backoff(retries, self._rng)
+        )
+        if self._remaining(run) - delay < self._retry.min_attempt_s:
+            return None
+        return delay
+
+    def _candidates(self, model: str) -> tuple[Candidate, ...]:
+        now = self._clock.now()
+        return tuple(
+            Candidate(d.id, d.max_concurrency, d.weight)
+            for d in self._config.deployments(model)
+            if self._open_until.get(f"deployment:{d.id}", 0.0) <= now
+        )
+
+    def _first_usable(self, chain: tuple[str, ...], now: float) -> int | None:
+        for index, model in enumerate(chain):
+            if self._candidates(model):
+                return index
+        return None
+
+    def _deployment(self, model: str, deployment_id: int) -> Deployment:
+        for deployment in self._config.deployments(model):
+            if deployment.id == deployment_id:
+                return deployment
+        raise LookupError(f"deployment {deployment_id} of {model} disappeared")
+
+    def _learn(
+        self,
+        transitions: tuple[Transition, ...],
+        open_until: dict[str, float],
+        agent_breaker: BreakerConfig | None = None,
+    ) -> None:
+        """Remember breakers known to be open (to reject locally) and publish transitions."""
+        for key, until in open_until.items():
+            self._open_until[key] = until
+        for transition in transitions:
+            if transition.to_state == BreakerState.OPEN:
+                config = (
+                    agent_breaker
+                    if agent_breaker is not None and transition.key.startswith("agent:")
+                    else self._deployment_breaker
+                )
+                self._open_until[transition.key] = transition.at + config.recovery_timeout_s
+            else:
+                self._open_until.pop(transition.key, None)
+            self._events.breaker_transition(transition)
+
+    def _charge(self, run: _Run, deployment: Deployment, usage: Usage) -> None:
+        run.usage = run.usage + usage
+        run.cost += price(deployment, usage)
+
+    def _degraded(
+        self,
+        run: _Run,
+        reason: FallbackReason,
+        message: MessageKey,
+        model: str | None,
+        deployment: int | None,
+        *,
+        retry_after: float | None = None,
+    ) -> ExecutionResult:
+        run.fallback_reason = reason
+        text = run.agent.fallback_messages.get(message) or DEFAULT_FALLBACK_MESSAGES[message]
+        result = self._result(run, ExecutionStatus.DEGRADED, text, model, deployment)
+        return replace(result, retry_after=retry_after)
+
+    def _result(
+        self,
+        run: _Run,
+        status: ExecutionStatus,
+        output: str,
+        model: str | None,
+        deployment: int | None,
+        *,
+        error: dict[str, str] | None = None,
+    ) -> ExecutionResult:
+        return ExecutionResult(
+            execution_id=run.request.execution_id,
+            agent=run.agent.name,
+            status=status,
+            output=output,
+            model=model,
+            deployment=deployment,
+            attempts=run.attempts,
+            fallback_used=run.fallback_reason is not None,
+            fallback_reason=run.fallback_reason,
+            cached=False,
+            usage=run.usage,
+            cost_usd=run.cost,
+            latency_ms=(self._clock.monotonic() - run.started) * 1000,
+            created_at=run.created_at,
+            finished_at=self._clock.now(),
+            steps=tuple(run.steps),
+            error=error,
+            session_id=run.request.session_id,
+            api_key_id=run.request.api_key_id,
+            metadata=run.request.metadata,
+            input=run.request.messages,
+        )
+
+    def _finish(self, run: _Run, result: ExecutionResult) -> None:
+        self._records.record(result)
+        self._events.execution_finished(result)
+
+
+ExecuteFn = Callable[[ExecutionRequest], Awaitable[ExecutionResult]]

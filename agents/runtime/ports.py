@@ -1,0 +1,68 @@
+"""Ports the executor depends on besides state and providers (adapters live outside runtime/)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agents.runtime.state import Transition
+from agents.runtime.types import AgentConfig, Deployment, ExecutionResult, Message
+
+
+class ConfigSource(Protocol):
+    """Agents and deployments, cached in memory by the adapter (no database on the hot path)."""
+
+    def agent(self, name: str) -> AgentConfig | None: ...
+
+    def deployments(self, model: str) -> tuple[Deployment, ...]:
+        """Enabled deployments of a logical model."""
+        ...
+
+
+class EventSink(Protocol):
+    """Live events for the console, metrics and incidents. Must not block or raise."""
+
+    def breaker_transition(self, transition: Transition) -> None: ...
+
+    def execution_started(self, execution_id: str, agent: str) -> None: ...
+
+    def execution_token(self, execution_id: str, text: str) -> None: ...
+
+    def execution_finished(self, result: ExecutionResult) -> None: ...
+
+
+class RecordSink(Protocol):
+    """Durable, write-behind recording of finished executions (idempotent on execution_id)."""
+
+    def record(self, result: ExecutionResult) -> None: ...
+
+
+class SessionStore(Protocol):
+    """Conversation memory for ``session_id``."""
+
+    async def history(self, agent: str, session_id: str) -> tuple[Message, ...]: ...
+
+    async def append(self, agent: str, session_id: str, messages: tuple[Message, ...]) -> None: ...
+
+
+class NullEvents:
+    def breaker_transition(self, transition: Transition) -> None:
+        return None
+
+    def execution_started(self, execution_id: str, agent: str) -> None:
+        return None
+
+    def execution_token(self, execution_id: str, text: str) -> None:
+        return None
+
+    def execution_finished(self, result: ExecutionResult) -> None:
+        return None
+
+
+class ListRecords:
+    """Keeps results in memory (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.results: list[ExecutionResult] = []
+
+    def record(self, result: ExecutionResult) -> None:
+        self.results.append(result)

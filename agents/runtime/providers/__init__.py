@@ -1,0 +1,1 @@
+"""Provider clients: OpenAI-compatible, Anthropic Messages, and the in-process simulator."""

@@ -1,0 +1,184 @@
+"""OpenAI Chat Completions (any OpenAI-compatible server), plain and streamed (SSE)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from agents.runtime.errors import ProviderError
+from agents.runtime.providers.base import (
+    HttpSession,
+    OnToken,
+    estimate_messages,
+    estimate_tokens,
+    post_chat,
+)
+from agents.runtime.types import ChatRequest, ChatResponse, Deployment, Message, ToolCall, Usage
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": [_message(m) for m in request.messages],
+        "max_tokens": request.max_tokens,
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": dict(t.parameters),
+                },
+            }
+            for t in request.tools
+        ]
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def parse_response(data: Any, request: ChatRequest) -> ChatResponse:
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content") or ""
+        calls = tuple(
+            ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+            for c in message.get("tool_calls") or ()
+        )
+        finish = choice.get("finish_reason") or "stop"
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ProviderError(f"malformed response: missing {exc}") from None
+    usage_data = data.get("usage") if isinstance(data, dict) else None
+    if isinstance(usage_data, dict) and "prompt_tokens" in usage_data:
+        usage = Usage(
+            int(usage_data.get("prompt_tokens") or 0),
+            int(usage_data.get("completion_tokens") or 0),
+        )
+    else:  # some compatible servers omit usage: estimate, never book a free call
+        usage = Usage(
+            estimate_messages(request.messages),
+            estimate_tokens(content + "".join(c.arguments for c in calls)),
+        )
+    return ChatResponse(content, calls, usage, finish)
+
+
+@dataclass
+class _Stream:
+    parts: list[str] = field(default_factory=list)
+    calls: dict[int, dict[str, str]] = field(default_factory=dict)
+    usage: Usage | None = None
+    finish: str | None = None
+    done: bool = False
+
+    def estimated(self, request: ChatRequest) -> tuple[int, int]:
+        if self.usage is not None:
+            return self.usage.input_tokens, self.usage.output_tokens
+        text = "".join(self.parts) + "".join(c.get("arguments", "") for c in self.calls.values())
+        return estimate_messages(request.messages), estimate_tokens(text)
+
+
+class OpenAIProvider:
+    def __init__(self, http: HttpSession) -> None:
+        self._http = http
+
+    async def chat(
+        self,
+        deployment: Deployment,
+        request: ChatRequest,
+        *,
+        timeout_s: float,
+        on_token: OnToken | None = None,
+    ) -> ChatResponse:
+        url = deployment.provider.base_url.rstrip("/") + "/chat/completions"
+        headers = {}
+        if deployment.provider.api_key:
+            headers["Authorization"] = f"Bearer {deployment.provider.api_key}"
+        return await post_chat(
+            self._http,
+            url=url,
+            headers=headers,
+            body=build_body(request, stream=on_token is not None),
+            request=request,
+            timeout_s=timeout_s,
+            on_token=on_token,
+            parse=parse_response,
+            state=_Stream(),
+            read_stream=_read_stream,
+            finish_stream=_finish,
+        )
+
+
+def _finish(stream: _Stream, request: ChatRequest) -> ChatResponse:
+    if not stream.done or stream.usage is None:
+        raise ProviderError(f"stream ended without {'[DONE]' if not stream.done else 'usage'}")
+    calls = tuple(
+        ToolCall(c.get("id", f"call_{i}"), c.get("name", ""), c.get("arguments") or "{}")
+        for i, c in sorted(stream.calls.items())
+    )
+    return ChatResponse("".join(stream.parts), calls, stream.usage, stream.finish or "stop")
+
+
+async def _read_stream(
+    response: aiohttp.ClientResponse, stream: _Stream, on_token: OnToken
+) -> None:
+    async for raw in response.content:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue  # comments, event names, blank separators
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            stream.done = True
+            return
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise ProviderError("malformed stream: a data line is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise ProviderError("malformed stream: a chunk is not an object")
+        if "error" in chunk:
+            error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+            raise ProviderError(f"stream error: {error.get('message', chunk['error'])}")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and "prompt_tokens" in usage:
+            stream.usage = Usage(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            )
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                stream.parts.append(text)
+                await on_token(text)
+            for call in delta.get("tool_calls") or ():
+                slot = stream.calls.setdefault(int(call.get("index", 0)), {})
+                if call.get("id"):
+                    slot["id"] = call["id"]
+                function = call.get("function") or {}
+                if function.get("name"):
+                    slot["name"] = function["name"]
+                if function.get("arguments"):
+                    slot["arguments"] = slot.get("arguments", "") + function["arguments"]
+            if choice.get("finish_reason"):
+                stream.finish = choice["finish_reason"]

@@ -1,0 +1,78 @@
+"""The ``simulated`` provider: in-process, deterministic for a seed, for demos and drills.
+
+Latency is ``latency_ms`` +- uniform ``jitter_ms``; a call fails with probability
+``error_rate`` (as an overloaded 503, the commonest real failure). Time passes on the injected
+clock, so tests with a fake clock never sleep.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from agents.runtime.clock import Clock
+from agents.runtime.errors import Capacity, Timeout
+from agents.runtime.providers.base import OnToken, estimate_messages, estimate_tokens
+from agents.runtime.types import ChatRequest, ChatResponse, Deployment, ToolCall, Usage
+
+_ANSWERS = (
+    "Thanks for reaching out. Here is what I found: {topic}. Let me know if you need anything else.",
+    "Short answer: {topic}. The details depend on your account, so check the settings page first.",
+    "I looked into {topic}. Everything points to a configuration change; here are the steps.",
+)
+
+
+class SimulatedProvider:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._rngs: dict[str, random.Random] = {}
+        self._lock = threading.Lock()
+
+    def _rng(self, name: str, simulation: Mapping[str, Any]) -> random.Random:
+        with self._lock:
+            rng = self._rngs.get(name)
+            if rng is None:
+                seed = simulation.get("seed")
+                rng = self._rngs[name] = random.Random(seed)
+            return rng
+
+    async def chat(
+        self,
+        deployment: Deployment,
+        request: ChatRequest,
+        *,
+        timeout_s: float,
+        on_token: OnToken | None = None,
+    ) -> ChatResponse:
+        sim = deployment.provider.simulation
+        rng = self._rng(deployment.provider.name, sim)
+        with self._lock:
+            latency = float(sim.get("latency_ms", 800)) + rng.uniform(-1, 1) * float(
+                sim.get("jitter_ms", 0)
+            )
+            fails = rng.random() < float(sim.get("error_rate", 0))
+            variant = rng.randrange(len(_ANSWERS))
+        latency_s = max(0.0, latency) / 1000
+        if latency_s > timeout_s:
+            await self._clock.sleep(timeout_s)
+            raise Timeout(f"no answer within {timeout_s:.3f}s (simulated)", phase="total")
+        await self._clock.sleep(latency_s)
+        input_tokens = estimate_messages(request.messages)
+        if fails:
+            raise Capacity("503 simulated overload", status=503, input_tokens=0)
+        last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        if request.tools and request.messages[-1].role != "tool":
+            tool = request.tools[0]
+            call = ToolCall(f"call_{rng.randrange(1 << 30):x}", tool.name, "{}")
+            return ChatResponse("", (call,), Usage(input_tokens, 12), "tool_calls")
+        topic = " ".join(last_user.split()[:8]) or "your question"
+        words = _ANSWERS[variant].format(topic=topic).split(" ")
+        words = words[: max(1, request.max_tokens)]
+        text = " ".join(words)
+        if on_token is not None:
+            for index, word in enumerate(words):
+                await on_token(word if index == 0 else " " + word)
+        finish = "length" if len(words) >= request.max_tokens else "stop"
+        return ChatResponse(text, (), Usage(input_tokens, estimate_tokens(text)), finish)

@@ -1,0 +1,246 @@
+"""The shared hot-state port: circuit breakers, rate limits and in-flight leases.
+
+Two implementations pass one test suite: :class:`agents.runtime.memory.MemoryState` (one process,
+embedded mode) and :class:`agents.runtime.redis_state.RedisState` (atomic Lua scripts, time from
+Redis ``TIME``, distributed mode). The runtime talks to the port through two composite calls so
+that an execution costs one round trip before the provider call (:meth:`StateStore.admit`) and
+one after (:meth:`StateStore.complete`); the primitive calls exist for operators and tests.
+
+Breaker state machine (per key; an agent or a model deployment)::
+
+    closed --(threshold consecutive failures, or failure/slow rate over the window)--> open
+    open --(recovery_timeout_s elapsed, on the next acquire)--> half_open
+    half_open --(half_open_max_calls probes, all succeed)--> closed
+    half_open --(a probe fails, or probes give no answer within probe_timeout_s)--> open
+
+Operator modes override it: ``forced_open`` rejects everything, ``forced_closed`` admits
+everything (outcomes are still counted, it never opens), ``disabled`` admits and counts nothing.
+``reset`` returns to automatic ``closed`` with clean counters.
+
+Rate limits are exact sliding windows (a log of admitted costs): within any interval of length
+``window_s`` the admitted cost never exceeds ``limit``, so there is no 2x burst at a window edge.
+In-flight counts are leases that expire, so a process that dies leaks nothing for long.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    FORCED_CLOSED = "forced_closed"
+    DISABLED = "disabled"
+
+
+# Prometheus gauge values (CONTRACT section 5): 0 closed, 1 half-open, 2 open.
+BREAKER_GAUGE: dict[BreakerState, int] = {
+    BreakerState.CLOSED: 0,
+    BreakerState.FORCED_CLOSED: 0,
+    BreakerState.DISABLED: 0,
+    BreakerState.HALF_OPEN: 1,
+    BreakerState.OPEN: 2,
+    BreakerState.FORCED_OPEN: 2,
+}
+
+BreakerAction = Literal["force_open", "force_close", "reset", "disable"]
+
+
+class Outcome(enum.IntEnum):
+    """What a finished call means to a breaker."""
+
+    SUCCESS = 0
+    FAILURE = 1
+    IGNORED = 2  # e.g. a client error: neither the provider's success nor its failure
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failure_threshold: int = 5
+    recovery_timeout_s: float = 60.0
+    half_open_max_calls: int = 1
+    window_size: int = 20
+    minimum_calls: int = 10
+    failure_rate_threshold: float = 0.5  # open when failures/calls >= this (window full enough)
+    slow_call_s: float | None = None  # a call slower than this is "slow"
+    slow_call_rate_threshold: float = 1.0  # open when slow/calls >= this
+    probe_timeout_s: float = 60.0  # a half-open probe with no answer by then counts as failed
+
+
+@dataclass(frozen=True)
+class Transition:
+    key: str
+    from_state: BreakerState
+    to_state: BreakerState
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    key: str
+    state: BreakerState
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    window_slow: int
+    open_until: float | None
+    probes_in_flight: int
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Admit ``cost`` against ``limit`` per ``window_s`` on ``key`` (requests or tokens)."""
+
+    key: str
+    limit: int
+    window_s: float
+    cost: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One deployment of the logical model being tried."""
+
+    deployment_id: int
+    max_concurrency: int
+    weight: int = 1
+
+    @property
+    def breaker_key(self) -> str:
+        return deployment_breaker_key(self.deployment_id)
+
+
+def agent_breaker_key(agent: str) -> str:
+    return f"agent:{agent}"
+
+
+def deployment_breaker_key(deployment_id: int) -> str:
+    return f"deployment:{deployment_id}"
+
+
+AdmitRefusal = Literal["circuit_open", "rate_limited", "no_deployment"]
+
+
+@dataclass(frozen=True)
+class AdmitRequest:
+    lease_id: str  # unique per execution; names its in-flight lease and rate-log entries
+    lease_ttl_s: float  # the lease outlives the execution's deadline, then expires by itself
+    agent_breaker_key: str | None
+    agent_breaker: BreakerConfig | None
+    rate_limits: tuple[RateLimit, ...]
+    candidates: tuple[Candidate, ...]
+    deployment_breaker: BreakerConfig
+
+
+@dataclass(frozen=True)
+class Admission:
+    refusal: AdmitRefusal | None
+    retry_after: float  # seconds; meaningful when refused
+    deployment_id: int | None
+    agent_probe: bool
+    deployment_probe: bool
+    transitions: tuple[Transition, ...] = ()
+    # Open-until times learned on the way (key -> epoch seconds): lets a process reject calls
+    # to an open breaker locally, without a round trip, until then.
+    open_until: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A deployment chosen (with its lease taken) for one attempt, or why none was."""
+
+    deployment_id: int | None
+    probe: bool
+    refusal: AdmitRefusal | None
+    retry_after: float
+    transitions: tuple[Transition, ...] = ()
+    open_until: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    deployment_id: int
+    lease_id: str
+    outcome: Outcome
+    duration_s: float
+    probe: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    attempt: AttemptResult | None
+    deployment_breaker: BreakerConfig
+    agent_breaker_key: str | None = None
+    agent_breaker: BreakerConfig | None = None
+    agent_outcome: Outcome | None = None
+    agent_duration_s: float = 0.0
+    agent_probe: bool = False
+    # (rate-limit key, window_s, actual cost): settle what admission reserved under ``entry_id``
+    # (the admission's ``lease_id``), e.g. real token usage in place of the estimate.
+    entry_id: str = ""
+    rate_settlements: tuple[tuple[str, float, int], ...] = ()
+
+
+class StateStore(Protocol):
+    async def admit(self, request: AdmitRequest) -> Admission:
+        """Agent breaker, rate limits, deployment choice: all or nothing, one round trip."""
+        ...
+
+    async def select(
+        self,
+        *,
+        lease_id: str,
+        lease_ttl_s: float,
+        candidates: tuple[Candidate, ...],
+        breaker: BreakerConfig,
+    ) -> Selection:
+        """Choose a deployment for a retry or a fallback model (breaker + capacity + lease)."""
+        ...
+
+    async def complete(self, completion: Completion) -> tuple[Transition, ...]:
+        """Release the attempt's lease, record outcomes, settle rate limits: one round trip."""
+        ...
+
+    async def release(
+        self,
+        *,
+        lease_id: str,
+        deployment_id: int,
+        probe: bool,
+        breaker: BreakerConfig,
+    ) -> None:
+        """Give back a lease without an outcome (cancelled before an answer)."""
+        ...
+
+    # --- primitives (operators and tests) ---
+    async def breaker_acquire(
+        self, key: str, config: BreakerConfig
+    ) -> tuple[bool, bool, float, tuple[Transition, ...]]:
+        """``(allowed, probe, retry_after, transitions)``."""
+        ...
+
+    async def breaker_record(
+        self, key: str, config: BreakerConfig, outcome: Outcome, duration_s: float, probe: bool
+    ) -> tuple[Transition, ...]: ...
+
+    async def breaker_snapshot(self, key: str, config: BreakerConfig) -> BreakerSnapshot: ...
+
+    async def breaker_command(self, key: str, action: BreakerAction) -> tuple[Transition, ...]: ...
+
+    async def rate_acquire(
+        self, limits: tuple[RateLimit, ...], entry_id: str
+    ) -> tuple[bool, float]:
+        """All limits or none: ``(allowed, retry_after)``."""
+        ...
+
+    async def in_flight(self, deployment_ids: tuple[int, ...]) -> dict[int, int]: ...

@@ -1,0 +1,213 @@
+"""The runtime's vocabulary: frozen configs in, frozen results out."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from agents.runtime.errors import FallbackReason
+from agents.runtime.state import BreakerConfig
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the provider sent it
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    kind: Literal["python", "webhook"]
+    description: str
+    parameters: Mapping[str, Any]
+    function: str | None = None
+    url: str | None = None
+    timeout_s: float = 10.0
+    max_response_bytes: int = 65_536
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    kind: Literal["openai", "anthropic", "simulated"]
+    base_url: str
+    api_key: str | None  # resolved at config-load time (env var or decrypted secret)
+    simulation: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: int
+    model: str  # the logical model name
+    provider: ProviderConfig
+    upstream_model: str
+    input_usd_per_mtok: Decimal
+    output_usd_per_mtok: Decimal
+    max_concurrency: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    model: str
+    fallback_models: tuple[str, ...] = ()
+    cheap_model: str | None = None
+    system_prompt: str = ""
+    timeout_s: float = 30.0
+    max_retries: int = 3
+    max_tokens: int = 1024
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    cache_ttl_s: int = 0
+    tools: tuple[ToolSpec, ...] = ()
+    fallback_messages: Mapping[str, str] = field(default_factory=dict)
+    max_tool_steps: int = 8
+    session_max_messages: int = 20
+    session_max_tokens: int = 8000
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+        )
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str  # upstream model name
+    messages: tuple[Message, ...]
+    max_tokens: int
+    tools: tuple[ToolSpec, ...] = ()
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    content: str
+    tool_calls: tuple[ToolCall, ...]
+    usage: Usage
+    finish_reason: str
+
+
+class ExecutionStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ExecutionRequest:
+    agent: str
+    messages: tuple[Message, ...]
+    execution_id: str
+    max_tokens: int | None = None
+    session_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    api_key_id: int | None = None
+    bypass_cache: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing that happened during an execution (an attempt, a tool call, a refusal)."""
+
+    kind: str  # attempt, tool, fallback, refused
+    model: str | None = None
+    deployment: int | None = None
+    outcome: str = ""
+    detail: str = ""
+    latency_ms: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "model": self.model,
+            "deployment": self.deployment,
+            "outcome": self.outcome,
+            "detail": self.detail,
+            "latency_ms": round(self.latency_ms, 2),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    execution_id: str
+    agent: str
+    status: ExecutionStatus
+    output: str
+    model: str | None
+    deployment: int | None
+    attempts: int
+    fallback_used: bool
+    fallback_reason: FallbackReason | None
+    cached: bool
+    usage: Usage
+    cost_usd: Decimal
+    latency_ms: float
+    created_at: float
+    finished_at: float
+    steps: tuple[Step, ...] = ()
+    error: Mapping[str, str] | None = None
+    session_id: str | None = None
+    api_key_id: int | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    input: tuple[Message, ...] = ()
+    retry_after: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The CONTRACT's execution result."""
+        return {
+            "execution_id": self.execution_id,
+            "agent": self.agent,
+            "status": self.status.value,
+            "output": self.output,
+            "model": self.model,
+            "deployment": self.deployment,
+            "attempts": self.attempts,
+            "fallback_used": self.fallback_used,
+            "fallback_reason": self.fallback_reason,
+            "cached": self.cached,
+            "usage": {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+            },
+            "cost_usd": float(self.cost_usd),
+            "latency_ms": round(self.latency_ms, 2),
+            "created_at": self.created_at,
+            "steps": [step.as_dict() for step in self.steps],
+        }

@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from agents.runtime.errors import Capacity, ClientError, QuotaExhausted, RateLimited
+from agents.runtime.executor import UnknownAgent
+from agents.runtime.fallbacks import DEFAULT_FALLBACK_MESSAGES
+from agents.runtime.state import RateLimit
+from agents.runtime.types import ExecutionStatus, RateLimits
+from tests.agents.runtime.support import agent, deployment, harness
+
+
+async def test_a_successful_execution_costs_one_round_trip_before_and_one_after() -> None:
+    h = harness()
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert result.output == "ok"
+    assert result.model == "primary"
+    assert result.deployment == 1
+    assert h.state.counts == {"admit": 1, "complete": 1}
+    assert h.records.results == [result]
+
+
+async def test_it_prices_usage_with_the_deployment_that_answered() -> None:
+    h = harness()
+    result = await h.run()
+    # 10 input tokens at $1/Mtok + 5 output tokens at $2/Mtok
+    assert result.cost_usd == Decimal(10 + 10) / Decimal(1_000_000)
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (10, 5)
+
+
+async def test_it_retries_capacity_errors_with_jittered_backoff_then_succeeds() -> None:
+    h = harness()
+    h.provider.scripts["primary"] = [Capacity("503", status=503), Capacity("503", status=503)]
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert result.attempts == 3
+    assert result.fallback_used is False
+    assert len(h.clock.sleeps) == 2
+    assert 0 <= h.clock.sleeps[0] <= 0.25
+    assert 0 <= h.clock.sleeps[1] <= 0.5
+
+
+async def test_it_waits_the_retry_after_the_provider_asked_for() -> None:
+    h = harness()
+    h.provider.scripts["primary"] = [RateLimited("429", status=429, retry_after=2.0)]
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert h.clock.sleeps == [2.0]
+
+
+async def test_exhausted_quota_is_not_retried_and_falls_back_once() -> None:
+    h = harness()
+    h.provider.scripts["primary"] = [QuotaExhausted("insufficient_quota", status=429)]
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert [call[0] for call in h.provider.calls] == ["primary", "backup"]
+    assert result.model == "backup"
+    assert result.fallback_used is True
+    assert result.fallback_reason == "llm_error"
+    assert h.clock.sleeps == []
+
+
+async def test_spent_retries_move_to_the_fallback_model() -> None:
+    h = harness()
+    h.provider.scripts["primary"] = [Capacity("503")] * 3
+    result = await h.run()
+    assert [call[0] for call in h.provider.calls] == ["primary"] * 3 + ["backup"]
+    assert result.model == "backup"
+    assert result.attempts == 4
+
+
+async def test_when_every_model_fails_the_user_gets_the_agents_fallback_message() -> None:
+    custom = agent(fallback_messages={"unavailable": "We are on it."})
+    h = harness([custom])
+    h.provider.scripts["primary"] = [Capacity("503")] * 3
+    h.provider.scripts["backup"] = [Capacity("503")] * 3
+    result = await h.run()
+    assert result.status == ExecutionStatus.DEGRADED
+    assert result.output == "We are on it."
+    assert result.fallback_reason == "llm_error"
+
+
+async def test_a_client_error_fails_without_retry_or_fallback() -> None:
+    h = harness()
+    h.provider.scripts["primary"] = [ClientError("400 context too long", status=400)]
+    result = await h.run()
+    assert result.status == ExecutionStatus.FAILED
+    assert len(h.provider.calls) == 1
+    assert result.error == {"type": "client_error", "message": "400 context too long"}
+
+
+async def test_the_deadline_bounds_retries_and_fallbacks_together() -> None:
+    h = harness([agent(timeout_s=2.0, max_retries=5)])
+    # Each attempt takes 0.9 s and fails: two fit in 2 s, a third cannot start.
+    h.provider.scripts["primary"] = [0.9, Capacity("503"), 0.9, Capacity("503"), 0.9]
+    h.provider.scripts["backup"] = [5.0]
+    result = await h.run()
+    assert result.status == ExecutionStatus.DEGRADED
+    assert result.latency_ms <= 2000 * 1.1
+    for _, _, timeout_s in h.provider.calls:
+        assert timeout_s <= 2.0
+
+
+async def test_a_hang_is_cut_at_the_deadline() -> None:
+    h = harness([agent(timeout_s=3.0, fallback_models=())])
+    h.provider.scripts["primary"] = [60.0]
+    result = await h.run()
+    assert result.status == ExecutionStatus.DEGRADED
+    assert result.fallback_reason == "timeout"
+    assert result.output == DEFAULT_FALLBACK_MESSAGES["timeout"]
+    assert 2700 <= result.latency_ms <= 3300
+
+
+async def test_the_deployment_breaker_opens_at_its_threshold_and_then_skips_the_model() -> None:
+    h = harness([agent(max_retries=0)])
+    h.provider.scripts["primary"] = [Capacity("503")] * 5
+    for _ in range(5):
+        await h.run()
+    primary_calls = [c for c in h.provider.calls if c[0] == "primary"]
+    assert len(primary_calls) == 5  # the deployment breaker threshold (5)
+    before = len(h.provider.calls)
+    result = await h.run()
+    assert [c[0] for c in h.provider.calls[before:]] == ["backup"]
+    assert result.fallback_reason == "circuit_open"
+
+
+async def test_an_open_agent_breaker_rejects_without_a_round_trip() -> None:
+    h = harness([agent(fallback_models=(), max_retries=0)])
+    h.provider.scripts["primary"] = [Capacity("503")] * 3
+    for _ in range(3):
+        await h.run()
+    admits = h.state.counts["admit"]
+    calls = len(h.provider.calls)
+    result = await h.run()
+    assert result.status == ExecutionStatus.DEGRADED
+    assert result.fallback_reason == "circuit_open"
+    assert h.state.counts["admit"] == admits
+    assert len(h.provider.calls) == calls
+
+
+async def test_rate_limited_executions_are_degraded_with_the_time_to_retry() -> None:
+    h = harness([agent(rate_limits=RateLimits(rpm=2))])
+    assert (await h.run()).status == ExecutionStatus.SUCCEEDED
+    h.clock.advance(10)
+    assert (await h.run()).status == ExecutionStatus.SUCCEEDED
+    result = await h.run()
+    assert result.status == ExecutionStatus.DEGRADED
+    assert result.fallback_reason == "rate_limited"
+    assert result.retry_after == pytest.approx(50.0)
+    assert len(h.provider.calls) == 2
+
+
+async def test_tpm_reservations_are_settled_to_the_tokens_used() -> None:
+    h = harness([agent(rate_limits=RateLimits(tpm=5000), max_tokens=1000)])
+    await h.run()
+    # Reserved ~1000+ tokens at admission, settled to the 15 used: plenty left.
+    ok, _ = await h.state.inner.rate_acquire(
+        (RateLimit("tpm:agent:support", 5000, 60.0, 4900),), "probe"
+    )
+    assert ok
+
+
+async def test_streamed_tokens_reach_the_caller() -> None:
+    h = harness()
+    h.provider.scripts["primary"] = ["hello brave new world"]
+    seen: list[str] = []
+
+    async def on_token(text: str) -> None:
+        seen.append(text)
+
+    result = await h.run(on_token=on_token)
+    assert seen == ["hello", "brave", "new", "world"]
+    assert result.status == ExecutionStatus.SUCCEEDED
+
+
+async def test_a_cancelled_execution_is_recorded_and_leaks_no_lease() -> None:
+    h = harness()
+    h.provider.scripts["primary"] = [asyncio.Event()]  # never answers
+
+    async def slow_chat(*args: object, **kwargs: object) -> None:
+        await asyncio.Event().wait()
+
+    h.provider.chat = slow_chat  # type: ignore[method-assign]
+    task = asyncio.create_task(h.run())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert h.records.results[-1].status == ExecutionStatus.CANCELLED
+    assert await h.state.inner.in_flight((1, 2)) == {1: 0, 2: 0}
+
+
+async def test_an_unknown_agent_is_refused_before_anything_else() -> None:
+    h = harness()
+    with pytest.raises(UnknownAgent):
+        await h.run(agent="nobody")
+    assert h.state.counts == {}
+
+
+async def test_least_loaded_deployment_is_chosen() -> None:
+    h = harness(
+        deployments=[deployment(1, "primary"), deployment(3, "primary"), deployment(2, "backup")]
+    )
+    gate = asyncio.Event()
+    original = h.provider.chat
+
+    async def held(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    h.provider.chat = held  # type: ignore[method-assign]
+    first = asyncio.create_task(h.run())
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(h.run())
+    await asyncio.sleep(0.01)
+    assert await h.state.inner.in_flight((1, 3)) == {1: 1, 3: 1}
+    gate.set()
+    results = await asyncio.gather(first, second)
+    assert {r.deployment for r in results} == {1, 3}
