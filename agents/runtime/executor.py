@@ -163,12 +163,13 @@ class Executor:
         )
         self._events.execution_started(request.execution_id, agent.name)
         try:
+            await self._records.started(request, run.created_at)
             result = await self._run(run, on_token)
         except asyncio.CancelledError:
             result = self._result(run, ExecutionStatus.CANCELLED, "", None, None)
-            self._finish(run, result)
+            await asyncio.shield(self._finish(result))
             raise
-        self._finish(run, result)
+        await self._finish(result)
         if (
             request.session_id
             and self._sessions is not None
@@ -543,8 +544,8 @@ class Executor:
             input=run.request.messages,
         )
 
-    def _finish(self, run: _Run, result: ExecutionResult) -> None:
-        self._records.record(result)
+    async def _finish(self, result: ExecutionResult) -> None:
+        await self._records.finished(result)
         self._events.execution_finished(result)
 
 

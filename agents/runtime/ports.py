@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from agents.runtime.state import Transition
-from agents.runtime.types import AgentConfig, Deployment, ExecutionResult, Message
+from agents.runtime.types import (
+    AgentConfig,
+    Deployment,
+    ExecutionRequest,
+    ExecutionResult,
+    Message,
+)
 
 
 class ConfigSource(Protocol):
@@ -31,9 +37,16 @@ class EventSink(Protocol):
 
 
 class RecordSink(Protocol):
-    """Durable, write-behind recording of finished executions (idempotent on execution_id)."""
+    """Durable, write-behind recording of executions (idempotent on execution_id).
 
-    def record(self, result: ExecutionResult) -> None: ...
+    ``started`` and ``finished`` return once the event is durable (journal file or Redis
+    stream), never after a database round trip; a drainer moves events into the database.
+    An execution whose process dies after ``started`` is still found (and failed) later.
+    """
+
+    async def started(self, request: ExecutionRequest, created_at: float) -> None: ...
+
+    async def finished(self, result: ExecutionResult) -> None: ...
 
 
 class SessionStore(Protocol):
@@ -59,10 +72,14 @@ class NullEvents:
 
 
 class ListRecords:
-    """Keeps results in memory (tests, benchmarks)."""
+    """Keeps events in memory (tests, benchmarks)."""
 
     def __init__(self) -> None:
+        self.started_ids: list[str] = []
         self.results: list[ExecutionResult] = []
 
-    def record(self, result: ExecutionResult) -> None:
+    async def started(self, request: ExecutionRequest, created_at: float) -> None:
+        self.started_ids.append(request.execution_id)
+
+    async def finished(self, result: ExecutionResult) -> None:
         self.results.append(result)
