@@ -20,7 +20,7 @@ SLUG_RE = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 MODEL_NAME_RE = r"^[A-Za-z0-9](?:[A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$"
 ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
 SCOPES_RE = r"^(read|execute|operate|admin)(,(read|execute|operate|admin)){0,3}$"
-MONEY_MAX = Decimal("100000000")  # $100M: anything above is a typo, not a budget
+MONEY_MAX = Decimal("100000000")  # exclusive: $100M is a typo, not a budget (and overflows the columns)
 PRICE_MAX = Decimal("100000")  # $100k per 1M tokens
 
 
@@ -311,7 +311,7 @@ class Execution(models.Model):
                 name="execution_fallback_reason_valid",
             ),
             models.CheckConstraint(
-                condition=Q(cost_usd__gte=0, cost_usd__lte=MONEY_MAX),
+                condition=Q(cost_usd__gte=0, cost_usd__lt=MONEY_MAX),
                 name="execution_cost_range",
             ),
             models.CheckConstraint(

@@ -66,12 +66,12 @@ class Budget(models.Model):
                 violation_error_message="a budget targets exactly what its scope says",
             ),
             models.CheckConstraint(
-                condition=Q(limit_usd__gte=0, limit_usd__lte=MONEY_MAX),
+                condition=Q(limit_usd__gte=0, limit_usd__lt=MONEY_MAX),
                 name="budget_limit_range",
             ),
             models.CheckConstraint(
                 condition=Q(raise_usd__isnull=True)
-                | Q(raise_usd__gt=0, raise_usd__lte=MONEY_MAX, raise_until__isnull=False),
+                | Q(raise_usd__gt=0, raise_usd__lt=MONEY_MAX, raise_until__isnull=False),
                 name="budget_raise_valid",
             ),
             models.CheckConstraint(
@@ -129,7 +129,7 @@ class SpendEntry(AppendOnlyModel):
         indexes = [models.Index(fields=["agent_name", "at"], name="spend_agent_time")]
         constraints = [
             models.CheckConstraint(
-                condition=Q(cost_usd__gte=0, cost_usd__lte=MONEY_MAX), name="spend_cost_range"
+                condition=Q(cost_usd__gte=0, cost_usd__lt=MONEY_MAX), name="spend_cost_range"
             ),
             models.CheckConstraint(
                 condition=Q(input_usd_per_mtok__gte=0, output_usd_per_mtok__gte=0),

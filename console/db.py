@@ -1,10 +1,11 @@
-"""Database helpers used by migrations."""
+"""Database-level guards that Django's migrations cannot express."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db import migrations
+from django.apps import apps
+from django.db import connections
 
 _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION bw_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -16,33 +17,45 @@ $$;
 """
 
 
-def append_only(table: str) -> migrations.RunPython:
-    """Refuse UPDATE (and, on PostgreSQL, DELETE) of ``table``'s rows in the database itself.
+def append_only_tables() -> list[str]:
+    from console.models import AppendOnlyModel
 
-    On SQLite only UPDATE is refused by trigger: Django's test flush empties tables with DELETE
-    there (PostgreSQL uses TRUNCATE, which row triggers do not see). The ORM refuses deletes on
-    both (``console.models.AppendOnlyQuerySet``).
+    return sorted(
+        model._meta.db_table
+        for model in apps.get_models()
+        if issubclass(model, AppendOnlyModel) and not model._meta.abstract
+    )
+
+
+def ensure_append_only(using: str = "default") -> None:
+    """Install (idempotently) triggers that refuse UPDATE of append-only rows, and DELETE on
+    PostgreSQL.
+
+    Run after every ``migrate`` (``post_migrate``) rather than once in a migration, because
+    SQLite rebuilds a table (dropping its triggers) whenever a later migration alters it. On
+    SQLite only UPDATE is refused by trigger: Django's test flush empties tables with DELETE there
+    (PostgreSQL uses TRUNCATE, which row triggers do not see). The ORM refuses deletes on both
+    (``console.models.AppendOnlyQuerySet``).
     """
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        existing = set(connection.introspection.table_names(cursor))
+        if connection.vendor == "postgresql":
+            cursor.execute(_PG_FUNCTION)
+        for table in append_only_tables():
+            if table not in existing:
+                continue
+            if connection.vendor == "postgresql":
+                cursor.execute(
+                    f'CREATE OR REPLACE TRIGGER "{table}_append_only" BEFORE UPDATE OR DELETE '
+                    f'ON "{table}" FOR EACH ROW EXECUTE FUNCTION bw_refuse_change()'
+                )
+            elif connection.vendor == "sqlite":
+                cursor.execute(
+                    f'CREATE TRIGGER IF NOT EXISTS "{table}_append_only" BEFORE UPDATE ON "{table}" '
+                    f"BEGIN SELECT RAISE(ABORT, 'table {table} is append-only: UPDATE refused'); END"
+                )
 
-    def forward(apps: Any, schema_editor: Any) -> None:
-        vendor = schema_editor.connection.vendor
-        if vendor == "postgresql":
-            schema_editor.execute(_PG_FUNCTION)
-            schema_editor.execute(
-                f'CREATE TRIGGER "{table}_append_only" BEFORE UPDATE OR DELETE ON "{table}" '
-                "FOR EACH ROW EXECUTE FUNCTION bw_refuse_change()"
-            )
-        elif vendor == "sqlite":
-            schema_editor.execute(
-                f'CREATE TRIGGER "{table}_append_only" BEFORE UPDATE ON "{table}" '
-                f"BEGIN SELECT RAISE(ABORT, 'table {table} is append-only: UPDATE refused'); END"
-            )
 
-    def backward(apps: Any, schema_editor: Any) -> None:
-        vendor = schema_editor.connection.vendor
-        if vendor == "postgresql":
-            schema_editor.execute(f'DROP TRIGGER IF EXISTS "{table}_append_only" ON "{table}"')
-        elif vendor == "sqlite":
-            schema_editor.execute(f'DROP TRIGGER IF EXISTS "{table}_append_only"')
-
-    return migrations.RunPython(forward, backward)
+def on_post_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    ensure_append_only(using)

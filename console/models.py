@@ -64,3 +64,19 @@ class AuditEvent(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.target_type}:{self.target_id}"
+
+
+class ConfigVersion(models.Model):
+    """One row whose ``version`` goes up whenever agents, deployments, providers, budgets or keys
+    change. Serving processes poll it (about once a second) and reload their in-memory config,
+    so the hot path never reads configuration from the database."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    version = models.BigIntegerField(default=0)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="config_version_singleton")]
+
+    def __str__(self) -> str:
+        return f"config v{self.version}"

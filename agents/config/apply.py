@@ -126,7 +126,9 @@ def _reference_errors(doc: ConfigDocument, *, prune: bool) -> list[str]:
             errors.append(f"agents[{i}].cheap_model: unknown model {agent.cheap_model!r}")
 
     daily_owned = {a.name: i for i, a in enumerate(doc.agents) if a.daily_budget_usd is not None}
-    windows: list[tuple[str, str | None, str]] = []
+    # One budget per (scope, target, window); an entry may hold two windows, so duplicates are
+    # reported by entry index, not by position in the flattened window list.
+    windows: dict[tuple[str, str | None, str], int] = {}
     for i, budget in enumerate(doc.budgets):
         if budget.scope == "agent":
             if budget.target not in agents_known:
@@ -141,8 +143,9 @@ def _reference_errors(doc: ConfigDocument, *, prune: bool) -> list[str]:
         elif budget.scope == "api_key" and not ApiKey.objects.filter(prefix=budget.target).exists():
             errors.append(f"budgets[{i}].target: unknown API key prefix {budget.target!r}")
         for window in _windows(budget):
-            windows.append((budget.scope, budget.target, window))
-    errors += _duplicates(windows, "budgets")
+            first = windows.setdefault((budget.scope, budget.target, window), i)
+            if first != i:
+                errors.append(f"budgets[{i}]: duplicate of budgets[{first}] ({window} window)")
     return errors
 
 

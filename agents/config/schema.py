@@ -29,7 +29,9 @@ Slug = Annotated[str, StringConstraints(pattern=SLUG_RE)]
 ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_RE)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
 ToolName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")]
-Money = Annotated[Decimal, Field(ge=0, le=MONEY_MAX, allow_inf_nan=False, decimal_places=6)]
+# Money columns are DecimalField(max_digits=14, decimal_places=6): MONEY_MAX itself (10^8) does
+# not fit (PostgreSQL: "numeric field overflow"), so the bound is strict.
+Money = Annotated[Decimal, Field(ge=0, lt=MONEY_MAX, allow_inf_nan=False, decimal_places=6)]
 Price = Annotated[Decimal, Field(ge=0, le=PRICE_MAX, allow_inf_nan=False, decimal_places=6)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -43,11 +45,21 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
 
+URL_MAX = 500  # Provider.base_url is a varchar(500); PostgreSQL refuses longer values
+
+# PositiveIntegerField is a 32-bit integer on PostgreSQL: a larger value passes SQLite and then
+# fails on PostgreSQL at write time, so the schema caps it where the column does.
+INT32_MAX = 2_147_483_647
+
+
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError("must be an http(s) URL with a host")
-    return value.rstrip("/")
+    value = value.rstrip("/")
+    if len(value) > URL_MAX:
+        raise ValueError(f"must be at most {URL_MAX} characters")
+    return value
 
 
 class SimulationSpec(Spec):
@@ -100,7 +112,7 @@ class BreakerSpec(Spec):
 
 class RateLimitSpec(Spec):
     rpm: int | None = Field(default=None, ge=1, le=10_000_000)
-    tpm: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    tpm: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
 class ToolSpec(Spec):
@@ -243,6 +255,7 @@ _MESSAGES = {
     "model_type": "must be a mapping",
     "model_attributes_type": "must be a mapping",
     "literal_error": "must be one of {expected}",
+    "invalid_key": "keys must be strings",
 }
 
 
@@ -251,11 +264,18 @@ def _path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith("function-after") or part.startswith("function-"):
-            continue
+        elif part == "[key]" or part.startswith("function-"):
+            continue  # pydantic's markers for a mapping key / a validator, not document paths
         else:
             out += f".{part}" if out else part
     return out
+
+
+def _plain(value: Any) -> Any:
+    """``0`` rather than ``0.0`` in messages: the bound as a user would write it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def format_errors(exc: ValidationError) -> list[str]:
@@ -263,7 +283,7 @@ def format_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         kind = err["type"]
-        ctx = {key: value for key, value in (err.get("ctx") or {}).items()}
+        ctx = {key: _plain(value) for key, value in (err.get("ctx") or {}).items()}
         if kind == "value_error":
             message = str(ctx.get("error", err["msg"]))
             # A validator may prefix its message with the sub-field it is about.

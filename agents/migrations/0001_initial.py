@@ -172,7 +172,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='execution',
-            constraint=models.CheckConstraint(condition=models.Q(('cost_usd__gte', 0), ('cost_usd__lte', Decimal('100000000'))), name='execution_cost_range'),
+            constraint=models.CheckConstraint(condition=models.Q(('cost_usd__gte', 0), ('cost_usd__lt', Decimal('100000000'))), name='execution_cost_range'),
         ),
         migrations.AddConstraint(
             model_name='execution',

@@ -17,6 +17,7 @@ time left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -168,6 +169,12 @@ class Executor:
         except asyncio.CancelledError:
             result = self._result(run, ExecutionStatus.CANCELLED, "", None, None)
             await asyncio.shield(self._finish(result))
+            raise
+        except Exception as exc:  # a broken dependency (state store, journal): record, re-raise
+            error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:500]}
+            result = self._result(run, ExecutionStatus.FAILED, "", None, None, error=error)
+            with contextlib.suppress(Exception):
+                await self._finish(result)
             raise
         await self._finish(result)
         if (
@@ -545,8 +552,10 @@ class Executor:
         )
 
     async def _finish(self, result: ExecutionResult) -> None:
-        await self._records.finished(result)
-        self._events.execution_finished(result)
+        try:
+            await self._records.finished(result)
+        finally:
+            self._events.execution_finished(result)
 
 
 ExecuteFn = Callable[[ExecutionRequest], Awaitable[ExecutionResult]]

@@ -27,6 +27,10 @@ class Command(BaseCommand):
             text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise CommandError(f"{path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CommandError(
+                f"{path}: not UTF-8 text (invalid byte at offset {exc.start})"
+            ) from None
         try:
             result = config_apply(
                 document=config_parse(text),
