@@ -65,6 +65,13 @@ BREAKWATER_REQUIRE_SERVICES = env_bool("BREAKWATER_REQUIRE_SERVICES", False)
 BREAKWATER_STALE_EXECUTION_S = env_int(
     "BREAKWATER_STALE_EXECUTION_S", 3900, min_value=60
 )  # > the longest agent deadline (3600 s)
+# Python callables agents may use as tools ("module:function"), and webhook hosts that may
+# resolve to private addresses (everything else private/loopback/link-local is refused).
+BREAKWATER_TOOL_ALLOW_LIST = env_list(
+    "BREAKWATER_TOOL_ALLOW_LIST",
+    ["agents.tools_builtin:current_time", "agents.tools_builtin:calculator"],
+)
+BREAKWATER_WEBHOOK_ALLOW_HOSTS = env_list("BREAKWATER_WEBHOOK_ALLOW_HOSTS", [])
 BREAKWATER_READYZ_TIMEOUT_S = env_float(
     "BREAKWATER_READYZ_TIMEOUT_S", 2.0, min_value=0.05, max_value=30
 )

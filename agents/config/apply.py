@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import yaml
+from django.conf import settings
 from django.db import models, transaction
 from pydantic import ValidationError
 
@@ -124,6 +125,12 @@ def _reference_errors(doc: ConfigDocument, *, prune: bool) -> list[str]:
                 errors.append(f"agents[{i}].fallback_models[{j}]: unknown model {name!r}")
         if agent.cheap_model is not None and agent.cheap_model not in models_known:
             errors.append(f"agents[{i}].cheap_model: unknown model {agent.cheap_model!r}")
+        for j, tool in enumerate(agent.tools):
+            if tool.kind == "python" and tool.function not in settings.BREAKWATER_TOOL_ALLOW_LIST:
+                errors.append(
+                    f"agents[{i}].tools[{j}].function: {tool.function!r} is not in "
+                    "BREAKWATER_TOOL_ALLOW_LIST"
+                )
 
     daily_owned = {a.name: i for i, a in enumerate(doc.agents) if a.daily_budget_usd is not None}
     # One budget per (scope, target, window); an entry may hold two windows, so duplicates are

@@ -30,6 +30,7 @@ from agents.runtime.errors import (
     MessageKey,
     ProviderFailure,
     Timeout,
+    ToolFailed,
     policy_for,
 )
 from agents.runtime.fallbacks import DEFAULT_FALLBACK_MESSAGES
@@ -48,6 +49,7 @@ from agents.runtime.state import (
     Transition,
     agent_breaker_key,
 )
+from agents.runtime.tools import ToolRunner, tool_messages
 from agents.runtime.types import (
     AgentConfig,
     ChatRequest,
@@ -110,6 +112,7 @@ class _Run:
     fallback_reason: FallbackReason | None = None
     transitions: list[Transition] = field(default_factory=list)
     streamed_chars: int = 0
+    tool_rounds: int = 0
 
 
 class Executor:
@@ -123,6 +126,7 @@ class Executor:
         records: RecordSink,
         events: EventSink | None = None,
         sessions: SessionStore | None = None,
+        tools: ToolRunner | None = None,
         retry: RetryPolicy | None = None,
         deployment_breaker: BreakerConfig = DEFAULT_DEPLOYMENT_BREAKER,
         rng: random.Random | None = None,
@@ -134,6 +138,7 @@ class Executor:
         self._records = records
         self._events = events or NullEvents()
         self._sessions = sessions
+        self._tools = tools
         self._retry = retry or RetryPolicy()
         self._deployment_breaker = deployment_breaker
         self._rng = rng or random.Random()
@@ -409,15 +414,68 @@ class Executor:
                     output_tokens=response.usage.output_tokens,
                 )
             )
-            await complete(
-                AttemptResult(
-                    deployment.id, run.request.execution_id, Outcome.SUCCESS, elapsed, probe
-                ),
-                Outcome.SUCCESS,
+            succeeded = AttemptResult(
+                deployment.id, run.request.execution_id, Outcome.SUCCESS, elapsed, probe
             )
+            if response.tool_calls and agent.tools:
+                try:
+                    refusal = await self._tool_round(run, response)
+                except asyncio.CancelledError:
+                    await asyncio.shield(complete(succeeded, Outcome.IGNORED))
+                    raise
+                if refusal is None:
+                    continue  # next provider call with the tool results, same deadline
+                # The provider answered; the tool failed: no breaker counts it.
+                await complete(succeeded, Outcome.IGNORED)
+                policy = policy_for(refusal)
+                return self._degraded(
+                    run, policy.reason, policy.message, deployment.model, deployment.id
+                )
+            await complete(succeeded, Outcome.SUCCESS)
             return self._result(
                 run, ExecutionStatus.SUCCEEDED, response.content, deployment.model, deployment.id
             )
+
+    async def _tool_round(self, run: _Run, response: ChatResponse) -> ToolFailed | None:
+        """Run one round of tool calls, in order, and extend the transcript with the results.
+
+        Returns the failure that ends the execution (step cap, a tool error), or None to go on.
+        """
+        agent = run.agent
+        if self._tools is None or run.tool_rounds >= agent.max_tool_steps:
+            detail = "no tool runner" if self._tools is None else f"{agent.max_tool_steps} rounds"
+            run.steps.append(Step("refused", outcome="tool_step_cap", detail=detail))
+            return ToolFailed(f"tool step cap reached ({detail})")
+        run.tool_rounds += 1
+        results = []
+        for call in response.tool_calls:
+            started = self._clock.monotonic()
+            try:
+                results.append(
+                    await self._tools.run_named(agent.tools, call, timeout_s=self._remaining(run))
+                )
+            except ToolFailed as failure:
+                run.steps.append(
+                    Step(
+                        "tool",
+                        outcome="ToolFailed",
+                        detail=f"{call.name}: {failure.message}"[:300],
+                        latency_ms=(self._clock.monotonic() - started) * 1000,
+                    )
+                )
+                return failure
+            run.steps.append(
+                Step(
+                    "tool",
+                    outcome="ok",
+                    detail=call.name,
+                    latency_ms=(self._clock.monotonic() - started) * 1000,
+                )
+            )
+        run.messages = run.messages + tool_messages(
+            response.tool_calls, results, content=response.content
+        )
+        return None
 
     async def _attempt(
         self, run: _Run, deployment: Deployment, remaining: float, on_token: OnToken | None

@@ -7,6 +7,7 @@ clock, so tests with a fake clock never sleep.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections.abc import Mapping
@@ -22,6 +23,24 @@ _ANSWERS = (
     "Short answer: {topic}. The details depend on your account, so check the settings page first.",
     "I looked into {topic}. Everything points to a configuration change; here are the steps.",
 )
+
+
+def _sample_arguments(schema: Mapping[str, Any], text: str) -> dict[str, Any]:
+    """Plausible values for a tool's required parameters (the simulator has no model)."""
+    samples: dict[str, Any] = {
+        "string": text[:100] or "example",
+        "number": 1,
+        "integer": 1,
+        "boolean": True,
+        "array": [],
+        "object": {},
+    }
+    properties = schema.get("properties") or {}
+    out: dict[str, Any] = {}
+    for name in schema.get("required") or ():
+        kind = (properties.get(name) or {}).get("type", "string")
+        out[name] = samples.get(kind, "example")
+    return out
 
 
 class SimulatedProvider:
@@ -65,7 +84,8 @@ class SimulatedProvider:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         if request.tools and request.messages[-1].role != "tool":
             tool = request.tools[0]
-            call = ToolCall(f"call_{rng.randrange(1 << 30):x}", tool.name, "{}")
+            arguments = json.dumps(_sample_arguments(tool.parameters, last_user))
+            call = ToolCall(f"call_{rng.randrange(1 << 30):x}", tool.name, arguments)
             return ChatResponse("", (call,), Usage(input_tokens, 12), "tool_calls")
         topic = " ".join(last_user.split()[:8]) or "your question"
         words = _ANSWERS[variant].format(topic=topic).split(" ")

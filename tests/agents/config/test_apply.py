@@ -126,7 +126,7 @@ agents:
     cache_ttl_s: 60
     daily_budget_usd: 12.345678
     tools:
-      - {{name: lookup, kind: python, function: "tools.orders:lookup", description: Find an order,
+      - {{name: lookup, kind: python, function: "agents.tools_builtin:calculator", description: Find an order,
          parameters: {{type: object, properties: {{id: {{type: string}}}}, required: [id]}}}}
       - {{name: notify, kind: webhook, url: "https://hooks.example.com/notify", timeout_s: 2}}
     fallback_messages: {{timeout: "Still thinking, try again.", budget: "Out of budget."}}
@@ -249,6 +249,9 @@ REFERENCE_ERRORS: list[tuple[str, Any, list[str]]] = [
      ["providers[6]: duplicate of providers[2]"]),
     ("duplicate deployment", lambda d: d["models"].append(dict(d["models"][1], weight=5)),
      ["models[6]: duplicate of models[1]"]),
+    ("python tool off the allow-list",
+     lambda d: d["agents"][0].update(tools=[{"name": "shell", "kind": "python", "function": "os:system"}]),
+     ["agents[0].tools[0].function: 'os:system' is not in BREAKWATER_TOOL_ALLOW_LIST"]),
     ("unknown provider", lambda d: d["models"][5].update(provider="nope"),
      ["models[5].provider: unknown provider 'nope'"]),
     ("agent budget for an unknown agent",

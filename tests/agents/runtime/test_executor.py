@@ -221,3 +221,64 @@ async def test_least_loaded_deployment_is_chosen() -> None:
     gate.set()
     results = await asyncio.gather(first, second)
     assert {r.deployment for r in results} == {1, 3}
+
+
+def _tool_agent(**overrides: object):  # type: ignore[no-untyped-def]
+    from agents.runtime.types import ToolSpec
+
+    clock_tool = ToolSpec(
+        name="current_time",
+        kind="python",
+        description="UTC time",
+        parameters={"type": "object", "properties": {}},
+        function="agents.tools_builtin:current_time",
+    )
+    return agent(tools=(clock_tool,), fallback_models=(), **overrides)
+
+
+def _tool_call_response():  # type: ignore[no-untyped-def]
+    from agents.runtime.types import ChatResponse, ToolCall, Usage
+
+    return ChatResponse("", (ToolCall("call_1", "current_time", "{}"),), Usage(20, 8), "tool_calls")
+
+
+async def test_tool_calls_run_and_their_results_go_back_to_the_model() -> None:
+    from agents.runtime.tools import ToolRunner
+
+    h = harness([_tool_agent()])
+    h.executor._tools = ToolRunner(
+        python_allow_list=frozenset({"agents.tools_builtin:current_time"}), clock=h.clock
+    )
+    h.provider.scripts["primary"] = [_tool_call_response(), "It is noon."]
+    result = await h.run("what time is it?")
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert result.output == "It is noon."
+    assert [s.kind for s in result.steps] == ["attempt", "tool", "attempt"]
+    assert result.usage.input_tokens == 30  # both provider steps are charged
+    assert h.state.counts == {"admit": 1, "complete": 1}
+
+
+async def test_a_tool_not_on_the_allow_list_degrades_with_the_tool_message() -> None:
+    from agents.runtime.tools import ToolRunner
+
+    h = harness([_tool_agent()])
+    h.executor._tools = ToolRunner(python_allow_list=frozenset(), clock=h.clock)
+    h.provider.scripts["primary"] = [_tool_call_response()]
+    result = await h.run()
+    assert result.status == ExecutionStatus.DEGRADED
+    assert result.fallback_reason == "tool_error"
+    assert result.output == DEFAULT_FALLBACK_MESSAGES["tool_error"]
+
+
+async def test_the_tool_loop_stops_at_the_step_cap() -> None:
+    from agents.runtime.tools import ToolRunner
+
+    h = harness([_tool_agent(max_tool_steps=2)])
+    h.executor._tools = ToolRunner(
+        python_allow_list=frozenset({"agents.tools_builtin:current_time"}), clock=h.clock
+    )
+    h.provider.scripts["primary"] = [_tool_call_response() for _ in range(5)]
+    result = await h.run()
+    assert result.status == ExecutionStatus.DEGRADED
+    assert result.fallback_reason == "tool_error"
+    assert len([s for s in result.steps if s.kind == "tool"]) == 2
