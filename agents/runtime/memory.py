@@ -319,9 +319,16 @@ class MemoryState:
                     request.agent_breaker_key, now, request.agent_breaker
                 )
                 if not allowed:
+                    # acquire() refuses too, but applies the probe-timeout transition, so a
+                    # half-open breaker whose probes died goes back to open.
+                    _, _, retry, moved = agent_cell.acquire(
+                        request.agent_breaker_key, now, request.agent_breaker
+                    )
                     if agent_cell.state == BreakerState.OPEN:
                         open_until[request.agent_breaker_key] = agent_cell.open_until
-                    return Admission("circuit_open", retry, None, False, False, (), open_until)
+                    return Admission(
+                        "circuit_open", retry, None, False, False, tuple(moved), open_until
+                    )
             wait = self._rate_check(request.rate_limits, now)
             if wait > 0:
                 return Admission("rate_limited", wait, None, False, False)
@@ -337,8 +344,21 @@ class MemoryState:
                 commit=False,
             )
             if dep is None:
+                if had_capacity:
+                    # The committing pass cannot admit either (peek and acquire agree), but it
+                    # applies due transitions and reports open_until for local rejection.
+                    self._select(
+                        now,
+                        request.lease_id,
+                        request.lease_ttl_s,
+                        request.candidates,
+                        request.deployment_breaker,
+                        transitions,
+                        open_until,
+                        commit=True,
+                    )
                 reason: AdmitRefusal = "circuit_open" if had_capacity else "no_deployment"
-                return Admission(reason, retry, None, False, False, (), open_until)
+                return Admission(reason, retry, None, False, False, tuple(transitions), open_until)
             agent_probe = False
             if agent_cell is not None and request.agent_breaker is not None:
                 assert request.agent_breaker_key is not None

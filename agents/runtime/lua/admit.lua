@@ -1,0 +1,59 @@
+-- admit: agent breaker, rate limits, deployment choice; all or nothing.
+-- REQ: {lease_id, lease_ttl_s, agent_key?, agent_cfg?, limits: [{key, limit, window_s, cost}],
+--       candidates: [{id, key, max_concurrency, weight}], deployment_cfg}
+-- Returns {refusal or "", retry_after, deployment_id or "", agent_probe, deployment_probe,
+--          transitions (flat), open_until (flat key, time pairs)}.
+--
+-- A refusal takes nothing (no lease, no probe, no rate budget), but it does apply the
+-- time-driven transitions an acquire would: half-open probes that gave no answer within
+-- probe_timeout_s re-open the breaker here, so a breaker whose probes were lost cannot stay
+-- half-open (refusing everything) forever when admit is the only caller.
+local out, open_until = {}, {}
+local function refuse(reason, retry)
+  flush()
+  return { reason, num(retry), '', '0', '0', out, open_until }
+end
+
+local agent = nil
+if REQ.agent_key ~= nil then
+  agent = breaker(REQ.agent_key)
+  local allowed = br_peek(agent, REQ.agent_cfg)
+  if not allowed then
+    -- acquire refuses too (peek and acquire agree) and takes nothing on a refusal
+    local _, _, retry = br_acquire(agent, REQ.agent_cfg, out)
+    if agent.state == 'open' then
+      open_until[#open_until + 1] = REQ.agent_key
+      open_until[#open_until + 1] = num(agent.open_until)
+    end
+    return refuse('circuit_open', retry)
+  end
+end
+
+local wait = rl_check(REQ.limits)
+if wait > 0 then
+  return refuse('rate_limited', wait)
+end
+
+-- Dry run of the choice first so a refusal takes nothing.
+local chosen, _, retry, had_capacity = select_deployment(
+  REQ.lease_id, REQ.lease_ttl_s, REQ.candidates, REQ.deployment_cfg, out, open_until, false)
+if chosen == nil then
+  if not had_capacity then
+    return refuse('no_deployment', retry)
+  end
+  -- The committing pass refuses too (nothing admits), applying time-driven transitions.
+  _, _, retry = select_deployment(
+    REQ.lease_id, REQ.lease_ttl_s, REQ.candidates, REQ.deployment_cfg, out, open_until, true)
+  return refuse('circuit_open', retry)
+end
+
+local agent_probe = false
+if agent ~= nil then
+  _, agent_probe = br_acquire(agent, REQ.agent_cfg, out)
+end
+local deployment_probe
+chosen, deployment_probe = select_deployment(
+  REQ.lease_id, REQ.lease_ttl_s, REQ.candidates, REQ.deployment_cfg, out, open_until, true)
+rl_take(REQ.limits, REQ.lease_id)
+flush()
+return { '', '0', id_or_empty(chosen), flag(agent_probe), flag(deployment_probe), out, open_until }

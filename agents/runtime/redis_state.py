@@ -1,0 +1,320 @@
+"""Redis :class:`~agents.runtime.state.StateStore` for the distributed mode.
+
+Every call is one atomic Lua script (``agents/runtime/lua/``: a shared library of local
+functions, ``lib.lua``, followed by one entry point per call), run with EVALSHA and loaded on
+NOSCRIPT by redis-py's ``register_script``. So :meth:`RedisState.admit` and
+:meth:`RedisState.complete` are one round trip each, and concurrent processes cannot interleave
+inside a breaker transition, a rate-limit check-and-take or a lease count.
+
+Semantics are those of :class:`agents.runtime.memory.MemoryState` (both pass
+``tests/agents/runtime/test_state.py``), with one deliberate difference: a refused ``admit``
+applies the time-driven breaker transitions an acquire would (half-open probes that timed out
+re-open the breaker, so a breaker whose probes were lost cannot stay half-open and refuse
+forever) and reports the open-until times of the open deployment breakers it met, where
+``MemoryState`` only peeks, without effect. See ``admit.lua``.
+
+Rate-log entry ids are the executions' lease ids, unique per key. Were one reused, settling it
+would target the oldest entry under that id only while that entry lives (``MemoryState``: the
+oldest live one).
+
+Time comes from Redis ``TIME`` inside the script, so every process agrees on it. With an injected
+``clock`` (tests), ``clock.now()`` is passed instead and key TTLs get an hour of slack, so that
+keys never expire under a fake timeline that runs ahead of or behind the real one.
+
+Keys (all under ``prefix``) are laid out in ``lib.lua``. Breaker state has no TTL; rate logs
+expire one window after their last entry and lease sets when their last lease does. The scripts
+compute key names from the prefix, so this targets one Redis server (not Redis Cluster).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from agents.runtime.clock import Clock
+from agents.runtime.state import (
+    Admission,
+    AdmitRefusal,
+    AdmitRequest,
+    BreakerAction,
+    BreakerConfig,
+    BreakerSnapshot,
+    BreakerState,
+    Candidate,
+    Completion,
+    Outcome,
+    RateLimit,
+    Selection,
+    Transition,
+)
+
+_SCRIPTS = (
+    "admit",
+    "select",
+    "complete",
+    "release",
+    "breaker_acquire",
+    "breaker_record",
+    "breaker_snapshot",
+    "breaker_command",
+    "rate_acquire",
+    "in_flight",
+)
+_REFUSALS: dict[str, AdmitRefusal] = {
+    "circuit_open": "circuit_open",
+    "rate_limited": "rate_limited",
+    "no_deployment": "no_deployment",
+}
+_INJECTED_CLOCK_TTL_SLACK_S = 3600.0
+
+
+def _lua_source(name: str) -> str:
+    folder = resources.files("agents.runtime").joinpath("lua")
+    library = folder.joinpath("lib.lua").read_text(encoding="utf-8")
+    entry = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return f"{library}\n-- entry point: {name}.lua\n{entry}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def _float(value: Any) -> float:
+    return float(_text(value))
+
+
+def _flag(value: Any) -> bool:
+    return _text(value) == "1"
+
+
+def _optional_int(value: Any) -> int | None:
+    text = _text(value)
+    return int(text) if text else None
+
+
+def _config(config: BreakerConfig) -> dict[str, Any]:
+    encoded: dict[str, Any] = {
+        "failure_threshold": config.failure_threshold,
+        "recovery_timeout_s": config.recovery_timeout_s,
+        "half_open_max_calls": config.half_open_max_calls,
+        "window_size": config.window_size,
+        "minimum_calls": config.minimum_calls,
+        "failure_rate_threshold": config.failure_rate_threshold,
+        "slow_call_rate_threshold": config.slow_call_rate_threshold,
+        "probe_timeout_s": config.probe_timeout_s,
+    }
+    if config.slow_call_s is not None:  # absent, not null: cjson's null is not Lua's nil
+        encoded["slow_call_s"] = config.slow_call_s
+    return encoded
+
+
+def _limits(limits: Iterable[RateLimit]) -> list[dict[str, Any]]:
+    return [
+        {"key": lim.key, "limit": lim.limit, "window_s": lim.window_s, "cost": lim.cost}
+        for lim in limits
+    ]
+
+
+def _candidates(candidates: Iterable[Candidate]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": c.deployment_id,
+            "key": c.breaker_key,
+            "max_concurrency": c.max_concurrency,
+            "weight": c.weight,
+        }
+        for c in candidates
+    ]
+
+
+def _transitions(flat: Sequence[Any]) -> tuple[Transition, ...]:
+    items = [_text(value) for value in flat]
+    return tuple(
+        Transition(
+            key=items[i],
+            from_state=BreakerState(items[i + 1]),
+            to_state=BreakerState(items[i + 2]),
+            at=float(items[i + 3]),
+            reason=items[i + 4],
+        )
+        for i in range(0, len(items), 5)
+    )
+
+
+def _open_until(flat: Sequence[Any]) -> dict[str, float]:
+    items = [_text(value) for value in flat]
+    return {items[i]: float(items[i + 1]) for i in range(0, len(items), 2)}
+
+
+class RedisState:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str = "bw", clock: Clock | None = None
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._clock = clock
+        self._slack = "0" if clock is None else repr(_INJECTED_CLOCK_TTL_SLACK_S)
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(_lua_source(name)) for name in _SCRIPTS
+        }
+
+    async def _run(self, name: str, payload: dict[str, Any]) -> Any:
+        now = "" if self._clock is None else repr(self._clock.now())
+        args = [self._prefix, now, self._slack, json.dumps(payload, separators=(",", ":"))]
+        return await self._scripts[name](keys=[], args=args)
+
+    # --- composite calls ---
+
+    async def admit(self, request: AdmitRequest) -> Admission:
+        payload: dict[str, Any] = {
+            "lease_id": request.lease_id,
+            "lease_ttl_s": request.lease_ttl_s,
+            "limits": _limits(request.rate_limits),
+            "candidates": _candidates(request.candidates),
+            "deployment_cfg": _config(request.deployment_breaker),
+        }
+        if request.agent_breaker_key is not None and request.agent_breaker is not None:
+            payload["agent_key"] = request.agent_breaker_key
+            payload["agent_cfg"] = _config(request.agent_breaker)
+        reply = await self._run("admit", payload)
+        refusal = _text(reply[0])
+        return Admission(
+            refusal=_REFUSALS[refusal] if refusal else None,
+            retry_after=_float(reply[1]),
+            deployment_id=_optional_int(reply[2]),
+            agent_probe=_flag(reply[3]),
+            deployment_probe=_flag(reply[4]),
+            transitions=_transitions(reply[5]),
+            open_until=_open_until(reply[6]),
+        )
+
+    async def select(
+        self,
+        *,
+        lease_id: str,
+        lease_ttl_s: float,
+        candidates: tuple[Candidate, ...],
+        breaker: BreakerConfig,
+    ) -> Selection:
+        reply = await self._run(
+            "select",
+            {
+                "lease_id": lease_id,
+                "lease_ttl_s": lease_ttl_s,
+                "candidates": _candidates(candidates),
+                "cfg": _config(breaker),
+            },
+        )
+        refusal = _text(reply[0])
+        return Selection(
+            deployment_id=_optional_int(reply[2]),
+            probe=_flag(reply[3]),
+            refusal=_REFUSALS[refusal] if refusal else None,
+            retry_after=_float(reply[1]),
+            transitions=_transitions(reply[4]),
+            open_until=_open_until(reply[5]),
+        )
+
+    async def complete(self, completion: Completion) -> tuple[Transition, ...]:
+        payload: dict[str, Any] = {
+            "deployment_cfg": _config(completion.deployment_breaker),
+            "entry_id": completion.entry_id,
+            "settlements": [
+                {"key": key, "window_s": window_s, "cost": cost}
+                for key, window_s, cost in completion.rate_settlements
+            ],
+        }
+        attempt = completion.attempt
+        if attempt is not None:
+            payload["attempt"] = {
+                "deployment_id": attempt.deployment_id,
+                "key": f"deployment:{attempt.deployment_id}",
+                "lease_id": attempt.lease_id,
+                "outcome": int(attempt.outcome),
+                "duration_s": attempt.duration_s,
+                "probe": attempt.probe,
+            }
+        if (
+            completion.agent_breaker_key is not None
+            and completion.agent_breaker is not None
+            and completion.agent_outcome is not None
+        ):
+            payload["agent"] = {
+                "key": completion.agent_breaker_key,
+                "cfg": _config(completion.agent_breaker),
+                "outcome": int(completion.agent_outcome),
+                "duration_s": completion.agent_duration_s,
+                "probe": completion.agent_probe,
+            }
+        return _transitions(await self._run("complete", payload))
+
+    async def release(
+        self, *, lease_id: str, deployment_id: int, probe: bool, breaker: BreakerConfig
+    ) -> None:
+        await self._run(
+            "release",
+            {
+                "lease_id": lease_id,
+                "deployment_id": deployment_id,
+                "key": f"deployment:{deployment_id}",
+                "probe": probe,
+                "cfg": _config(breaker),
+            },
+        )
+
+    # --- primitives ---
+
+    async def breaker_acquire(
+        self, key: str, config: BreakerConfig
+    ) -> tuple[bool, bool, float, tuple[Transition, ...]]:
+        reply = await self._run("breaker_acquire", {"key": key, "cfg": _config(config)})
+        return _flag(reply[0]), _flag(reply[1]), _float(reply[2]), _transitions(reply[3])
+
+    async def breaker_record(
+        self, key: str, config: BreakerConfig, outcome: Outcome, duration_s: float, probe: bool
+    ) -> tuple[Transition, ...]:
+        reply = await self._run(
+            "breaker_record",
+            {
+                "key": key,
+                "cfg": _config(config),
+                "outcome": int(outcome),
+                "duration_s": duration_s,
+                "probe": probe,
+            },
+        )
+        return _transitions(reply)
+
+    async def breaker_snapshot(self, key: str, config: BreakerConfig) -> BreakerSnapshot:
+        reply = await self._run("breaker_snapshot", {"key": key})
+        open_until = _text(reply[5])
+        return BreakerSnapshot(
+            key=key,
+            state=BreakerState(_text(reply[0])),
+            consecutive_failures=int(_text(reply[1])),
+            window_calls=int(_text(reply[2])),
+            window_failures=int(_text(reply[3])),
+            window_slow=int(_text(reply[4])),
+            open_until=float(open_until) if open_until else None,
+            probes_in_flight=int(_text(reply[6])),
+        )
+
+    async def breaker_command(self, key: str, action: BreakerAction) -> tuple[Transition, ...]:
+        return _transitions(await self._run("breaker_command", {"key": key, "action": action}))
+
+    async def rate_acquire(
+        self, limits: tuple[RateLimit, ...], entry_id: str
+    ) -> tuple[bool, float]:
+        reply = await self._run("rate_acquire", {"entry_id": entry_id, "limits": _limits(limits)})
+        return _flag(reply[0]), _float(reply[1])
+
+    async def in_flight(self, deployment_ids: tuple[int, ...]) -> dict[int, int]:
+        reply = await self._run("in_flight", {"deployment_ids": list(deployment_ids)})
+        return {dep: int(count) for dep, count in zip(deployment_ids, reply, strict=True)}

@@ -1,0 +1,812 @@
+"""One suite for both :class:`~agents.runtime.state.StateStore` implementations.
+
+Every test runs on :class:`MemoryState` and on :class:`RedisState` (a fresh key prefix per test;
+under ``BREAKWATER_REQUIRE_SERVICES=1`` a missing Redis fails the Redis half). Time is a
+:class:`FakeClock` shared by the test and the store, so nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from agents.runtime.clock import FakeClock
+from agents.runtime.memory import MemoryState
+from agents.runtime.redis_state import RedisState
+from agents.runtime.state import (
+    Admission,
+    AdmitRequest,
+    AttemptResult,
+    BreakerConfig,
+    BreakerState,
+    Candidate,
+    Completion,
+    Outcome,
+    RateLimit,
+    StateStore,
+    Transition,
+)
+
+CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+KEY = "agent:support"
+CFG = BreakerConfig(
+    failure_threshold=3,
+    recovery_timeout_s=60.0,
+    half_open_max_calls=2,
+    window_size=10,
+    minimum_calls=100,
+    probe_timeout_s=30.0,
+)
+NO_BREAKER = BreakerConfig(failure_threshold=1_000_000, minimum_calls=1_000_000)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[StateStore]:
+    if request.param == "memory":
+        yield MemoryState(clock)
+        return
+    url: str = request.getfixturevalue("redis_url")
+    client = aioredis.Redis.from_url(url)
+    prefix = f"bwtest:{uuid.uuid4().hex}"
+    try:
+        yield RedisState(client, prefix=prefix, clock=clock)
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def fail(store: StateStore, times: int, *, key: str = KEY, cfg: BreakerConfig = CFG) -> None:
+    for _ in range(times):
+        await store.breaker_record(key, cfg, Outcome.FAILURE, 0.1, False)
+
+
+async def open_breaker(store: StateStore, *, key: str = KEY, cfg: BreakerConfig = CFG) -> None:
+    await fail(store, cfg.failure_threshold, key=key, cfg=cfg)
+    assert (await store.breaker_snapshot(key, cfg)).state == OPEN
+
+
+def moved(
+    clock: FakeClock, frm: BreakerState, to: BreakerState, reason: str, key: str = KEY
+) -> Transition:
+    return Transition(key, frm, to, clock.now(), reason)
+
+
+# --- breaker: closed -> open ---
+
+
+async def test_it_opens_at_exactly_failure_threshold_consecutive_failures(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await fail(store, 2)
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.consecutive_failures) == (CLOSED, 2)
+
+    assert await store.breaker_record(KEY, CFG, Outcome.FAILURE, 0.1, False) == (
+        moved(clock, CLOSED, OPEN, "3 consecutive failures"),
+    )
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert snap.state == OPEN
+    assert snap.open_until == clock.now() + 60.0
+    assert (snap.consecutive_failures, snap.window_calls) == (0, 0)
+
+
+async def test_a_success_resets_the_consecutive_failure_count(store: StateStore) -> None:
+    await fail(store, 2)
+    await store.breaker_record(KEY, CFG, Outcome.SUCCESS, 0.1, False)
+    await fail(store, 2)
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.consecutive_failures) == (CLOSED, 2)
+    await fail(store, 1)
+    assert (await store.breaker_snapshot(KEY, CFG)).state == OPEN
+
+
+async def test_an_ignored_outcome_neither_counts_nor_resets(store: StateStore) -> None:
+    await fail(store, 2)
+    assert await store.breaker_record(KEY, CFG, Outcome.IGNORED, 0.1, False) == ()
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.consecutive_failures, snap.window_calls) == (2, 2)
+
+
+async def test_it_opens_on_the_failure_rate_once_minimum_calls_are_in_the_window(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(
+        failure_threshold=100, window_size=10, minimum_calls=4, failure_rate_threshold=0.5
+    )
+    for outcome in (Outcome.FAILURE, Outcome.SUCCESS, Outcome.FAILURE):
+        assert await store.breaker_record(KEY, cfg, outcome, 0.1, False) == ()
+    # 2 of 3 failed, but 3 calls are fewer than minimum_calls
+    assert (await store.breaker_snapshot(KEY, cfg)).state == CLOSED
+    assert await store.breaker_record(KEY, cfg, Outcome.SUCCESS, 0.1, False) == (
+        moved(clock, CLOSED, OPEN, "failure rate 2/4"),
+    )
+
+
+async def test_it_opens_on_the_slow_call_rate(store: StateStore, clock: FakeClock) -> None:
+    cfg = BreakerConfig(
+        failure_threshold=100,
+        window_size=10,
+        minimum_calls=4,
+        failure_rate_threshold=1.0,
+        slow_call_s=1.0,
+        slow_call_rate_threshold=0.5,
+    )
+    for duration in (2.0, 1.0, 0.5):  # exactly slow_call_s is not slow
+        assert await store.breaker_record(KEY, cfg, Outcome.SUCCESS, duration, False) == ()
+    snap = await store.breaker_snapshot(KEY, cfg)
+    assert (snap.state, snap.window_calls, snap.window_slow) == (CLOSED, 3, 1)
+    assert await store.breaker_record(KEY, cfg, Outcome.SUCCESS, 1.5, False) == (
+        moved(clock, CLOSED, OPEN, "slow-call rate 2/4"),
+    )
+
+
+async def test_the_window_keeps_only_the_last_window_size_outcomes(store: StateStore) -> None:
+    cfg = BreakerConfig(
+        failure_threshold=100, window_size=4, minimum_calls=4, failure_rate_threshold=0.75
+    )
+    for outcome in (Outcome.FAILURE, Outcome.FAILURE, Outcome.SUCCESS, Outcome.SUCCESS):
+        await store.breaker_record(KEY, cfg, outcome, 0.1, False)
+    await store.breaker_record(KEY, cfg, Outcome.SUCCESS, 0.1, False)
+    snap = await store.breaker_snapshot(KEY, cfg)
+    assert (snap.state, snap.window_calls, snap.window_failures) == (CLOSED, 4, 1)
+    await fail(store, 2, cfg=cfg)  # S S F F: 2/4 < 0.75
+    assert (await store.breaker_snapshot(KEY, cfg)).state == CLOSED
+    await fail(store, 1, cfg=cfg)  # S F F F: 3/4
+    assert (await store.breaker_snapshot(KEY, cfg)).state == OPEN
+
+
+# --- open -> half-open -> closed / open ---
+
+
+async def test_an_open_breaker_rejects_with_the_remaining_recovery_time(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await open_breaker(store)
+    clock.advance(25.0)
+    assert await store.breaker_acquire(KEY, CFG) == (False, False, 35.0, ())
+    clock.advance(34.5)
+    assert await store.breaker_acquire(KEY, CFG) == (False, False, 0.5, ())
+
+
+async def test_after_recovery_it_lets_exactly_half_open_max_calls_probes_through(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await open_breaker(store)
+    clock.advance(60.0)
+    assert await store.breaker_acquire(KEY, CFG) == (
+        True,
+        True,
+        0.0,
+        (moved(clock, OPEN, HALF_OPEN, "recovery timeout"),),
+    )
+    assert await store.breaker_acquire(KEY, CFG) == (True, True, 0.0, ())
+    clock.advance(5.0)
+    assert await store.breaker_acquire(KEY, CFG) == (False, False, 25.0, ())
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.probes_in_flight, snap.open_until) == (HALF_OPEN, 2, None)
+
+
+async def test_all_probes_succeeding_closes_it(store: StateStore, clock: FakeClock) -> None:
+    await open_breaker(store)
+    clock.advance(60.0)
+    await store.breaker_acquire(KEY, CFG)
+    await store.breaker_acquire(KEY, CFG)
+    assert await store.breaker_record(KEY, CFG, Outcome.SUCCESS, 0.1, True) == ()
+    assert (await store.breaker_snapshot(KEY, CFG)).probes_in_flight == 1
+    assert await store.breaker_record(KEY, CFG, Outcome.SUCCESS, 0.1, True) == (
+        moved(clock, HALF_OPEN, CLOSED, "half-open probes succeeded"),
+    )
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.consecutive_failures, snap.window_calls) == (CLOSED, 0, 0)
+    assert await store.breaker_acquire(KEY, CFG) == (True, False, 0.0, ())
+
+
+async def test_a_failing_probe_reopens_it(store: StateStore, clock: FakeClock) -> None:
+    await open_breaker(store)
+    clock.advance(60.0)
+    await store.breaker_acquire(KEY, CFG)
+    await store.breaker_acquire(KEY, CFG)
+    await store.breaker_record(KEY, CFG, Outcome.SUCCESS, 0.1, True)
+    clock.advance(1.0)
+    assert await store.breaker_record(KEY, CFG, Outcome.FAILURE, 0.1, True) == (
+        moved(clock, HALF_OPEN, OPEN, "half-open probe failed"),
+    )
+    assert (await store.breaker_snapshot(KEY, CFG)).open_until == clock.now() + 60.0
+    assert await store.breaker_acquire(KEY, CFG) == (False, False, 60.0, ())
+
+
+async def test_an_ignored_probe_frees_its_slot(store: StateStore, clock: FakeClock) -> None:
+    cfg = BreakerConfig(failure_threshold=1, half_open_max_calls=1, probe_timeout_s=30.0)
+    await open_breaker(store, cfg=cfg)
+    clock.advance(60.0)
+    assert (await store.breaker_acquire(KEY, cfg))[:2] == (True, True)
+    assert (await store.breaker_acquire(KEY, cfg))[:2] == (False, False)
+    assert await store.breaker_record(KEY, cfg, Outcome.IGNORED, 0.1, True) == ()
+    assert (await store.breaker_snapshot(KEY, cfg)).state == HALF_OPEN
+    assert await store.breaker_acquire(KEY, cfg) == (True, True, 0.0, ())
+
+
+async def test_probes_with_no_answer_within_probe_timeout_reopen_it(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(
+        failure_threshold=1, recovery_timeout_s=60.0, half_open_max_calls=1, probe_timeout_s=10.0
+    )
+    await open_breaker(store, cfg=cfg)
+    clock.advance(60.0)
+    await store.breaker_acquire(KEY, cfg)
+    clock.advance(9.5)
+    assert await store.breaker_acquire(KEY, cfg) == (False, False, 0.5, ())
+    clock.advance(0.5)
+    assert await store.breaker_acquire(KEY, cfg) == (
+        False,
+        False,
+        60.0,
+        (moved(clock, HALF_OPEN, OPEN, "half-open probes timed out"),),
+    )
+    snap = await store.breaker_snapshot(KEY, cfg)
+    assert (snap.state, snap.open_until) == (OPEN, clock.now() + 60.0)
+
+
+async def test_late_results_while_open_change_nothing(store: StateStore, clock: FakeClock) -> None:
+    await open_breaker(store)
+    before = await store.breaker_snapshot(KEY, CFG)
+    for outcome in Outcome:
+        for probe in (False, True):
+            assert await store.breaker_record(KEY, CFG, outcome, 5.0, probe) == ()
+    assert await store.breaker_snapshot(KEY, CFG) == before
+    clock.advance(60.0)
+    await store.breaker_acquire(KEY, CFG)  # half-open, one probe out
+    assert await store.breaker_record(KEY, CFG, Outcome.FAILURE, 0.1, False) == ()
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.probes_in_flight) == (HALF_OPEN, 1)
+
+
+# --- operator commands ---
+
+
+async def test_force_open_rejects_everything_until_reset(
+    store: StateStore, clock: FakeClock
+) -> None:
+    assert await store.breaker_command(KEY, "force_open") == (
+        moved(clock, CLOSED, BreakerState.FORCED_OPEN, "operator force_open"),
+    )
+    assert await store.breaker_acquire(KEY, CFG) == (False, False, 60.0, ())
+    await fail(store, 5)
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.consecutive_failures, snap.open_until) == (
+        BreakerState.FORCED_OPEN,
+        0,
+        None,
+    )
+    assert await store.breaker_command(KEY, "reset") == (
+        moved(clock, BreakerState.FORCED_OPEN, CLOSED, "operator reset"),
+    )
+    assert await store.breaker_acquire(KEY, CFG) == (True, False, 0.0, ())
+
+
+async def test_force_close_admits_everything_counts_outcomes_and_never_opens(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await open_breaker(store)
+    assert await store.breaker_command(KEY, "force_close") == (
+        moved(clock, OPEN, BreakerState.FORCED_CLOSED, "operator force_close"),
+    )
+    assert await store.breaker_acquire(KEY, CFG) == (True, False, 0.0, ())
+    await fail(store, 10)
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.consecutive_failures, snap.window_failures) == (
+        BreakerState.FORCED_CLOSED,
+        10,
+        10,
+    )
+    assert await store.breaker_command(KEY, "reset") == (
+        moved(clock, BreakerState.FORCED_CLOSED, CLOSED, "operator reset"),
+    )
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.consecutive_failures, snap.window_calls) == (CLOSED, 0, 0)
+
+
+async def test_disable_admits_and_counts_nothing(store: StateStore, clock: FakeClock) -> None:
+    assert await store.breaker_command(KEY, "disable") == (
+        moved(clock, CLOSED, BreakerState.DISABLED, "operator disable"),
+    )
+    await fail(store, 10)
+    assert await store.breaker_acquire(KEY, CFG) == (True, False, 0.0, ())
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.consecutive_failures, snap.window_calls) == (
+        BreakerState.DISABLED,
+        0,
+        0,
+    )
+
+
+async def test_reset_returns_an_open_breaker_to_closed_with_clean_counters(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await open_breaker(store)
+    assert await store.breaker_command(KEY, "reset") == (
+        moved(clock, OPEN, CLOSED, "operator reset"),
+    )
+    assert await store.breaker_acquire(KEY, CFG) == (True, False, 0.0, ())
+    await fail(store, 2)
+    assert (await store.breaker_snapshot(KEY, CFG)).state == CLOSED
+
+
+async def test_a_command_that_changes_nothing_reports_no_transition(store: StateStore) -> None:
+    assert await store.breaker_command(KEY, "reset") == ()
+    assert len(await store.breaker_command(KEY, "force_open")) == 1
+    assert await store.breaker_command(KEY, "force_open") == ()
+
+
+# --- admit and select ---
+
+
+def admit_request(
+    *,
+    lease_id: str = "exec-1",
+    limits: tuple[RateLimit, ...] = (),
+    candidates: tuple[Candidate, ...] = (Candidate(1, 10),),
+    agent_breaker: BreakerConfig | None = CFG,
+    deployment_breaker: BreakerConfig = CFG,
+    lease_ttl_s: float = 30.0,
+) -> AdmitRequest:
+    return AdmitRequest(
+        lease_id=lease_id,
+        lease_ttl_s=lease_ttl_s,
+        agent_breaker_key=KEY if agent_breaker is not None else None,
+        agent_breaker=agent_breaker,
+        rate_limits=limits,
+        candidates=candidates,
+        deployment_breaker=deployment_breaker,
+    )
+
+
+async def take_lease(store: StateStore, deployment_id: int, lease_id: str) -> None:
+    selection = await store.select(
+        lease_id=lease_id,
+        lease_ttl_s=30.0,
+        candidates=(Candidate(deployment_id, 1_000),),
+        breaker=NO_BREAKER,
+    )
+    assert selection.deployment_id == deployment_id
+
+
+async def test_admit_takes_a_lease_and_rate_budget_and_picks_a_deployment(
+    store: StateStore,
+) -> None:
+    rpm = RateLimit("rpm:support", limit=2, window_s=60.0, cost=1)
+    admission = await store.admit(admit_request(limits=(rpm,)))
+    assert admission == Admission(None, 0.0, 1, False, False)
+    assert admission.ok
+    assert await store.in_flight((1,)) == {1: 1}
+    assert await store.rate_acquire((rpm,), "other") == (True, 0.0)
+    assert (await store.rate_acquire((rpm,), "more"))[0] is False
+
+
+async def test_admit_refuses_while_the_agent_breaker_is_open(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await open_breaker(store)
+    opened_at = clock.now()
+    clock.advance(20.0)
+    rpm = RateLimit("rpm:support", limit=1, window_s=60.0, cost=1)
+    admission = await store.admit(admit_request(limits=(rpm,)))
+    assert admission == Admission(
+        "circuit_open", 40.0, None, False, False, (), {KEY: opened_at + 60.0}
+    )
+    assert await store.in_flight((1,)) == {1: 0}
+    assert await store.rate_acquire((rpm,), "probe-budget") == (True, 0.0)
+
+
+async def test_admit_refused_by_a_rate_limit_takes_no_lease_and_no_probe(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(failure_threshold=1, half_open_max_calls=1)
+    await open_breaker(store, cfg=cfg)
+    await open_breaker(store, key="deployment:1", cfg=cfg)
+    clock.advance(60.0)  # both breakers would give their single probe to the next acquire
+    rpm = RateLimit("rpm:support", limit=1, window_s=60.0, cost=1)
+    assert await store.rate_acquire((rpm,), "earlier") == (True, 0.0)
+
+    admission = await store.admit(
+        admit_request(limits=(rpm,), agent_breaker=cfg, deployment_breaker=cfg)
+    )
+    assert (admission.refusal, admission.retry_after) == ("rate_limited", 60.0)
+    assert (admission.deployment_id, admission.transitions) == (None, ())
+    assert await store.in_flight((1,)) == {1: 0}
+    for key in (KEY, "deployment:1"):
+        assert (await store.breaker_acquire(key, cfg))[:2] == (True, True)
+
+
+async def test_admit_refused_for_lack_of_a_deployment_consumes_no_rate_budget(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(failure_threshold=1, half_open_max_calls=1)
+    await open_breaker(store, cfg=cfg)
+    clock.advance(60.0)  # the agent breaker would give its probe away
+    await take_lease(store, 1, "busy")
+    rpm = RateLimit("rpm:support", limit=1, window_s=60.0, cost=1)
+
+    full = await store.admit(
+        admit_request(limits=(rpm,), agent_breaker=cfg, candidates=(Candidate(1, 1),))
+    )
+    assert (full.refusal, full.retry_after, full.deployment_id) == ("no_deployment", 0.0, None)
+
+    await open_breaker(store, key="deployment:2")
+    clock.advance(10.0)
+    broken = await store.admit(
+        admit_request(
+            limits=(rpm,), agent_breaker=cfg, candidates=(Candidate(1, 1), Candidate(2, 5))
+        )
+    )
+    assert (broken.refusal, broken.retry_after) == ("circuit_open", 50.0)
+
+    assert await store.in_flight((1, 2)) == {1: 1, 2: 0}
+    assert (await store.breaker_acquire(KEY, cfg))[:2] == (True, True)  # the probe is still there
+    assert await store.rate_acquire((rpm,), "budget-intact") == (True, 0.0)
+
+
+async def test_admit_takes_the_agent_and_deployment_probes_when_half_open(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(failure_threshold=1, half_open_max_calls=1)
+    await open_breaker(store, cfg=cfg)
+    await open_breaker(store, key="deployment:1", cfg=cfg)
+    clock.advance(60.0)
+    admission = await store.admit(admit_request(agent_breaker=cfg, deployment_breaker=cfg))
+    assert (admission.deployment_id, admission.agent_probe, admission.deployment_probe) == (
+        1,
+        True,
+        True,
+    )
+    assert admission.transitions == (
+        moved(clock, OPEN, HALF_OPEN, "recovery timeout"),
+        moved(clock, OPEN, HALF_OPEN, "recovery timeout", key="deployment:1"),
+    )
+    second = await store.admit(
+        admit_request(lease_id="exec-2", agent_breaker=cfg, deployment_breaker=cfg)
+    )
+    assert second.refusal == "circuit_open"
+
+
+async def test_selection_prefers_the_least_loaded_deployment_by_weight(store: StateStore) -> None:
+    candidates = (Candidate(1, 100, weight=1), Candidate(2, 100, weight=3))
+    chosen = []
+    for n in range(6):
+        selection = await store.select(
+            lease_id=f"exec-{n}", lease_ttl_s=30.0, candidates=candidates, breaker=CFG
+        )
+        chosen.append(selection.deployment_id)
+    # load/weight: ties go to the heavier deployment, then to the lower id
+    assert chosen == [2, 1, 2, 2, 2, 1]
+    assert await store.in_flight((1, 2)) == {1: 2, 2: 4}
+
+
+async def test_selection_skips_open_breakers_and_full_deployments(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await open_breaker(store, key="deployment:1")
+    await take_lease(store, 2, "busy")
+    candidates = (Candidate(1, 10), Candidate(2, 1), Candidate(3, 10, weight=1))
+    opened_at = clock.now()
+    clock.advance(15.0)
+    selection = await store.select(
+        lease_id="exec-1", lease_ttl_s=30.0, candidates=candidates, breaker=CFG
+    )
+    assert (selection.deployment_id, selection.refusal) == (3, None)
+    assert selection.open_until == {"deployment:1": opened_at + 60.0}
+
+    await open_breaker(store, key="deployment:3")
+    refused = await store.select(
+        lease_id="exec-2", lease_ttl_s=30.0, candidates=candidates, breaker=CFG
+    )
+    assert (refused.deployment_id, refused.refusal, refused.retry_after) == (
+        None,
+        "circuit_open",
+        45.0,  # the breaker that recovers first
+    )
+    none_free = await store.select(
+        lease_id="exec-3", lease_ttl_s=30.0, candidates=(Candidate(2, 1),), breaker=CFG
+    )
+    assert (none_free.refusal, none_free.retry_after) == ("no_deployment", 0.0)
+    assert await store.in_flight((1, 2, 3)) == {1: 0, 2: 1, 3: 1}
+
+
+async def test_leases_expire_after_lease_ttl(store: StateStore, clock: FakeClock) -> None:
+    admission = await store.admit(
+        admit_request(candidates=(Candidate(1, 1),), lease_ttl_s=30.0, agent_breaker=None)
+    )
+    assert admission.deployment_id == 1
+    clock.advance(29.5)
+    assert await store.in_flight((1,)) == {1: 1}
+    assert (
+        await store.admit(admit_request(lease_id="exec-2", candidates=(Candidate(1, 1),)))
+    ).refusal == "no_deployment"
+    clock.advance(0.5)
+    assert await store.in_flight((1,)) == {1: 0}
+    assert (
+        await store.admit(admit_request(lease_id="exec-3", candidates=(Candidate(1, 1),)))
+    ).deployment_id == 1
+
+
+async def test_release_frees_the_lease_and_the_probe_slot(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(failure_threshold=1, half_open_max_calls=1)
+    await open_breaker(store, key="deployment:1", cfg=cfg)
+    clock.advance(60.0)
+    candidates = (Candidate(1, 10),)
+    first = await store.select(lease_id="a", lease_ttl_s=30.0, candidates=candidates, breaker=cfg)
+    assert (first.deployment_id, first.probe) == (1, True)
+    second = await store.select(lease_id="b", lease_ttl_s=30.0, candidates=candidates, breaker=cfg)
+    assert second.refusal == "circuit_open"
+
+    await store.release(lease_id="a", deployment_id=1, probe=True, breaker=cfg)
+    assert await store.in_flight((1,)) == {1: 0}
+    third = await store.select(lease_id="c", lease_ttl_s=30.0, candidates=candidates, breaker=cfg)
+    assert (third.deployment_id, third.probe) == (1, True)
+
+
+async def test_complete_releases_the_lease_and_records_both_outcomes(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(failure_threshold=1)
+    admission = await store.admit(admit_request(agent_breaker=cfg, deployment_breaker=cfg))
+    assert admission.deployment_id == 1
+    transitions = await store.complete(
+        Completion(
+            attempt=AttemptResult(1, "exec-1", Outcome.FAILURE, 0.2, probe=False),
+            deployment_breaker=cfg,
+            agent_breaker_key=KEY,
+            agent_breaker=cfg,
+            agent_outcome=Outcome.FAILURE,
+            agent_duration_s=0.3,
+        )
+    )
+    assert transitions == (
+        moved(clock, CLOSED, OPEN, "1 consecutive failures", key="deployment:1"),
+        moved(clock, CLOSED, OPEN, "1 consecutive failures"),
+    )
+    assert await store.in_flight((1,)) == {1: 0}
+
+
+async def test_a_completed_probe_closes_the_deployment_breaker(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(failure_threshold=1, half_open_max_calls=1)
+    await open_breaker(store, key="deployment:1", cfg=cfg)
+    clock.advance(60.0)
+    admission = await store.admit(admit_request(agent_breaker=None, deployment_breaker=cfg))
+    assert admission.deployment_probe
+    transitions = await store.complete(
+        Completion(
+            attempt=AttemptResult(1, "exec-1", Outcome.SUCCESS, 0.2, probe=True),
+            deployment_breaker=cfg,
+        )
+    )
+    assert transitions == (
+        moved(clock, HALF_OPEN, CLOSED, "half-open probes succeeded", key="deployment:1"),
+    )
+
+
+async def test_complete_settles_a_token_reservation_to_the_real_usage(store: StateStore) -> None:
+    tpm = RateLimit("tpm:support", limit=1000, window_s=60.0, cost=1000)
+    assert (await store.admit(admit_request(limits=(tpm,), agent_breaker=None))).ok
+    one_token = RateLimit("tpm:support", limit=1000, window_s=60.0, cost=1)
+    assert (await store.rate_acquire((one_token,), "x"))[0] is False
+
+    await store.complete(
+        Completion(
+            attempt=AttemptResult(1, "exec-1", Outcome.SUCCESS, 0.2, probe=False),
+            deployment_breaker=CFG,
+            entry_id="exec-1",
+            rate_settlements=(("tpm:support", 60.0, 200),),
+        )
+    )
+    eight_hundred = RateLimit("tpm:support", limit=1000, window_s=60.0, cost=800)
+    assert await store.rate_acquire((eight_hundred,), "y") == (True, 0.0)
+    assert (await store.rate_acquire((one_token,), "z"))[0] is False
+
+
+async def test_settling_an_unknown_or_expired_entry_changes_nothing(
+    store: StateStore, clock: FakeClock
+) -> None:
+    limit = RateLimit("tpm:support", limit=100, window_s=60.0, cost=100)
+    assert await store.rate_acquire((limit,), "old") == (True, 0.0)
+    await store.complete(
+        Completion(
+            attempt=None,
+            deployment_breaker=CFG,
+            entry_id="unknown",
+            rate_settlements=(("tpm:support", 60.0, 0),),
+        )
+    )
+    assert (await store.rate_acquire((RateLimit("tpm:support", 100, 60.0, 1),), "x"))[0] is False
+    clock.advance(60.0)
+    await store.complete(
+        Completion(
+            attempt=None,
+            deployment_breaker=CFG,
+            entry_id="old",
+            rate_settlements=(("tpm:support", 60.0, 5000),),
+        )
+    )
+    assert await store.rate_acquire((limit,), "new") == (True, 0.0)
+
+
+# --- exact sliding windows ---
+
+
+async def test_the_sliding_window_is_exact_with_no_burst_at_the_window_edge(
+    store: StateStore, clock: FakeClock
+) -> None:
+    rpm = RateLimit("rpm:support", limit=10, window_s=60.0, cost=1)
+    clock.advance(59.0)
+    for n in range(10):
+        assert await store.rate_acquire((rpm,), f"a{n}") == (True, 0.0)
+    clock.advance(1.5)  # a fixed window would have started afresh at 60
+    assert await store.rate_acquire((rpm,), "b") == (False, 58.5)
+    clock.advance(58.0)
+    assert await store.rate_acquire((rpm,), "b") == (False, 0.5)
+    clock.advance(0.5)  # the entries admitted at 59 expire at exactly 119
+    for n in range(10):
+        assert await store.rate_acquire((rpm,), f"c{n}") == (True, 0.0)
+    assert await store.rate_acquire((rpm,), "d") == (False, 60.0)
+
+
+async def test_retry_after_is_when_enough_cost_has_expired(
+    store: StateStore, clock: FakeClock
+) -> None:
+    def tpm(cost: int) -> RateLimit:
+        return RateLimit("tpm:support", limit=10, window_s=60.0, cost=cost)
+
+    for cost in (4, 4, 2):
+        assert (await store.rate_acquire((tpm(cost),), f"e{cost}-{clock.now()}"))[0]
+        clock.advance(10.0)
+    # at +30: 10 used; 5 more fit once the first two entries (admitted at +0 and +10) expire
+    assert await store.rate_acquire((tpm(5),), "big") == (False, 40.0)
+    assert await store.rate_acquire((tpm(4),), "mid") == (False, 30.0)
+    clock.advance(40.0)
+    assert await store.rate_acquire((tpm(5),), "big") == (True, 0.0)
+
+
+async def test_a_cost_above_the_limit_is_never_admitted(store: StateStore) -> None:
+    limit = RateLimit("tpm:support", limit=10, window_s=60.0, cost=11)
+    assert await store.rate_acquire((limit,), "huge") == (False, math.inf)
+
+
+async def test_rate_limits_are_all_or_none(store: StateStore, clock: FakeClock) -> None:
+    rpm = RateLimit("rpm:support", limit=5, window_s=60.0, cost=1)
+    tpm = RateLimit("tpm:support", limit=100, window_s=30.0, cost=100)
+    assert await store.rate_acquire((tpm,), "first") == (True, 0.0)
+    clock.advance(10.0)
+    assert await store.rate_acquire((rpm, tpm), "second") == (False, 20.0)
+    for n in range(5):  # the refusal took none of the rpm budget
+        assert await store.rate_acquire((rpm,), f"r{n}") == (True, 0.0)
+
+
+# --- where MemoryState departs from the documented state machine ---
+
+
+async def test_a_refused_admit_reopens_an_agent_breaker_whose_probes_timed_out(
+    request: pytest.FixtureRequest, store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(
+        failure_threshold=1, recovery_timeout_s=60.0, half_open_max_calls=1, probe_timeout_s=10.0
+    )
+    await open_breaker(store, cfg=cfg)
+    clock.advance(60.0)
+    assert (await store.admit(admit_request(agent_breaker=cfg))).agent_probe
+    # the process that held the probe dies: no complete() ever comes
+    clock.advance(10.0)
+    refused = await store.admit(admit_request(lease_id="exec-2", agent_breaker=cfg))
+    assert refused == Admission(
+        "circuit_open",
+        60.0,
+        None,
+        False,
+        False,
+        (moved(clock, HALF_OPEN, OPEN, "half-open probes timed out"),),
+        {KEY: clock.now() + 60.0},
+    )
+    clock.advance(60.0)
+    again = await store.admit(admit_request(lease_id="exec-3", agent_breaker=cfg))
+    assert (again.refusal, again.agent_probe) == (None, True)
+
+
+async def test_a_refused_admit_reopens_deployments_whose_probes_timed_out_and_reports_them(
+    request: pytest.FixtureRequest, store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(
+        failure_threshold=1, recovery_timeout_s=60.0, half_open_max_calls=1, probe_timeout_s=10.0
+    )
+    await open_breaker(store, key="deployment:1", cfg=cfg)
+    clock.advance(60.0)
+    first = await store.admit(admit_request(agent_breaker=None, deployment_breaker=cfg))
+    assert first.deployment_probe
+    clock.advance(10.0)
+    refused = await store.admit(
+        admit_request(lease_id="exec-2", agent_breaker=None, deployment_breaker=cfg)
+    )
+    assert (refused.refusal, refused.retry_after) == ("circuit_open", 60.0)
+    assert refused.transitions == (
+        moved(clock, HALF_OPEN, OPEN, "half-open probes timed out", key="deployment:1"),
+    )
+    assert refused.open_until == {"deployment:1": clock.now() + 60.0}
+    clock.advance(60.0)
+    again = await store.admit(
+        admit_request(lease_id="exec-3", agent_breaker=None, deployment_breaker=cfg)
+    )
+    assert (again.deployment_id, again.deployment_probe) == (1, True)
+
+
+# --- Redis only ---
+
+
+async def test_without_a_clock_redis_state_takes_time_from_redis(
+    redis_client: aioredis.Redis,
+) -> None:
+    prefix = f"bwtest:{uuid.uuid4().hex}"
+    state = RedisState(redis_client, prefix=prefix)
+    cfg = BreakerConfig(failure_threshold=1)
+    try:
+        seconds, micros = await redis_client.time()
+        before = seconds + micros / 1e6
+        (transition,) = await state.breaker_record(KEY, cfg, Outcome.FAILURE, 0.1, False)
+        seconds, micros = await redis_client.time()
+        after = seconds + micros / 1e6
+        assert before <= transition.at <= after
+        snap = await state.breaker_snapshot(KEY, cfg)
+        assert snap.open_until == transition.at + 60.0
+    finally:
+        keys = [key async for key in redis_client.scan_iter(match=f"{prefix}:*")]
+        await redis_client.delete(*keys)
+
+
+async def test_every_redis_key_but_breaker_state_expires(redis_client: aioredis.Redis) -> None:
+    prefix = f"bwtest:{uuid.uuid4().hex}"
+    state = RedisState(redis_client, prefix=prefix)
+    cfg = BreakerConfig(failure_threshold=5)
+    try:
+        admission = await state.admit(
+            admit_request(
+                limits=(RateLimit("rpm:support", 10, 60.0, 1),),
+                lease_ttl_s=30.0,
+                agent_breaker=cfg,
+            )
+        )
+        assert admission.ok
+        await state.breaker_record(KEY, cfg, Outcome.FAILURE, 0.1, False)
+        ttls = {
+            key.decode().removeprefix(prefix + ":"): await redis_client.pttl(key)
+            async for key in redis_client.scan_iter(match=f"{prefix}:*")
+        }
+        breaker_keys = {key for key in ttls if key.startswith("br:")}
+        assert breaker_keys == {f"br:{KEY}", f"br:{KEY}:w"}  # the hash and its outcome window
+        assert [ttls.pop(key) for key in breaker_keys] == [-1, -1]
+        assert set(ttls) == {"rl:rpm:support", "rl:rpm:support:h", "lease:1"}
+        assert 59_000 < ttls["rl:rpm:support"] <= 60_000
+        assert 59_000 < ttls["rl:rpm:support:h"] <= 60_000
+        assert 29_000 < ttls["lease:1"] <= 30_000
+    finally:
+        keys = [key async for key in redis_client.scan_iter(match=f"{prefix}:*")]
+        await redis_client.delete(*keys)
