@@ -4,18 +4,24 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 from agents.crypto import encrypt_secret
 from agents.models import Agent, ApiKey, Execution, ModelDeployment, Provider
+from console.services import audit_record
 
 
 class ProviderForm(forms.ModelForm):
+    base_url = forms.URLField(max_length=500, required=False, assume_scheme="https")
     new_api_key = forms.CharField(
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False),
-        help_text="Write-only: stored encrypted, never shown again. Leave blank to keep.",
+        help_text=(
+            "Write-only: stored encrypted, never shown again. Leave blank to keep. "
+            "Naming an env var instead forgets a stored key (as `apply` does)."
+        ),
     )
 
     class Meta:
@@ -24,8 +30,26 @@ class ProviderForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if data.get("new_api_key") and data.get("api_key_env"):
+        self.encrypted_api_key = ""
+        self.forgets_stored_key = False
+        secret = data.get("new_api_key")
+        if secret and data.get("api_key_env"):
             self.add_error("new_api_key", "use either api_key_env or a stored secret, not both")
+        elif data.get("api_key_env") and self.instance.api_key_encrypted:
+            # The env var replaces the stored key. The model's constraint check skips
+            # api_key_encrypted (not a form field), so without this the save is a 500.
+            self.instance.api_key_encrypted = ""
+            self.forgets_stored_key = True
+        elif secret:
+            # Encrypt here, not in save_model: missing keys become a form error, not a 500.
+            try:
+                self.encrypted_api_key = encrypt_secret(secret)
+            except ImproperlyConfigured as exc:
+                self.add_error("new_api_key", str(exc))
+            else:
+                # The model's one-key-source constraint is validated after clean(): give it
+                # the token so it judges the provider as it will be saved.
+                self.instance.api_key_encrypted = self.encrypted_api_key
         return data
 
 
@@ -42,10 +66,21 @@ class ProviderAdmin(admin.ModelAdmin):
         return "stored (encrypted)" if obj.has_stored_secret else "none"
 
     def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
-        secret = form.cleaned_data.get("new_api_key")
-        if secret:
-            obj.api_key_encrypted = encrypt_secret(secret)
+        token = getattr(form, "encrypted_api_key", "")
+        forgets = getattr(form, "forgets_stored_key", False)
+        if token:
+            obj.api_key_encrypted = token
+        elif forgets:
+            obj.api_key_encrypted = ""
         super().save_model(request, obj, form, change)
+        if token or forgets:
+            audit_record(
+                actor=f"user:{request.user.get_username()}",
+                action="provider_secret_set" if token else "provider_secret_clear",
+                target_type="provider",
+                target_id=str(obj.pk),
+                after={"secret": "stored (encrypted)" if token else f"env {obj.api_key_env}"},
+            )
 
 
 @admin.register(ModelDeployment)

@@ -9,5 +9,7 @@ class AgentsConfig(AppConfig):
 
     def ready(self) -> None:
         from agents.crypto import check_keys
+        from agents.live_config import connect_signals
 
         check_keys()  # a malformed BREAKWATER_ENCRYPTION_KEYS stops start-up, naming it
+        connect_signals()

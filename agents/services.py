@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from django.db import transaction
 
-from agents.crypto import encrypt_secret, rotate_secret
+from agents.crypto import SecretUnavailable, encrypt_secret, rotate_secret
 from agents.keys import generate_key
 from agents.models import Agent, ApiKey, Provider, Scope
 from console.errors import NotFound, ValidationFailed
@@ -29,15 +29,16 @@ def api_key_create(
     expires_at: datetime | None = None,
     actor: str = "system",
 ) -> CreatedKey:
-    scope_list = sorted(set(scopes), key=list(Scope.values).index) if scopes else []
+    requested = set(scopes)  # read once: ``scopes`` may be a one-shot iterator
     errors = []
     if not name.strip():
         errors.append("name: must not be empty")
-    unknown = sorted(set(scopes) - set(Scope.values))
+    unknown = sorted(requested - set(Scope.values))
     if unknown:
         errors.append(f"scopes: unknown scope {unknown[0]!r}; expected {', '.join(Scope.values)}")
-    elif not scope_list:
+    elif not requested:
         errors.append("scopes: at least one scope is required")
+    scope_list = [scope for scope in Scope.values if scope in requested]  # canonical order
     agent_names = sorted(set(agents))
     found = list(Agent.objects.filter(name__in=agent_names))
     missing = sorted(set(agent_names) - {agent.name for agent in found})
@@ -88,11 +89,18 @@ def provider_secret_set(*, provider_name: str, secret: str, actor: str = "system
 
 
 def provider_secrets_rotate(*, actor: str = "system") -> int:
-    """Re-encrypt every stored secret under the first key of BREAKWATER_ENCRYPTION_KEYS."""
+    """Re-encrypt every stored secret under the first key of BREAKWATER_ENCRYPTION_KEYS.
+
+    All or nothing: one secret that no configured key can decrypt rolls the whole rotation back
+    and names its provider.
+    """
     count = 0
     with transaction.atomic():
         for provider in Provider.objects.select_for_update().exclude(api_key_encrypted=""):
-            provider.api_key_encrypted = rotate_secret(provider.api_key_encrypted)
+            try:
+                provider.api_key_encrypted = rotate_secret(provider.api_key_encrypted)
+            except SecretUnavailable as exc:
+                raise SecretUnavailable(f"provider {provider.name!r}: {exc}") from None
             provider.save(update_fields=["api_key_encrypted", "updated_at"])
             count += 1
         audit_record(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
+from ninja.errors import AuthenticationError
 from ninja.errors import ValidationError as NinjaValidationError
 
 from console.errors import ApplicationError
@@ -35,3 +37,30 @@ def _validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpRe
     return api.create_response(
         request, error_body("validation_error", "; ".join(lines)), status=422
     )
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    response = api.create_response(
+        request,
+        error_body("authentication_error", "missing, invalid, expired or revoked API key"),
+        status=401,
+    )
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return api.create_response(
+        request, error_body("request_too_large", "request body exceeds the size limit"), status=413
+    )
+
+
+def _mount() -> None:
+    from agents.api import router as agents_router
+
+    api.add_router("/", agents_router)
+
+
+_mount()

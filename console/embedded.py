@@ -39,6 +39,11 @@ def _run_task(name: str, kwargs: dict[str, Any]) -> Any:
 
 class EmbeddedWorker:
     def __init__(self, *, threads: int = 4, grace_s: float = 10.0) -> None:
+        # Import every app's tasks module, as `celery worker` does at start-up: autodiscovery
+        # is lazy, so without this no `<app>.tasks` task is registered in this process and
+        # every scheduled job fails with NotRegistered. (Not loader.import_default_modules():
+        # it runs django.setup() again, which reconfigures logging, and the system checks.)
+        current_app.autodiscover_tasks(force=True)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bw-worker")
         self._grace_s = grace_s
         self._pending: set[Future[Any]] = set()

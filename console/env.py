@@ -120,7 +120,8 @@ def env_url(
         raise ImproperlyConfigured(
             f"{name}: unsupported scheme {parts.scheme or '(none)'!r}; expected one of {allowed}"
         )
-    if not parts.netloc and parts.scheme not in {"sqlite", "memory", "filesystem"}:
+    # These schemes name a file or nothing, not a host (unix:///run/redis.sock).
+    if not parts.netloc and parts.scheme not in {"sqlite", "memory", "filesystem", "unix"}:
         raise ImproperlyConfigured(f"{name}: URL has no host: {_redact(value)!r}")
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port

@@ -31,9 +31,15 @@ async def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def _check_database() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
+    # Runs in an executor thread that no request signal ever cleans up: close the connection,
+    # or a broken one (database restart) would keep failing this probe after the database is
+    # back, and every executor thread would hold a connection open.
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        connection.close()
 
 
 async def _check_redis() -> None:

@@ -34,6 +34,9 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--no-serve", action="store_true", help="prepare only")
+        parser.add_argument(
+            "--loadgen-rate", type=float, default=3.0, help="demo executions/s (0 = none)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
@@ -56,4 +59,9 @@ class Command(BaseCommand):
             )
         )
         if not options["no_serve"]:
-            call_command("serve", host=options["host"], port=options["port"])
+            call_command(
+                "serve",
+                host=options["host"],
+                port=options["port"],
+                loadgen_rate=options["loadgen_rate"],
+            )

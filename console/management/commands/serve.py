@@ -8,6 +8,7 @@ with nothing left behind. See docs/DECISIONS.md for why uvicorn rather than daph
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from types import FrameType
@@ -33,6 +34,12 @@ class Command(BaseCommand):
             help="do not run the in-process worker/scheduler even in embedded mode",
         )
         parser.add_argument("--access-log", action="store_true")
+        parser.add_argument(
+            "--loadgen-rate",
+            type=float,
+            default=0.0,
+            help="also send demo traffic at this many executions/s (what `make run` does)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not 0 < options["port"] < 65536:
@@ -53,13 +60,43 @@ class Command(BaseCommand):
             server_header=False,
         )
         embedded = settings.EMBEDDED and not options["no_embedded"]
+        if options["loadgen_rate"] < 0 or options["loadgen_rate"] > 1000:
+            self.stderr.write("--loadgen-rate: must be between 0 and 1000")
+            raise SystemExit(2)
         import uvloop
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_main(uvicorn.Server(config), embedded=embedded))
+            runner.run(
+                _main(
+                    uvicorn.Server(config),
+                    embedded=embedded,
+                    loadgen_rate=options["loadgen_rate"],
+                )
+            )
 
 
-async def _main(server: uvicorn.Server, *, embedded: bool) -> None:
+async def _loadgen(server: uvicorn.Server, rate: float) -> None:
+    """Demo traffic against this very server, stopped as soon as shutdown begins."""
+    from agents.loadgen import run_load
+    from console.demo import demo_loadgen_key
+
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.05)
+    host, port = server.config.host, server.config.port
+    key = await asyncio.to_thread(demo_loadgen_key)
+    load = asyncio.create_task(
+        run_load(base_url=f"http://{host}:{port}", api_key=key, rate=rate, duration_s=None)
+    )
+    while not server.should_exit and not load.done():  # noqa: ASYNC110 - uvicorn exposes a flag
+        await asyncio.sleep(0.1)
+    load.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await load
+
+
+async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float = 0.0) -> None:
     # uvicorn captures SIGINT/SIGTERM during serve() and re-raises them afterwards; these
     # handlers receive that re-raise, so the embedded components below stop in order instead
     # of being torn down by a KeyboardInterrupt.
@@ -77,9 +114,18 @@ async def _main(server: uvicorn.Server, *, embedded: bool) -> None:
         scheduler = EmbeddedScheduler(worker=worker)
         scheduler.start()
         log.info("embedded mode: in-process worker and scheduler running")
+    from agents.engine import engine_shutdown, get_engine
+
+    await get_engine().start()
+    load = asyncio.create_task(_loadgen(server, loadgen_rate)) if loadgen_rate > 0 else None
     try:
         await server.serve()
     finally:
+        if load is not None:
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
+        await engine_shutdown()
         if scheduler is not None:
             await scheduler.stop()
         if worker is not None:
