@@ -20,7 +20,9 @@ SLUG_RE = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 MODEL_NAME_RE = r"^[A-Za-z0-9](?:[A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$"
 ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
 SCOPES_RE = r"^(read|execute|operate|admin)(,(read|execute|operate|admin)){0,3}$"
-MONEY_MAX = Decimal("100000000")  # exclusive: $100M is a typo, not a budget (and overflows the columns)
+MONEY_MAX = Decimal(
+    "100000000"
+)  # exclusive: $100M is a typo, not a budget (and overflows the columns)
 PRICE_MAX = Decimal("100000")  # $100k per 1M tokens
 
 

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from functools import lru_cache
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-_async_clients: dict[int, aioredis.Redis] = {}
+# Keyed by the loop object (weakly): a new loop may reuse a dead loop's id().
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def get_async_redis() -> aioredis.Redis:
     """The asyncio client for the running loop (a pool cannot be shared across loops)."""
     if settings.REDIS_URL is None:
         raise RuntimeError("REDIS_URL is not set (embedded mode has no Redis)")
-    loop_id = id(asyncio.get_running_loop())
-    client = _async_clients.get(loop_id)
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
     if client is None:
         client = aioredis.Redis.from_url(
             settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30
         )
-        _async_clients[loop_id] = client
+        _async_clients[loop] = client
     return client
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -84,3 +85,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture
 def demo_yaml() -> str:
     return (ROOT / "demo" / "breakwater.yaml").read_text()
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """Real hashers cost ~1 s per password; tests only need some hasher."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

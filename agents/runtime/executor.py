@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -64,6 +65,7 @@ from agents.runtime.types import (
 )
 
 MTOK = Decimal(1_000_000)
+log = logging.getLogger("breakwater.runtime")
 
 
 class UnknownAgent(Exception):
@@ -610,8 +612,16 @@ class Executor:
         )
 
     async def _finish(self, result: ExecutionResult) -> None:
+        """Record and publish. A journal failure here must not take the answer away from a
+        caller who has already paid for it: it is logged loudly instead."""
         try:
             await self._records.finished(result)
+        except Exception:
+            log.exception(
+                "could not journal the result of execution %s (%s)",
+                result.execution_id,
+                result.status.value,
+            )
         finally:
             self._events.execution_finished(result)
 

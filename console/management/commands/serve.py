@@ -125,9 +125,9 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
             load.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await load
-        await engine_shutdown()
         if scheduler is not None:
             await scheduler.stop()
         if worker is not None:
             await worker.stop()
+        await engine_shutdown()  # last: the worker may still record; the drainer drains
         log.info("stopped")

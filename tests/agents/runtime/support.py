@@ -168,7 +168,7 @@ def harness(
 
     executor = Executor(
         config=config,
-        state=state,  # type: ignore[arg-type]
+        state=state,
         providers=provider,
         clock=clock,
         records=records,

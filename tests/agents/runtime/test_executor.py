@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -9,7 +10,7 @@ from agents.runtime.errors import Capacity, ClientError, QuotaExhausted, RateLim
 from agents.runtime.executor import UnknownAgent
 from agents.runtime.fallbacks import DEFAULT_FALLBACK_MESSAGES
 from agents.runtime.state import RateLimit
-from agents.runtime.types import ExecutionStatus, RateLimits
+from agents.runtime.types import AgentConfig, ChatResponse, ExecutionStatus, RateLimits
 from tests.agents.runtime.support import agent, deployment, harness
 
 
@@ -184,7 +185,7 @@ async def test_a_cancelled_execution_is_recorded_and_leaks_no_lease() -> None:
     async def slow_chat(*args: object, **kwargs: object) -> None:
         await asyncio.Event().wait()
 
-    h.provider.chat = slow_chat  # type: ignore[method-assign]
+    h.provider.chat = slow_chat  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(h.run())
     await asyncio.sleep(0.01)
     task.cancel()
@@ -223,7 +224,7 @@ async def test_least_loaded_deployment_is_chosen() -> None:
     assert {r.deployment for r in results} == {1, 3}
 
 
-def _tool_agent(**overrides: object):  # type: ignore[no-untyped-def]
+def _tool_agent(**overrides: Any) -> AgentConfig:
     from agents.runtime.types import ToolSpec
 
     clock_tool = ToolSpec(
@@ -236,8 +237,8 @@ def _tool_agent(**overrides: object):  # type: ignore[no-untyped-def]
     return agent(tools=(clock_tool,), fallback_models=(), **overrides)
 
 
-def _tool_call_response():  # type: ignore[no-untyped-def]
-    from agents.runtime.types import ChatResponse, ToolCall, Usage
+def _tool_call_response() -> ChatResponse:
+    from agents.runtime.types import ToolCall, Usage
 
     return ChatResponse("", (ToolCall("call_1", "current_time", "{}"),), Usage(20, 8), "tool_calls")
 

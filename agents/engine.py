@@ -1,0 +1,114 @@
+"""The process's runtime, assembled from Django-side adapters.
+
+One :class:`Engine` per serving process and event loop: live config (memory, polled), shared
+state (in-process or Redis), providers (one pooled HTTP client), the durable recorder, metrics
+and live events. ``manage.py serve`` starts and stops it; request handlers call
+:func:`get_engine` and :meth:`Engine.execute`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from django.conf import settings
+
+from agents.live_config import LiveConfig
+from agents.runtime.clock import SystemClock
+from agents.runtime.executor import Executor
+from agents.runtime.memory import MemoryState
+from agents.runtime.providers.base import OnToken
+from agents.runtime.providers.registry import ProviderRouter
+from agents.runtime.state import StateStore
+from agents.runtime.tools import ToolRunner
+from agents.runtime.types import ExecutionRequest, ExecutionResult
+
+log = logging.getLogger("breakwater.engine")
+
+
+class Engine:
+    def __init__(self) -> None:
+        from agents.events import CompositeEvents
+        from agents.metrics import MetricsEvents
+        from agents.recording import recorder_for_settings
+
+        self.clock = SystemClock()
+        self.config = LiveConfig()
+        self.state: StateStore
+        if settings.EMBEDDED:
+            self.state = MemoryState(self.clock)
+        else:
+            from agents.runtime.redis_state import RedisState
+            from console.redis import get_async_redis
+
+            self.state = RedisState(get_async_redis(), prefix="bw")
+        self.providers = ProviderRouter(clock=self.clock)
+        self.tools = ToolRunner(
+            python_allow_list=frozenset(settings.BREAKWATER_TOOL_ALLOW_LIST),
+            webhook_allow_hosts=frozenset(settings.BREAKWATER_WEBHOOK_ALLOW_HOSTS),
+            http=self.providers.http,
+            clock=self.clock,
+        )
+        self.records, self.drainer = recorder_for_settings()
+        self.events = CompositeEvents(MetricsEvents())
+        self.executor = Executor(
+            config=self.config,
+            state=self.state,
+            providers=self.providers,
+            clock=self.clock,
+            records=self.records,
+            events=self.events,
+            tools=self.tools,
+        )
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started = False
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        await asyncio.to_thread(self.config.reload_in_thread)
+        self._tasks.append(asyncio.create_task(self.config.watch(), name="bw-config-watch"))
+        if self.drainer is not None:
+            self.drainer.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.drainer is not None:
+            await self.drainer.stop()
+        self.records.close()
+        await self.tools.close()
+        await self.providers.close()
+        self.started = False
+
+    async def execute(
+        self, request: ExecutionRequest, *, on_token: OnToken | None = None
+    ) -> ExecutionResult:
+        if not self.started:
+            await self.start()
+        return await self.executor.execute(request, on_token=on_token)
+
+
+_engines: dict[int, Engine] = {}
+
+
+def get_engine() -> Engine:
+    """The engine of the running event loop (created on first use)."""
+    loop_id = id(asyncio.get_running_loop())
+    engine = _engines.get(loop_id)
+    if engine is None:
+        engine = _engines[loop_id] = Engine()
+    return engine
+
+
+async def engine_shutdown() -> None:
+    engine = _engines.pop(id(asyncio.get_running_loop()), None)
+    if engine is not None:
+        await engine.stop()

@@ -1,0 +1,78 @@
+"""``manage.py drain_records [--once]``: move journalled execution records into the database.
+
+``serve`` runs the same drainer in-process; this command is for operators: empty the journal
+of a stopped server (``--once``), or run a standalone recorder next to Celery workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from agents.recording import (
+    DrainResult,
+    RecordDrainer,
+    file_drain,
+    journal_directory,
+    redis_drain,
+)
+
+
+class Command(BaseCommand):
+    help = "Store journalled execution records in the database (until stopped, or --once)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--once", action="store_true", help="drain what is there now, then exit"
+        )
+        parser.add_argument("--interval", type=float, default=0.2, help="seconds between drains")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["interval"] <= 0:
+            self.stderr.write(f"--interval: must be > 0, got {options['interval']}")
+            raise SystemExit(2)
+        asyncio.run(self._run(once=options["once"], interval_s=options["interval"]))
+
+    def _drain(self) -> Callable[[], Awaitable[DrainResult]]:
+        if settings.EMBEDDED:
+            return file_drain(journal_directory())
+        from console.redis import get_async_redis
+
+        return redis_drain(get_async_redis())
+
+    async def _run(self, *, once: bool, interval_s: float) -> None:
+        drain = self._drain()
+        if once:
+            total = DrainResult()
+            while True:
+                result = await drain()
+                if result.locked:
+                    self.stderr.write("another drainer holds the journal lock; nothing done")
+                    return
+                total = DrainResult(
+                    events=total.events + result.events,
+                    rows=total.rows + result.rows,
+                    rejected=total.rejected + result.rejected,
+                )
+                if not result.full:
+                    break
+            self.stdout.write(
+                f"drained {total.events} events into {total.rows} executions"
+                f" ({total.rejected} set aside)"
+            )
+            return
+        drainer = RecordDrainer(drain, interval_s=interval_s)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        drainer.start()
+        self.stdout.write("draining records; Ctrl-C stops")
+        await stop.wait()
+        await drainer.stop()
+        self.stdout.write(f"stopped after {drainer.drained} events")

@@ -1,0 +1,173 @@
+"""The journal's wire format: one JSON object per event, and how an event becomes a row.
+
+Both journals carry the same bytes (a line in a file, the ``e`` field of a stream entry), so one
+decoder serves both drainers. Encoding never raises on odd metadata (``default=str``) and is
+pure ASCII (``ensure_ascii``), so a lone surrogate in a prompt cannot fail the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from agents.runtime.types import ExecutionRequest, ExecutionResult, Message
+
+STARTED = "started"
+FINISHED = "finished"
+_CENT_FRACTION = Decimal("0.00000001")  # Execution.cost_usd has 8 decimal places
+_INT_MAX = 2**31 - 1  # PositiveIntegerField's range on PostgreSQL
+_STATUSES = frozenset({"queued", "running", "succeeded", "degraded", "failed", "cancelled"})
+
+
+def _messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _dumps(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), default=str).encode("ascii")
+
+
+def encode_started(request: ExecutionRequest, created_at: float) -> bytes:
+    return _dumps(
+        {
+            "event": STARTED,
+            "id": request.execution_id,
+            "agent": request.agent,
+            "api_key_id": request.api_key_id,
+            "input": _messages(request.messages),
+            "session_id": request.session_id,
+            "metadata": dict(request.metadata),
+            "created_at": created_at,
+        }
+    )
+
+
+def encode_finished(result: ExecutionResult) -> bytes:
+    return _dumps(
+        {
+            "event": FINISHED,
+            "id": result.execution_id,
+            "agent": result.agent,
+            "api_key_id": result.api_key_id,
+            "status": result.status.value,
+            "input": _messages(result.input),
+            "output": result.output,
+            "model": result.model,
+            "deployment_id": result.deployment,
+            "attempts": result.attempts,
+            "fallback_used": result.fallback_used,
+            "fallback_reason": result.fallback_reason,
+            "cached": result.cached,
+            "input_tokens": result.usage.input_tokens,
+            "output_tokens": result.usage.output_tokens,
+            "cost_usd": str(result.cost_usd),
+            "latency_ms": result.latency_ms,
+            "session_id": result.session_id,
+            "metadata": dict(result.metadata),
+            "steps": [step.as_dict() for step in result.steps],
+            "error": dict(result.error) if result.error is not None else None,
+            "created_at": result.created_at,
+            "finished_at": result.finished_at,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One event, validated and converted to ``Execution`` field values."""
+
+    id: uuid.UUID
+    finished: bool
+    fields: dict[str, Any]
+
+
+def _when(value: Any) -> datetime:
+    return datetime.fromtimestamp(float(value), tz=UTC)
+
+
+def _count(value: Any) -> int:
+    number = int(value)
+    if not 0 <= number <= _INT_MAX:
+        raise ValueError(f"count out of range: {number}")
+    return number
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def row_from_event(raw: bytes | str) -> Row:
+    """Parse and validate one event. Raises ``ValueError`` (or ``KeyError``/``TypeError``) for
+    an event that can never be stored: the drainers set such an event aside instead of retrying.
+    """
+    event = json.loads(raw)
+    if not isinstance(event, Mapping):
+        raise ValueError("event is not a JSON object")
+    kind = event["event"]
+    execution_id = uuid.UUID(str(event["id"]))
+    fields: dict[str, Any] = {
+        "agent_name": str(event["agent"]),
+        "api_key_id": _optional_int(event.get("api_key_id")),
+        "input": list(event.get("input") or []),
+        "session_id": str(event.get("session_id") or ""),
+        "metadata": dict(event.get("metadata") or {}),
+        "created_at": _when(event["created_at"]),
+    }
+    if kind == STARTED:
+        fields["status"] = "running"
+        return Row(execution_id, finished=False, fields=fields)
+    if kind != FINISHED:
+        raise ValueError(f"unknown event kind {kind!r}")
+    status = str(event["status"])
+    if status not in _STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    latency = event.get("latency_ms")
+    fields.update(
+        status=status,
+        output=str(event.get("output") or ""),
+        model=str(event.get("model") or ""),
+        deployment_id=_optional_int(event.get("deployment_id")),
+        attempts=min(_count(event.get("attempts") or 0), 32767),
+        fallback_used=bool(event.get("fallback_used")),
+        fallback_reason=event.get("fallback_reason"),
+        cached=bool(event.get("cached")),
+        input_tokens=_count(event.get("input_tokens") or 0),
+        output_tokens=_count(event.get("output_tokens") or 0),
+        cost_usd=Decimal(str(event.get("cost_usd") or "0")).quantize(_CENT_FRACTION),
+        latency_ms=None if latency is None else _count(round(float(latency))),
+        steps=list(event.get("steps") or []),
+        error=event.get("error"),
+        finished_at=_when(event["finished_at"]),
+    )
+    return Row(execution_id, finished=True, fields=fields)
+
+
+# Every Execution column but the primary key: what a redelivered ``finished`` rewrites.
+FINISHED_FIELDS = (
+    "agent_name",
+    "api_key_id",
+    "status",
+    "input",
+    "output",
+    "model",
+    "deployment_id",
+    "attempts",
+    "fallback_used",
+    "fallback_reason",
+    "cached",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms",
+    "session_id",
+    "metadata",
+    "steps",
+    "error",
+    "created_at",
+    "finished_at",
+)

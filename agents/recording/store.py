@@ -1,0 +1,114 @@
+"""Upsert a batch of journal events into ``Execution``, idempotently.
+
+* ``started`` inserts a ``running`` row with ``ignore_conflicts``: it never overwrites a row, so
+  a ``started`` that arrives after its ``finished`` (another file, a reclaimed entry) is a no-op.
+* ``finished`` is an upsert on ``id`` rewriting every column: redelivering it writes the same
+  values again, and it wins over ``running`` (and over the reaper's ``failed``, being the truth).
+* Within one batch the events of one execution collapse first (``finished`` wins).
+
+A batch is one transaction. If the database refuses it for something in the data (a constraint,
+a value it cannot hold), each row is retried alone and the ones that still fail are returned as
+rejected (the caller sets them aside), so one bad event never blocks the journal. Any other
+error (database down or locked, schema not migrated) is raised: the events stay in the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.core.exceptions import ValidationError
+from django.db import DataError, IntegrityError, transaction
+
+from agents.recording.events import FINISHED_FIELDS, Row
+
+log = logging.getLogger("breakwater.recording")
+
+# Errors caused by the event itself. Anything else is the database's (down, locked, not
+# migrated): the events are kept and retried, never set aside.
+POISON = (IntegrityError, DataError, ValidationError, ValueError, TypeError, ArithmeticError)
+# Free text a client chose (session_id) is cut to its column rather than refused.
+_CUT = ("agent_name", "model", "session_id")
+
+
+@dataclass
+class StoreOutcome:
+    rows: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (event index, reason)
+
+
+@dataclass
+class _Merged:
+    row: Row
+    indexes: list[int]
+
+
+def _merge(rows: Sequence[tuple[int, Row]]) -> list[_Merged]:
+    merged: dict[uuid.UUID, _Merged] = {}
+    for index, row in rows:
+        seen = merged.get(row.id)
+        if seen is None:
+            merged[row.id] = _Merged(row, [index])
+            continue
+        seen.indexes.append(index)
+        if row.finished or not seen.row.finished:
+            seen.row = row
+    return list(merged.values())
+
+
+def _write(batch: Sequence[_Merged]) -> None:
+    from agents.models import ApiKey, Execution
+
+    key_ids = {m.row.fields["api_key_id"] for m in batch} - {None}
+    with transaction.atomic():
+        # A key deleted since the request: keep the record, drop the dangling reference.
+        known = set(ApiKey.objects.filter(id__in=key_ids).values_list("id", flat=True))
+        limits = {
+            f.name: f.max_length
+            for f in Execution._meta.concrete_fields
+            if f.name in _CUT and f.max_length
+        }
+        started: list[Execution] = []
+        finished: list[Execution] = []
+        for m in batch:
+            fields = dict(m.row.fields)
+            if fields["api_key_id"] not in known:
+                fields["api_key_id"] = None
+            for name, length in limits.items():
+                fields[name] = fields.get(name, "")[:length]
+            (finished if m.row.finished else started).append(Execution(id=m.row.id, **fields))
+        if started:
+            Execution.objects.bulk_create(started, ignore_conflicts=True)
+        if finished:
+            Execution.objects.bulk_create(
+                finished,
+                update_conflicts=True,
+                unique_fields=["id"],
+                update_fields=list(FINISHED_FIELDS),
+            )
+
+
+def store_rows(rows: Sequence[tuple[int, Row]]) -> StoreOutcome:
+    """Write ``(event index, row)`` pairs; raises when the database, not the data, failed."""
+    merged = _merge(rows)
+    outcome = StoreOutcome()
+    if not merged:
+        return outcome
+    try:
+        _write(merged)
+    except POISON:
+        log.warning("record batch of %d failed; retrying row by row", len(merged), exc_info=True)
+    else:
+        outcome.rows = len(merged)
+        return outcome
+    for m in merged:
+        try:
+            _write([m])
+        except POISON as exc:
+            log.error("execution %s cannot be stored: %r", m.row.id, exc)
+            outcome.rejected.extend((index, repr(exc)) for index in m.indexes)
+        else:
+            outcome.rows += 1
+    return outcome

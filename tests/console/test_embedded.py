@@ -1,0 +1,292 @@
+"""The embedded scheduler and worker: Celery's roles, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import current_app
+
+from console.embedded import EmbeddedScheduler, EmbeddedWorker
+from console.schedule import JOBS, Job, beat_schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE = threading.Event()
+CALLS: list[dict[str, Any]] = []
+
+
+@current_app.task(name="tests.embedded.record")
+def record(**kwargs: Any) -> str:
+    CALLS.append(kwargs)
+    return "recorded"
+
+
+@current_app.task(name="tests.embedded.wait_for_release")
+def wait_for_release() -> str:
+    if not RELEASE.wait(timeout=10):
+        raise TimeoutError("never released")
+    CALLS.append({"released": True})
+    return "finished"
+
+
+@current_app.task(name="tests.embedded.explode")
+def explode() -> None:
+    raise RuntimeError("boom")
+
+
+@pytest.fixture(autouse=True)
+def _clean_state() -> Any:
+    CALLS.clear()
+    RELEASE.clear()
+    yield
+    RELEASE.set()  # never leave a worker thread waiting
+
+
+class FakeWorker:
+    """Records submissions; the test decides when each job finishes."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.futures: list[Future[Any]] = []
+
+    def submit(self, name: str, **kwargs: Any) -> Future[Any]:
+        self.submitted.append(name)
+        future: Future[Any] = Future()
+        self.futures.append(future)
+        return future
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+JOBS_UNDER_TEST = (Job("fast", "tasks.fast", every_s=10), Job("slow", "tasks.slow", every_s=30))
+
+
+def _scheduler(worker: FakeWorker, clock: FakeClock) -> EmbeddedScheduler:
+    return EmbeddedScheduler(worker=worker, jobs=JOBS_UNDER_TEST, clock=clock)  # type: ignore[arg-type]
+
+
+# --- EmbeddedScheduler.tick ------------------------------------------------------------------
+
+
+def test_tick_submits_only_due_jobs_and_returns_the_wait_for_the_next_one() -> None:
+    worker, clock = FakeWorker(), FakeClock()
+    scheduler = _scheduler(worker, clock)
+    next_due = {"fast": 1000.0, "slow": 1005.0}
+
+    assert scheduler.tick(next_due) == 5.0
+    assert worker.submitted == ["tasks.fast"]
+    assert next_due == {"fast": 1010.0, "slow": 1005.0}
+
+    clock.now = 1005.0
+    assert scheduler.tick(next_due) == 5.0
+    assert worker.submitted == ["tasks.fast", "tasks.slow"]
+    assert next_due == {"fast": 1010.0, "slow": 1035.0}
+
+
+def test_tick_before_anything_is_due_submits_nothing() -> None:
+    worker, clock = FakeWorker(), FakeClock()
+    next_due = {"fast": 1007.5, "slow": 1020.0}
+    assert _scheduler(worker, clock).tick(next_due) == 7.5
+    assert worker.submitted == []
+    assert next_due == {"fast": 1007.5, "slow": 1020.0}
+
+
+def test_tick_skips_a_job_that_is_still_running(caplog: pytest.LogCaptureFixture) -> None:
+    worker, clock = FakeWorker(), FakeClock()
+    scheduler = _scheduler(worker, clock)
+    next_due = {"fast": 1000.0, "slow": 2000.0}
+    scheduler.tick(next_due)
+    assert worker.submitted == ["tasks.fast"]
+
+    clock.now = 1010.0  # due again, but the first run has not finished
+    with caplog.at_level(logging.WARNING, logger="breakwater.embedded"):
+        assert scheduler.tick(next_due) == 10.0
+    assert worker.submitted == ["tasks.fast"]
+    assert "job fast still running; skipping this tick" in caplog.text
+    assert next_due["fast"] == 1020.0  # skipped, not retried at once
+
+    worker.futures[0].set_result(None)
+    clock.now = 1020.0
+    scheduler.tick(next_due)
+    assert worker.submitted == ["tasks.fast", "tasks.fast"]
+
+
+def test_tick_runs_a_job_again_after_it_failed() -> None:
+    worker, clock = FakeWorker(), FakeClock()
+    scheduler = _scheduler(worker, clock)
+    next_due = {"fast": 1000.0, "slow": 2000.0}
+    scheduler.tick(next_due)
+    worker.futures[0].set_exception(RuntimeError("boom"))
+    clock.now = 1010.0
+    scheduler.tick(next_due)
+    assert worker.submitted == ["tasks.fast", "tasks.fast"]
+
+
+def test_tick_catches_up_late_jobs_without_a_burst() -> None:
+    worker, clock = FakeWorker(), FakeClock()
+    scheduler = _scheduler(worker, clock)
+    next_due = {"fast": 1000.0, "slow": 1000.0}
+    clock.now = 1100.0  # the loop was starved for 100 s
+    assert scheduler.tick(next_due) == 10.0
+    assert worker.submitted == ["tasks.fast", "tasks.slow"]  # once each, not ten times
+    assert next_due == {"fast": 1110.0, "slow": 1130.0}
+
+
+def test_tick_never_asks_for_a_busy_loop() -> None:
+    worker, clock = FakeWorker(), FakeClock()
+    next_due = {"fast": 1000.001, "slow": 2000.0}
+    assert _scheduler(worker, clock).tick(next_due) == 0.05
+
+
+def test_tick_without_jobs_sleeps_an_hour() -> None:
+    scheduler = EmbeddedScheduler(worker=FakeWorker(), jobs=(), clock=FakeClock())  # type: ignore[arg-type]
+    assert scheduler.tick({}) == 3600.0
+
+
+async def test_the_scheduler_starts_and_stops_cleanly() -> None:
+    worker = FakeWorker()
+    scheduler = EmbeddedScheduler(worker=worker, jobs=JOBS_UNDER_TEST)  # type: ignore[arg-type]
+    scheduler.start()
+    await asyncio.sleep(0)
+    await scheduler.stop()
+    assert worker.submitted == []  # the first runs are a few seconds after start
+
+
+def test_beat_runs_the_same_schedule_as_the_embedded_scheduler() -> None:
+    current_app.autodiscover_tasks(force=True)  # as `celery beat` and `celery worker` do
+    schedule = beat_schedule()
+    assert set(schedule) == {job.name for job in JOBS}
+    for job in JOBS:
+        assert schedule[job.name]["task"] == job.task
+        assert schedule[job.name]["schedule"] == job.every_s
+        assert job.task in current_app.tasks, f"{job.task} is not a registered Celery task"
+
+
+# --- EmbeddedWorker ------------------------------------------------------------------------
+
+
+async def test_the_worker_runs_a_registered_celery_task_body() -> None:
+    worker = EmbeddedWorker(threads=2)
+    future = worker.submit("tests.embedded.record", agent="support", n=3)
+    assert await asyncio.wrap_future(future) == "recorded"
+    assert CALLS == [{"agent": "support", "n": 3}]
+    await worker.stop()
+
+
+async def test_stop_waits_for_running_tasks_to_finish() -> None:
+    worker = EmbeddedWorker(threads=2, grace_s=10)
+    future = worker.submit("tests.embedded.wait_for_release")
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # the task is blocked, so stop() must still be waiting
+    assert not future.done()
+
+    RELEASE.set()
+    await asyncio.wait_for(stopping, timeout=10)
+    assert future.result() == "finished"
+    assert CALLS == [{"released": True}]
+
+
+async def test_stop_gives_up_after_the_grace_period() -> None:
+    worker = EmbeddedWorker(threads=1, grace_s=0.1)
+    future = worker.submit("tests.embedded.wait_for_release")
+    await asyncio.wait_for(worker.stop(), timeout=5)
+    assert not future.done()  # still running: stop() returned without it
+    RELEASE.set()
+    assert await asyncio.wrap_future(future) == "finished"
+
+
+async def test_submit_after_stop_is_refused() -> None:
+    worker = EmbeddedWorker()
+    await worker.stop()
+    with pytest.raises(RuntimeError, match="embedded worker is shut down"):
+        worker.submit("tests.embedded.record")
+    assert CALLS == []
+
+
+async def test_a_failing_task_is_logged_and_the_worker_keeps_going(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = EmbeddedWorker(threads=1)
+    with caplog.at_level(logging.ERROR, logger="breakwater.embedded"):
+        failed = worker.submit("tests.embedded.explode")
+        with pytest.raises(RuntimeError, match="boom"):
+            await asyncio.wrap_future(failed)
+        ok = worker.submit("tests.embedded.record", x=1)
+        assert await asyncio.wrap_future(ok) == "recorded"
+    await worker.stop()
+    assert "task tests.embedded.explode failed" in caplog.text
+
+
+async def test_an_unknown_task_fails_its_future() -> None:
+    worker = EmbeddedWorker(threads=1)
+    future = worker.submit("tests.embedded.no_such_task")
+    with pytest.raises(KeyError):
+        await asyncio.wrap_future(future)
+    await worker.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_scheduler_drives_the_real_worker_through_a_real_job() -> None:
+    from datetime import timedelta
+
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+    from django.utils import timezone
+
+    from agents.models import Execution
+
+    created = timezone.now() - timedelta(days=1)
+    execution = await sync_to_async(Execution.objects.create)(
+        agent_name="support", status="running", created_at=created
+    )
+    worker, clock = EmbeddedWorker(threads=1), FakeClock()
+    scheduler = EmbeddedScheduler(worker=worker, jobs=JOBS, clock=clock)
+    scheduler.tick({job.name: clock.now for job in JOBS})
+    await worker.stop()
+
+    await sync_to_async(execution.refresh_from_db)()
+    await sync_to_async(lambda: connection.close())()  # that thread's own, before teardown
+    assert execution.status == "failed"
+
+
+def test_a_fresh_process_registers_every_scheduled_task_when_the_worker_starts(
+    tmp_path: Path,
+) -> None:
+    # In a fresh process, as under `manage.py serve`: nothing else has imported the tasks.
+    code = (
+        "import django; django.setup()\n"
+        "from celery import current_app\n"
+        "from console.embedded import EmbeddedWorker\n"
+        "from console.schedule import JOBS\n"
+        "EmbeddedWorker()\n"
+        "missing = [job.task for job in JOBS if job.task not in current_app.tasks]\n"
+        "print('missing:', missing)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update(DJANGO_SETTINGS_MODULE="console.settings", BREAKWATER_VAR_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "missing: []"
