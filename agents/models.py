@@ -136,6 +136,11 @@ class Agent(models.Model):
     breaker_failure_threshold = models.PositiveIntegerField(default=5)
     breaker_recovery_timeout_s = models.FloatField(default=60.0)
     breaker_half_open_max_calls = models.PositiveIntegerField(default=1)
+    breaker_window_size = models.PositiveIntegerField(default=20)
+    breaker_minimum_calls = models.PositiveIntegerField(default=10)
+    breaker_failure_rate = models.FloatField(default=0.5)
+    breaker_slow_call_s = models.FloatField(null=True, blank=True)
+    breaker_slow_call_rate = models.FloatField(default=1.0)
     rate_limit_rpm = models.PositiveIntegerField(null=True, blank=True)
     rate_limit_tpm = models.PositiveIntegerField(null=True, blank=True)
     cache_ttl_s = models.PositiveIntegerField(default=0)
@@ -176,6 +181,22 @@ class Agent(models.Model):
                     breaker_half_open_max_calls__gte=1, breaker_half_open_max_calls__lte=1000
                 ),
                 name="agent_breaker_half_open_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(breaker_window_size__gte=1, breaker_window_size__lte=1000)
+                & Q(breaker_minimum_calls__gte=1)
+                & Q(breaker_minimum_calls__lte=models.F("breaker_window_size")),
+                name="agent_breaker_window_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(breaker_failure_rate__gt=0, breaker_failure_rate__lte=1)
+                & Q(breaker_slow_call_rate__gt=0, breaker_slow_call_rate__lte=1),
+                name="agent_breaker_rates_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(breaker_slow_call_s__isnull=True)
+                | Q(breaker_slow_call_s__gt=0, breaker_slow_call_s__lte=3600),
+                name="agent_breaker_slow_call_valid",
             ),
             models.CheckConstraint(
                 condition=Q(rate_limit_rpm__isnull=True) | Q(rate_limit_rpm__gte=1),

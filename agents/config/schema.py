@@ -105,9 +105,25 @@ class ModelSpec(Spec):
 
 
 class BreakerSpec(Spec):
+    """Opens on ``failure_threshold`` consecutive failures, or when over the last
+    ``window_size`` calls (at least ``minimum_calls`` of them) the failure rate reaches
+    ``failure_rate_threshold`` or the share slower than ``slow_call_s`` reaches
+    ``slow_call_rate_threshold``."""
+
     failure_threshold: int = Field(default=5, ge=1, le=10_000)
     recovery_timeout_s: float = Field(default=60, gt=0, le=86_400, allow_inf_nan=False)
     half_open_max_calls: int = Field(default=1, ge=1, le=1000)
+    window_size: int = Field(default=20, ge=1, le=1000)
+    minimum_calls: int = Field(default=10, ge=1, le=1000)
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
+    slow_call_s: float | None = Field(default=None, gt=0, le=3600, allow_inf_nan=False)
+    slow_call_rate_threshold: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _window(self) -> BreakerSpec:
+        if self.minimum_calls > self.window_size:
+            raise ValueError("minimum_calls: must be <= window_size")
+        return self
 
 
 class RateLimitSpec(Spec):
