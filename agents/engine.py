@@ -19,11 +19,13 @@ from agents.live_config import LiveConfig
 from agents.runtime.clock import SystemClock
 from agents.runtime.executor import Executor
 from agents.runtime.memory import MemoryState
+from agents.runtime.ports import SessionStore
 from agents.runtime.providers.base import OnToken
 from agents.runtime.providers.registry import ProviderRouter
 from agents.runtime.state import StateStore
 from agents.runtime.tools import ToolRunner
 from agents.runtime.types import ExecutionRequest, ExecutionResult
+from agents.sessions import LocalSessions, RedisSessions
 
 log = logging.getLogger("breakwater.engine")
 
@@ -45,6 +47,13 @@ class Engine:
 
             self.state = RedisState(get_async_redis(), prefix="bw")
         self.providers = ProviderRouter(clock=self.clock)
+        self.sessions: SessionStore
+        if settings.EMBEDDED:
+            self.sessions = LocalSessions()
+        else:
+            from console.redis import get_async_redis
+
+            self.sessions = RedisSessions(get_async_redis(), prefix="bw")
         self.tools = ToolRunner(
             python_allow_list=frozenset(settings.BREAKWATER_TOOL_ALLOW_LIST),
             webhook_allow_hosts=frozenset(settings.BREAKWATER_WEBHOOK_ALLOW_HOSTS),
@@ -61,6 +70,7 @@ class Engine:
             records=self.records,
             events=self.events,
             tools=self.tools,
+            sessions=self.sessions,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = False

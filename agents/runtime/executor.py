@@ -96,6 +96,21 @@ def price(deployment: Deployment, usage: Usage) -> Decimal:
     ) / MTOK
 
 
+def window(
+    messages: tuple[Message, ...], *, max_messages: int, max_tokens: int
+) -> tuple[Message, ...]:
+    """The most recent messages that fit both limits (a conversation's memory window)."""
+    kept: list[Message] = []
+    tokens = 0
+    for message in reversed(messages):
+        cost = estimate_messages((message,))
+        if len(kept) >= max_messages or tokens + cost > max_tokens:
+            break
+        kept.append(message)
+        tokens += cost
+    return tuple(reversed(kept))
+
+
 @dataclass
 class _Run:
     """Mutable bookkeeping for one execution."""
@@ -157,7 +172,11 @@ class Executor:
             raise UnknownAgent(request.agent)
         history: tuple[Message, ...] = ()
         if request.session_id and self._sessions is not None:
-            history = await self._sessions.history(agent.name, request.session_id)
+            history = window(
+                await self._sessions.history(agent.name, request.session_id),
+                max_messages=agent.session_max_messages,
+                max_tokens=agent.session_max_tokens,
+            )
         system = (Message("system", agent.system_prompt),) if agent.system_prompt else ()
         started = self._clock.monotonic()
         run = _Run(

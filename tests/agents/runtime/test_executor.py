@@ -283,3 +283,44 @@ async def test_the_tool_loop_stops_at_the_step_cap() -> None:
     assert result.status == ExecutionStatus.DEGRADED
     assert result.fallback_reason == "tool_error"
     assert len([s for s in result.steps if s.kind == "tool"]) == 2
+
+
+def test_the_memory_window_keeps_the_latest_messages_within_both_limits() -> None:
+    from agents.runtime.executor import window
+    from agents.runtime.types import Message
+
+    history = tuple(Message("user", f"message {i} " + "x" * 40) for i in range(10))
+    assert window(history, max_messages=3, max_tokens=10_000) == history[-3:]
+    # each message estimates to ~16 tokens: 40 tokens fit two of them
+    assert window(history, max_messages=10, max_tokens=40) == history[-2:]
+    assert window(history, max_messages=10, max_tokens=1) == ()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_session_remembers_earlier_turns() -> None:
+    from agents.sessions import LocalSessions
+
+    h = harness()
+    h.executor._sessions = LocalSessions()
+    seen: list[int] = []
+    original = h.provider.chat
+
+    async def counting(deployment, request, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(len(request.messages))
+        return await original(deployment, request, **kwargs)
+
+    h.provider.chat = counting  # type: ignore[method-assign]
+    import uuid
+
+    from agents.runtime.types import ExecutionRequest, Message
+
+    for text in ("first", "second"):
+        await h.executor.execute(
+            ExecutionRequest(
+                agent="support",
+                messages=(Message("user", text),),
+                execution_id=str(uuid.uuid4()),
+                session_id="s-1",
+            )
+        )
+    assert seen == [1, 3]  # second call carries user, assistant, user
