@@ -43,6 +43,7 @@ async def agent_execute(request: HttpRequest, name: str, payload: ExecuteIn) -> 
             session_id=payload.session_id,
             metadata=payload.metadata or {},
             api_key_id=principal.key_id,
+            api_key_limits=principal.limits,
         )
     )
     return result.as_dict()

@@ -7,13 +7,14 @@ before any look-up; the hash comparison is constant-time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security import HttpBearer
 
 from agents.keys import looks_like_key, prefix_of, verify_key
+from agents.runtime.types import RateLimits
 from console.errors import ApplicationError
 
 
@@ -28,6 +29,7 @@ class Principal:
     prefix: str
     scopes: frozenset[str]
     agents: frozenset[str]  # empty = all agents
+    limits: RateLimits = field(default_factory=RateLimits)
 
     def require(self, scope: str) -> None:
         # admin implies every scope; operate implies read.
@@ -54,7 +56,7 @@ async def principal_for(token: str) -> Principal | None:
         return None
     if info.expires_at is not None and info.expires_at <= timezone.now():
         return None
-    return Principal(info.id, info.prefix, info.scopes, info.agents)
+    return Principal(info.id, info.prefix, info.scopes, info.agents, info.limits)
 
 
 class ApiKeyAuth(HttpBearer):

@@ -81,6 +81,7 @@ class KeyInfo:
     scopes: frozenset[str]
     agents: frozenset[str]  # empty = every agent
     expires_at: datetime | None
+    limits: RateLimits = field(default_factory=RateLimits)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ def snapshot_build(version: int) -> Snapshot:
             scopes=key.scope_set,
             agents=frozenset(a.name for a in key.agents.all()),
             expires_at=key.expires_at,
+            limits=RateLimits(rpm=key.rate_limit_rpm, tpm=key.rate_limit_tpm),
         )
     return Snapshot(
         version=version,

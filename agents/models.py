@@ -240,6 +240,8 @@ class ApiKey(models.Model):
     secret_hash = models.CharField(max_length=64)
     scopes = models.CharField(max_length=64)  # comma-separated, checked by the database
     agents = models.ManyToManyField(Agent, blank=True, related_name="api_keys")
+    rate_limit_rpm = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_tpm = models.PositiveIntegerField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -260,6 +262,11 @@ class ApiKey(models.Model):
                 name="apikey_hash_sha256",
             ),
             models.CheckConstraint(condition=~Q(name=""), name="apikey_name_required"),
+            models.CheckConstraint(
+                condition=(Q(rate_limit_rpm__isnull=True) | Q(rate_limit_rpm__gte=1))
+                & (Q(rate_limit_tpm__isnull=True) | Q(rate_limit_tpm__gte=1)),
+                name="apikey_rate_limits_positive",
+            ),
         ]
 
     def __str__(self) -> str:

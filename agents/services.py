@@ -27,12 +27,20 @@ def api_key_create(
     scopes: Iterable[str],
     agents: Iterable[str] = (),
     expires_at: datetime | None = None,
+    rate_limit_rpm: int | None = None,
+    rate_limit_tpm: int | None = None,
     actor: str = "system",
 ) -> CreatedKey:
     requested = set(scopes)  # read once: ``scopes`` may be a one-shot iterator
     errors = []
     if not name.strip():
         errors.append("name: must not be empty")
+    for field_name, value in (
+        ("rate_limit_rpm", rate_limit_rpm),
+        ("rate_limit_tpm", rate_limit_tpm),
+    ):
+        if value is not None and not 1 <= value <= 2_147_483_647:
+            errors.append(f"{field_name}: must be between 1 and 2147483647")
     unknown = sorted(requested - set(Scope.values))
     if unknown:
         errors.append(f"scopes: unknown scope {unknown[0]!r}; expected {', '.join(Scope.values)}")
@@ -55,6 +63,8 @@ def api_key_create(
             secret_hash=new.secret_hash,
             scopes=",".join(scope_list),
             expires_at=expires_at,
+            rate_limit_rpm=rate_limit_rpm,
+            rate_limit_tpm=rate_limit_tpm,
         )
         key.agents.set(found)
         audit_record(

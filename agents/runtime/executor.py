@@ -241,6 +241,13 @@ class Executor:
             limits.append(
                 RateLimit(f"tpm:agent:{agent.name}", agent.rate_limits.tpm, 60.0, estimate)
             )
+        key_limits = run.request.api_key_limits
+        if run.request.api_key_id is not None and key_limits.rpm:
+            limits.append(RateLimit(f"rpm:key:{run.request.api_key_id}", key_limits.rpm, 60.0, 1))
+        if run.request.api_key_id is not None and key_limits.tpm:
+            limits.append(
+                RateLimit(f"tpm:key:{run.request.api_key_id}", key_limits.tpm, 60.0, estimate)
+            )
         lease_ttl = agent.timeout_s + 30.0
         while True:
             admission = await self._state.admit(

@@ -135,6 +135,7 @@ class ExecutionRequest:
     session_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     api_key_id: int | None = None
+    api_key_limits: RateLimits = field(default_factory=RateLimits)
     bypass_cache: bool = False
 
 

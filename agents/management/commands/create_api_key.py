@@ -23,6 +23,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--agents", default="", help="comma-separated allow-list (default all)")
         parser.add_argument("--expires-at", default=None, help="ISO 8601 date-time with offset")
+        parser.add_argument(
+            "--rpm", type=int, default=None, help="requests per minute for this key"
+        )
+        parser.add_argument("--tpm", type=int, default=None, help="tokens per minute for this key")
 
     def handle(self, *args: Any, **options: Any) -> None:
         expires_at = None
@@ -36,6 +40,8 @@ class Command(BaseCommand):
                 scopes=_csv(options["scopes"]),
                 agents=_csv(options["agents"]),
                 expires_at=expires_at,
+                rate_limit_rpm=options["rpm"],
+                rate_limit_tpm=options["tpm"],
                 actor="system:create_api_key",
             )
         except ValidationFailed as exc:

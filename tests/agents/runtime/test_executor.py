@@ -324,3 +324,27 @@ async def test_a_session_remembers_earlier_turns() -> None:
             )
         )
     assert seen == [1, 3]  # second call carries user, assistant, user
+
+
+async def test_an_api_keys_own_rate_limit_applies_across_agents() -> None:
+    import uuid
+
+    from agents.runtime.types import ExecutionRequest, Message
+
+    h = harness([agent("a"), agent("b")])
+
+    async def run(name: str) -> ExecutionStatus:
+        result = await h.executor.execute(
+            ExecutionRequest(
+                agent=name,
+                messages=(Message("user", "hi"),),
+                execution_id=str(uuid.uuid4()),
+                api_key_id=7,
+                api_key_limits=RateLimits(rpm=2),
+            )
+        )
+        return result.status
+
+    assert await run("a") == ExecutionStatus.SUCCEEDED
+    assert await run("b") == ExecutionStatus.SUCCEEDED
+    assert await run("a") == ExecutionStatus.DEGRADED
