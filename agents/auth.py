@@ -60,5 +60,7 @@ async def principal_for(token: str) -> Principal | None:
 
 
 class ApiKeyAuth(HttpBearer):
+    is_async = True  # ninja then awaits what __call__ returns (our coroutine)
+
     async def authenticate(self, request: HttpRequest, token: str) -> Principal | None:
         return await principal_for(token)

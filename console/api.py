@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
-from ninja.errors import AuthenticationError
+from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
 from console.errors import ApplicationError
+
+logger = logging.getLogger("breakwater.api")
 
 api = NinjaAPI(
     title="Breakwater API",
@@ -54,6 +58,21 @@ def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResp
 def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     return api.create_response(
         request, error_body("request_too_large", "request body exceeds the size limit"), status=413
+    )
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return api.create_response(
+        request, error_body("invalid_request", str(exc)), status=exc.status_code
+    )
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    return api.create_response(
+        request, error_body("internal_error", "internal error; it has been logged"), status=500
     )
 
 
