@@ -35,12 +35,12 @@ REFERENCE_MIX: dict[str, float] = {
 
 QUESTIONS: dict[str, Sequence[str]] = {
     "customer-support": (
-        "Where is my order #{n}?",
         "How do I return a pair of shoes?",
         "Can I change my shipping address?",
         "Do you ship to Canada?",
         "My discount code does not work.",
         "How long does a refund take?",
+        "Where is my order #{n}?",
     ),
     "code-review": (
         "Review this diff: def add(a, b): return a - b",
@@ -89,8 +89,8 @@ class LoadStats:
 
 def pick_question(agent: str, rng: random.Random) -> str:
     pool = QUESTIONS.get(agent, DEFAULT_QUESTIONS)
-    # Skewed choice: the first questions are asked far more often (cache hits), and the
-    # {n} placeholder makes a share of them unique.
+    # Skewed choice: the first questions are asked far more often (cache hits); the last
+    # ones carry an {n} placeholder that makes them unique.
     index = min(int(rng.expovariate(1.0)), len(pool) - 1)
     return pool[index].format(n=rng.randrange(10_000))
 
