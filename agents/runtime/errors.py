@@ -104,11 +104,18 @@ def policy_for(failure: ProviderFailure) -> Policy:
 
 
 def classify_http(
-    status: int, *, code: str | None = None, error_type: str | None = None
+    status: int,
+    *,
+    code: str | None = None,
+    error_type: str | None = None,
+    message: str | None = None,
 ) -> type[ProviderFailure]:
     """Map an upstream HTTP error to a failure class (OpenAI and Anthropic conventions)."""
     code = (code or "").lower()
     error_type = (error_type or "").lower()
+    # Anthropic reports exhausted credit as a 400 invalid_request_error with this wording.
+    if status == 400 and "credit balance" in (message or "").lower():
+        return QuotaExhausted
     if status == 429:
         if "insufficient_quota" in (code, error_type) or "billing" in error_type:
             return QuotaExhausted

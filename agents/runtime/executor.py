@@ -318,6 +318,7 @@ class Executor:
             remaining = run.deadline - self._clock.monotonic()
             run.attempts += 1
             started = self._clock.monotonic()
+            streamed_before = run.streamed_chars
             try:
                 response = await self._attempt(run, deployment, remaining, on_token)
             except asyncio.CancelledError:
@@ -361,6 +362,10 @@ class Executor:
                 delay = self._retry_delay(run, failure, retries) if policy.retry else None
                 can_retry = policy.retry and retries < agent.max_retries and delay is not None
                 can_fallback = policy.fallback and model_index + 1 < len(chain)
+                if run.streamed_chars > streamed_before:
+                    # The caller already received part of this answer: another attempt would
+                    # stream a second, different answer after it. Degrade instead.
+                    can_retry = can_fallback = False
                 if not can_retry and not can_fallback:
                     outcome = Outcome.FAILURE if policy.counts_for_breaker else Outcome.IGNORED
                     await complete(attempt, outcome)

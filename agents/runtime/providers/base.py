@@ -77,7 +77,7 @@ async def raise_for_status(response: aiohttp.ClientResponse) -> None:
             error_type = error.get("type") if isinstance(error.get("type"), str) else None
     except (ValueError, AttributeError):
         message = raw[:200].decode("utf-8", "replace") or message
-    cls = classify_http(response.status, code=code, error_type=error_type)
+    cls = classify_http(response.status, code=code, error_type=error_type, message=message)
     raise cls(
         f"{response.status} {message}",
         status=response.status,
@@ -170,6 +170,8 @@ async def post_chat(
                 await read_stream(response, state, on_token)
     except ProviderFailure as failure:
         raise (_charge(failure, state, request) if on_token is not None else failure) from None
+    except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: connect/read phase first
+        raise _charge(transport_failure(exc), state, request) from None
     except TimeoutError:
         raise _charge(timeout_failure("total", timeout_s), state, request) from None
     except (aiohttp.ClientError, OSError) as exc:
