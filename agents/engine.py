@@ -35,6 +35,7 @@ class Engine:
         from agents.events import CompositeEvents
         from agents.metrics import MetricsEvents
         from agents.recording import recorder_for_settings
+        from incidents.events import IncidentEvents
 
         self.clock = SystemClock()
         self.config = LiveConfig()
@@ -61,7 +62,8 @@ class Engine:
             clock=self.clock,
         )
         self.records, self.drainer = recorder_for_settings()
-        self.events = CompositeEvents(MetricsEvents())
+        self.incidents = IncidentEvents()
+        self.events = CompositeEvents(MetricsEvents(), self.incidents)
         self.executor = Executor(
             config=self.config,
             state=self.state,
@@ -94,6 +96,7 @@ class Engine:
         if self.drainer is not None:
             await self.drainer.stop()
         self.records.close()
+        self.incidents.close()
         await self.tools.close()
         await self.providers.close()
         self.started = False

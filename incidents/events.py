@@ -1,0 +1,109 @@
+"""Breaker transitions become incidents: an opened breaker opens (or adds to) an incident, a
+half-open probe is a timeline entry, a recovered breaker resolves it.
+
+Writes run on one background thread, in order, so the event sink never blocks the hot path.
+Each transition is reported by exactly one process (the one whose atomic state call made it),
+so incidents are not duplicated across processes; the database's one-open-per-key constraint
+covers the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from django.db import close_old_connections
+
+from agents.runtime.state import BreakerState, Transition
+from agents.runtime.types import ExecutionResult
+from incidents.models import Severity
+
+log = logging.getLogger("breakwater.incidents")
+
+_OPEN = {BreakerState.OPEN, BreakerState.FORCED_OPEN}
+_CLOSED = {BreakerState.CLOSED, BreakerState.FORCED_CLOSED, BreakerState.DISABLED}
+
+
+def _describe(key: str) -> tuple[str, str, str]:
+    """(title subject, severity, agent name) for a breaker key."""
+    kind, _, name = key.partition(":")
+    if kind == "agent":
+        return f"agent {name}", Severity.CRITICAL, name
+    return f"deployment {name}", Severity.MAJOR, ""
+
+
+def transition_to_incident(transition: Transition) -> None:
+    from incidents.services import incident_event_add, incident_open, incident_resolve_by_key
+
+    subject, severity, agent = _describe(transition.key)
+    dedup_key = f"breaker:{transition.key}"
+    data = {
+        "key": transition.key,
+        "from": transition.from_state.value,
+        "to": transition.to_state.value,
+        "at": transition.at,
+    }
+    if transition.to_state in _OPEN:
+        incident_open(
+            kind="breaker_open",
+            dedup_key=dedup_key,
+            title=f"Circuit breaker open: {subject}",
+            message=f"breaker opened ({transition.reason})",
+            severity=severity,
+            agent_name=agent,
+            data=data,
+        )
+    elif transition.to_state == BreakerState.HALF_OPEN:
+        from incidents.models import Incident, IncidentStatus
+
+        incident = (
+            Incident.objects.filter(dedup_key=dedup_key)
+            .exclude(status=IncidentStatus.RESOLVED)
+            .first()
+        )
+        if incident is not None:
+            incident_event_add(
+                incident=incident, kind="half_open", message="probing recovery", data=data
+            )
+    elif transition.to_state in _CLOSED:
+        incident_resolve_by_key(
+            dedup_key=dedup_key, message=f"breaker closed ({transition.reason})", data=data
+        )
+
+
+class IncidentEvents:
+    """An :class:`~agents.runtime.ports.EventSink` that turns breaker transitions into
+    incidents."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bw-incidents")
+
+    def breaker_transition(self, transition: Transition) -> None:
+        future = self._thread.submit(self._run, transition)
+        future.add_done_callback(self._report)
+
+    @staticmethod
+    def _run(transition: Transition) -> None:
+        close_old_connections()
+        try:
+            transition_to_incident(transition)
+        finally:
+            close_old_connections()
+
+    @staticmethod
+    def _report(future: Future[Any]) -> None:
+        if future.exception() is not None:
+            log.error("incident update failed", exc_info=future.exception())
+
+    def execution_started(self, execution_id: str, agent: str) -> None:
+        return None
+
+    def execution_token(self, execution_id: str, text: str) -> None:
+        return None
+
+    def execution_finished(self, result: ExecutionResult) -> None:
+        return None
+
+    def close(self, *, wait: bool = True) -> None:
+        self._thread.shutdown(wait=wait)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from agents.runtime.state import BreakerState, Transition
+from incidents.events import IncidentEvents, transition_to_incident
+from incidents.models import Incident, IncidentStatus, Severity
+
+pytestmark = pytest.mark.django_db
+
+OPEN = Transition(
+    "deployment:7", BreakerState.CLOSED, BreakerState.OPEN, 1.0, "5 consecutive failures"
+)
+HALF = Transition(
+    "deployment:7", BreakerState.OPEN, BreakerState.HALF_OPEN, 31.0, "recovery timeout"
+)
+REOPEN = Transition(
+    "deployment:7", BreakerState.HALF_OPEN, BreakerState.OPEN, 32.0, "half-open probe failed"
+)
+CLOSE = Transition(
+    "deployment:7", BreakerState.HALF_OPEN, BreakerState.CLOSED, 70.0, "half-open probes succeeded"
+)
+
+
+def test_an_opened_breaker_opens_one_incident_with_a_timeline() -> None:
+    for transition in (OPEN, HALF, REOPEN):
+        transition_to_incident(transition)
+    incident = Incident.objects.get()
+    assert incident.status == IncidentStatus.OPEN
+    assert incident.title == "Circuit breaker open: deployment 7"
+    assert incident.severity == Severity.MAJOR
+    assert [e.kind for e in incident.events.all()] == ["opened", "half_open", "recurred"]
+
+
+def test_a_recovered_breaker_resolves_its_incident() -> None:
+    transition_to_incident(OPEN)
+    transition_to_incident(CLOSE)
+    incident = Incident.objects.get()
+    assert incident.status == IncidentStatus.RESOLVED
+    assert incident.resolved_at is not None
+    assert incident.events.last().kind == "resolved"
+    # The next outage is a new incident.
+    transition_to_incident(OPEN)
+    assert Incident.objects.filter(status=IncidentStatus.OPEN).count() == 1
+    assert Incident.objects.count() == 2
+
+
+def test_an_agent_breaker_is_critical_and_names_the_agent() -> None:
+    transition_to_incident(
+        Transition(
+            "agent:support",
+            BreakerState.CLOSED,
+            BreakerState.FORCED_OPEN,
+            1.0,
+            "operator force_open",
+        )
+    )
+    incident = Incident.objects.get()
+    assert incident.severity == Severity.CRITICAL
+    assert incident.agent_name == "support"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sink_writes_off_the_calling_thread_and_in_order() -> None:
+    sink = IncidentEvents()
+    for transition in (OPEN, HALF, CLOSE):
+        sink.breaker_transition(transition)
+    sink.close(wait=True)
+    incident = Incident.objects.get()
+    assert incident.status == IncidentStatus.RESOLVED
+    assert [e.kind for e in incident.events.all()] == ["opened", "half_open", "resolved"]
