@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
+# setuptools warns on every editable install about same-named folders; that is our layout on purpose.
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: run test test-sqlite lint format typecheck check bench clean
 
@@ -13,11 +15,11 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.run-stamp: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PIP_INSTALL) -e .
 	@touch $@
 
 $(VENV)/.test-stamp: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
 	@touch $@ $(VENV)/.run-stamp
 
 run: $(VENV)/.run-stamp
@@ -29,8 +31,12 @@ test: $(VENV)/.test-stamp
 	$(PY) -m pytest
 	@if [ -n "$$DATABASE_URL" ] && [[ "$$DATABASE_URL" != sqlite* ]]; then \
 		echo "--- database-behaviour tests again on SQLite"; \
-		DATABASE_URL= $(PY) -m pytest -m dbmatrix -q; \
+		$(MAKE) --no-print-directory test-sqlite; \
 	fi
+
+# The database-behaviour tests alone, on SQLite (the second pass of `make test` on PostgreSQL).
+test-sqlite: $(VENV)/.test-stamp
+	@DATABASE_URL= $(PY) -m pytest -m dbmatrix -q
 
 lint: $(VENV)/.test-stamp
 	$(PY) -m ruff check .

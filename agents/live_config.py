@@ -173,6 +173,7 @@ def snapshot_build(version: int) -> Snapshot:
             upstream_model=row.upstream_model,
             input_usd_per_mtok=row.input_usd_per_mtok,
             output_usd_per_mtok=row.output_usd_per_mtok,
+            cached_input_usd_per_mtok=row.cached_input_usd_per_mtok,
             max_concurrency=row.max_concurrency,
             weight=row.weight,
         )

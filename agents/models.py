@@ -82,8 +82,16 @@ class ModelDeployment(models.Model):
     name = models.CharField(max_length=128, validators=[RegexValidator(MODEL_NAME_RE)])
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
     upstream_model = models.CharField(max_length=128)
-    input_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
-    output_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    # Both null = the price is unknown: allowed only where no budget applies (fail closed).
+    input_usd_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True
+    )
+    output_usd_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True
+    )
+    cached_input_usd_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True
+    )
     max_concurrency = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)])
     weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
     enabled = models.BooleanField(default=True)
@@ -101,12 +109,29 @@ class ModelDeployment(models.Model):
             ),
             models.CheckConstraint(condition=~Q(upstream_model=""), name="deployment_upstream"),
             models.CheckConstraint(
-                condition=Q(input_usd_per_mtok__gte=0, input_usd_per_mtok__lte=PRICE_MAX),
+                condition=Q(input_usd_per_mtok__isnull=True)
+                | Q(input_usd_per_mtok__gte=0, input_usd_per_mtok__lte=PRICE_MAX),
                 name="deployment_input_price_range",
             ),
             models.CheckConstraint(
-                condition=Q(output_usd_per_mtok__gte=0, output_usd_per_mtok__lte=PRICE_MAX),
+                condition=Q(output_usd_per_mtok__isnull=True)
+                | Q(output_usd_per_mtok__gte=0, output_usd_per_mtok__lte=PRICE_MAX),
                 name="deployment_output_price_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(input_usd_per_mtok__isnull=True, output_usd_per_mtok__isnull=True)
+                | Q(input_usd_per_mtok__isnull=False, output_usd_per_mtok__isnull=False),
+                name="deployment_price_complete",
+                violation_error_message="set both input and output prices, or neither",
+            ),
+            models.CheckConstraint(
+                condition=Q(cached_input_usd_per_mtok__isnull=True)
+                | Q(
+                    cached_input_usd_per_mtok__gte=0,
+                    cached_input_usd_per_mtok__lte=PRICE_MAX,
+                    input_usd_per_mtok__isnull=False,
+                ),
+                name="deployment_cached_price_range",
             ),
             models.CheckConstraint(
                 condition=Q(max_concurrency__gte=1, max_concurrency__lte=100000),

@@ -139,3 +139,26 @@ class SpendEntry(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.execution_id} ${self.cost_usd}"
+
+
+class PriceVersion(AppendOnlyModel):
+    """A deployment's price from ``effective_from`` on. A price change adds a row; history is
+    never rewritten (each execution's ledger entry also carries the price it was charged)."""
+
+    deployment_id = models.BigIntegerField(db_index=True)
+    model = models.CharField(max_length=128)
+    provider = models.CharField(max_length=64)
+    upstream_model = models.CharField(max_length=128)
+    input_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True)
+    output_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True)
+    cached_input_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True)
+    effective_from = models.DateTimeField(default=_now)
+
+    class Meta:
+        ordering = ["deployment_id", "-effective_from", "-id"]
+        indexes = [
+            models.Index(fields=["deployment_id", "-effective_from"], name="price_deployment_time")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model}@{self.provider} from {self.effective_from:%Y-%m-%d %H:%M}"

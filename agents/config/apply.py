@@ -298,6 +298,7 @@ class _Applier:
                 {
                     "input_usd_per_mtok": model_spec.input_usd_per_mtok,
                     "output_usd_per_mtok": model_spec.output_usd_per_mtok,
+                    "cached_input_usd_per_mtok": model_spec.cached_input_usd_per_mtok,
                     "max_concurrency": model_spec.max_concurrency,
                     "weight": model_spec.weight,
                     "enabled": model_spec.enabled,

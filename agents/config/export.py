@@ -32,21 +32,23 @@ def config_export() -> dict[str, Any]:
             item["simulation"] = dict(provider.simulation)
         providers.append(item)
 
-    models = [
-        {
+    models = []
+    for d in ModelDeployment.objects.select_related("provider").order_by(
+        "name", "provider__name", "upstream_model"
+    ):
+        model: dict[str, Any] = {
             "name": d.name,
             "provider": d.provider.name,
             "upstream_model": d.upstream_model,
-            "input_usd_per_mtok": _number(d.input_usd_per_mtok),
-            "output_usd_per_mtok": _number(d.output_usd_per_mtok),
-            "max_concurrency": d.max_concurrency,
-            "weight": d.weight,
-            "enabled": d.enabled,
         }
-        for d in ModelDeployment.objects.select_related("provider").order_by(
-            "name", "provider__name", "upstream_model"
+        for price in ("input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok"):
+            value = getattr(d, price)
+            if value is not None:
+                model[price] = _number(value)
+        model.update(
+            {"max_concurrency": d.max_concurrency, "weight": d.weight, "enabled": d.enabled}
         )
-    ]
+        models.append(model)
 
     daily = {
         b.agent_id: b.limit_usd

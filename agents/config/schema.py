@@ -97,11 +97,21 @@ class ModelSpec(Spec):
     name: ModelName
     provider: Slug
     upstream_model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    input_usd_per_mtok: Price
-    output_usd_per_mtok: Price
+    # Omit both for an unknown price: allowed only where no budget applies (fail closed).
+    input_usd_per_mtok: Price | None = None
+    output_usd_per_mtok: Price | None = None
+    cached_input_usd_per_mtok: Price | None = None
     max_concurrency: int = Field(default=64, ge=1, le=100_000)
     weight: int = Field(default=1, ge=1, le=1000)
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _prices(self) -> ModelSpec:
+        if (self.input_usd_per_mtok is None) != (self.output_usd_per_mtok is None):
+            raise ValueError("set both input_usd_per_mtok and output_usd_per_mtok, or neither")
+        if self.cached_input_usd_per_mtok is not None and self.input_usd_per_mtok is None:
+            raise ValueError("cached_input_usd_per_mtok: needs input_usd_per_mtok")
+        return self
 
 
 class BreakerSpec(Spec):

@@ -90,6 +90,10 @@ DEFAULT_DEPLOYMENT_BREAKER = BreakerConfig(
 
 
 def price(deployment: Deployment, usage: Usage) -> Decimal:
+    """What ``usage`` costs on ``deployment`` (0 when its price is unknown: such deployments
+    are refused wherever a budget applies, so an unknown price never spends budgeted money)."""
+    if deployment.input_usd_per_mtok is None or deployment.output_usd_per_mtok is None:
+        return Decimal(0)
     return (
         deployment.input_usd_per_mtok * usage.input_tokens
         + deployment.output_usd_per_mtok * usage.output_tokens

@@ -57,10 +57,15 @@ class Deployment:
     model: str  # the logical model name
     provider: ProviderConfig
     upstream_model: str
-    input_usd_per_mtok: Decimal
-    output_usd_per_mtok: Decimal
+    input_usd_per_mtok: Decimal | None  # None: price unknown (refused under a budget)
+    output_usd_per_mtok: Decimal | None
     max_concurrency: int
     weight: int
+    cached_input_usd_per_mtok: Decimal | None = None
+
+    @property
+    def priced(self) -> bool:
+        return self.input_usd_per_mtok is not None and self.output_usd_per_mtok is not None
 
 
 @dataclass(frozen=True)

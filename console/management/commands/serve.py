@@ -75,17 +75,15 @@ class Command(BaseCommand):
             )
 
 
-async def _loadgen(server: uvicorn.Server, rate: float) -> None:
+async def _loadgen(server: uvicorn.Server, rate: float, key: str) -> None:
     """Demo traffic against this very server, stopped as soon as shutdown begins."""
     from agents.loadgen import run_load
-    from console.demo import demo_loadgen_key
 
     while not server.started:
         if server.should_exit:
             return
         await asyncio.sleep(0.05)
     host, port = server.config.host, server.config.port
-    key = await asyncio.to_thread(demo_loadgen_key)
     load = asyncio.create_task(
         run_load(base_url=f"http://{host}:{port}", api_key=key, rate=rate, duration_s=None)
     )
@@ -116,8 +114,14 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
         log.info("embedded mode: in-process worker and scheduler running")
     from agents.engine import engine_shutdown, get_engine
 
+    load = None
+    if loadgen_rate > 0:
+        from console.demo import demo_loadgen_key
+
+        # The key exists before the engine loads its config, so the first request is known.
+        key = await asyncio.to_thread(demo_loadgen_key)
+        load = asyncio.create_task(_loadgen(server, loadgen_rate, key))
     await get_engine().start()
-    load = asyncio.create_task(_loadgen(server, loadgen_rate)) if loadgen_rate > 0 else None
     try:
         await server.serve()
     finally:
