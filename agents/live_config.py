@@ -26,6 +26,7 @@ from agents.models import Agent, ApiKey, ModelDeployment, Provider
 from agents.runtime.state import BreakerConfig
 from agents.runtime.types import (
     AgentConfig,
+    BudgetRule,
     Deployment,
     ProviderConfig,
     RateLimits,
@@ -91,6 +92,28 @@ class Snapshot:
     deployments: dict[str, tuple[Deployment, ...]] = field(default_factory=dict)
     deployments_by_id: dict[int, Deployment] = field(default_factory=dict)
     keys: dict[str, KeyInfo] = field(default_factory=dict)
+    global_budgets: tuple[BudgetRule, ...] = ()
+    agent_budgets: dict[str, tuple[BudgetRule, ...]] = field(default_factory=dict)
+    key_budgets: dict[int, tuple[BudgetRule, ...]] = field(default_factory=dict)
+
+
+def budget_rule(budget: Budget) -> BudgetRule:
+    target = "*"
+    if budget.scope == "agent" and budget.agent is not None:
+        target = budget.agent.name
+    elif budget.scope == "api_key":
+        target = str(budget.api_key_id)
+    return BudgetRule(
+        id=budget.pk,
+        scope=budget.scope,  # type: ignore[arg-type]
+        target=target,
+        window=budget.window,  # type: ignore[arg-type]
+        limit_usd=budget.limit_usd,
+        timezone=budget.timezone,
+        paused=budget.paused,
+        raise_usd=budget.raise_usd,
+        raise_until=budget.raise_until.timestamp() if budget.raise_until else None,
+    )
 
 
 def _api_key(provider: Provider) -> str | None:
@@ -190,8 +213,22 @@ def snapshot_build(version: int) -> Snapshot:
             expires_at=key.expires_at,
             limits=RateLimits(rpm=key.rate_limit_rpm, tpm=key.rate_limit_tpm),
         )
+    global_budgets: list[BudgetRule] = []
+    agent_budgets: dict[str, list[BudgetRule]] = {}
+    key_budgets: dict[int, list[BudgetRule]] = {}
+    for budget in Budget.objects.select_related("agent").order_by("id"):
+        rule = budget_rule(budget)
+        if budget.scope == "global":
+            global_budgets.append(rule)
+        elif budget.scope == "agent" and budget.agent is not None:
+            agent_budgets.setdefault(budget.agent.name, []).append(rule)
+        elif budget.scope == "api_key" and budget.api_key_id is not None:
+            key_budgets.setdefault(budget.api_key_id, []).append(rule)
     return Snapshot(
         version=version,
+        global_budgets=tuple(global_budgets),
+        agent_budgets={k: tuple(v) for k, v in agent_budgets.items()},
+        key_budgets={k: tuple(v) for k, v in key_budgets.items()},
         agents={a.name: agent_config(a) for a in Agent.objects.filter(enabled=True)},
         deployments={model: tuple(items) for model, items in by_model.items()},
         deployments_by_id=by_id,
@@ -213,6 +250,14 @@ class LiveConfig:
 
     def key(self, prefix: str) -> KeyInfo | None:
         return self.snapshot.keys.get(prefix)
+
+    def budgets(self, agent: str, api_key_id: int | None) -> tuple[BudgetRule, ...]:
+        snap = self.snapshot
+        return (
+            snap.global_budgets
+            + snap.agent_budgets.get(agent, ())
+            + (snap.key_budgets.get(api_key_id, ()) if api_key_id is not None else ())
+        )
 
     def reload(self, *, force: bool = False) -> bool:
         """Rebuild the snapshot if the version moved (sync: call from a thread)."""

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
+from agents.runtime.budgets import holds_for, to_micros, worst_case_micros
 from agents.runtime.clock import Clock
 from agents.runtime.errors import (
     ClientError,
@@ -42,6 +43,7 @@ from agents.runtime.state import (
     AttemptResult,
     BreakerConfig,
     BreakerState,
+    BudgetHold,
     Candidate,
     Completion,
     Outcome,
@@ -134,6 +136,8 @@ class _Run:
     transitions: list[Transition] = field(default_factory=list)
     streamed_chars: int = 0
     tool_rounds: int = 0
+    reserved: int = 0  # micro-USD reserved against the execution's budgets so far
+    model_choice: str = "standard"
 
 
 class Executor:
@@ -165,6 +169,9 @@ class Executor:
         self._rng = rng or random.Random()
         # breaker key -> wall-clock time until which it is known to be open
         self._open_until: dict[str, float] = {}
+        # budget key -> (micro-USD left, limit) as last seen: drives the cheap-model rule
+        # without an extra round trip (at most one execution stale).
+        self._budget_left: dict[str, tuple[int, int]] = {}
 
     # --- public -----------------------------------------------------------------------------
 
@@ -229,7 +236,34 @@ class Executor:
             run.steps.append(Step("refused", outcome="circuit_open", detail="agent breaker open"))
             return self._degraded(run, "circuit_open", "unavailable", model=None, deployment=None)
 
-        chain = (agent.model, *agent.fallback_models)
+        chain, run.model_choice = self._choose_models(run, now)
+        rules = self._config.budgets(agent.name, run.request.api_key_id)
+        if rules:
+            unpriced = sorted(
+                {
+                    f"{d.model} (deployment {d.id})"
+                    for m in chain
+                    for d in self._config.deployments(m)
+                    if not d.priced
+                }
+            )
+            if unpriced:
+                # Fail closed: a budget cannot be enforced on a call whose price is unknown.
+                run.steps.append(
+                    Step("refused", outcome="price_unknown", detail=", ".join(unpriced))
+                )
+                return self._result(
+                    run,
+                    ExecutionStatus.FAILED,
+                    "",
+                    None,
+                    None,
+                    error={
+                        "type": "price_unknown",
+                        "message": f"no price for {', '.join(unpriced)}, and a budget applies "
+                        f"to agent {agent.name}: set input/output prices or remove the budget",
+                    },
+                )
         model_index = self._first_usable(chain, now)
         if model_index is None:
             run.steps.append(Step("refused", outcome="circuit_open", detail="all models open"))
@@ -253,6 +287,12 @@ class Executor:
                 RateLimit(f"tpm:key:{run.request.api_key_id}", key_limits.tpm, 60.0, estimate)
             )
         lease_ttl = agent.timeout_s + 30.0
+        input_estimate = estimate_messages(run.messages)
+        holds: tuple[BudgetHold, ...] = ()
+        if rules:
+            worst = self._worst_case(chain, input_estimate, run.max_tokens)
+            holds = holds_for(rules, now, worst)
+            run.reserved = worst
         while True:
             admission = await self._state.admit(
                 AdmitRequest(
@@ -263,10 +303,12 @@ class Executor:
                     rate_limits=tuple(limits),
                     candidates=self._candidates(chain[model_index]),
                     deployment_breaker=self._deployment_breaker,
+                    budgets=holds,
                 )
             )
             self._learn(admission.transitions, admission.open_until, agent.breaker)
-            if admission.ok or admission.refusal in ("rate_limited",):
+            self._remember_budgets(holds, admission.budget_remaining)
+            if admission.ok or admission.refusal in ("rate_limited", "budget_exceeded"):
                 break
             if admission.refusal == "circuit_open" and agent_key in admission.open_until:
                 break  # the agent's own breaker
@@ -276,6 +318,9 @@ class Executor:
             if model_index >= len(chain):
                 break
         if not admission.ok:
+            if admission.refusal == "budget_exceeded":
+                run.steps.append(Step("refused", outcome="budget_exceeded"))
+                return self._degraded(run, "budget_exceeded", "budget", None, None)
             if admission.refusal == "rate_limited":
                 run.steps.append(Step("refused", outcome="rate_limited"))
                 return self._degraded(
@@ -312,13 +357,51 @@ class Executor:
                     rate_settlements=tuple((k, w, tokens) for k, w, _ in settle)
                     if agent_outcome is not None
                     else (),
+                    budget_settlements=tuple(
+                        (hold.key, to_micros(run.cost, up=True)) for hold in holds
+                    )
+                    if agent_outcome is not None
+                    else (),
                 )
             )
             self._learn(moved, {}, agent.breaker)
 
+        pending: AttemptResult | None = None  # a succeeded attempt kept open by a tool round
         while True:
             assert deployment_id is not None
             deployment = self._deployment(chain[model_index], deployment_id)
+            if run.attempts and holds:
+                # Another provider call (retry, fallback, tool step): reserve its worst case on
+                # top of what is already spent before making it.
+                needed = (
+                    to_micros(run.cost, up=True)
+                    + self._worst_case(
+                        (chain[model_index],), estimate_messages(run.messages), run.max_tokens
+                    )
+                    - run.reserved
+                )
+                if needed > 0:
+                    ok, left = await self._state.budget_reserve(
+                        tuple(replace(h, amount=needed) for h in holds),
+                        run.request.execution_id,
+                        lease_ttl,
+                    )
+                    self._remember_budgets(holds, left)
+                    if not ok:
+                        if pending is None:  # a lease taken for this attempt: give it back
+                            await self._state.release(
+                                lease_id=run.request.execution_id,
+                                deployment_id=deployment.id,
+                                probe=probe,
+                                breaker=self._deployment_breaker,
+                            )
+                        await complete(pending, Outcome.IGNORED)
+                        run.steps.append(Step("refused", outcome="budget_exceeded"))
+                        return self._degraded(
+                            run, "budget_exceeded", "budget", deployment.model, deployment.id
+                        )
+                    run.reserved += needed
+            pending = None
             remaining = run.deadline - self._clock.monotonic()
             run.attempts += 1
             started = self._clock.monotonic()
@@ -461,6 +544,7 @@ class Executor:
                     await asyncio.shield(complete(succeeded, Outcome.IGNORED))
                     raise
                 if refusal is None:
+                    pending = succeeded
                     continue  # next provider call with the tool results, same deadline
                 # The provider answered; the tool failed: no breaker counts it.
                 await complete(succeeded, Outcome.IGNORED)
@@ -537,6 +621,53 @@ class Executor:
         return await self._providers.chat(deployment, request, timeout_s=remaining, on_token=relay)
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _choose_models(self, run: _Run, now: float) -> tuple[tuple[str, ...], str]:
+        """The model chain for this execution and why (the reference ``_select_model``).
+
+        Rules, in order, only for agents with a ``cheap_model``: a ``complexity`` hint of
+        "simple" in the metadata, or a prompt of at most ``cheap_max_input_tokens``, picks the
+        cheap model first (the standard one stays as the first fallback); a "complex" hint
+        never does. With less than ``cheap_below_budget_pct`` of any budget left, the cheap
+        model is used for everything and the standard model is dropped.
+        """
+        agent = run.agent
+        standard = (agent.model, *agent.fallback_models)
+        cheap = agent.cheap_model
+        if not cheap:
+            return standard, "standard"
+        hint = str(run.request.metadata.get("complexity", "")).lower()
+        low = any(
+            limit > 0 and remaining * 100 < agent.cheap_below_budget_pct * limit
+            for remaining, limit in (
+                self._budget_left.get(key, (None, 0)) for key in self._budget_keys(agent, run, now)
+            )
+            if remaining is not None
+        )
+        if low:
+            rest = tuple(m for m in agent.fallback_models if m not in (cheap, agent.model))
+            return (cheap, *rest), "cheap:budget_low"
+        if hint == "complex":
+            return standard, "standard"
+        if hint == "simple" or estimate_messages(run.messages) <= agent.cheap_max_input_tokens:
+            rest = tuple(m for m in standard if m != cheap)
+            return (cheap, *rest), "cheap:hint" if hint == "simple" else "cheap:simple"
+        return standard, "standard"
+
+    def _budget_keys(self, agent: AgentConfig, run: _Run, now: float) -> list[str]:
+        return [
+            hold.key
+            for hold in holds_for(self._config.budgets(agent.name, run.request.api_key_id), now, 0)
+        ]
+
+    def _remember_budgets(self, holds: tuple[BudgetHold, ...], left: dict[str, int]) -> None:
+        for hold in holds:
+            if hold.key in left:
+                self._budget_left[hold.key] = (left[hold.key], hold.limit)
+
+    def _worst_case(self, chain: tuple[str, ...], input_tokens: int, max_tokens: int) -> int:
+        deployments = tuple(d for model in chain for d in self._config.deployments(model))
+        return worst_case_micros(deployments, input_tokens, max_tokens) if deployments else 0
 
     def _remaining(self, run: _Run) -> float:
         return run.deadline - self._clock.monotonic()
@@ -644,6 +775,7 @@ class Executor:
             api_key_id=run.request.api_key_id,
             metadata=run.request.metadata,
             input=run.request.messages,
+            model_choice=run.model_choice,
         )
 
     async def _finish(self, result: ExecutionResult) -> None:

@@ -20,6 +20,7 @@ from agents.runtime.state import (
     BreakerConfig,
     BreakerSnapshot,
     BreakerState,
+    BudgetHold,
     Candidate,
     Completion,
     Outcome,
@@ -220,6 +221,27 @@ class _SlidingLog:
                 return
 
 
+@dataclass
+class _Budget:
+    spent: int = 0
+    reservations: dict[str, tuple[int, float]] = field(
+        default_factory=dict
+    )  # id -> (amount, expiry)
+
+    def reserved(self, now: float) -> int:
+        for entry_id in [e for e, (_, expiry) in self.reservations.items() if expiry <= now]:
+            del self.reservations[entry_id]
+        return sum(amount for amount, _ in self.reservations.values())
+
+    def hold(self, entry_id: str, amount: int, expiry: float) -> None:
+        held, _ = self.reservations.get(entry_id, (0, expiry))
+        self.reservations[entry_id] = (held + amount, expiry)
+
+    def settle(self, entry_id: str, actual: int) -> None:
+        self.reservations.pop(entry_id, None)
+        self.spent += max(0, actual)
+
+
 class MemoryState:
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
@@ -227,6 +249,7 @@ class MemoryState:
         self._breakers: dict[str, _Breaker] = {}
         self._logs: dict[str, _SlidingLog] = {}
         self._leases: dict[int, dict[str, float]] = {}
+        self._budgets: dict[str, _Budget] = {}
 
     # --- helpers (call with the lock held) ---
 
@@ -259,6 +282,34 @@ class MemoryState:
             if log.total + limit.cost > limit.limit:
                 wait = max(wait, log.retry_after(now, limit.window_s, limit.limit, limit.cost))
         return wait
+
+    def _budget(self, key: str) -> _Budget:
+        cell = self._budgets.get(key)
+        if cell is None:
+            cell = self._budgets[key] = _Budget()
+        return cell
+
+    def _budget_check(self, holds: tuple[BudgetHold, ...], now: float) -> bool:
+        return all(
+            self._budget(h.key).spent + self._budget(h.key).reserved(now) + h.amount <= h.limit
+            for h in holds
+        )
+
+    def _budget_take(
+        self, holds: tuple[BudgetHold, ...], now: float, entry_id: str, ttl_s: float
+    ) -> dict[str, int]:
+        remaining = {}
+        for h in holds:
+            cell = self._budget(h.key)
+            cell.hold(entry_id, h.amount, now + ttl_s)
+            remaining[h.key] = h.limit - cell.spent - cell.reserved(now)
+        return remaining
+
+    def _budget_left(self, holds: tuple[BudgetHold, ...], now: float) -> dict[str, int]:
+        return {
+            h.key: h.limit - self._budget(h.key).spent - self._budget(h.key).reserved(now)
+            for h in holds
+        }
 
     def _rate_take(self, limits: tuple[RateLimit, ...], now: float, entry_id: str) -> None:
         for limit in limits:
@@ -332,6 +383,15 @@ class MemoryState:
             wait = self._rate_check(request.rate_limits, now)
             if wait > 0:
                 return Admission("rate_limited", wait, None, False, False)
+            if not self._budget_check(request.budgets, now):
+                return Admission(
+                    "budget_exceeded",
+                    0.0,
+                    None,
+                    False,
+                    False,
+                    budget_remaining=self._budget_left(request.budgets, now),
+                )
             # Dry run of the choice first so a refusal mutates nothing.
             dep, _, retry, had_capacity = self._select(
                 now,
@@ -377,7 +437,12 @@ class MemoryState:
                 commit=True,
             )
             self._rate_take(request.rate_limits, now, request.lease_id)
-            return Admission(None, 0.0, dep, agent_probe, probe, tuple(transitions), open_until)
+            remaining = self._budget_take(
+                request.budgets, now, request.lease_id, request.lease_ttl_s
+            )
+            return Admission(
+                None, 0.0, dep, agent_probe, probe, tuple(transitions), open_until, remaining
+            )
 
     async def select(
         self,
@@ -435,6 +500,8 @@ class MemoryState:
                     completion.agent_duration_s,
                     completion.agent_probe,
                 )
+            for key, actual in completion.budget_settlements:
+                self._budget(key).settle(completion.entry_id, actual)
             for key, window_s, cost in completion.rate_settlements:
                 log = self._log(key)
                 log.prune(now, window_s)
@@ -512,3 +579,17 @@ class MemoryState:
         with self._lock:
             now = self._clock.now()
             return {dep: self._load(dep, now) for dep in deployment_ids}
+
+    async def budget_reserve(
+        self, holds: tuple[BudgetHold, ...], entry_id: str, ttl_s: float
+    ) -> tuple[bool, dict[str, int]]:
+        with self._lock:
+            now = self._clock.now()
+            if not self._budget_check(holds, now):
+                return False, self._budget_left(holds, now)
+            return True, self._budget_take(holds, now, entry_id, ttl_s)
+
+    async def budget_usage(self, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            now = self._clock.now()
+            return {key: (self._budget(key).spent, self._budget(key).reserved(now)) for key in keys}

@@ -7,6 +7,7 @@ from typing import Protocol
 from agents.runtime.state import Transition
 from agents.runtime.types import (
     AgentConfig,
+    BudgetRule,
     Deployment,
     ExecutionRequest,
     ExecutionResult,
@@ -21,6 +22,10 @@ class ConfigSource(Protocol):
 
     def deployments(self, model: str) -> tuple[Deployment, ...]:
         """Enabled deployments of a logical model."""
+        ...
+
+    def budgets(self, agent: str, api_key_id: int | None) -> tuple[BudgetRule, ...]:
+        """Every budget that applies to an execution of ``agent`` under ``api_key_id``."""
         ...
 
 

@@ -124,7 +124,22 @@ def deployment_breaker_key(deployment_id: int) -> str:
     return f"deployment:{deployment_id}"
 
 
-AdmitRefusal = Literal["circuit_open", "rate_limited", "no_deployment"]
+AdmitRefusal = Literal["circuit_open", "rate_limited", "no_deployment", "budget_exceeded"]
+
+
+@dataclass(frozen=True)
+class BudgetHold:
+    """Reserve ``amount`` micro-USD against budget window ``key`` whose limit is ``limit``.
+
+    A window's counter holds what was settled (spent) and the live reservations, each named by
+    an execution and expiring with its lease, so a dead process's reservation frees itself.
+    Admission succeeds only if ``spent + reserved + amount <= limit`` for every hold.
+    """
+
+    key: str  # "budget:<id>:<window>", e.g. budget:3:2026-11-28
+    limit: int  # micro-USD, the effective limit (temporary raise included); 0 when paused
+    amount: int  # micro-USD, the worst case of the next provider call
+    ttl_s: float  # how long the window's counter must live (until the window ends, plus slack)
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,7 @@ class AdmitRequest:
     rate_limits: tuple[RateLimit, ...]
     candidates: tuple[Candidate, ...]
     deployment_breaker: BreakerConfig
+    budgets: tuple[BudgetHold, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,8 @@ class Admission:
     # Open-until times learned on the way (key -> epoch seconds): lets a process reject calls
     # to an open breaker locally, without a round trip, until then.
     open_until: dict[str, float] = field(default_factory=dict)
+    # Budget key -> micro-USD left after this admission (limit - spent - reserved).
+    budget_remaining: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -189,6 +207,8 @@ class Completion:
     # (the admission's ``lease_id``), e.g. real token usage in place of the estimate.
     entry_id: str = ""
     rate_settlements: tuple[tuple[str, float, int], ...] = ()
+    # (budget key, actual micro-USD): the reservation under ``entry_id`` becomes spend.
+    budget_settlements: tuple[tuple[str, int], ...] = ()
 
 
 class StateStore(Protocol):
@@ -244,3 +264,14 @@ class StateStore(Protocol):
         ...
 
     async def in_flight(self, deployment_ids: tuple[int, ...]) -> dict[int, int]: ...
+
+    async def budget_reserve(
+        self, holds: tuple[BudgetHold, ...], entry_id: str, ttl_s: float
+    ) -> tuple[bool, dict[str, int]]:
+        """Add to ``entry_id``'s reservations (a retry, a fallback, a tool step): all or none.
+        Returns ``(reserved, remaining per key)``."""
+        ...
+
+    async def budget_usage(self, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+        """``key -> (spent, reserved)`` in micro-USD (expired reservations excluded)."""
+        ...

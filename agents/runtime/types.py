@@ -75,6 +75,28 @@ class RateLimits:
 
 
 @dataclass(frozen=True)
+class BudgetRule:
+    """A budget that applies to an execution (global, its agent's, its API key's)."""
+
+    id: int
+    scope: Literal["global", "agent", "api_key"]
+    target: str  # "*", the agent name, or the key's id
+    window: Literal["daily", "monthly"]
+    limit_usd: Decimal
+    timezone: str = "UTC"
+    paused: bool = False
+    raise_usd: Decimal | None = None
+    raise_until: float | None = None  # epoch seconds
+
+    def effective_limit(self, now: float) -> Decimal:
+        if self.paused:
+            return Decimal(0)
+        if self.raise_usd is not None and self.raise_until is not None and now < self.raise_until:
+            return self.limit_usd + self.raise_usd
+        return self.limit_usd
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     name: str
     model: str
@@ -92,6 +114,10 @@ class AgentConfig:
     max_tool_steps: int = 8
     session_max_messages: int = 20
     session_max_tokens: int = 8000
+    # Cost-aware model choice: a task this short (prompt tokens) is "simple"; below this share
+    # of a budget left, the cheap model is used for everything.
+    cheap_max_input_tokens: int = 50
+    cheap_below_budget_pct: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +220,8 @@ class ExecutionResult:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     input: tuple[Message, ...] = ()
     retry_after: float | None = None
+    model_choice: str = "standard"  # standard | cheap:simple | cheap:hint | cheap:budget_low
+    saved_usd: Decimal = Decimal(0)  # for cache hits: what the call would have cost
 
     def as_dict(self) -> dict[str, Any]:
         """The CONTRACT's execution result."""
@@ -215,5 +243,6 @@ class ExecutionResult:
             "cost_usd": float(self.cost_usd),
             "latency_ms": round(self.latency_ms, 2),
             "created_at": self.created_at,
+            "model_choice": self.model_choice,
             "steps": [step.as_dict() for step in self.steps],
         }

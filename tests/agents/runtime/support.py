@@ -17,6 +17,7 @@ from agents.runtime.providers.base import OnToken
 from agents.runtime.state import BreakerConfig
 from agents.runtime.types import (
     AgentConfig,
+    BudgetRule,
     ChatRequest,
     ChatResponse,
     Deployment,
@@ -46,6 +47,16 @@ def deployment(
 class StaticConfig:
     agents: dict[str, AgentConfig]
     by_model: dict[str, tuple[Deployment, ...]]
+    rules: tuple[BudgetRule, ...] = ()
+
+    def budgets(self, agent: str, api_key_id: int | None) -> tuple[BudgetRule, ...]:
+        return tuple(
+            r
+            for r in self.rules
+            if r.scope == "global"
+            or (r.scope == "agent" and r.target == agent)
+            or (r.scope == "api_key" and r.target == str(api_key_id))
+        )
 
     def agent(self, name: str) -> AgentConfig | None:
         return self.agents.get(name)

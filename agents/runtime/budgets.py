@@ -1,0 +1,74 @@
+"""Budget windows and reservation sizes (pure functions: the state store does the counting).
+
+Money crosses into shared state as integer micro-USD. Conveniently, tokens x (USD per million
+tokens) is exactly micro-USD, so a reservation is ``input_tokens * input_price + max_tokens *
+output_price``, rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from agents.runtime.state import BudgetHold
+from agents.runtime.types import BudgetRule, Deployment
+
+MICROS = Decimal(1_000_000)
+SLACK_S = 2 * 86_400.0  # counters outlive their window a little, for reports and reconcile
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def window_bounds(rule: BudgetRule, now: float) -> tuple[str, float, float]:
+    """``(window id, start, end)`` of the window containing ``now`` (epoch seconds), in the
+    budget's time zone: a calendar day or a calendar month. Windows roll over by themselves:
+    a new window is simply a new key."""
+    zone = _zone(rule.timezone)
+    local = datetime.fromtimestamp(now, zone)
+    if rule.window == "daily":
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        # Aware-datetime arithmetic is wall-clock: +1 day is the next local midnight, even
+        # across a DST change (a 23 h or 25 h day).
+        following = start + timedelta(days=1)
+        return start.date().isoformat(), start.timestamp(), following.timestamp()
+    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (start + timedelta(days=32)).replace(day=1)
+    return f"{start:%Y-%m}", start.timestamp(), following.timestamp()
+
+
+def to_micros(usd: Decimal, *, up: bool) -> int:
+    rounding = ROUND_CEILING if up else ROUND_FLOOR
+    return int((usd * MICROS).to_integral_value(rounding=rounding))
+
+
+def worst_case_micros(
+    deployments: tuple[Deployment, ...], input_tokens: int, max_tokens: int
+) -> int:
+    """The most one call may cost on any of ``deployments`` (all must be priced)."""
+    worst = Decimal(0)
+    for d in deployments:
+        if d.input_usd_per_mtok is None or d.output_usd_per_mtok is None:
+            raise ValueError(f"deployment {d.id} of {d.model} has no price")
+        worst = max(worst, d.input_usd_per_mtok * input_tokens + d.output_usd_per_mtok * max_tokens)
+    return math.ceil(worst)
+
+
+def holds_for(rules: tuple[BudgetRule, ...], now: float, amount: int) -> tuple[BudgetHold, ...]:
+    holds = []
+    for rule in rules:
+        window, _, end = window_bounds(rule, now)
+        holds.append(
+            BudgetHold(
+                key=f"budget:{rule.id}:{window}",
+                limit=to_micros(rule.effective_limit(now), up=False),
+                amount=amount,
+                ttl_s=max(1.0, end - now) + SLACK_S,
+            )
+        )
+    return tuple(holds)
