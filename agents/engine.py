@@ -41,7 +41,7 @@ class Engine:
         self.config = LiveConfig()
         self.state: StateStore
         if settings.EMBEDDED:
-            self.state = MemoryState(self.clock)
+            self.state = process_memory_state()
         else:
             from agents.runtime.redis_state import RedisState
             from console.redis import get_async_redis
@@ -110,6 +110,26 @@ class Engine:
 
 
 _engines: dict[int, Engine] = {}
+_memory_state: MemoryState | None = None
+
+
+def process_memory_state() -> MemoryState:
+    """Embedded mode's hot state: one per process, shared by every loop and thread in it (the
+    serve loop, the in-process worker's jobs), since it is what Redis is in distributed mode."""
+    global _memory_state
+    if _memory_state is None:
+        _memory_state = MemoryState(SystemClock())
+    return _memory_state
+
+
+async def state_for_jobs() -> StateStore:
+    """The shared state as seen from a job or a request in the running loop."""
+    if settings.EMBEDDED:
+        return process_memory_state()
+    from agents.runtime.redis_state import RedisState
+    from console.redis import get_async_redis
+
+    return RedisState(get_async_redis(), prefix="bw")
 
 
 def get_engine() -> Engine:
