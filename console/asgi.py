@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -14,12 +15,24 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from agents import openai_compat  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
+
+_django_http = ASGIStaticFilesHandler(django_asgi_app)
+
+
+async def http_app(scope: Any, receive: Any, send: Any) -> None:
+    """The OpenAI-compatible hot path skips Django's request machinery; /static/ is answered
+    before Django's middleware; everything else is Django."""
+    if scope["path"].startswith("/v1/"):
+        await openai_compat.app(scope, receive, send)
+    else:
+        await _django_http(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        # /static/ is answered before Django's middleware; everything else goes straight on.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "http": http_app,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

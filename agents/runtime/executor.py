@@ -553,9 +553,10 @@ class Executor:
                     run, policy.reason, policy.message, deployment.model, deployment.id
                 )
             await complete(succeeded, Outcome.SUCCESS)
-            return self._result(
+            result = self._result(
                 run, ExecutionStatus.SUCCEEDED, response.content, deployment.model, deployment.id
             )
+            return replace(result, finish_reason=response.finish_reason)
 
     async def _tool_round(self, run: _Run, response: ChatResponse) -> ToolFailed | None:
         """Run one round of tool calls, in order, and extend the transcript with the results.

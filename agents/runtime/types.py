@@ -221,6 +221,7 @@ class ExecutionResult:
     input: tuple[Message, ...] = ()
     retry_after: float | None = None
     model_choice: str = "standard"  # standard | cheap:simple | cheap:hint | cheap:budget_low
+    finish_reason: str = "stop"  # the answering call's: stop, length, tool_calls
     saved_usd: Decimal = Decimal(0)  # for cache hits: what the call would have cost
 
     def as_dict(self) -> dict[str, Any]:
