@@ -54,8 +54,10 @@ async def principal_for(token: str) -> Principal | None:
     info = engine.config.key(prefix_of(token))
     if info is None or not verify_key(token, info.secret_hash):
         return None
-    if info.expires_at is not None and info.expires_at <= timezone.now():
+    now = timezone.now()
+    if info.expires_at is not None and info.expires_at <= now:
         return None
+    engine.key_used(info.id, now)
     return Principal(info.id, info.prefix, info.scopes, info.agents, info.limits)
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Q
 
 from agents.live_config import LiveConfig
+from agents.models import ApiKey
 from agents.runtime.clock import SystemClock
 from agents.runtime.executor import Executor
 from agents.runtime.memory import MemoryState
@@ -28,6 +32,7 @@ from agents.runtime.types import ExecutionRequest, ExecutionResult
 from agents.sessions import LocalSessions, RedisSessions
 
 log = logging.getLogger("breakwater.engine")
+LAST_USED_FLUSH_S = 30.0
 
 
 class Engine:
@@ -76,15 +81,45 @@ class Engine:
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = False
+        # API key id -> last use, flushed every LAST_USED_FLUSH_S (no write per request).
+        self._last_used: dict[int, datetime] = {}
 
     async def start(self) -> None:
         if self.started:
             return
         await asyncio.to_thread(self.config.reload_in_thread)
         self._tasks.append(asyncio.create_task(self.config.watch(), name="bw-config-watch"))
+        self._tasks.append(asyncio.create_task(self._flush_last_used_loop(), name="bw-last-used"))
         if self.drainer is not None:
             self.drainer.start()
         self.started = True
+
+    def key_used(self, key_id: int, at: datetime) -> None:
+        self._last_used[key_id] = at
+
+    def flush_last_used(self) -> int:
+        """Write buffered last-used times (sync; a thread). Never moves a time backwards."""
+        pending, self._last_used = self._last_used, {}
+        for key_id, at in pending.items():
+            ApiKey.objects.filter(pk=key_id).filter(
+                Q(last_used_at__isnull=True) | Q(last_used_at__lt=at)
+            ).update(last_used_at=at)
+        return len(pending)
+
+    async def _flush_last_used_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LAST_USED_FLUSH_S)
+            try:
+                await asyncio.to_thread(self._flush_in_thread)
+            except Exception:
+                log.exception("flushing API key last-used times failed")
+
+    def _flush_in_thread(self) -> None:
+        close_old_connections()
+        try:
+            self.flush_last_used()
+        finally:
+            close_old_connections()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -93,6 +128,8 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._last_used:
+            await asyncio.to_thread(self._flush_in_thread)
         if self.drainer is not None:
             await self.drainer.stop()
         self.records.close()

@@ -147,3 +147,18 @@ async def test_an_oversized_body_is_413(keys: dict[str, str], settings: Any) -> 
     response = await _post(keys["execute"], "/api/v1/agents/helper/execute", {"input": "x" * 5000})
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "request_too_large"
+
+
+async def test_last_use_is_buffered_and_flushed_not_written_per_request(
+    keys: dict[str, str],
+) -> None:
+    from agents.engine import get_engine
+
+    for _ in range(3):
+        await _post(keys["execute"], "/api/v1/agents/helper/execute", {"input": "hi"})
+    key = await sync_to_async(ApiKey.objects.get)(name="exec")
+    assert key.last_used_at is None  # nothing written on the request path
+    flushed = await sync_to_async(get_engine().flush_last_used)()
+    assert flushed == 1
+    key = await sync_to_async(ApiKey.objects.get)(name="exec")
+    assert key.last_used_at is not None
