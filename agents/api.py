@@ -9,6 +9,7 @@ from ninja import Router
 
 from agents.auth import ApiKeyAuth, Principal
 from agents.engine import get_engine
+from agents.idempotency import run_idempotently
 from agents.runtime.types import ExecutionRequest, Message
 from agents.schemas import ExecuteIn, ExecutionOut
 from console.errors import NotFound, ValidationFailed
@@ -34,16 +35,29 @@ async def agent_execute(request: HttpRequest, name: str, payload: ExecuteIn) -> 
         raise NotFound(f"agent {name!r} does not exist")
     if payload.max_tokens is not None and payload.max_tokens > agent.max_tokens:
         raise ValidationFailed([f"max_tokens: must be <= {agent.max_tokens} for agent {name}"])
-    result = await engine.execute(
-        ExecutionRequest(
-            agent=name,
-            messages=_messages(payload),
-            execution_id=str(uuid.uuid4()),
-            max_tokens=payload.max_tokens,
-            session_id=payload.session_id,
-            metadata=payload.metadata or {},
-            api_key_id=principal.key_id,
-            api_key_limits=principal.limits,
+    cache_control = request.headers.get("Cache-Control", "").lower()
+
+    async def run() -> dict[str, object]:
+        result = await engine.execute(
+            ExecutionRequest(
+                agent=name,
+                messages=_messages(payload),
+                execution_id=str(uuid.uuid4()),
+                max_tokens=payload.max_tokens,
+                session_id=payload.session_id,
+                metadata=payload.metadata or {},
+                api_key_id=principal.key_id,
+                api_key_limits=principal.limits,
+                bypass_cache="no-cache" in cache_control or "no-store" in cache_control,
+            )
         )
+        return result.as_dict()
+
+    return await run_idempotently(  # type: ignore[no-any-return]
+        header=request.headers.get("Idempotency-Key"),
+        key_id=principal.key_id,
+        method=request.method or "POST",
+        path=request.path,
+        body=request.body,
+        produce=run,
     )
-    return result.as_dict()
