@@ -20,6 +20,7 @@ from django.db.models import Q
 
 from agents.live_config import LiveConfig
 from agents.models import ApiKey
+from agents.runtime.cache import MemoryCache, RedisCache, ResponseCache
 from agents.runtime.clock import SystemClock
 from agents.runtime.executor import Executor
 from agents.runtime.memory import MemoryState
@@ -69,6 +70,13 @@ class Engine:
         self.records, self.drainer = recorder_for_settings()
         self.incidents = IncidentEvents()
         self.events = CompositeEvents(MetricsEvents(), self.incidents)
+        self.cache: ResponseCache
+        if settings.EMBEDDED:
+            self.cache = process_memory_cache()
+        else:
+            from console.redis import get_async_redis
+
+            self.cache = RedisCache(get_async_redis(), prefix="bw")
         self.executor = Executor(
             config=self.config,
             state=self.state,
@@ -78,6 +86,7 @@ class Engine:
             events=self.events,
             tools=self.tools,
             sessions=self.sessions,
+            cache=self.cache,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = False
@@ -130,6 +139,7 @@ class Engine:
         self._tasks.clear()
         if self._last_used:
             await asyncio.to_thread(self._flush_in_thread)
+        await self.executor.drain_cache_writes()
         if self.drainer is not None:
             await self.drainer.stop()
         self.records.close()
@@ -157,6 +167,18 @@ def process_memory_state() -> MemoryState:
     if _memory_state is None:
         _memory_state = MemoryState(SystemClock())
     return _memory_state
+
+
+_memory_cache: MemoryCache | None = None
+
+
+def process_memory_cache() -> MemoryCache:
+    """Embedded mode's response cache: one bounded LRU per process (the reference's
+    ``LRUCache(maxsize=10000)``)."""
+    global _memory_cache
+    if _memory_cache is None:
+        _memory_cache = MemoryCache(maxsize=10_000)
+    return _memory_cache
 
 
 async def state_for_jobs() -> StateStore:

@@ -25,6 +25,13 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from agents.runtime.budgets import holds_for, to_micros, worst_case_micros
+from agents.runtime.cache import (
+    CachedAnswer,
+    ResponseCache,
+    cache_key,
+    cache_scope,
+    should_cache,
+)
 from agents.runtime.clock import Clock
 from agents.runtime.errors import (
     ClientError,
@@ -137,6 +144,7 @@ class _Run:
     streamed_chars: int = 0
     tool_rounds: int = 0
     reserved: int = 0  # micro-USD reserved against the execution's budgets so far
+    cache_key: str | None = None
     model_choice: str = "standard"
 
 
@@ -152,6 +160,7 @@ class Executor:
         events: EventSink | None = None,
         sessions: SessionStore | None = None,
         tools: ToolRunner | None = None,
+        cache: ResponseCache | None = None,
         retry: RetryPolicy | None = None,
         deployment_breaker: BreakerConfig = DEFAULT_DEPLOYMENT_BREAKER,
         rng: random.Random | None = None,
@@ -164,6 +173,8 @@ class Executor:
         self._events = events or NullEvents()
         self._sessions = sessions
         self._tools = tools
+        self._cache = cache
+        self._cache_writes: set[asyncio.Future[None]] = set()
         self._retry = retry or RetryPolicy()
         self._deployment_breaker = deployment_breaker
         self._rng = rng or random.Random()
@@ -214,6 +225,7 @@ class Executor:
                 await self._finish(result)
             raise
         await self._finish(result)
+        self._cache_store(run, result)
         if (
             request.session_id
             and self._sessions is not None
@@ -237,6 +249,19 @@ class Executor:
             return self._degraded(run, "circuit_open", "unavailable", model=None, deployment=None)
 
         chain, run.model_choice = self._choose_models(run, now)
+        if self._cache is not None and agent.cache_ttl_s > 0:
+            run.cache_key = cache_key(
+                agent=agent.name,
+                model_chain=chain,
+                messages=run.messages,
+                max_tokens=run.max_tokens,
+                tools=agent.tools,
+                scope=cache_scope(run.request.api_key_id),
+            )
+            if not run.request.bypass_cache:
+                hit = await self._cache.get(run.cache_key)
+                if hit is not None:
+                    return await self._cached_result(run, hit, on_token)
         rules = self._config.budgets(agent.name, run.request.api_key_id)
         if rules:
             unpriced = sorted(
@@ -622,6 +647,42 @@ class Executor:
         return await self._providers.chat(deployment, request, timeout_s=remaining, on_token=relay)
 
     # --- helpers ----------------------------------------------------------------------------
+
+    async def _cached_result(
+        self, run: _Run, hit: CachedAnswer, on_token: OnToken | None
+    ) -> ExecutionResult:
+        """A cache hit: no state round trip, no provider call, $0; what it saved is recorded.
+        Usage stays 0 (no provider processed tokens); the original usage is in the step."""
+        run.steps.append(
+            Step(
+                "cache",
+                model=hit.model,
+                deployment=hit.deployment,
+                outcome="hit",
+                detail=f"saved {hit.cost_usd} USD; original {hit.usage.input_tokens}/"
+                f"{hit.usage.output_tokens} tokens",
+            )
+        )
+        if on_token is not None and hit.output:
+            self._events.execution_token(run.request.execution_id, hit.output)
+            await on_token(hit.output)
+        result = self._result(run, ExecutionStatus.SUCCEEDED, hit.output, hit.model, hit.deployment)
+        return replace(result, cached=True, saved_usd=hit.cost_usd)
+
+    def _cache_store(self, run: _Run, result: ExecutionResult) -> None:
+        """Store a cacheable answer off the critical path (a tracked background task)."""
+        if self._cache is None or run.cache_key is None or not should_cache(result):
+            return
+        task = asyncio.ensure_future(
+            self._cache.put(run.cache_key, CachedAnswer.from_result(result), run.agent.cache_ttl_s)
+        )
+        self._cache_writes.add(task)
+        task.add_done_callback(self._cache_writes.discard)
+
+    async def drain_cache_writes(self) -> None:
+        """Wait for pending cache writes (call before the event loop closes)."""
+        if self._cache_writes:
+            await asyncio.gather(*self._cache_writes, return_exceptions=True)
 
     def _choose_models(self, run: _Run, now: float) -> tuple[tuple[str, ...], str]:
         """The model chain for this execution and why (the reference ``_select_model``).

@@ -13,6 +13,15 @@ re-open the breaker, so a breaker whose probes were lost cannot stay half-open a
 forever) and reports the open-until times of the open deployment breakers it met, where
 ``MemoryState`` only peeks, without effect. See ``admit.lua``.
 
+Budget reservations are named by the executions' lease ids too: a window keeps its settled
+spend and each live reservation with its expiry (the lease's), so a dead process's reservation
+stops counting once its lease would have expired. Admission checks ``spent + live reservations +
+amount <= limit`` for every hold and takes all or nothing; a top-up (``budget_reserve``) adds to
+the execution's reservation and moves its expiry; settlement (in ``complete``) drops it and adds
+the actual cost to spent. The window's keys expire ``BudgetHold.ttl_s`` after the last
+reservation (a settlement keeps that TTL, or gives a window it finds gone
+``budgets.SLACK_S``).
+
 Rate-log entry ids are the executions' lease ids, unique per key. Were one reused, settling it
 would target the oldest entry under that id only while that entry lives (``MemoryState``: the
 oldest live one).
@@ -22,7 +31,8 @@ Time comes from Redis ``TIME`` inside the script, so every process agrees on it.
 keys never expire under a fake timeline that runs ahead of or behind the real one.
 
 Keys (all under ``prefix``) are laid out in ``lib.lua``. Breaker state has no TTL; rate logs
-expire one window after their last entry and lease sets when their last lease does. The scripts
+expire one window after their last entry, lease sets when their last lease does, and budget
+windows as said above. The scripts
 compute key names from the prefix, so this targets one Redis server (not Redis Cluster).
 """
 
@@ -36,6 +46,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from agents.runtime.budgets import SLACK_S
 from agents.runtime.clock import Clock
 from agents.runtime.state import (
     Admission,
@@ -45,6 +56,7 @@ from agents.runtime.state import (
     BreakerConfig,
     BreakerSnapshot,
     BreakerState,
+    BudgetHold,
     Candidate,
     Completion,
     Outcome,
@@ -64,11 +76,14 @@ _SCRIPTS = (
     "breaker_command",
     "rate_acquire",
     "in_flight",
+    "budget_reserve",
+    "budget_usage",
 )
 _REFUSALS: dict[str, AdmitRefusal] = {
     "circuit_open": "circuit_open",
     "rate_limited": "rate_limited",
     "no_deployment": "no_deployment",
+    "budget_exceeded": "budget_exceeded",
 }
 _INJECTED_CLOCK_TTL_SLACK_S = 3600.0
 
@@ -134,6 +149,15 @@ def _candidates(candidates: Iterable[Candidate]) -> list[dict[str, Any]]:
     ]
 
 
+def _holds(holds: Iterable[BudgetHold]) -> list[dict[str, Any]]:
+    return [{"key": h.key, "limit": h.limit, "amount": h.amount, "ttl_s": h.ttl_s} for h in holds]
+
+
+def _remaining(flat: Sequence[Any]) -> dict[str, int]:
+    items = [_text(value) for value in flat]
+    return {items[i]: int(items[i + 1]) for i in range(0, len(items), 2)}
+
+
 def _transitions(flat: Sequence[Any]) -> tuple[Transition, ...]:
     items = [_text(value) for value in flat]
     return tuple(
@@ -177,6 +201,7 @@ class RedisState:
             "lease_id": request.lease_id,
             "lease_ttl_s": request.lease_ttl_s,
             "limits": _limits(request.rate_limits),
+            "holds": _holds(request.budgets),
             "candidates": _candidates(request.candidates),
             "deployment_cfg": _config(request.deployment_breaker),
         }
@@ -193,6 +218,7 @@ class RedisState:
             deployment_probe=_flag(reply[4]),
             transitions=_transitions(reply[5]),
             open_until=_open_until(reply[6]),
+            budget_remaining=_remaining(reply[7]),
         )
 
     async def select(
@@ -226,6 +252,10 @@ class RedisState:
         payload: dict[str, Any] = {
             "deployment_cfg": _config(completion.deployment_breaker),
             "entry_id": completion.entry_id,
+            "budget_settlements": [
+                {"key": key, "actual": actual} for key, actual in completion.budget_settlements
+            ],
+            "budget_ttl_s": SLACK_S,
             "settlements": [
                 {"key": key, "window_s": window_s, "cost": cost}
                 for key, window_s, cost in completion.rate_settlements
@@ -318,3 +348,18 @@ class RedisState:
     async def in_flight(self, deployment_ids: tuple[int, ...]) -> dict[int, int]:
         reply = await self._run("in_flight", {"deployment_ids": list(deployment_ids)})
         return {dep: int(count) for dep, count in zip(deployment_ids, reply, strict=True)}
+
+    async def budget_reserve(
+        self, holds: tuple[BudgetHold, ...], entry_id: str, ttl_s: float
+    ) -> tuple[bool, dict[str, int]]:
+        reply = await self._run(
+            "budget_reserve", {"entry_id": entry_id, "ttl_s": ttl_s, "holds": _holds(holds)}
+        )
+        return _flag(reply[0]), _remaining(reply[1])
+
+    async def budget_usage(self, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+        reply = await self._run("budget_usage", {"keys": list(keys)})
+        return {
+            key: (int(_text(spent)), int(_text(reserved)))
+            for key, (spent, reserved) in zip(keys, reply, strict=True)
+        }

@@ -174,7 +174,7 @@ class ExecutionRequest:
 class Step:
     """One thing that happened during an execution (an attempt, a tool call, a refusal)."""
 
-    kind: str  # attempt, tool, fallback, refused
+    kind: str  # attempt, tool, fallback, refused, cache
     model: str | None = None
     deployment: int | None = None
     outcome: str = ""

@@ -1,17 +1,21 @@
--- admit: agent breaker, rate limits, deployment choice; all or nothing.
+-- admit: agent breaker, rate limits, budgets, deployment choice; all or nothing.
 -- REQ: {lease_id, lease_ttl_s, agent_key?, agent_cfg?, limits: [{key, limit, window_s, cost}],
---       candidates: [{id, key, max_concurrency, weight}], deployment_cfg}
+--       holds: [{key, limit, amount, ttl_s}], candidates: [{id, key, max_concurrency, weight}],
+--       deployment_cfg}
 -- Returns {refusal or "", retry_after, deployment_id or "", agent_probe, deployment_probe,
---          transitions (flat), open_until (flat key, time pairs)}.
+--          transitions (flat), open_until (flat key, time pairs),
+--          budget_remaining (flat key, micro-USD pairs: after the reservation when admitted,
+--          as found when refused for budget, empty otherwise)}.
 --
--- A refusal takes nothing (no lease, no probe, no rate budget), but it does apply the
+-- A refusal takes nothing (no lease, no probe, no rate budget, no reservation), but it does
+-- apply the
 -- time-driven transitions an acquire would: half-open probes that gave no answer within
 -- probe_timeout_s re-open the breaker here, so a breaker whose probes were lost cannot stay
 -- half-open (refusing everything) forever when admit is the only caller.
 local out, open_until = {}, {}
 local function refuse(reason, retry)
   flush()
-  return { reason, num(retry), '', '0', '0', out, open_until }
+  return { reason, num(retry), '', '0', '0', out, open_until, {} }
 end
 
 local agent = nil
@@ -32,6 +36,11 @@ end
 local wait = rl_check(REQ.limits)
 if wait > 0 then
   return refuse('rate_limited', wait)
+end
+
+if not bg_check(REQ.holds) then
+  flush()
+  return { 'budget_exceeded', '0', '', '0', '0', out, open_until, bg_left(REQ.holds) }
 end
 
 -- Dry run of the choice first so a refusal takes nothing.
@@ -55,5 +64,9 @@ local deployment_probe
 chosen, deployment_probe = select_deployment(
   REQ.lease_id, REQ.lease_ttl_s, REQ.candidates, REQ.deployment_cfg, out, open_until, true)
 rl_take(REQ.limits, REQ.lease_id)
+local remaining = bg_take(REQ.holds, REQ.lease_id, REQ.lease_ttl_s)
 flush()
-return { '', '0', id_or_empty(chosen), flag(agent_probe), flag(deployment_probe), out, open_until }
+return {
+  '', '0', id_or_empty(chosen), flag(agent_probe), flag(deployment_probe), out, open_until,
+  remaining,
+}

@@ -12,6 +12,12 @@
 --   P.."rl:"..key        zset   rate-log entries: member "<seq>:<entry_id>", score = admitted at
 --   P.."rl:"..key..":h"  hash   total, seq, "c:"..member -> cost, "e:"..entry_id -> member
 --   P.."lease:"..id      zset   in-flight leases of a deployment: member lease_id, score expiry
+--   P.."bg:"..key        hash   budget window (key = "budget:<id>:<window>"): spent, reserved (the
+--                               sum of the live "r:" fields), "r:"..entry_id -> amount reserved
+--   P.."bg:"..key..":x"  zset   its reservations: member entry_id, score expiry
+--
+-- Money is integer micro-USD: Lua numbers are doubles, exact for integers below 2^53 (9e15, i.e.
+-- $9e9; limits stay below $1e8), printed by int() as plain integers, which HINCRBY takes.
 --
 -- Numbers cross the Lua/Redis boundary as strings formatted with %.17g: Lua's own tostring keeps
 -- only 14 significant digits (epoch seconds with a fraction need 16), and Redis truncates Lua
@@ -497,4 +503,110 @@ local function id_or_empty(value)
     return ''
   end
   return string.format('%d', value)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- Budgets: settled spend plus reservations that expire with their execution's lease
+-- ---------------------------------------------------------------------------------------------
+
+-- An integer amount as HINCRBY takes it: %.17g would print a negated zero as "-0".
+local function int(x)
+  if x == 0 then
+    return '0'
+  end
+  return num(x)
+end
+
+local function bg_keys(key)
+  local h = P .. 'bg:' .. key
+  return h, h .. ':x'
+end
+
+-- Drop the reservations whose expiry is at or before now (a dead process's). Returns spent,
+-- reserved of what is left.
+local function bg_prune(key)
+  local h, x = bg_keys(key)
+  local old = redis.call('ZRANGEBYSCORE', x, '-inf', num(NOW))
+  if #old > 0 then
+    local freed = 0
+    for first = 1, #old, CHUNK do
+      local fields = {}
+      for i = first, math.min(#old, first + CHUNK - 1) do
+        fields[#fields + 1] = 'r:' .. old[i]
+      end
+      local got = redis.call('HMGET', h, unpack(fields))
+      for i = 1, #got do
+        freed = freed + (tonumber(got[i]) or 0)
+      end
+      redis.call('HDEL', h, unpack(fields))
+    end
+    redis.call('ZREMRANGEBYSCORE', x, '-inf', num(NOW))
+    if freed ~= 0 then
+      redis.call('HINCRBY', h, 'reserved', int(-freed))
+    end
+  end
+  local got = redis.call('HMGET', h, 'spent', 'reserved')
+  return tonumber(got[1]) or 0, tonumber(got[2]) or 0
+end
+
+-- Every hold fits: spent + live reservations + amount <= limit. Takes nothing.
+local function bg_check(holds)
+  local ok = true
+  for _, hold in ipairs(holds) do
+    local spent, reserved = bg_prune(hold.key)
+    if spent + reserved + hold.amount > hold.limit + 1 then
+      ok = false
+    end
+  end
+  return ok
+end
+
+-- Flat key, remaining (limit - spent - reserved) pairs, in the order of the holds.
+local function bg_left(holds)
+  local left = {}
+  for _, hold in ipairs(holds) do
+    local spent, reserved = bg_prune(hold.key)
+    left[#left + 1] = hold.key
+    left[#left + 1] = int(hold.limit - spent - reserved)
+  end
+  return left
+end
+
+-- Add each hold's amount to entry_id's reservation (a top-up adds up), which now expires at
+-- now + ttl_s; the window's keys live hold.ttl_s from this write. Returns bg_left's pairs.
+-- Call after bg_check, which pruned what had expired.
+local function bg_take(holds, entry_id, ttl_s)
+  local left = {}
+  for _, hold in ipairs(holds) do
+    local h, x = bg_keys(hold.key)
+    redis.call('HINCRBY', h, 'r:' .. entry_id, int(hold.amount))
+    redis.call('HINCRBY', h, 'reserved', int(hold.amount))
+    redis.call('ZADD', x, num(NOW + ttl_s), entry_id)
+    local ms = ttl_ms(hold.ttl_s)
+    redis.call('PEXPIRE', h, ms)
+    redis.call('PEXPIRE', x, ms)
+    local got = redis.call('HMGET', h, 'spent', 'reserved')
+    left[#left + 1] = hold.key
+    left[#left + 1] = int(hold.limit - (tonumber(got[1]) or 0) - (tonumber(got[2]) or 0))
+  end
+  return left
+end
+
+-- entry_id's reservation (if any is left) becomes spend: it is dropped and `actual` is added
+-- to spent. A window whose keys had expired (or never existed) is recreated with
+-- fallback_ttl_s to live, since a settlement does not carry the window's own TTL.
+local function bg_settle(key, entry_id, actual, fallback_ttl_s)
+  bg_prune(key)
+  local h, x = bg_keys(key)
+  local field = 'r:' .. entry_id
+  local amount = tonumber(redis.call('HGET', h, field))
+  if amount ~= nil then
+    redis.call('HDEL', h, field)
+    redis.call('HINCRBY', h, 'reserved', int(-amount))
+    redis.call('ZREM', x, entry_id)
+  end
+  redis.call('HINCRBY', h, 'spent', int(math.max(0, actual)))
+  if redis.call('PTTL', h) < 0 then
+    redis.call('PEXPIRE', h, ttl_ms(fallback_ttl_s))
+  end
 end

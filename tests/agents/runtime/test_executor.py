@@ -348,3 +348,44 @@ async def test_an_api_keys_own_rate_limit_applies_across_agents() -> None:
     assert await run("a") == ExecutionStatus.SUCCEEDED
     assert await run("b") == ExecutionStatus.SUCCEEDED
     assert await run("a") == ExecutionStatus.DEGRADED
+
+
+async def test_a_repeated_task_is_served_from_cache_for_nothing() -> None:
+    from agents.runtime.cache import MemoryCache
+
+    h = harness([agent(cache_ttl_s=60)])
+    h.executor._cache = MemoryCache(clock=h.clock)
+    first = await h.run("where is my order?")
+    await h.executor.drain_cache_writes()
+    calls = len(h.provider.calls)
+    second = await h.run("where   is my order?")  # whitespace differences share an answer
+    assert second.cached is True
+    assert second.output == first.output
+    assert second.cost_usd == 0
+    assert second.saved_usd == first.cost_usd > 0
+    assert len(h.provider.calls) == calls
+    assert h.state.counts["admit"] == 1  # a hit needs no state round trip
+
+
+async def test_degraded_answers_are_never_cached_and_no_cache_bypasses() -> None:
+    import uuid
+
+    from agents.runtime.cache import MemoryCache
+    from agents.runtime.types import ExecutionRequest, Message
+
+    h = harness([agent(cache_ttl_s=60, fallback_models=(), max_retries=0)])
+    h.executor._cache = MemoryCache(clock=h.clock)
+    h.provider.scripts["primary"] = [Capacity("503")]
+    assert (await h.run("q")).status == ExecutionStatus.DEGRADED
+    await h.executor.drain_cache_writes()
+    assert (await h.run("q")).cached is False  # the failure was not cached
+    await h.executor.drain_cache_writes()
+    bypass = await h.executor.execute(
+        ExecutionRequest(
+            agent="support",
+            messages=(Message("user", "q"),),
+            execution_id=str(uuid.uuid4()),
+            bypass_cache=True,
+        )
+    )
+    assert bypass.cached is False
