@@ -14,9 +14,10 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from agents.runtime.state import BudgetHold
-from agents.runtime.types import BudgetRule, Deployment
+from agents.runtime.types import BudgetRule, Deployment, Usage
 
 MICROS = Decimal(1_000_000)
+MTOK = Decimal(1_000_000)
 SLACK_S = 2 * 86_400.0  # counters outlive their window a little, for reports and reconcile
 
 
@@ -72,3 +73,14 @@ def holds_for(rules: tuple[BudgetRule, ...], now: float, amount: int) -> tuple[B
             )
         )
     return tuple(holds)
+
+
+def price(deployment: Deployment, usage: Usage) -> Decimal:
+    """What ``usage`` costs on ``deployment`` (0 when its price is unknown: such deployments
+    are refused wherever a budget applies, so an unknown price never spends budgeted money)."""
+    if deployment.input_usd_per_mtok is None or deployment.output_usd_per_mtok is None:
+        return Decimal(0)
+    return (
+        deployment.input_usd_per_mtok * usage.input_tokens
+        + deployment.output_usd_per_mtok * usage.output_tokens
+    ) / MTOK

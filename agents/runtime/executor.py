@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from agents.runtime.budgets import holds_for, to_micros, worst_case_micros
+from agents.runtime.budgets import holds_for, price, to_micros, worst_case_micros
 from agents.runtime.cache import (
     CachedAnswer,
     ResponseCache,
@@ -32,6 +32,7 @@ from agents.runtime.cache import (
     cache_scope,
     should_cache,
 )
+from agents.runtime.choice import choose_models, window
 from agents.runtime.clock import Clock
 from agents.runtime.errors import (
     ClientError,
@@ -73,7 +74,6 @@ from agents.runtime.types import (
     Usage,
 )
 
-MTOK = Decimal(1_000_000)
 log = logging.getLogger("breakwater.runtime")
 
 
@@ -98,32 +98,6 @@ DEFAULT_DEPLOYMENT_BREAKER = BreakerConfig(
 )
 
 
-def price(deployment: Deployment, usage: Usage) -> Decimal:
-    """What ``usage`` costs on ``deployment`` (0 when its price is unknown: such deployments
-    are refused wherever a budget applies, so an unknown price never spends budgeted money)."""
-    if deployment.input_usd_per_mtok is None or deployment.output_usd_per_mtok is None:
-        return Decimal(0)
-    return (
-        deployment.input_usd_per_mtok * usage.input_tokens
-        + deployment.output_usd_per_mtok * usage.output_tokens
-    ) / MTOK
-
-
-def window(
-    messages: tuple[Message, ...], *, max_messages: int, max_tokens: int
-) -> tuple[Message, ...]:
-    """The most recent messages that fit both limits (a conversation's memory window)."""
-    kept: list[Message] = []
-    tokens = 0
-    for message in reversed(messages):
-        cost = estimate_messages((message,))
-        if len(kept) >= max_messages or tokens + cost > max_tokens:
-            break
-        kept.append(message)
-        tokens += cost
-    return tuple(reversed(kept))
-
-
 @dataclass
 class _Run:
     """Mutable bookkeeping for one execution."""
@@ -145,6 +119,8 @@ class _Run:
     tool_rounds: int = 0
     reserved: int = 0  # micro-USD reserved against the execution's budgets so far
     cache_key: str | None = None
+    final: Completion | None = None  # the last state call, sent with the journal write
+    journaled: asyncio.Future[None] | None = None  # the "started" journal write
     model_choice: str = "standard"
 
 
@@ -211,20 +187,21 @@ class Executor:
             max_tokens=min(request.max_tokens or agent.max_tokens, agent.max_tokens),
         )
         self._events.execution_started(request.execution_id, agent.name)
+        # Journaled concurrently with admission; awaited before any provider call.
+        run.journaled = asyncio.ensure_future(self._records.started(request, run.created_at))
         try:
-            await self._records.started(request, run.created_at)
             result = await self._run(run, on_token)
         except asyncio.CancelledError:
             result = self._result(run, ExecutionStatus.CANCELLED, "", None, None)
-            await asyncio.shield(self._finish(result))
+            await asyncio.shield(self._finish(run, result))
             raise
         except Exception as exc:  # a broken dependency (state store, journal): record, re-raise
             error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:500]}
             result = self._result(run, ExecutionStatus.FAILED, "", None, None, error=error)
             with contextlib.suppress(Exception):
-                await self._finish(result)
+                await self._finish(run, result)
             raise
-        await self._finish(result)
+        await self._finish(run, result)
         self._cache_store(run, result)
         if (
             request.session_id
@@ -368,28 +345,41 @@ class Executor:
         )
 
         async def complete(attempt: AttemptResult | None, agent_outcome: Outcome | None) -> None:
+            """Report an attempt to the shared state. The final call (with the agent's outcome)
+            is deferred to :meth:`_finish`, which sends it concurrently with the journal write:
+            one round trip of latency after the provider call instead of two."""
             tokens = run.usage.input_tokens + run.usage.output_tokens
-            moved = await self._state.complete(
-                Completion(
-                    attempt=attempt,
-                    deployment_breaker=self._deployment_breaker,
-                    agent_breaker_key=agent_key if agent_outcome is not None else None,
-                    agent_breaker=agent.breaker if agent_outcome is not None else None,
-                    agent_outcome=agent_outcome,
-                    agent_duration_s=self._clock.monotonic() - run.started,
-                    agent_probe=agent_probe,
-                    entry_id=run.request.execution_id,
-                    rate_settlements=tuple((k, w, tokens) for k, w, _ in settle)
-                    if agent_outcome is not None
-                    else (),
-                    budget_settlements=tuple(
-                        (hold.key, to_micros(run.cost, up=True)) for hold in holds
-                    )
-                    if agent_outcome is not None
-                    else (),
-                )
+            completion = Completion(
+                attempt=attempt,
+                deployment_breaker=self._deployment_breaker,
+                agent_breaker_key=agent_key if agent_outcome is not None else None,
+                agent_breaker=agent.breaker if agent_outcome is not None else None,
+                agent_outcome=agent_outcome,
+                agent_duration_s=self._clock.monotonic() - run.started,
+                agent_probe=agent_probe,
+                entry_id=run.request.execution_id,
+                rate_settlements=tuple((k, w, tokens) for k, w, _ in settle)
+                if agent_outcome is not None
+                else (),
+                budget_settlements=tuple((hold.key, to_micros(run.cost, up=True)) for hold in holds)
+                if agent_outcome is not None
+                else (),
             )
-            self._learn(moved, {}, agent.breaker)
+            if agent_outcome is not None:
+                run.final = completion
+                return
+            self._learn(await self._state.complete(completion), {}, agent.breaker)
+
+        try:
+            if run.journaled is not None:
+                await run.journaled  # durable before any money is spent upstream
+        except Exception:
+            assert deployment_id is not None
+            unused = AttemptResult(
+                deployment_id, run.request.execution_id, Outcome.IGNORED, 0.0, probe
+            )
+            await complete(unused, Outcome.IGNORED)  # gives back the lease and reservations
+            raise
 
         pending: AttemptResult | None = None  # a succeeded attempt kept open by a tool round
         while True:
@@ -685,36 +675,12 @@ class Executor:
             await asyncio.gather(*self._cache_writes, return_exceptions=True)
 
     def _choose_models(self, run: _Run, now: float) -> tuple[tuple[str, ...], str]:
-        """The model chain for this execution and why (the reference ``_select_model``).
-
-        Rules, in order, only for agents with a ``cheap_model``: a ``complexity`` hint of
-        "simple" in the metadata, or a prompt of at most ``cheap_max_input_tokens``, picks the
-        cheap model first (the standard one stays as the first fallback); a "complex" hint
-        never does. With less than ``cheap_below_budget_pct`` of any budget left, the cheap
-        model is used for everything and the standard model is dropped.
-        """
-        agent = run.agent
-        standard = (agent.model, *agent.fallback_models)
-        cheap = agent.cheap_model
-        if not cheap:
-            return standard, "standard"
-        hint = str(run.request.metadata.get("complexity", "")).lower()
-        low = any(
-            limit > 0 and remaining * 100 < agent.cheap_below_budget_pct * limit
-            for remaining, limit in (
-                self._budget_left.get(key, (None, 0)) for key in self._budget_keys(agent, run, now)
-            )
-            if remaining is not None
-        )
-        if low:
-            rest = tuple(m for m in agent.fallback_models if m not in (cheap, agent.model))
-            return (cheap, *rest), "cheap:budget_low"
-        if hint == "complex":
-            return standard, "standard"
-        if hint == "simple" or estimate_messages(run.messages) <= agent.cheap_max_input_tokens:
-            rest = tuple(m for m in standard if m != cheap)
-            return (cheap, *rest), "cheap:hint" if hint == "simple" else "cheap:simple"
-        return standard, "standard"
+        budget_left = [
+            self._budget_left[key]
+            for key in self._budget_keys(run.agent, run, now)
+            if key in self._budget_left
+        ]
+        return choose_models(run.agent, run.request, run.messages, budget_left)
 
     def _budget_keys(self, agent: AgentConfig, run: _Run, now: float) -> list[str]:
         return [
@@ -840,17 +806,33 @@ class Executor:
             model_choice=run.model_choice,
         )
 
-    async def _finish(self, result: ExecutionResult) -> None:
-        """Record and publish. A journal failure here must not take the answer away from a
-        caller who has already paid for it: it is logged loudly instead."""
-        try:
+    async def _finish(self, run: _Run, result: ExecutionResult) -> None:
+        """Settle the shared state and journal the result, concurrently, then publish.
+
+        A failure here must not take the answer away from a caller who has already paid for
+        it: it is logged loudly instead (leases and reservations expire by themselves)."""
+        final, run.final = run.final, None
+
+        async def settle() -> None:
+            if final is not None:
+                self._learn(await self._state.complete(final), {}, run.agent.breaker)
+
+        async def journal() -> None:
+            if run.journaled is not None:
+                await run.journaled  # "started" before "finished"
             await self._records.finished(result)
-        except Exception:
-            log.exception(
-                "could not journal the result of execution %s (%s)",
-                result.execution_id,
-                result.status.value,
-            )
+
+        try:
+            outcomes = await asyncio.gather(settle(), journal(), return_exceptions=True)
+            for what, outcome in zip(("settle", "journal"), outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.error(
+                        "could not %s execution %s (%s)",
+                        what,
+                        result.execution_id,
+                        result.status.value,
+                        exc_info=outcome,
+                    )
         finally:
             self._events.execution_finished(result)
 

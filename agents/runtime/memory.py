@@ -214,7 +214,9 @@ class _SlidingLog:
         return window_s  # pragma: no cover - unreachable when cost <= limit
 
     def settle(self, entry_id: str, cost: int) -> None:
-        for index, (at, eid, amount) in enumerate(self.entries):
+        # The entry is recent: search from the newest end (O(1) in practice, not O(window)).
+        for index in range(len(self.entries) - 1, -1, -1):
+            at, eid, amount = self.entries[index]
             if eid == entry_id:
                 self.entries[index] = (at, eid, cost)
                 self.total += cost - amount

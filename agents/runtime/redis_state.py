@@ -19,8 +19,7 @@ stops counting once its lease would have expired. Admission checks ``spent + liv
 amount <= limit`` for every hold and takes all or nothing; a top-up (``budget_reserve``) adds to
 the execution's reservation and moves its expiry; settlement (in ``complete``) drops it and adds
 the actual cost to spent. The window's keys expire ``BudgetHold.ttl_s`` after the last
-reservation (a settlement keeps that TTL, or gives a window it finds gone
-``budgets.SLACK_S``).
+reservation (a settlement keeps that TTL, or gives a window it finds gone ``budgets.SLACK_S``).
 
 Rate-log entry ids are the executions' lease ids, unique per key. Were one reused, settling it
 would target the oldest entry under that id only while that entry lives (``MemoryState``: the
@@ -32,8 +31,8 @@ keys never expire under a fake timeline that runs ahead of or behind the real on
 
 Keys (all under ``prefix``) are laid out in ``lib.lua``. Breaker state has no TTL; rate logs
 expire one window after their last entry, lease sets when their last lease does, and budget
-windows as said above. The scripts
-compute key names from the prefix, so this targets one Redis server (not Redis Cluster).
+windows as said above. The scripts compute key names from the prefix, so this targets one Redis
+server (not Redis Cluster).
 """
 
 from __future__ import annotations

@@ -8,10 +8,9 @@
 --          as found when refused for budget, empty otherwise)}.
 --
 -- A refusal takes nothing (no lease, no probe, no rate budget, no reservation), but it does
--- apply the
--- time-driven transitions an acquire would: half-open probes that gave no answer within
--- probe_timeout_s re-open the breaker here, so a breaker whose probes were lost cannot stay
--- half-open (refusing everything) forever when admit is the only caller.
+-- apply the time-driven transitions an acquire would: half-open probes that gave no answer
+-- within probe_timeout_s re-open the breaker here, so a breaker whose probes were lost cannot
+-- stay half-open (refusing everything) forever when admit is the only caller.
 local out, open_until = {}, {}
 local function refuse(reason, retry)
   flush()

@@ -554,7 +554,7 @@ local function bg_check(holds)
   local ok = true
   for _, hold in ipairs(holds) do
     local spent, reserved = bg_prune(hold.key)
-    if spent + reserved + hold.amount > hold.limit + 1 then
+    if spent + reserved + hold.amount > hold.limit then
       ok = false
     end
   end

@@ -286,7 +286,7 @@ async def test_the_tool_loop_stops_at_the_step_cap() -> None:
 
 
 def test_the_memory_window_keeps_the_latest_messages_within_both_limits() -> None:
-    from agents.runtime.executor import window
+    from agents.runtime.choice import window
     from agents.runtime.types import Message
 
     history = tuple(Message("user", f"message {i} " + "x" * 40) for i in range(10))

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from agents.runtime.budgets import price
 from agents.runtime.clock import SystemClock
-from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER, Executor, price
+from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER, Executor
 from agents.runtime.fallbacks import DEFAULT_FALLBACK_MESSAGES
 from agents.runtime.memory import MemoryState
 from agents.runtime.ports import ListRecords, NullEvents
