@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from agents.runtime.budgets import SLACK_S
 from agents.runtime.clock import FakeClock
 from agents.runtime.memory import MemoryState
 from agents.runtime.redis_state import RedisState
@@ -23,6 +24,7 @@ from agents.runtime.state import (
     AttemptResult,
     BreakerConfig,
     BreakerState,
+    BudgetHold,
     Candidate,
     Completion,
     Outcome,
@@ -368,6 +370,7 @@ def admit_request(
     agent_breaker: BreakerConfig | None = CFG,
     deployment_breaker: BreakerConfig = CFG,
     lease_ttl_s: float = 30.0,
+    budgets: tuple[BudgetHold, ...] = (),
 ) -> AdmitRequest:
     return AdmitRequest(
         lease_id=lease_id,
@@ -377,6 +380,7 @@ def admit_request(
         rate_limits=limits,
         candidates=candidates,
         deployment_breaker=deployment_breaker,
+        budgets=budgets,
     )
 
 
@@ -704,6 +708,183 @@ async def test_rate_limits_are_all_or_none(store: StateStore, clock: FakeClock) 
         assert await store.rate_acquire((rpm,), f"r{n}") == (True, 0.0)
 
 
+# --- budgets: reservations at admission, top-ups, settlement, expiry ---
+
+DAY = "budget:1:2026-11-28"
+AGENT_DAY = "budget:2:2026-11-28"
+
+
+def hold(amount: int, *, key: str = DAY, limit: int = 1_000, ttl_s: float = 86_400.0) -> BudgetHold:
+    return BudgetHold(key=key, limit=limit, amount=amount, ttl_s=ttl_s)
+
+
+def settle(entry_id: str, *settlements: tuple[str, int]) -> Completion:
+    return Completion(
+        attempt=None, deployment_breaker=CFG, entry_id=entry_id, budget_settlements=settlements
+    )
+
+
+async def test_admit_reserves_on_every_budget_and_reports_what_is_left(store: StateStore) -> None:
+    admission = await store.admit(
+        admit_request(budgets=(hold(300), hold(300, key=AGENT_DAY, limit=500)))
+    )
+    assert admission == Admission(None, 0.0, 1, False, False, (), {}, {DAY: 700, AGENT_DAY: 200})
+    assert await store.budget_usage((DAY, AGENT_DAY, "budget:9:never")) == {
+        DAY: (0, 300),
+        AGENT_DAY: (0, 300),
+        "budget:9:never": (0, 0),
+    }
+
+
+async def test_a_budget_filled_exactly_admits_and_one_micro_usd_more_is_refused(
+    store: StateStore,
+) -> None:
+    assert (await store.admit(admit_request(lease_id="done", budgets=(hold(250),)))).ok
+    await store.complete(settle("done", (DAY, 250)))
+    assert (await store.admit(admit_request(lease_id="live", budgets=(hold(350),)))).ok
+    # spent 250 + reserved 350 + 400 == 1000
+    exact = await store.admit(admit_request(lease_id="exact", budgets=(hold(400),)))
+    assert (exact.refusal, exact.budget_remaining) == (None, {DAY: 0})
+    over = await store.admit(admit_request(lease_id="over", budgets=(hold(1),)))
+    assert over == Admission("budget_exceeded", 0.0, None, False, False, (), {}, {DAY: 0})
+    assert await store.budget_usage((DAY,)) == {DAY: (250, 750)}
+
+
+async def test_a_budget_refusal_takes_no_lease_no_rate_budget_no_probe_and_no_reservation(
+    store: StateStore, clock: FakeClock
+) -> None:
+    cfg = BreakerConfig(failure_threshold=1, half_open_max_calls=1)
+    await open_breaker(store, cfg=cfg)
+    await open_breaker(store, key="deployment:1", cfg=cfg)
+    clock.advance(60.0)  # both breakers would give their single probe to the next acquire
+    rpm = RateLimit("rpm:support", limit=1, window_s=60.0, cost=1)
+    assert await store.budget_reserve((hold(900, key=AGENT_DAY),), "earlier", 30.0) == (
+        True,
+        {AGENT_DAY: 100},
+    )
+
+    # the first budget has room, the second has not: neither is reserved
+    refused = await store.admit(
+        admit_request(
+            limits=(rpm,),
+            agent_breaker=cfg,
+            deployment_breaker=cfg,
+            budgets=(hold(600), hold(101, key=AGENT_DAY)),
+        )
+    )
+    assert refused == Admission(
+        "budget_exceeded", 0.0, None, False, False, (), {}, {DAY: 1_000, AGENT_DAY: 100}
+    )
+    assert await store.budget_usage((DAY, AGENT_DAY)) == {DAY: (0, 0), AGENT_DAY: (0, 900)}
+    assert await store.in_flight((1,)) == {1: 0}
+    assert await store.rate_acquire((rpm,), "rate-intact") == (True, 0.0)
+    for key in (KEY, "deployment:1"):
+        assert (await store.breaker_acquire(key, cfg))[:2] == (True, True)
+
+
+async def test_rate_deployment_and_breaker_refusals_take_no_reservation(
+    store: StateStore, clock: FakeClock
+) -> None:
+    budgets = (hold(400),)
+    rpm = RateLimit("rpm:support", limit=1, window_s=60.0, cost=1)
+    assert await store.rate_acquire((rpm,), "earlier") == (True, 0.0)
+    limited = await store.admit(admit_request(lease_id="a", limits=(rpm,), budgets=budgets))
+    assert (limited.refusal, limited.budget_remaining) == ("rate_limited", {})
+
+    await take_lease(store, 1, "busy")
+    full = await store.admit(
+        admit_request(lease_id="b", candidates=(Candidate(1, 1),), budgets=budgets)
+    )
+    assert (full.refusal, full.budget_remaining) == ("no_deployment", {})
+
+    await open_breaker(store, key="deployment:2")
+    broken = await store.admit(
+        admit_request(lease_id="c", candidates=(Candidate(2, 5),), budgets=budgets)
+    )
+    assert (broken.refusal, broken.budget_remaining) == ("circuit_open", {})
+
+    await open_breaker(store)
+    agent_open = await store.admit(admit_request(lease_id="d", budgets=budgets))
+    assert (agent_open.refusal, agent_open.budget_remaining) == ("circuit_open", {})
+
+    assert await store.budget_usage((DAY,)) == {DAY: (0, 0)}
+
+
+async def test_settlement_replaces_the_reservation_with_the_actual_cost(
+    store: StateStore,
+) -> None:
+    budgets = (hold(500), hold(500, key=AGENT_DAY, limit=2_000))
+    assert (await store.admit(admit_request(budgets=budgets))).ok
+    assert (await store.admit(admit_request(lease_id="other", budgets=(hold(100),)))).ok
+    await store.complete(settle("exec-1", (DAY, 120), (AGENT_DAY, 120)))
+    assert await store.budget_usage((DAY, AGENT_DAY)) == {DAY: (120, 100), AGENT_DAY: (120, 0)}
+    # a settlement finds no reservation left (settled, or expired): the money still counts
+    await store.complete(settle("exec-1", (DAY, 30)))
+    # a negative cost is no refund
+    await store.complete(settle("other", (DAY, -5)))
+    assert await store.budget_usage((DAY,)) == {DAY: (150, 0)}
+    # what was settled counts against the next admission
+    assert (await store.admit(admit_request(lease_id="x", budgets=(hold(851),)))).refusal == (
+        "budget_exceeded"
+    )
+    assert (await store.admit(admit_request(lease_id="y", budgets=(hold(850),)))).ok
+
+
+async def test_top_ups_add_up_and_are_all_or_none_across_budgets(store: StateStore) -> None:
+    def both(amount: int) -> tuple[BudgetHold, ...]:
+        return (hold(amount), hold(amount, key=AGENT_DAY, limit=500))
+
+    assert (await store.admit(admit_request(budgets=both(300)))).budget_remaining == {
+        DAY: 700,
+        AGENT_DAY: 200,
+    }
+    assert await store.budget_reserve(both(200), "exec-1", 30.0) == (
+        True,
+        {DAY: 500, AGENT_DAY: 0},
+    )
+    assert await store.budget_reserve(both(1), "exec-1", 30.0) == (
+        False,
+        {DAY: 500, AGENT_DAY: 0},
+    )
+    assert await store.budget_usage((DAY, AGENT_DAY)) == {DAY: (0, 500), AGENT_DAY: (0, 500)}
+    # the whole reservation, top-ups included, is replaced by the settlement
+    await store.complete(settle("exec-1", (DAY, 450), (AGENT_DAY, 450)))
+    assert await store.budget_usage((DAY, AGENT_DAY)) == {DAY: (450, 0), AGENT_DAY: (450, 0)}
+    assert await store.budget_reserve(both(50), "exec-2", 30.0) == (
+        True,
+        {DAY: 500, AGENT_DAY: 0},
+    )
+
+
+async def test_a_dead_executions_reservation_expires_with_its_lease(
+    store: StateStore, clock: FakeClock
+) -> None:
+    assert (await store.admit(admit_request(lease_ttl_s=30.0, budgets=(hold(600),)))).ok
+    late = admit_request(lease_id="late", budgets=(hold(500),))
+    assert (await store.admit(late)).refusal == "budget_exceeded"
+    clock.advance(29.75)
+    assert await store.budget_usage((DAY,)) == {DAY: (0, 600)}
+    assert (await store.admit(late)).budget_remaining == {DAY: 400}
+    clock.advance(0.25)  # the reservation lives exactly lease_ttl_s
+    assert await store.budget_usage((DAY,)) == {DAY: (0, 0)}
+    assert (await store.admit(late)).budget_remaining == {DAY: 500}
+    # settling the expired entry later still adds its cost and frees nothing twice
+    await store.complete(settle("exec-1", (DAY, 200)))
+    assert await store.budget_usage((DAY,)) == {DAY: (200, 500)}
+
+
+async def test_a_top_up_renews_the_expiry_of_the_whole_reservation(
+    store: StateStore, clock: FakeClock
+) -> None:
+    assert (await store.admit(admit_request(lease_ttl_s=30.0, budgets=(hold(300),)))).ok
+    clock.advance(20.0)
+    assert (await store.budget_reserve((hold(100),), "exec-1", 30.0))[0]
+    clock.advance(29.75)  # 49.75 s after admission: the first 300 lives on with the top-up
+    assert await store.budget_usage((DAY,)) == {DAY: (0, 400)}
+    clock.advance(0.25)
+    assert await store.budget_usage((DAY,)) == {DAY: (0, 0)}
+
+
 # --- where MemoryState departs from the documented state machine ---
 
 
@@ -807,6 +988,36 @@ async def test_every_redis_key_but_breaker_state_expires(redis_client: aioredis.
         assert 59_000 < ttls["rl:rpm:support"] <= 60_000
         assert 59_000 < ttls["rl:rpm:support:h"] <= 60_000
         assert 29_000 < ttls["lease:1"] <= 30_000
+    finally:
+        keys = [key async for key in redis_client.scan_iter(match=f"{prefix}:*")]
+        await redis_client.delete(*keys)
+
+
+async def test_budget_windows_expire_after_their_ttl(redis_client: aioredis.Redis) -> None:
+    prefix = f"bwtest:{uuid.uuid4().hex}"
+    state = RedisState(redis_client, prefix=prefix)
+    try:
+        admission = await state.admit(
+            admit_request(agent_breaker=None, budgets=(hold(10, ttl_s=3_600.0),))
+        )
+        assert admission.ok
+        await state.complete(settle("exec-1", (DAY, 7)))
+        # a settlement into a window whose keys are gone (or never were) gets a TTL too
+        await state.complete(settle("exec-1", ("budget:1:gone", 7)))
+        ttls = {
+            key.decode().removeprefix(prefix + ":"): await redis_client.pttl(key)
+            async for key in redis_client.scan_iter(match=f"{prefix}:bg:*")
+        }
+        # the reservations' set emptied on settlement: Redis deleted it
+        assert set(ttls) == {f"bg:{DAY}", "bg:budget:1:gone"}
+        assert 3_599_000 < ttls[f"bg:{DAY}"] <= 3_600_000
+        assert SLACK_S * 1000 - 1000 < ttls["bg:budget:1:gone"] <= SLACK_S * 1000
+        assert await state.budget_reserve((hold(20, ttl_s=7_200.0),), "exec-2", 30.0) == (
+            True,
+            {DAY: 973},
+        )
+        for key in (f"bg:{DAY}", f"bg:{DAY}:x"):
+            assert 7_199_000 < await redis_client.pttl(f"{prefix}:{key}") <= 7_200_000
     finally:
         keys = [key async for key in redis_client.scan_iter(match=f"{prefix}:*")]
         await redis_client.delete(*keys)

@@ -5,7 +5,9 @@ docstring (keeping the window as a list of outcomes and recounting it, where the
 running counters); where the docstring leaves a detail open it follows the documented choices
 of ``MemoryState`` (the probe deadline is set when the breaker half-opens and is checked when
 every probe slot is taken; retry-after values). The rate-limit model keeps every admitted
-``(time, cost)`` and admits iff the cost in ``(now - window, now]`` plus the new cost fits.
+``(time, cost)`` and admits iff the cost in ``(now - window, now]`` plus the new cost fits. The
+budget model keeps, per window, what was settled and every reservation with its expiry, and
+admits iff ``spent + live reservations + amount <= limit`` for every hold (all or none).
 
 Times are multiples of 0.25 s from an epoch-sized start, so every sum is exact in floating point
 and the stores must agree with the models to the last bit. Hypothesis machines are synchronous:
@@ -38,10 +40,14 @@ from agents.runtime.clock import FakeClock
 from agents.runtime.memory import MemoryState
 from agents.runtime.redis_state import RedisState
 from agents.runtime.state import (
+    Admission,
+    AdmitRequest,
     BreakerAction,
     BreakerConfig,
     BreakerSnapshot,
     BreakerState,
+    BudgetHold,
+    Candidate,
     Completion,
     Outcome,
     RateLimit,
@@ -483,6 +489,219 @@ class RateMachine(RuleBasedStateMachine):
             self.model.settle(key, window_s, entry_id, settled, self.now)
 
 
+# --- the budget model ---
+
+
+@dataclass
+class BudgetWindow:
+    spent: int = 0
+    reservations: dict[str, tuple[int, float]] = field(default_factory=dict)  # id: amount, expiry
+
+    def reserved(self, now: float) -> int:
+        return sum(amount for amount, expiry in self.reservations.values() if expiry > now)
+
+    def held(self, entry_id: str, now: float) -> int:
+        amount, expiry = self.reservations.get(entry_id, (0, now))
+        return amount if expiry > now else 0
+
+
+@dataclass
+class BudgetModel:
+    windows: dict[str, BudgetWindow] = field(default_factory=dict)
+
+    def window(self, key: str) -> BudgetWindow:
+        return self.windows.setdefault(key, BudgetWindow())
+
+    def left(self, holds: tuple[BudgetHold, ...], now: float) -> dict[str, int]:
+        return {
+            h.key: h.limit - self.window(h.key).spent - self.window(h.key).reserved(now)
+            for h in holds
+        }
+
+    def reserve(
+        self, holds: tuple[BudgetHold, ...], entry_id: str, ttl_s: float, now: float
+    ) -> tuple[bool, dict[str, int]]:
+        if any(
+            self.window(h.key).spent + self.window(h.key).reserved(now) + h.amount > h.limit
+            for h in holds
+        ):
+            return False, self.left(holds, now)
+        for h in holds:
+            window = self.window(h.key)
+            window.reservations[entry_id] = (window.held(entry_id, now) + h.amount, now + ttl_s)
+        return True, self.left(holds, now)
+
+    def settle(self, key: str, entry_id: str, actual: int) -> None:
+        window = self.window(key)
+        window.reservations.pop(entry_id, None)
+        window.spent += max(0, actual)
+
+
+BUDGET_KEYS = ("budget:1:2026-11-28", "budget:2:2026-11-28")
+TTLS = st.sampled_from([1.0, 2.5, 10.0, 30.0])
+# Large scales check that Lua's doubles keep micro-USD exact up to a $100M limit.
+SCALES = st.sampled_from([1, 1, 7, 49_999_999_937])
+KEY_SETS = st.sampled_from([(0,), (1,), (0, 1), (1, 0)])
+OPEN = BreakerConfig(failure_threshold=1_000_000, minimum_calls=1_000_000)
+
+
+class BudgetMachine(RuleBasedStateMachine):
+    redis_url: ClassVar[str | None] = None  # set on a subclass per backend: see on()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = Harness(self.redis_url)
+        self.model = BudgetModel()
+        self.scale = 1
+        self.limits = [1_000, 1_000]
+        self.entries: list[str] = []
+
+    def teardown(self) -> None:
+        self.h.close()
+
+    @property
+    def now(self) -> float:
+        return self.h.clock.now()
+
+    @initialize(scale=SCALES, limits=st.tuples(st.integers(0, 2_000), st.integers(0, 2_000)))
+    def configure(self, scale: int, limits: tuple[int, int]) -> None:
+        self.scale = scale
+        self.limits = [limit * scale for limit in limits]
+
+    def holds(self, which: tuple[int, ...], amounts: list[int]) -> tuple[BudgetHold, ...]:
+        return tuple(
+            BudgetHold(BUDGET_KEYS[i], self.limits[i], amount, 86_400.0)
+            for i, amount in zip(which, amounts, strict=False)
+        )
+
+    def admit(self, holds: tuple[BudgetHold, ...], ttl_s: float, rate_blocked: bool) -> None:
+        entry_id = f"exec-{len(self.entries)}"
+        self.entries.append(entry_id)
+        blocked = (RateLimit("rpm:blocked", 0, 60.0, 1),) if rate_blocked else ()
+        got = self.h.run(
+            self.h.store.admit(
+                AdmitRequest(
+                    lease_id=entry_id,
+                    lease_ttl_s=ttl_s,
+                    agent_breaker_key=None,
+                    agent_breaker=None,
+                    rate_limits=blocked,
+                    candidates=(Candidate(1, 1_000_000),),
+                    deployment_breaker=OPEN,
+                    budgets=holds,
+                )
+            )
+        )
+        if rate_blocked:
+            expected = Admission("rate_limited", math.inf, None, False, False)
+        else:
+            ok, left = self.model.reserve(holds, entry_id, ttl_s, self.now)
+            expected = (
+                Admission(None, 0.0, 1, False, False, budget_remaining=left)
+                if ok
+                else Admission("budget_exceeded", 0.0, None, False, False, budget_remaining=left)
+            )
+        assert got == expected
+
+    @rule(seconds=STEPS)
+    def advance(self, seconds: float) -> None:
+        self.h.clock.advance(seconds)
+
+    def live(self, entry_id: str) -> bool:
+        return any(w.held(entry_id, self.now) for w in self.model.windows.values())
+
+    def expiries(self) -> list[float]:
+        return sorted(
+            {
+                expiry
+                for window in self.model.windows.values()
+                for _, expiry in window.reservations.values()
+                if expiry > self.now
+            }
+        )
+
+    @precondition(lambda self: bool(self.expiries()))
+    @rule(data=st.data(), early=st.booleans())
+    def advance_to_an_expiry(self, data: st.DataObject, early: bool) -> None:
+        target = data.draw(st.sampled_from(self.expiries())) - (0.25 if early else 0.0)
+        if target > self.now:
+            self.h.clock.advance(target - self.now)
+
+    @rule(
+        which=KEY_SETS,
+        amounts=st.lists(st.integers(0, 800), min_size=2, max_size=2),
+        limits=st.one_of(st.none(), st.tuples(st.integers(0, 2_000), st.integers(0, 2_000))),
+        ttl_s=TTLS,
+        rate_blocked=st.sampled_from([False, False, False, True]),
+    )
+    def admit_some(
+        self,
+        which: tuple[int, ...],
+        amounts: list[int],
+        limits: tuple[int, int] | None,
+        ttl_s: float,
+        rate_blocked: bool,
+    ) -> None:
+        if limits is not None:  # an operator raised, lowered or paused the budgets
+            self.limits = [limit * self.scale for limit in limits]
+        self.admit(self.holds(which, [a * self.scale for a in amounts]), ttl_s, rate_blocked)
+
+    @rule(which=KEY_SETS, over=st.sampled_from([-1, 0, 0, 1]), ttl_s=TTLS)
+    def fill(self, which: tuple[int, ...], over: int, ttl_s: float) -> None:
+        """Ask for exactly what is left of the first budget (or one micro-USD more or less)."""
+        window = self.model.window(BUDGET_KEYS[which[0]])
+        left = self.limits[which[0]] - window.spent - window.reserved(self.now)
+        amount = max(0, left + over)
+        self.admit(self.holds(which, [amount, amount]), ttl_s, rate_blocked=False)
+
+    @precondition(lambda self: bool(self.entries))
+    @rule(
+        data=st.data(),
+        which=KEY_SETS,
+        amounts=st.lists(st.integers(0, 400), min_size=2, max_size=2),
+        ttl_s=TTLS,
+    )
+    def top_up(
+        self, data: st.DataObject, which: tuple[int, ...], amounts: list[int], ttl_s: float
+    ) -> None:
+        live = [e for e in self.entries if self.live(e)]
+        prefer_live: bool = data.draw(st.booleans())
+        entry_id = data.draw(st.sampled_from(live if live and prefer_live else self.entries))
+        holds = self.holds(which, [a * self.scale for a in amounts])
+        got = self.h.run(self.h.store.budget_reserve(holds, entry_id, ttl_s))
+        assert got == self.model.reserve(holds, entry_id, ttl_s, self.now)
+
+    @precondition(lambda self: bool(self.entries))
+    @rule(data=st.data(), which=KEY_SETS)
+    def settle(self, data: st.DataObject, which: tuple[int, ...]) -> None:
+        """Settle an entry (live, expired or settled already) at most what it reserved."""
+        entry_id = data.draw(st.sampled_from(self.entries))
+        settlements = []
+        for i in which:
+            amount, _ = self.model.window(BUDGET_KEYS[i]).reservations.get(entry_id, (0, 0.0))
+            settlements.append((BUDGET_KEYS[i], data.draw(st.integers(0, amount))))
+        self.h.run(
+            self.h.store.complete(
+                Completion(
+                    attempt=None,
+                    deployment_breaker=OPEN,
+                    entry_id=entry_id,
+                    budget_settlements=tuple(settlements),
+                )
+            )
+        )
+        for key, actual in settlements:
+            self.model.settle(key, entry_id, actual)
+
+    @invariant()
+    def usage_agrees(self) -> None:
+        got = self.h.run(self.h.store.budget_usage(BUDGET_KEYS))
+        assert got == {
+            key: (self.model.window(key).spent, self.model.window(key).reserved(self.now))
+            for key in BUDGET_KEYS
+        }
+
+
 M = TypeVar("M", bound=RuleBasedStateMachine)
 
 
@@ -515,3 +734,8 @@ def test_the_breaker_agrees_with_its_model(backend_url: tuple[str, str | None]) 
 def test_the_rate_limiter_agrees_with_its_model(backend_url: tuple[str, str | None]) -> None:
     backend, url = backend_url
     run_state_machine_as_test(on(RateMachine, url), settings=_settings(backend))
+
+
+def test_budgets_agree_with_their_model(backend_url: tuple[str, str | None]) -> None:
+    backend, url = backend_url
+    run_state_machine_as_test(on(BudgetMachine, url), settings=_settings(backend))
