@@ -120,6 +120,8 @@ class _Run:
     reserved: int = 0  # micro-USD reserved against the execution's budgets so far
     cache_key: str | None = None
     final: Completion | None = None  # the last state call, sent with the journal write
+    held: tuple[int, bool] | None = None  # (deployment, probe) whose lease is held now
+    on_cancel: Callable[[], Completion] | None = None
     journaled: asyncio.Future[None] | None = None  # the "started" journal write
     model_choice: str = "standard"
 
@@ -192,6 +194,8 @@ class Executor:
         try:
             result = await self._run(run, on_token)
         except asyncio.CancelledError:
+            if run.final is None and run.on_cancel is not None:
+                run.final = run.on_cancel()
             result = self._result(run, ExecutionStatus.CANCELLED, "", None, None)
             await asyncio.shield(self._finish(run, result))
             raise
@@ -344,12 +348,9 @@ class Executor:
             (limit.key, limit.window_s, 0) for limit in limits if limit.key.startswith("tpm:")
         )
 
-        async def complete(attempt: AttemptResult | None, agent_outcome: Outcome | None) -> None:
-            """Report an attempt to the shared state. The final call (with the agent's outcome)
-            is deferred to :meth:`_finish`, which sends it concurrently with the journal write:
-            one round trip of latency after the provider call instead of two."""
+        def build(attempt: AttemptResult | None, agent_outcome: Outcome | None) -> Completion:
             tokens = run.usage.input_tokens + run.usage.output_tokens
-            completion = Completion(
+            return Completion(
                 attempt=attempt,
                 deployment_breaker=self._deployment_breaker,
                 agent_breaker_key=agent_key if agent_outcome is not None else None,
@@ -365,10 +366,32 @@ class Executor:
                 if agent_outcome is not None
                 else (),
             )
+
+        async def complete(attempt: AttemptResult | None, agent_outcome: Outcome | None) -> None:
+            """Report an attempt to the shared state. The final call (with the agent's outcome)
+            is deferred to :meth:`_finish`, which sends it concurrently with the journal write:
+            one round trip of latency after the provider call instead of two."""
+            if attempt is not None:
+                run.held = None  # this call gives the lease back
             if agent_outcome is not None:
-                run.final = completion
+                run.final = build(attempt, agent_outcome)
                 return
-            self._learn(await self._state.complete(completion), {}, agent.breaker)
+            # Shielded: a cancel arriving meanwhile must not lose the report.
+            moved = await asyncio.shield(self._state.complete(build(attempt, agent_outcome)))
+            self._learn(moved, {}, agent.breaker)
+
+        def on_cancel() -> Completion:
+            """The final report for a cancel that lands between provider calls (a backoff, a
+            selection, a top-up): give back any held lease, settle what was spent."""
+            held = None
+            if run.held is not None:
+                held = AttemptResult(
+                    run.held[0], run.request.execution_id, Outcome.IGNORED, 0.0, run.held[1]
+                )
+            return build(held, Outcome.IGNORED)
+
+        run.held = (deployment_id, probe) if deployment_id is not None else None
+        run.on_cancel = on_cancel
 
         try:
             if run.journaled is not None:
@@ -404,6 +427,7 @@ class Executor:
                     self._remember_budgets(holds, left)
                     if not ok:
                         if pending is None:  # a lease taken for this attempt: give it back
+                            run.held = None
                             await self._state.release(
                                 lease_id=run.request.execution_id,
                                 deployment_id=deployment.id,
@@ -502,6 +526,7 @@ class Executor:
                     self._learn(selection.transitions, selection.open_until)
                     if selection.deployment_id is not None:
                         deployment_id, probe = selection.deployment_id, selection.probe
+                        run.held = (deployment_id, probe)
                         continue
                     if not can_fallback:
                         await complete(None, Outcome.FAILURE)
@@ -531,6 +556,7 @@ class Executor:
                         run, policy.reason, policy.message, deployment.model, deployment.id
                     )
                 deployment_id, probe = chosen.deployment_id, chosen.probe
+                run.held = (deployment_id, probe)
                 run.steps.append(
                     Step("fallback", model=chain[model_index], outcome=run.fallback_reason or "")
                 )

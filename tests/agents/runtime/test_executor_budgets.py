@@ -210,3 +210,48 @@ async def test_as_the_budget_runs_low_everything_moves_to_the_cheap_model() -> N
         choices.append(result.model_choice)
     assert choices[0] == "standard"
     assert "cheap:budget_low" in choices
+
+
+async def test_a_cancel_during_a_retry_backoff_settles_spend_and_frees_the_reservation() -> None:
+    import contextlib
+    import random
+
+    from agents.runtime.clock import SystemClock
+    from agents.runtime.errors import ProviderError
+    from agents.runtime.executor import Executor, RetryPolicy
+    from agents.runtime.memory import MemoryState
+    from agents.runtime.ports import ListRecords
+    from tests.agents.runtime.support import StaticConfig
+
+    class Cut:
+        async def chat(self, *args: object, **kwargs: object) -> ChatResponse:
+            raise ProviderError("cut", input_tokens=100, output_tokens=50)
+
+    clock = SystemClock()  # a real backoff sleep, so the cancel lands inside it
+    state = MemoryState(clock)
+    records = ListRecords()
+    executor = Executor(
+        config=StaticConfig(
+            {"support": agent(fallback_models=())},
+            {"primary": (deployment(1, "primary"),)},
+            rules=(replace(GLOBAL_1USD, limit_usd=Decimal("10")),),
+        ),
+        state=state,
+        providers=Cut(),
+        clock=clock,
+        records=records,
+        retry=RetryPolicy(base_s=2.0, cap_s=2.0),
+        rng=random.Random(1),
+    )
+    task = asyncio.create_task(executor.execute(_request()))
+    await asyncio.sleep(0.2)  # the first attempt failed; the retry is waiting
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    result = records.results[-1]
+    assert result.status == ExecutionStatus.CANCELLED
+    key = holds_for((GLOBAL_1USD,), clock.now(), 0)[0].key
+    spent, reserved = (await state.budget_usage((key,)))[key]
+    assert reserved == 0
+    assert spent == 200 == round(result.cost_usd * 1_000_000)  # 100*$1 + 50*$2 per M
+    assert await state.in_flight((1,)) == {1: 0}
