@@ -72,9 +72,15 @@ BREAKWATER_TOOL_ALLOW_LIST = env_list(
     ["agents.tools_builtin:current_time", "agents.tools_builtin:calculator"],
 )
 BREAKWATER_WEBHOOK_ALLOW_HOSTS = env_list("BREAKWATER_WEBHOOK_ALLOW_HOSTS", [])
+BREAKWATER_REDIS_MAX_CONNECTIONS = env_int(
+    "BREAKWATER_REDIS_MAX_CONNECTIONS", 200, min_value=1, max_value=10_000
+)
 BREAKWATER_READYZ_TIMEOUT_S = env_float(
     "BREAKWATER_READYZ_TIMEOUT_S", 2.0, min_value=0.05, max_value=30
 )
+# Cost spike: 5-minute spend above FACTOR x its 6-hour baseline and above MIN_USD.
+BREAKWATER_COST_SPIKE_FACTOR = env_float("BREAKWATER_COST_SPIKE_FACTOR", 3.0, min_value=1.0)
+BREAKWATER_COST_SPIKE_MIN_USD = env_float("BREAKWATER_COST_SPIKE_MIN_USD", 1.0, min_value=0.0)
 
 # --- Applications ------------------------------------------------------------------------
 INSTALLED_APPS = [
