@@ -144,6 +144,10 @@ except ValueError as exc:  # pragma: no cover - env_url already checked the sche
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # WAL + a busy timeout let the server, the in-process worker and `manage.py` commands
     # share the file without "database is locked" errors.
+    # Tests use a file too (not Django's shared-cache in-memory database, whose table locks
+    # ignore the busy timeout and fail when a background thread writes): same WAL behaviour as
+    # production. One file per test process (pytest-django also suffixes xdist workers).
+    _db["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
     _db["OPTIONS"] = {
         "timeout": 20,
         "transaction_mode": "IMMEDIATE",

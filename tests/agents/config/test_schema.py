@@ -16,7 +16,14 @@ import yaml
 from agents.config.apply import ConfigError, config_parse
 from agents.config.schema import INT32_MAX, ConfigDocument
 
-DELETE = object()
+class _Delete:
+    """Marks a field to remove; a stable repr keeps test ids the same across processes."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 
 
 def _set(doc: dict[str, Any], path: str, value: Any) -> None:
