@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from django.core.management import CommandError, call_command
 
 from agents.fakellm import FakeLLM, FakeLLMThread, FaultConfig, FaultConfigError, parse_override
 from agents.fakellm.faults import config_from_options
@@ -834,6 +835,11 @@ def test_python_dash_m_rejects_a_bad_flag_naming_it() -> None:
     )
     assert result.returncode == 2
     assert "--error-rate: must be between 0 and 1" in result.stderr
+
+
+def test_manage_py_fakellm_rejects_a_bad_flag_naming_it() -> None:
+    with pytest.raises(CommandError, match=r"^--error-status: must be one of 429, 500"):
+        call_command("fakellm", "--error-status", "404")
 
 
 def test_manage_py_fakellm_serves_and_stops_on_sigterm() -> None:
