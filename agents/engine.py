@@ -97,6 +97,15 @@ class Engine:
         if self.started:
             return
         await asyncio.to_thread(self.config.reload_in_thread)
+        if settings.EMBEDDED:
+            # Embedded counters live in process memory: put back today's spend from the ledger
+            # so a restart does not under-enforce budgets.
+            from budgets.services import budget_counters_restore
+
+            try:
+                await budget_counters_restore(store=self.state)
+            except Exception:
+                log.exception("could not restore budget counters from the ledger")
         self._tasks.append(asyncio.create_task(self.config.watch(), name="bw-config-watch"))
         self._tasks.append(asyncio.create_task(self._flush_last_used_loop(), name="bw-last-used"))
         if self.drainer is not None:

@@ -83,9 +83,7 @@ class ModelDeployment(models.Model):
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
     upstream_model = models.CharField(max_length=128)
     # Both null = the price is unknown: allowed only where no budget applies (fail closed).
-    input_usd_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True
-    )
+    input_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     output_usd_per_mtok = models.DecimalField(
         max_digits=14, decimal_places=6, null=True, blank=True
     )
@@ -340,6 +338,11 @@ class Execution(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
+    # standard | cheap:simple | cheap:hint | cheap:budget_low (the runtime's cost-aware choice)
+    model_choice = models.CharField(max_length=32, default="standard")
+    saved_usd = models.DecimalField(  # a cache hit: what the call would have cost
+        max_digits=16, decimal_places=8, default=Decimal(0)
+    )
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     session_id = models.CharField(max_length=128, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
@@ -372,6 +375,10 @@ class Execution(models.Model):
             models.CheckConstraint(
                 condition=~Q(fallback_used=True) | Q(fallback_reason__isnull=False),
                 name="execution_fallback_has_reason",
+            ),
+            models.CheckConstraint(
+                condition=Q(saved_usd__gte=0, saved_usd__lt=MONEY_MAX),
+                name="execution_saved_range",
             ),
         ]
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from datetime import datetime
 from typing import Any, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from agents.config.schema import AgentSpec
 
 MAX_MESSAGES = 200
 MAX_TEXT = 200_000
@@ -89,5 +95,168 @@ class ExecutionOut(Schema):
     usage: UsageOut
     cost_usd: float
     latency_ms: float
-    created_at: float
+    created_at: float = Field(description="Seconds since the epoch.")
+    model_choice: str = Field(
+        default="standard",
+        description="standard, or cheap:simple / cheap:hint / cheap:budget_low when the cheap "
+        "model was chosen",
+    )
     steps: list[StepOut]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ErrorDetail(Schema):
+    type: str
+    message: str
+
+
+class ErrorOut(Schema):
+    """Every API error: ``{"error": {"type", "message"}}``."""
+
+    error: ErrorDetail
+
+
+# Declared on every operation, so the OpenAPI document shows the error format.
+ERRORS: dict[int, type[Schema]] = {
+    401: ErrorOut,
+    403: ErrorOut,
+    404: ErrorOut,
+    409: ErrorOut,
+    422: ErrorOut,
+}
+
+
+# --- agents ----------------------------------------------------------------------------------
+
+
+def _spec_schema(handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    schema = handler(AgentSpec.__pydantic_core_schema__)
+    if "$ref" in schema:
+        schema = handler.resolve_ref_schema(schema)
+    return copy.deepcopy(dict(schema))
+
+
+class AgentIn(BaseModel):
+    """An agent as config as code writes it (:class:`agents.config.schema.AgentSpec`).
+
+    The body is validated by ``AgentSpec`` itself in the service, so the API and ``apply`` accept
+    the same documents with the same ``path: message`` errors; here it only documents the shape.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return _spec_schema(handler)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AgentPatchIn(AgentIn):
+    """Any subset of the agent's fields, merged into it (JSON merge patch, RFC 7396: mappings
+    merge, lists are replaced, ``null`` restores the default) before the whole agent is
+    validated again."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = _spec_schema(handler)
+        schema.pop("required", None)
+        return schema
+
+
+class AgentOut(AgentSpec):
+    daily_budget_usd: float | None = None  # type: ignore[assignment]  # money is a JSON number
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentListOut(Schema):
+    items: list[AgentOut]
+    next: str | None
+
+
+# --- breakers and deployments ----------------------------------------------------------------
+
+
+class BreakerActionIn(StrictSchema):
+    action: Literal["force_open", "force_close", "reset", "disable"] = Field(
+        description="force_open rejects every call; force_close admits every call (outcomes "
+        "still counted); disable admits and counts nothing; reset returns to automatic, closed, "
+        "with clean counters."
+    )
+    reason: str = Field(default="", max_length=1000, description="Kept in the audit trail.")
+
+
+class BreakerOut(Schema):
+    key: str
+    state: Literal["closed", "open", "half_open", "forced_open", "forced_closed", "disabled"]
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    window_slow: int
+    open_until: datetime | None
+    probes_in_flight: int
+
+
+class DeploymentOut(Schema):
+    id: int
+    model: str
+    provider: str
+    upstream_model: str
+    input_usd_per_mtok: float | None
+    output_usd_per_mtok: float | None
+    cached_input_usd_per_mtok: float | None
+    max_concurrency: int
+    weight: int
+    enabled: bool
+    breaker: BreakerOut
+    in_flight: int
+
+
+class DeploymentListOut(Schema):
+    items: list[DeploymentOut]
+    next: str | None
+
+
+# --- stored executions -----------------------------------------------------------------------
+
+ExecutionStatusName = Literal["succeeded", "degraded", "failed", "queued", "running", "cancelled"]
+
+
+class ExecutionRecordOut(ExecutionOut):
+    """A stored execution: the execution result, plus what the record keeps. A ``queued`` or
+    ``running`` execution has no ``latency_ms`` or ``finished_at`` yet."""
+
+    latency_ms: float | None  # type: ignore[assignment]
+    finished_at: float | None
+    session_id: str | None
+    error: dict[str, Any] | None
+
+
+class ExecutionDetailOut(ExecutionRecordOut):
+    input: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+
+class ExecutionListOut(Schema):
+    items: list[ExecutionRecordOut]
+    next: str | None = Field(description="Opaque cursor for the next page (`after=`), or null.")
+
+
+class ExecutionQuery(Schema):
+    agent: str | None = Field(default=None, max_length=64)
+    status: ExecutionStatusName | None = None
+    after: str | None = Field(default=None, max_length=200, description="A `next` cursor.")
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class PageQuery(Schema):
+    after: str | None = Field(default=None, max_length=200, description="A `next` cursor.")
+    limit: int = Field(default=100, ge=1, le=500)

@@ -1,12 +1,21 @@
-"""Reads for agents, providers and keys."""
+"""Reads for agents, deployments, executions and keys."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from agents.models import Agent, ModelDeployment
+from django.db.models import Q
+
+from agents.models import Agent, Execution, ModelDeployment
+from agents.runtime.state import BreakerConfig
 from budgets.models import Budget, BudgetScope, BudgetWindow
+from console.errors import ValidationFailed
 
 
 @dataclass(frozen=True)
@@ -44,3 +53,248 @@ def agent_list_with_models() -> list[AgentRow]:
         )
         for agent in Agent.objects.order_by("name")
     ]
+
+
+# --- cursors ---------------------------------------------------------------------------------
+
+
+def cursor_encode(*parts: str) -> str:
+    """An opaque keyset cursor: base64url of the sort key of the last item on the page."""
+    raw = "\x1f".join(parts).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def cursor_decode(cursor: str, parts: int) -> list[str]:
+    """The sort key in ``cursor``, or :class:`ValidationFailed` (422) if it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    values = raw.split("\x1f")
+    if len(values) != parts or not all(values):
+        raise ValidationFailed(["after: invalid cursor"])
+    return values
+
+
+def _time_cursor(cursor: str) -> tuple[datetime, str]:
+    when, ident = cursor_decode(cursor, 2)
+    try:
+        at = datetime.fromisoformat(when)
+    except ValueError:
+        raise ValidationFailed(["after: invalid cursor"]) from None
+    if at.tzinfo is None:
+        raise ValidationFailed(["after: invalid cursor"])
+    return at, ident
+
+
+# --- agents ----------------------------------------------------------------------------------
+
+
+def _money(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def agent_spec_dict(agent: Agent, daily_budget_usd: Decimal | None) -> dict[str, Any]:
+    """Every config-as-code field of ``agent`` (the ``AgentSpec`` document, defaults included)."""
+    return {
+        "name": agent.name,
+        "description": agent.description,
+        "model": agent.model,
+        "fallback_models": list(agent.fallback_models),
+        "cheap_model": agent.cheap_model or None,
+        "system_prompt": agent.system_prompt,
+        "timeout_s": agent.timeout_s,
+        "max_retries": agent.max_retries,
+        "max_tokens": agent.max_tokens,
+        "breaker": {
+            "failure_threshold": agent.breaker_failure_threshold,
+            "recovery_timeout_s": agent.breaker_recovery_timeout_s,
+            "half_open_max_calls": agent.breaker_half_open_max_calls,
+            "window_size": agent.breaker_window_size,
+            "minimum_calls": agent.breaker_minimum_calls,
+            "failure_rate_threshold": agent.breaker_failure_rate,
+            "slow_call_s": agent.breaker_slow_call_s,
+            "slow_call_rate_threshold": agent.breaker_slow_call_rate,
+        },
+        "rate_limit": {"rpm": agent.rate_limit_rpm, "tpm": agent.rate_limit_tpm},
+        "cache_ttl_s": agent.cache_ttl_s,
+        "daily_budget_usd": daily_budget_usd,
+        "tools": [dict(tool) for tool in agent.tools],
+        "fallback_messages": dict(agent.fallback_messages),
+        "enabled": agent.enabled,
+    }
+
+
+def _agent_out(agent: Agent, daily_budget_usd: Decimal | None) -> dict[str, Any]:
+    out = agent_spec_dict(agent, daily_budget_usd)
+    out["daily_budget_usd"] = _money(daily_budget_usd)
+    out["created_at"] = agent.created_at
+    out["updated_at"] = agent.updated_at
+    return out
+
+
+def _daily_budgets(agent_ids: list[int]) -> dict[int, Decimal]:
+    return dict(
+        Budget.objects.filter(
+            scope=BudgetScope.AGENT, window=BudgetWindow.DAILY, agent_id__in=agent_ids
+        ).values_list("agent_id", "limit_usd")
+    )
+
+
+def agent_detail(*, name: str) -> dict[str, Any] | None:
+    """The agent as the API shows it (``AgentOut``), or None."""
+    agent = Agent.objects.filter(name=name).first()
+    if agent is None:
+        return None
+    return _agent_out(agent, _daily_budgets([agent.pk]).get(agent.pk))
+
+
+def agent_page(*, allowed: frozenset[str], after: str | None, limit: int) -> dict[str, Any]:
+    """Agents by name, ``limit`` at a time; ``allowed`` non-empty restricts to those names.
+    Two queries."""
+    agents = Agent.objects.order_by("name")
+    if allowed:
+        agents = agents.filter(name__in=allowed)
+    if after is not None:
+        agents = agents.filter(name__gt=cursor_decode(after, 1)[0])
+    rows = list(agents[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    budgets = _daily_budgets([agent.pk for agent in rows])
+    return {
+        "items": [_agent_out(agent, budgets.get(agent.pk)) for agent in rows],
+        "next": cursor_encode(rows[-1].name) if more else None,
+    }
+
+
+def agent_breaker_config(*, name: str) -> BreakerConfig | None:
+    """The agent's breaker configuration as the runtime uses it (disabled agents included)."""
+    from agents.live_config import agent_config
+
+    agent = Agent.objects.filter(name=name).first()
+    return None if agent is None else agent_config(agent).breaker
+
+
+# --- deployments -----------------------------------------------------------------------------
+
+
+def deployment_rows() -> list[dict[str, Any]]:
+    """Every deployment (disabled ones too), without live state. One query."""
+    return [
+        {
+            "id": d.pk,
+            "model": d.name,
+            "provider": d.provider.name,
+            "upstream_model": d.upstream_model,
+            "input_usd_per_mtok": _money(d.input_usd_per_mtok),
+            "output_usd_per_mtok": _money(d.output_usd_per_mtok),
+            "cached_input_usd_per_mtok": _money(d.cached_input_usd_per_mtok),
+            "max_concurrency": d.max_concurrency,
+            "weight": d.weight,
+            "enabled": d.enabled,
+        }
+        for d in ModelDeployment.objects.select_related("provider").order_by("name", "id")
+    ]
+
+
+def deployment_exists(*, deployment_id: int) -> bool:
+    return ModelDeployment.objects.filter(pk=deployment_id).exists()
+
+
+# --- executions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutionAccess:
+    """Which executions an API key may read (the rule is in :mod:`agents.api`)."""
+
+    key_id: int
+    readable_agents: frozenset[str] | None  # None: every agent; empty: none but its own
+
+    def q(self) -> Q:
+        own = Q(api_key_id=self.key_id)
+        if self.readable_agents is None:
+            return Q()
+        if not self.readable_agents:
+            return own
+        return own | Q(agent_name__in=self.readable_agents)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def execution_out(row: Execution) -> dict[str, Any]:
+    """The CONTRACT's execution result for a stored execution."""
+    return {
+        "execution_id": str(row.id),
+        "agent": row.agent_name,
+        "status": row.status,
+        "output": row.output,
+        "model": row.model or None,
+        "deployment": row.deployment_id,
+        "attempts": row.attempts,
+        "fallback_used": row.fallback_used,
+        "fallback_reason": row.fallback_reason,
+        "cached": row.cached,
+        "usage": {"input_tokens": row.input_tokens, "output_tokens": row.output_tokens},
+        "cost_usd": float(row.cost_usd),
+        "latency_ms": None if row.latency_ms is None else float(row.latency_ms),
+        "created_at": row.created_at.timestamp(),
+        "model_choice": row.model_choice,
+        "finished_at": _epoch(row.finished_at),
+        "session_id": row.session_id or None,
+        "error": row.error,
+        "steps": list(row.steps or []),
+    }
+
+
+def execution_detail(*, execution_id: str, access: ExecutionAccess) -> dict[str, Any] | None:
+    """One execution the key may read (with its input and metadata), or None."""
+    try:
+        pk = uuid.UUID(execution_id)
+    except ValueError:
+        return None
+    row = Execution.objects.filter(access.q(), pk=pk).first()
+    if row is None:
+        return None
+    return execution_out(row) | {"input": list(row.input or []), "metadata": dict(row.metadata)}
+
+
+_LIST_FIELDS = [
+    f.name for f in Execution._meta.concrete_fields if f.name not in {"input", "metadata"}
+]
+
+
+def execution_page(
+    *,
+    access: ExecutionAccess,
+    agent: str | None,
+    status: str | None,
+    after: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    """Newest first, keyset-paginated on ``(created_at, id)``: one query per page whatever its
+    depth, served by the ``execution_*_time`` indexes."""
+    rows = Execution.objects.filter(access.q()).only(*_LIST_FIELDS).order_by("-created_at", "-id")
+    if agent is not None:
+        rows = rows.filter(agent_name=agent)
+    if status is not None:
+        rows = rows.filter(status=status)
+    if after is not None:
+        at, ident = _time_cursor(after)
+        try:
+            last = uuid.UUID(ident)
+        except ValueError:
+            raise ValidationFailed(["after: invalid cursor"]) from None
+        # (created_at, id) < (at, last), with a plain range bound the index can seek on.
+        rows = rows.filter(created_at__lte=at).filter(
+            Q(created_at__lt=at) | Q(created_at=at, id__lt=last)
+        )
+    page = list(rows[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "items": [execution_out(row) for row in page],
+        "next": cursor_encode(page[-1].created_at.isoformat(), str(page[-1].id)) if more else None,
+    }

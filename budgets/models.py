@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.db import models
 from django.db.models import Q
 from django.utils.timezone import now as _now
@@ -109,7 +111,16 @@ class Budget(models.Model):
 
 
 class SpendEntry(AppendOnlyModel):
-    """One charged execution. Append-only and unique per execution, so recording is idempotent."""
+    """One charged execution. Append-only and unique per execution, so recording is idempotent.
+
+    Written by the record drainer (``agents.recording.store``) for every finished execution that
+    cost something or was answered from the cache. ``at`` is the execution's ``created_at``: the
+    moment its budget windows were chosen, so an entry lands in the same window as the counter
+    it was settled against. ``cost_usd`` is the execution's cost rounded *up* to 8 places and
+    ``charged_micros`` is ``to_micros(cost_usd, up=True)``: exactly what the runtime settled on
+    each budget counter (``budgets.services.budgets_reconcile`` sums it). Prices are those of the
+    deployment that answered, from the ``PriceVersion`` in force at ``at`` (null: none known).
+    """
 
     execution_id = models.UUIDField(unique=True)
     at = models.DateTimeField(default=_now, db_index=True)
@@ -119,14 +130,20 @@ class SpendEntry(AppendOnlyModel):
     deployment_id = models.BigIntegerField(null=True, blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
-    input_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
-    output_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    input_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True)
+    output_usd_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True)
     cost_usd = models.DecimalField(max_digits=16, decimal_places=8)
+    charged_micros = models.BigIntegerField(default=0)
+    cached = models.BooleanField(default=False)
+    saved_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
 
     class Meta:
         ordering = ["-at", "-id"]
         verbose_name_plural = "spend entries"
-        indexes = [models.Index(fields=["agent_name", "at"], name="spend_agent_time")]
+        indexes = [
+            models.Index(fields=["agent_name", "at"], name="spend_agent_time"),
+            models.Index(fields=["api_key_id", "at"], name="spend_key_time"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(cost_usd__gte=0, cost_usd__lt=MONEY_MAX), name="spend_cost_range"
@@ -134,6 +151,12 @@ class SpendEntry(AppendOnlyModel):
             models.CheckConstraint(
                 condition=Q(input_usd_per_mtok__gte=0, output_usd_per_mtok__gte=0),
                 name="spend_price_nonnegative",
+            ),
+            models.CheckConstraint(
+                condition=Q(charged_micros__gte=0), name="spend_charged_nonnegative"
+            ),
+            models.CheckConstraint(
+                condition=Q(saved_usd__gte=0, saved_usd__lt=MONEY_MAX), name="spend_saved_range"
             ),
         ]
 
@@ -162,3 +185,69 @@ class PriceVersion(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.model}@{self.provider} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+
+# Upper bounds (ms) of the latency histogram buckets of ``SpendRollup``; one more bucket holds
+# everything slower. Above 100 ms each bucket is at most 1.5x as wide as its lower bound (below,
+# at most 25 ms wide); p95 is interpolated linearly inside its bucket, so it is off by less than
+# that bucket's width. Changing the bounds invalidates the histograms of stored rollups: only
+# today's and yesterday's are recomputed.
+LATENCY_BUCKETS_MS: tuple[int, ...] = (
+    10, 25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 750, 1000, 1250, 1500, 2000,
+    2500, 3000, 4000, 5000, 6000, 7500, 10000, 12500, 15000, 20000, 30000, 45000, 60000,
+    90000, 120000,
+)  # fmt: skip
+
+
+class SpendRollup(models.Model):
+    """Executions of one UTC day, per agent, model and API key: what the dashboards and
+    ``/api/v1/stats/agents`` read (never the raw executions).
+
+    Recomputed from ``Execution`` by ``budgets.services.rollups_refresh`` (replace, not
+    increment), so a late or redelivered record only ever makes a row more correct.
+    ``api_key_id`` is 0 for executions without a key (console, loadgen, a deleted key), so the
+    unique key has no NULLs; ``model`` is "" when no model answered.
+    """
+
+    day = models.DateField()
+    agent_name = models.CharField(max_length=64)
+    model = models.CharField(max_length=128, blank=True, default="")
+    api_key_id = models.BigIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0)  # finished executions
+    succeeded = models.PositiveIntegerField(default=0)
+    degraded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    cached = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+    saved_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+    latency_sum_ms = models.BigIntegerField(default=0)
+    latency_count = models.PositiveIntegerField(default=0)
+    # len(LATENCY_BUCKETS_MS) + 1 counts: bucket i holds latencies <= LATENCY_BUCKETS_MS[i]
+    # (and above the previous bound); the last one everything slower.
+    latency_buckets = models.JSONField(default=list)
+    model_choices = models.JSONField(default=dict)  # {"standard": n, "cheap:simple": m, ...}
+    updated_at = models.DateTimeField(default=_now)
+
+    class Meta:
+        ordering = ["-day", "agent_name", "model", "api_key_id"]
+        indexes = [models.Index(fields=["day", "agent_name"], name="rollup_day_agent")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "agent_name", "model", "api_key_id"], name="rollup_identity"
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    requests__gte=models.F("succeeded")
+                    + models.F("degraded")
+                    + models.F("failed")
+                    + models.F("cancelled")
+                ),
+                name="rollup_statuses_within_requests",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.agent_name} {self.model or '-'} key {self.api_key_id}"

@@ -8,6 +8,11 @@
   caller first, so a process that dies loses nothing: the recovery scan picks it up again.
 
 Both stop cleanly: no new work is taken, running work gets ``grace_s`` to finish.
+
+The most recently started worker is this process's worker (:func:`current_worker`): code that
+enqueues work in embedded mode (``agents.services.execution_dispatch``) hands it there. A worker
+remembers the event loop it was created in (``serve``'s), so a task body that needs the serving
+loop's engine and channel layer can run its coroutine there.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ def _run_task(name: str, kwargs: dict[str, Any]) -> Any:
         close_old_connections()
 
 
+_current: EmbeddedWorker | None = None
+
+
+def current_worker() -> EmbeddedWorker | None:
+    """This process's running embedded worker (the last one started and not stopped), if any."""
+    return _current
+
+
 class EmbeddedWorker:
     def __init__(self, *, threads: int = 4, grace_s: float = 10.0) -> None:
         # Import every app's tasks module, as `celery worker` does at start-up: autodiscovery
@@ -48,6 +61,12 @@ class EmbeddedWorker:
         self._grace_s = grace_s
         self._pending: set[Future[Any]] = set()
         self._closed = False
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+        global _current
+        _current = self
 
     def submit(self, name: str, **kwargs: Any) -> Future[Any]:
         if self._closed:
@@ -66,7 +85,10 @@ class EmbeddedWorker:
         return callback
 
     async def stop(self) -> None:
+        global _current
         self._closed = True
+        if _current is self:
+            _current = None
         pending = [asyncio.wrap_future(f) for f in list(self._pending)]
         if pending:
             log.info("waiting up to %.0fs for %d task(s)", self._grace_s, len(pending))

@@ -1,7 +1,11 @@
-"""Websocket routes (the live dashboard and execution streams arrive with the console issue)."""
+"""Websocket routes (wrapped by session auth and the origin check in console/asgi.py)."""
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from agents.consumers import ExecutionConsumer
+
+websocket_urlpatterns: list[URLPattern] = [
+    path("ws/executions/<uuid:execution_id>/", ExecutionConsumer.as_asgi()),
+]

@@ -91,3 +91,10 @@ def demo_yaml() -> str:
 def _fast_password_hashing(settings: Any) -> None:
     """Real hashers cost ~1 s per password; tests only need some hasher."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_var_dir(settings: Any, tmp_path: Path) -> None:
+    """Each test journals into its own directory, so no drainer picks up another test's (or
+    another process's) executions."""
+    settings.VAR_DIR = tmp_path

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from agents.runtime.types import ExecutionRequest, ExecutionResult, Message
@@ -20,6 +20,7 @@ from agents.runtime.types import ExecutionRequest, ExecutionResult, Message
 STARTED = "started"
 FINISHED = "finished"
 _CENT_FRACTION = Decimal("0.00000001")  # Execution.cost_usd has 8 decimal places
+_CHOICE_MAX = 32  # Execution.model_choice
 _INT_MAX = 2**31 - 1  # PositiveIntegerField's range on PostgreSQL
 _STATUSES = frozenset({"queued", "running", "succeeded", "degraded", "failed", "cancelled"})
 
@@ -66,6 +67,8 @@ def encode_finished(result: ExecutionResult) -> bytes:
             "input_tokens": result.usage.input_tokens,
             "output_tokens": result.usage.output_tokens,
             "cost_usd": str(result.cost_usd),
+            "model_choice": result.model_choice,
+            "saved_usd": str(result.saved_usd),
             "latency_ms": result.latency_ms,
             "session_id": result.session_id,
             "metadata": dict(result.metadata),
@@ -99,6 +102,15 @@ def _count(value: Any) -> int:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _money(value: Any) -> Decimal:
+    """USD to the columns' 8 places, rounded up: the ledger then charges, to the micro-dollar,
+    what the runtime settled on the budget counters (``to_micros(cost, up=True)``)."""
+    amount = Decimal(str(value or "0"))
+    if not amount.is_finite():
+        raise ValueError(f"amount is not finite: {value!r}")
+    return amount.quantize(_CENT_FRACTION, rounding=ROUND_CEILING)
 
 
 def row_from_event(raw: bytes | str) -> Row:
@@ -138,7 +150,10 @@ def row_from_event(raw: bytes | str) -> Row:
         cached=bool(event.get("cached")),
         input_tokens=_count(event.get("input_tokens") or 0),
         output_tokens=_count(event.get("output_tokens") or 0),
-        cost_usd=Decimal(str(event.get("cost_usd") or "0")).quantize(_CENT_FRACTION),
+        cost_usd=_money(event.get("cost_usd")),
+        # Events journaled before these fields existed carry neither: the defaults apply.
+        model_choice=str(event.get("model_choice") or "standard")[:_CHOICE_MAX],
+        saved_usd=_money(event.get("saved_usd")),
         latency_ms=None if latency is None else _count(round(float(latency))),
         steps=list(event.get("steps") or []),
         error=event.get("error"),
@@ -163,6 +178,8 @@ FINISHED_FIELDS = (
     "input_tokens",
     "output_tokens",
     "cost_usd",
+    "model_choice",
+    "saved_usd",
     "latency_ms",
     "session_id",
     "metadata",

@@ -6,6 +6,15 @@
   values again, and it wins over ``running`` (and over the reaper's ``failed``, being the truth).
 * Within one batch the events of one execution collapse first (``finished`` wins).
 
+A ``finished`` event that cost something, or was answered from the cache, also appends its
+``budgets.SpendEntry`` (the ledger) in the same transaction, with ``ignore_conflicts`` on the
+unique ``execution_id``: a redelivered event finds its entry there and adds nothing, and the
+first charge recorded for an execution stands. The entry carries the prices of the deployment
+that answered (for a cancelled execution, the last one attempted), looked up at drain time
+from ``budgets.PriceVersion``: the latest version effective at the execution's ``created_at``
+(the journal event does not carry prices; the executor's result has none). Null when no
+version is known. The charged ``cost_usd`` itself always comes from the event.
+
 A batch is one transaction. If the database refuses it for something in the data (a constraint,
 a value it cannot hold), each row is retried alone and the ones that still fail are returned as
 rejected (the caller sets them aside), so one bad event never blocks the journal. Any other
@@ -18,6 +27,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, transaction
@@ -88,6 +98,66 @@ def _write(batch: Sequence[_Merged]) -> None:
                 unique_fields=["id"],
                 update_fields=list(FINISHED_FIELDS),
             )
+            _ledger_append(finished, [m.row for m in batch if m.row.finished])
+
+
+def _answering_deployment(execution: Any, steps: list[Any]) -> int | None:
+    if execution.deployment_id is not None:
+        return int(execution.deployment_id)
+    for step in reversed(steps):
+        if isinstance(step, dict) and step.get("deployment") is not None:
+            return int(step["deployment"])
+    return None
+
+
+def _ledger_append(executions: Sequence[Any], rows: Sequence[Row]) -> None:
+    """Append the ledger entries of finished executions that cost something or hit the cache."""
+    from agents.runtime.budgets import to_micros
+    from budgets.models import PriceVersion, SpendEntry
+
+    charged = [
+        (e, _answering_deployment(e, r.fields.get("steps") or []))
+        for e, r in zip(executions, rows, strict=True)
+        if e.cost_usd > 0 or e.cached
+    ]
+    if not charged:
+        return
+    versions: dict[int, list[Any]] = {}
+    deployment_ids = {d for _, d in charged if d is not None}
+    # Ordered newest first: the first version not after created_at is the one in force.
+    for version in PriceVersion.objects.filter(deployment_id__in=deployment_ids).order_by(
+        "deployment_id", "-effective_from", "-id"
+    ):
+        versions.setdefault(version.deployment_id, []).append(version)
+    entries = []
+    for execution, deployment_id in charged:
+        price = next(
+            (
+                v
+                for v in versions.get(deployment_id or 0, ())
+                if v.effective_from <= execution.created_at
+            ),
+            None,
+        )
+        entries.append(
+            SpendEntry(
+                execution_id=execution.id,
+                at=execution.created_at,
+                agent_name=execution.agent_name,
+                api_key_id=execution.api_key_id,
+                model=execution.model,
+                deployment_id=deployment_id,
+                input_tokens=execution.input_tokens,
+                output_tokens=execution.output_tokens,
+                input_usd_per_mtok=price.input_usd_per_mtok if price else None,
+                output_usd_per_mtok=price.output_usd_per_mtok if price else None,
+                cost_usd=execution.cost_usd,
+                charged_micros=to_micros(execution.cost_usd, up=True),
+                cached=execution.cached,
+                saved_usd=execution.saved_usd,
+            )
+        )
+    SpendEntry.objects.bulk_create(entries, ignore_conflicts=True)
 
 
 def store_rows(rows: Sequence[tuple[int, Row]]) -> StoreOutcome:

@@ -1,0 +1,117 @@
+"""Queued executions: enqueue and cancel (CONTRACT section 4; design in docs/ASYNC.md).
+
+Reading a queued execution is ``GET /executions/{id}`` (:mod:`agents.api`); following it live is
+the websocket ``/ws/executions/{id}/`` (:mod:`agents.consumers`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+from ninja import Router, Schema, Status
+
+from agents import services
+from agents.auth import ApiKeyAuth, PermissionDenied, Principal
+from agents.engine import get_engine
+from agents.idempotency import run_idempotently
+from agents.runtime.types import Message
+from agents.schemas import ERRORS, ExecuteIn
+from console.errors import NotFound, ValidationFailed
+
+router = Router(auth=ApiKeyAuth(), tags=["executions"])
+
+
+class EnqueuedOut(Schema):
+    execution_id: str
+    status: Literal["queued"]
+
+
+class CancelOut(Schema):
+    execution_id: str
+    status: Literal["queued", "running", "cancelled"]
+    cancel_requested: bool
+
+
+def _principal(request: HttpRequest) -> Principal:
+    return request.auth  # type: ignore[attr-defined,no-any-return]
+
+
+def _messages(payload: ExecuteIn) -> list[Message]:
+    if isinstance(payload.input, str):
+        return [Message("user", payload.input)]
+    return [Message(m.role, m.content) for m in payload.input]
+
+
+@router.post(
+    "/agents/{name}/executions",
+    response={202: EnqueuedOut, **ERRORS},
+    summary="Queue an execution",
+)
+async def execution_enqueue(request: HttpRequest, name: str, payload: ExecuteIn) -> Status:
+    """Validate like ``execute``, store the execution as ``queued`` and hand it to a worker once
+    stored. Follow it with ``GET /executions/{id}`` or the websocket ``/ws/executions/{id}/``.
+    ``Idempotency-Key`` is honoured: a retried request answers the same ``execution_id``."""
+    principal = _principal(request)
+    principal.require("execute")
+    engine = get_engine()
+    agent = engine.config.agent(name)
+    if agent is None or not principal.may_use(name):
+        raise NotFound(f"agent {name!r} does not exist")
+    if payload.max_tokens is not None and payload.max_tokens > agent.max_tokens:
+        raise ValidationFailed([f"max_tokens: must be <= {agent.max_tokens} for agent {name}"])
+    cache_control = request.headers.get("Cache-Control", "").lower()
+    messages = [{"role": m.role, "content": m.content} for m in _messages(payload)]
+
+    async def enqueue() -> dict[str, Any]:
+        execution_id = await sync_to_async(services.execution_enqueue)(
+            agent=name,
+            timeout_s=agent.timeout_s,
+            messages=messages,
+            session_id=payload.session_id,
+            metadata=payload.metadata,
+            max_tokens=payload.max_tokens,
+            bypass_cache="no-cache" in cache_control or "no-store" in cache_control,
+            api_key_id=principal.key_id,
+        )
+        return {"execution_id": execution_id, "status": "queued"}
+
+    body = await run_idempotently(
+        header=request.headers.get("Idempotency-Key"),
+        key_id=principal.key_id,
+        method=request.method or "POST",
+        path=request.path,
+        body=request.body,
+        produce=enqueue,
+    )
+    return Status(202, body)
+
+
+@router.post(
+    "/executions/{execution_id}/cancel",
+    response={200: CancelOut, 202: CancelOut, **ERRORS},
+    summary="Cancel an execution",
+)
+async def execution_cancel(request: HttpRequest, execution_id: str) -> Status:
+    """Cancel an execution this key queued (a key with ``operate`` may cancel any execution of
+    the agents it may use). ``queued``: cancelled now (200). ``running``: asked to stop (202);
+    it ends ``cancelled`` within a fraction of a second, with what it cost so far settled.
+    Already finished otherwise: 409."""
+    principal = _principal(request)
+    operator_agents: frozenset[str] | None = None
+    try:
+        principal.require("operate")
+    except PermissionDenied:
+        principal.require("execute")
+    else:
+        operator_agents = principal.agents
+    outcome = await sync_to_async(services.execution_cancel)(
+        execution_id=execution_id, key_id=principal.key_id, operator_agents=operator_agents
+    )
+    body = {
+        "execution_id": outcome.execution_id,
+        "status": outcome.status,
+        "cancel_requested": outcome.cancel_requested,
+    }
+    return Status(202 if outcome.cancel_requested else 200, body)

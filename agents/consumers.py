@@ -1,0 +1,124 @@
+"""``WS /ws/executions/{id}/``: one execution's status, tokens and result, live.
+
+Who may watch: a console user (Django session), or an API key (``?key=bw_...`` or an
+``Authorization: Bearer`` header) that made the execution or has ``read`` on its agent (the
+rule of ``GET /executions/{id}``). Anyone else is refused before the handshake completes
+(close code 4401: no or bad credentials; 4404: no such execution, as far as you may know).
+
+Messages, all JSON with ``type`` and ``execution_id``:
+
+* ``status`` ``{"status"}``: first the stored status, then ``running`` when a worker starts it;
+* ``token`` ``{"text", "seq"}``: answer text as it streams (coalesced, in order);
+* ``completed`` ``{"status", "result"}``: the stored execution, as ``GET /executions/{id}``
+  returns it; then the server closes (1000).
+
+The consumer joins the execution's group before it reads the row, so a completion that lands
+in between is seen in the row or arrives as a message (sent once either way). An execution that
+is already finished gets ``status`` and ``completed`` at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from agents.live_events import group_name
+
+FINAL = frozenset({"succeeded", "degraded", "failed", "cancelled"})
+UNAUTHENTICATED, NOT_FOUND = 4401, 4404
+
+
+def _row(execution_id: str) -> Any:
+    from agents.models import Execution
+
+    return Execution.objects.filter(pk=uuid.UUID(execution_id)).first()
+
+
+def _out(row: Any) -> dict[str, Any]:
+    from agents.selectors import execution_out
+
+    return execution_out(row)
+
+
+def _token(scope: dict[str, Any]) -> str | None:
+    query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
+    if query.get("key"):
+        return str(query["key"][0])
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            kind, _, token = bytes(value).decode("latin-1").partition(" ")
+            if kind.lower() == "bearer" and token.strip():
+                return str(token.strip())
+    return None
+
+
+class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+    execution_id = ""
+    joined = False
+    done = False
+
+    async def connect(self) -> None:
+        self.execution_id = str(self.scope["url_route"]["kwargs"]["execution_id"])
+        row = await database_sync_to_async(_row)(self.execution_id)
+        refusal = await self._refusal(row)
+        if refusal is not None:
+            await self.close(code=refusal)
+            return
+        await self.channel_layer.group_add(group_name(self.execution_id), self.channel_name)
+        self.joined = True
+        await self.accept()
+        row = await database_sync_to_async(_row)(self.execution_id)  # after joining: see above
+        await self._send("status", status=row.status)
+        if row.status in FINAL:
+            await self._complete(await database_sync_to_async(_out)(row))
+
+    async def _refusal(self, row: Any) -> int | None:
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated and user.is_active:
+            return None if row is not None else NOT_FOUND
+        token = _token(self.scope)
+        if token is None:
+            return UNAUTHENTICATED
+        from agents.auth import principal_for
+
+        principal = await principal_for(token)
+        if principal is None:
+            return UNAUTHENTICATED
+        if row is None:
+            return NOT_FOUND
+        if row.api_key_id == principal.key_id:
+            return None
+        reads = bool({"read", "operate", "admin"} & principal.scopes)
+        return None if reads and principal.may_use(row.agent_name) else NOT_FOUND
+
+    async def disconnect(self, code: int) -> None:
+        if self.joined:
+            await self.channel_layer.group_discard(group_name(self.execution_id), self.channel_name)
+            self.joined = False
+
+    async def _send(self, kind: str, **fields: Any) -> None:
+        await self.send_json({"type": kind, "execution_id": self.execution_id, **fields})
+
+    async def _complete(self, result: dict[str, Any], seq: int | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        await self._send("completed", status=result["status"], result=result, seq=seq)
+        await self.close(code=1000)
+
+    # --- group messages (agents.live_events) --------------------------------------------------
+
+    async def execution_status(self, event: dict[str, Any]) -> None:
+        if not self.done:
+            await self._send("status", status=event["status"], seq=event.get("seq"))
+
+    async def execution_token(self, event: dict[str, Any]) -> None:
+        if not self.done:
+            await self._send("token", text=event["text"], seq=event.get("seq"))
+
+    async def execution_completed(self, event: dict[str, Any]) -> None:
+        await self._complete(event["result"], event.get("seq"))

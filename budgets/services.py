@@ -1,0 +1,599 @@
+"""Writes for budgets and cost control: pause, resume and raise a budget; refresh the daily
+rollups; reconcile the budget counters with the ledger; detect cost spikes; publish the budget
+gauges. Budget writes are audited and bump the config version through the model's save signal
+(``agents.live_config``), so every serving process enforces them within about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, Count, IntegerField, Min, Q, Sum, Value, When
+from django.utils import timezone
+
+from agents.metrics import set_budget_remaining
+from agents.models import MONEY_MAX, Execution
+from agents.runtime.budgets import window_bounds
+from agents.runtime.state import BreakerConfig, Completion, StateStore
+from budgets.metrics import set_budget_forecast
+from budgets.models import LATENCY_BUCKETS_MS, Budget, SpendEntry, SpendRollup
+from budgets.selectors import (
+    BudgetSpan,
+    BudgetStatus,
+    budget_list,
+    budget_spans,
+    budget_statuses,
+    budget_usage_read,
+    micros_to_usd,
+    span_filter,
+)
+from console.errors import NotFound, ValidationFailed
+from console.services import audit_record
+from incidents.models import Incident, IncidentStatus, Severity
+from incidents.services import incident_open, incident_resolve_by_key
+
+log = logging.getLogger("breakwater.budgets")
+
+UsageReader = Callable[[tuple[str, ...]], Mapping[str, tuple[int, int]]]
+
+_SIX_PLACES = Decimal("0.000001")
+_EIGHT_PLACES = Decimal("0.00000001")
+REASON_MAX = 500
+
+
+# --- pause, resume, raise ------------------------------------------------------------------
+
+
+def _locked(budget_id: int) -> Budget:
+    budget = (
+        Budget.objects.select_for_update(of=("self",))
+        .select_related("agent", "api_key")
+        .filter(pk=budget_id)
+        .first()
+    )
+    if budget is None:
+        raise NotFound(f"budget {budget_id} does not exist")
+    return budget
+
+
+def _snapshot(budget: Budget) -> dict[str, Any]:
+    return {
+        "paused": budget.paused,
+        "limit_usd": budget.limit_usd,
+        "raise_usd": budget.raise_usd,
+        "raise_until": budget.raise_until,
+    }
+
+
+def budget_set_paused(
+    *, budget_id: int, paused: bool, actor: str, reason: str = "", request_id: str = ""
+) -> Budget:
+    """Pause (every call under the budget is refused: its limit counts as 0) or resume it."""
+    with transaction.atomic():
+        budget = _locked(budget_id)
+        if budget.paused == paused:
+            return budget
+        before = _snapshot(budget)
+        budget.paused = paused
+        budget.save(update_fields=["paused", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="budget_pause" if paused else "budget_resume",
+            target_type="budget",
+            target_id=str(budget.pk),
+            before=before,
+            after=_snapshot(budget),
+            reason=reason,
+            request_id=request_id,
+        )
+    log.info("budget %s %s by %s", budget.pk, "paused" if paused else "resumed", actor)
+    return budget
+
+
+def budget_pause(*, budget_id: int, actor: str, reason: str = "") -> Budget:
+    return budget_set_paused(budget_id=budget_id, paused=True, actor=actor, reason=reason)
+
+
+def budget_resume(*, budget_id: int, actor: str, reason: str = "") -> Budget:
+    return budget_set_paused(budget_id=budget_id, paused=False, actor=actor, reason=reason)
+
+
+def _amount(value: Any, field: str) -> Decimal:
+    if isinstance(value, bool):
+        raise ValidationFailed([f"{field}: must be a number"])
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise ValidationFailed([f"{field}: must be a number"]) from None
+    if not amount.is_finite():
+        raise ValidationFailed([f"{field}: must be a finite number"])
+    if amount <= 0:
+        raise ValidationFailed([f"{field}: must be positive"])
+    if amount >= MONEY_MAX:
+        raise ValidationFailed([f"{field}: must be less than {MONEY_MAX}"])
+    if amount != amount.quantize(_SIX_PLACES):
+        raise ValidationFailed([f"{field}: at most 6 decimal places"])
+    return amount
+
+
+def budget_raise(
+    *,
+    budget_id: int,
+    amount_usd: Any,
+    reason: str,
+    actor: str,
+    now: datetime | None = None,
+    request_id: str = "",
+) -> Budget:
+    """Raise the budget's limit by ``amount_usd`` until its current window ends.
+
+    A second raise in the same window adds to the first (and still ends with the window); a
+    raise left over from an earlier window is replaced. The raise needs a reason (audited).
+    """
+    amount = _amount(amount_usd, "amount_usd")
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed(["reason: must not be empty"])
+    if len(reason) > REASON_MAX:
+        raise ValidationFailed([f"reason: must be at most {REASON_MAX} characters"])
+    now = now or timezone.now()
+    with transaction.atomic():
+        budget = _locked(budget_id)
+        before = _snapshot(budget)
+        _, _, end = window_bounds(_rule(budget), now.timestamp())
+        active = (
+            budget.raise_usd
+            if budget.raise_usd is not None
+            and budget.raise_until is not None
+            and budget.raise_until > now
+            else Decimal(0)
+        )
+        total = active + amount
+        if total >= MONEY_MAX:
+            raise ValidationFailed(
+                [f"amount_usd: this window's raises would total {total}; must be less than "
+                 f"{MONEY_MAX}"]
+            )  # fmt: skip
+        budget.raise_usd = total
+        budget.raise_until = datetime.fromtimestamp(end, UTC)
+        budget.save(update_fields=["raise_usd", "raise_until", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="budget_raise",
+            target_type="budget",
+            target_id=str(budget.pk),
+            before=before,
+            after=_snapshot(budget) | {"amount_usd": amount},
+            reason=reason,
+            request_id=request_id,
+        )
+    log.info("budget %s raised by $%s until %s by %s", budget.pk, amount, budget.raise_until, actor)
+    return budget
+
+
+def _rule(budget: Budget) -> Any:
+    from agents.live_config import budget_rule
+
+    return budget_rule(budget)
+
+
+# --- gauges ----------------------------------------------------------------------------------
+
+
+def budgets_observe(
+    *, now: datetime | None = None, usage_reader: UsageReader = budget_usage_read
+) -> list[BudgetStatus]:
+    """Compute every budget's state and forecast and publish them as gauges
+    (``agent_budget_remaining_dollars``, ``agent_budget_forecast_dollars``,
+    ``agent_budget_forecast_ratio``)."""
+    now = now or timezone.now()
+    spans = budget_spans(budget_list(), now=now)
+    usage = usage_reader(tuple(span.key for span in spans))
+    statuses = budget_statuses(spans=spans, usage=usage, now=now)
+    for status in statuses:
+        set_budget_remaining(status.label, status.remaining_usd)
+        set_budget_forecast(status.label, float(status.forecast_usd), status.predictability)
+    return statuses
+
+
+# --- rollups ---------------------------------------------------------------------------------
+
+FINISHED_STATUSES = ("succeeded", "degraded", "failed", "cancelled")
+_ROLLUP_VALUES = (
+    "requests",
+    "succeeded",
+    "degraded",
+    "failed",
+    "cancelled",
+    "cached",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "saved_usd",
+    "latency_sum_ms",
+    "latency_count",
+    "latency_buckets",
+    "model_choices",
+    "updated_at",
+)
+
+
+def _latency_bucket() -> Case:
+    whens = [When(latency_ms__isnull=True, then=Value(-1))]
+    whens += [
+        When(latency_ms__lte=bound, then=Value(index))
+        for index, bound in enumerate(LATENCY_BUCKETS_MS)
+    ]
+    return Case(*whens, default=Value(len(LATENCY_BUCKETS_MS)), output_field=IntegerField())
+
+
+def rollup_day_refresh(*, day: date) -> int:
+    """Recompute ``day``'s (UTC) rollups from its finished executions; returns the rows kept.
+
+    Replace, not increment: rows are upserted with the recomputed totals and rows whose group
+    has no execution any more are deleted, so running it again (or concurrently) is harmless.
+    Two queries read (one grouped aggregate, the existing keys) and up to two write.
+    """
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    groups = (
+        Execution.objects.filter(
+            created_at__gte=start,
+            created_at__lt=start + timedelta(days=1),
+            status__in=FINISHED_STATUSES,
+        )
+        .annotate(bucket=_latency_bucket())
+        .values("agent_name", "model", "api_key_id", "status", "cached", "model_choice", "bucket")
+        .annotate(
+            n=Count("id"),
+            tokens_in=Sum("input_tokens"),
+            tokens_out=Sum("output_tokens"),
+            cost=Sum("cost_usd"),
+            saved=Sum("saved_usd"),
+            latency=Sum("latency_ms"),
+        )
+        .order_by()
+    )
+    stamp = timezone.now()
+    size = len(LATENCY_BUCKETS_MS) + 1
+    rows: dict[tuple[str, str, int], SpendRollup] = {}
+    for g in groups:
+        key = (g["agent_name"], g["model"], g["api_key_id"] or 0)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = SpendRollup(
+                day=day,
+                agent_name=key[0],
+                model=key[1],
+                api_key_id=key[2],
+                cost_usd=Decimal(0),
+                saved_usd=Decimal(0),
+                latency_buckets=[0] * size,
+                model_choices={},
+                updated_at=stamp,
+            )
+        n = g["n"]
+        row.requests += n
+        setattr(row, g["status"], getattr(row, g["status"]) + n)
+        if g["cached"]:
+            row.cached += n
+        row.input_tokens += g["tokens_in"] or 0
+        row.output_tokens += g["tokens_out"] or 0
+        row.cost_usd += g["cost"] or 0
+        row.saved_usd += g["saved"] or 0
+        if g["bucket"] >= 0:
+            row.latency_sum_ms += g["latency"] or 0
+            row.latency_count += n
+            row.latency_buckets[g["bucket"]] += n
+        row.model_choices[g["model_choice"]] = row.model_choices.get(g["model_choice"], 0) + n
+    with transaction.atomic():
+        if rows:
+            SpendRollup.objects.bulk_create(
+                list(rows.values()),
+                update_conflicts=True,
+                unique_fields=["day", "agent_name", "model", "api_key_id"],
+                update_fields=list(_ROLLUP_VALUES),
+            )
+        stale = [
+            pk
+            for pk, *key in SpendRollup.objects.filter(day=day).values_list(
+                "pk", "agent_name", "model", "api_key_id"
+            )
+            if tuple(key) not in rows
+        ]
+        if stale:
+            SpendRollup.objects.filter(pk__in=stale).delete()
+    return len(rows)
+
+
+def rollups_refresh(*, now: datetime | None = None, days: int = 2) -> int:
+    """Recompute today's and yesterday's (UTC) rollups: yesterday's too because records reach
+    the database late (write-behind; a journal held back while the database was down)."""
+    today = (now or timezone.now()).astimezone(UTC).date()
+    return sum(rollup_day_refresh(day=today - timedelta(days=offset)) for offset in range(days))
+
+
+# --- reconcile ---------------------------------------------------------------------------------
+
+RECONCILE_SETTLE_S = 2.0  # > the recorder's drain interval (0.2 s) many times over
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    budget_id: int
+    window_id: str
+    counter_before: int  # micro-USD spent, read before the ledger
+    ledger: int  # micro-USD charged in the ledger for the window
+    counter_after: int  # micro-USD spent, read after the ledger
+    ok: bool
+
+    @property
+    def drift(self) -> int:
+        """Ledger minus counter: negative = the ledger misses spend the counter has; positive =
+        the counter misses spend the ledger has (a lost or reset counter)."""
+        if self.ledger < self.counter_before:
+            return self.ledger - self.counter_before
+        if self.ledger > self.counter_after:
+            return self.ledger - self.counter_after
+        return 0
+
+
+def drift_key(span: BudgetSpan) -> str:
+    return f"ledger_drift:budget:{span.rule.id}:{span.window_id}"
+
+
+def _ledger_micros(spans: list[BudgetSpan]) -> list[int]:
+    if not spans:
+        return []
+    totals = SpendEntry.objects.aggregate(
+        **{
+            f"m{i}": Sum(
+                "charged_micros",
+                filter=span_filter(span) & Q(at__gte=span.start, at__lt=span.end),
+            )
+            for i, span in enumerate(spans)
+        }
+    )
+    return [int(totals[f"m{i}"] or 0) for i in range(len(spans))]
+
+
+def budgets_reconcile(
+    *,
+    now: datetime | None = None,
+    usage_reader: UsageReader = budget_usage_read,
+    settle_s: float = RECONCILE_SETTLE_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[ReconcileResult]:
+    """Prove that each budget's counter and the ledger agree for its current window.
+
+    The counter's ``spent`` for window W must equal the sum over the ledger entries in W (of
+    the executions the budget covers) of ``to_micros(cost_usd, up=True)`` (stored as
+    ``SpendEntry.charged_micros``). Under traffic the two never match at one instant: the
+    runtime settles a counter first and the ledger entry reaches the database a moment later
+    (write-behind). So the counter is read, then (after ``settle_s``, long enough for the
+    recorder to drain what was settled) the ledger, then the counter again; consistency means
+    ``counter_before <= ledger <= counter_after``, which is exact equality when the window is
+    quiet. A ledger below the first read lost records; above the second, the counter lost spend
+    (a reset, a restarted embedded process). Either opens a ``ledger_drift`` incident (one per
+    budget window) with the numbers, and is logged; a later agreement resolves it.
+
+    A budget created during its current window is skipped: the counter started at creation,
+    the ledger at the window's start.
+
+    Embedded mode keeps the counters in the serve process's memory (``MemoryState``). This job
+    then runs in that same process (the embedded scheduler hands it to the in-process worker),
+    so ``budget_usage_read`` sees the very counters the traffic fills. Distributed mode reads
+    them from Redis.
+    """
+    now = now or timezone.now()
+    spans = [s for s in budget_spans(budget_list(), now=now) if s.budget.created_at <= s.start]
+    if not spans:
+        return []
+    keys = tuple(span.key for span in spans)
+    before = usage_reader(keys)
+    if settle_s > 0:
+        sleep(settle_s)
+    ledger = _ledger_micros(spans)
+    after = usage_reader(keys)
+    open_drifts = set(
+        Incident.objects.filter(kind="ledger_drift")
+        .exclude(status=IncidentStatus.RESOLVED)
+        .values_list("dedup_key", flat=True)
+    )
+    results = []
+    for span, charged in zip(spans, ledger, strict=True):
+        c1 = before.get(span.key, (0, 0))[0]
+        c2 = max(c1, after.get(span.key, (0, 0))[0])
+        result = ReconcileResult(span.rule.id, span.window_id, c1, charged, c2, c1 <= charged <= c2)
+        results.append(result)
+        numbers = {
+            "budget_id": span.rule.id,
+            "scope": span.budget.scope,
+            "target": span.budget.target,
+            "window": span.window_id,
+            "counter_micros": c1 if c1 == c2 else [c1, c2],
+            "ledger_micros": charged,
+            "drift_micros": result.drift,
+            "counter_usd": str(micros_to_usd(c2)),
+            "ledger_usd": str(micros_to_usd(charged)),
+        }
+        key = drift_key(span)
+        if not result.ok:
+            log.error(
+                "ledger drift: budget %s (%s %s) window %s: counter %s micro-USD, ledger %s",
+                span.rule.id,
+                span.budget.scope,
+                span.budget.target,
+                span.window_id,
+                numbers["counter_micros"],
+                charged,
+            )
+            incident_open(
+                kind="ledger_drift",
+                dedup_key=key,
+                title=f"Budget counter and ledger disagree: {span.budget.scope} "
+                f"{span.budget.target} ({span.window_id})",
+                message=f"counter {numbers['counter_micros']} micro-USD, ledger {charged} "
+                f"micro-USD (drift {result.drift:+d})",
+                severity=Severity.MAJOR,
+                agent_name=span.budget.agent.name if span.budget.agent is not None else "",
+                data=numbers,
+            )
+        elif key in open_drifts:
+            incident_resolve_by_key(
+                dedup_key=key, message="counter and ledger agree again", data=numbers
+            )
+    return results
+
+
+async def budget_counters_restore(*, store: StateStore, now: datetime | None = None) -> int:
+    """Put back the spend of each budget's current window into counters that lost it.
+
+    For embedded mode, at start-up, before traffic: its counters live in process memory, so a
+    restart would otherwise forget today's spend (budgets would under-enforce, and the
+    reconcile job would rightly report drift). A window whose counter already has spend is
+    left alone, as are budgets created during their current window (their counter never held
+    the spend before their creation; reconcile skips them too). Returns the windows restored.
+    """
+    from asgiref.sync import sync_to_async
+
+    now = now or timezone.now()
+
+    def read() -> list[tuple[str, int]]:
+        spans = [s for s in budget_spans(budget_list(), now=now) if s.budget.created_at <= s.start]
+        return [(s.key, micros) for s, micros in zip(spans, _ledger_micros(spans), strict=True)]
+
+    charged = [(key, micros) for key, micros in await sync_to_async(read)() if micros > 0]
+    if not charged:
+        return 0
+    usage = await store.budget_usage(tuple(key for key, _ in charged))
+    restored = 0
+    for key, micros in charged:
+        if usage.get(key, (0, 0))[0] == 0:
+            await store.complete(
+                Completion(
+                    attempt=None,
+                    deployment_breaker=BreakerConfig(),
+                    entry_id=f"restore:{key}",
+                    budget_settlements=((key, micros),),
+                )
+            )
+            restored += 1
+    if restored:
+        log.info("restored the spend of %d budget window(s) from the ledger", restored)
+    return restored
+
+
+# --- cost spikes -------------------------------------------------------------------------------
+
+SPIKE_RECENT = timedelta(minutes=5)
+SPIKE_HISTORY = timedelta(hours=6)
+SPIKE_RESOLVE_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class SpikeCheck:
+    agent: str
+    recent_usd: Decimal
+    baseline_usd: Decimal | None  # average spend per 5 minutes; None = no history
+    action: str  # opened | resolved | open | quiet
+
+
+def spike_key(agent: str) -> str:
+    return f"cost_spike:{agent}"
+
+
+def cost_spike_detect(
+    *,
+    now: datetime | None = None,
+    factor: float | None = None,
+    min_usd: float | Decimal | None = None,
+) -> list[SpikeCheck]:
+    """Compare each agent's spend over the last 5 minutes with its baseline, the average spend
+    per 5 minutes over the 6 hours before (counted from its first entry in those 6 hours, so a
+    young agent is not diluted by hours it did not exist). Without history there is no
+    baseline and no alarm. Above ``factor`` x baseline (``BREAKWATER_COST_SPIKE_FACTOR``, 3) and
+    above ``min_usd`` (``BREAKWATER_COST_SPIKE_MIN_USD``, $1) a ``cost_spike`` incident opens
+    for the agent (one at a time); it resolves once the 5-minute spend is back under 1.5x.
+    Three queries when nothing changes.
+    """
+    now = now or timezone.now()
+    factor = settings.BREAKWATER_COST_SPIKE_FACTOR if factor is None else factor
+    floor = Decimal(str(settings.BREAKWATER_COST_SPIKE_MIN_USD if min_usd is None else min_usd))
+    recent_start = now - SPIKE_RECENT
+    recent = dict(
+        SpendEntry.objects.filter(at__gt=recent_start, at__lte=now)
+        .values("agent_name")
+        .annotate(total=Sum("cost_usd"))
+        .order_by()
+        .values_list("agent_name", "total")
+    )
+    history = {
+        row["agent_name"]: (row["total"], row["first"])
+        for row in SpendEntry.objects.filter(
+            at__gt=recent_start - SPIKE_HISTORY, at__lte=recent_start
+        )
+        .values("agent_name")
+        .annotate(total=Sum("cost_usd"), first=Min("at"))
+        .order_by()
+    }
+    open_spikes = set(
+        Incident.objects.filter(kind="cost_spike")
+        .exclude(status=IncidentStatus.RESOLVED)
+        .values_list("agent_name", flat=True)
+    )
+    checks = []
+    for agent in sorted(set(recent) | open_spikes):
+        # Sums come back as floats from SQLite: back to the columns' 8 places.
+        spent = Decimal(recent.get(agent) or 0).quantize(_EIGHT_PLACES)
+        baseline: Decimal | None = None
+        total, first = history.get(agent, (None, None))
+        if total and first is not None:
+            slots = max(1, math.ceil((recent_start - first) / SPIKE_RECENT))
+            baseline = (Decimal(total) / slots).quantize(_EIGHT_PLACES)
+        numbers = {
+            "recent_usd": str(spent),
+            "baseline_usd": None if baseline is None else str(baseline),
+            "ratio": None if not baseline else round(float(spent / baseline), 2),
+            "factor": factor,
+            "min_usd": str(floor),
+            "window_s": SPIKE_RECENT.total_seconds(),
+            "history_s": SPIKE_HISTORY.total_seconds(),
+        }
+        action = "quiet"
+        if agent in open_spikes:
+            action = "open"
+            calm = spent == 0 or (
+                baseline is not None and spent < baseline * Decimal(str(SPIKE_RESOLVE_FACTOR))
+            )
+            if calm:
+                incident_resolve_by_key(
+                    dedup_key=spike_key(agent),
+                    message=f"spend back to ${spent} per 5 min (baseline ${baseline})",
+                    data=numbers,
+                )
+                action = "resolved"
+        elif baseline is not None and spent > baseline * Decimal(str(factor)) and spent > floor:
+            incident_open(
+                kind="cost_spike",
+                dedup_key=spike_key(agent),
+                title=f"Cost spike on {agent}: ${spent:.2f} in 5 min, "
+                f"{numbers['ratio']}x its baseline",
+                message=f"${spent} in the last 5 minutes against a baseline of ${baseline} per "
+                f"5 minutes over the previous 6 hours",
+                severity=Severity.MAJOR,
+                agent_name=agent,
+                data=numbers,
+            )
+            log.warning("cost spike on %s: $%s in 5 min vs baseline $%s", agent, spent, baseline)
+            action = "opened"
+        checks.append(SpikeCheck(agent, spent, baseline, action))
+    return checks

@@ -1,0 +1,31 @@
+"""Celery tasks for budgets (periodic jobs, see console/schedule.py). Thin: call one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from budgets import services
+
+
+@shared_task(name="budgets.tasks.rollups_refresh", acks_late=True, time_limit=120)
+def rollups_refresh() -> int:
+    """Rows of today's and yesterday's rollups kept."""
+    return services.rollups_refresh()
+
+
+@shared_task(name="budgets.tasks.budgets_reconcile", acks_late=True, time_limit=120)
+def budgets_reconcile() -> int:
+    """Budgets whose counter and ledger disagree (each has a ``ledger_drift`` incident)."""
+    return sum(not result.ok for result in services.budgets_reconcile())
+
+
+@shared_task(name="budgets.tasks.cost_spike_detect", acks_late=True, time_limit=60)
+def cost_spike_detect() -> int:
+    """Agents with a cost spike incident open after this run."""
+    return sum(check.action in ("opened", "open") for check in services.cost_spike_detect())
+
+
+@shared_task(name="budgets.tasks.budgets_observe", acks_late=True, time_limit=30)
+def budgets_observe() -> int:
+    """Budgets whose gauges were published."""
+    return len(services.budgets_observe())

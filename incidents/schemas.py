@@ -1,0 +1,82 @@
+"""API schemas for incidents."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from ninja import Schema
+from pydantic import Field, model_validator
+
+from agents.schemas import StrictSchema
+
+IncidentStatusName = Literal["open", "acknowledged", "resolved"]
+SeverityName = Literal["critical", "major", "minor"]
+POSTMORTEM_FIELDS = ("impact", "root_cause", "resolution", "lessons")
+TEXT_MAX = 20_000
+
+
+class IncidentEventOut(Schema):
+    at: datetime
+    kind: str
+    message: str
+    actor: str
+    data: dict[str, Any]
+
+
+class IncidentOut(Schema):
+    id: int
+    kind: str
+    severity: SeverityName
+    status: IncidentStatusName
+    title: str
+    agent: str | None
+    opened_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str
+    resolved_at: datetime | None
+    impact: str
+    root_cause: str
+    resolution: str
+    lessons: str
+    timeline: list[IncidentEventOut]
+
+
+class IncidentListOut(Schema):
+    items: list[IncidentOut]
+    next: str | None = Field(description="Opaque cursor for the next page (`after=`), or null.")
+
+
+class IncidentIn(StrictSchema):
+    """An incident an operator declares (detectors open the others)."""
+
+    title: str = Field(min_length=1, max_length=300)
+    severity: SeverityName = "major"
+    agent: str | None = Field(default=None, max_length=64)
+    message: str = Field(default="", max_length=TEXT_MAX, description="The first timeline entry.")
+
+
+class IncidentPatchIn(StrictSchema):
+    """Acknowledge, resolve, re-grade, comment, or write the postmortem; each change is a
+    timeline entry and an audit record."""
+
+    status: Literal["acknowledged", "resolved"] | None = None
+    severity: SeverityName | None = None
+    comment: str | None = Field(default=None, min_length=1, max_length=TEXT_MAX)
+    impact: str | None = Field(default=None, max_length=TEXT_MAX)
+    root_cause: str | None = Field(default=None, max_length=TEXT_MAX)
+    resolution: str | None = Field(default=None, max_length=TEXT_MAX)
+    lessons: str | None = Field(default=None, max_length=TEXT_MAX)
+
+    @model_validator(mode="after")
+    def _something(self) -> IncidentPatchIn:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change")
+        return self
+
+
+class IncidentQuery(Schema):
+    status: IncidentStatusName | None = None
+    agent: str | None = Field(default=None, max_length=64)
+    after: str | None = Field(default=None, max_length=200, description="A `next` cursor.")
+    limit: int = Field(default=50, ge=1, le=200)

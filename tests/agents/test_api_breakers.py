@@ -1,0 +1,342 @@
+"""Agent and deployment breakers over the API: shared state, operator actions, their effects.
+
+Breaker state lives in the shared store (the process's memory, or Redis), which outlives a test's
+database: each test uses agent names of its own and resets every breaker it touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+from prometheus_client import REGISTRY
+
+from agents.config.apply import config_apply, config_parse
+from agents.engine import engine_shutdown, get_engine
+from agents.models import ModelDeployment
+from agents.services import api_key_create
+from console.models import AuditEvent
+from incidents.models import Incident
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@dataclass
+class World:
+    agent: str  # answers
+    flaky: str  # its only model always fails; one failure opens its breaker
+    deployment: int  # the agent's only deployment
+    broken: int  # the flaky agent's only deployment
+    keys: dict[str, str]
+    operator_prefix: str
+
+
+def _setup(tag: str) -> World:
+    doc = f"""
+providers:
+  - {{name: sim, kind: simulated, simulation: {{latency_ms: 0, error_rate: 0, seed: 1}}}}
+  - {{name: down, kind: simulated, simulation: {{latency_ms: 0, error_rate: 1, seed: 1}}}}
+models:
+  - {{name: m, provider: sim, upstream_model: m-1, input_usd_per_mtok: 1, output_usd_per_mtok: 2}}
+  - {{name: broken, provider: down, upstream_model: b-1}}
+agents:
+  - {{name: a-{tag}, model: m, max_retries: 0}}
+  - name: f-{tag}
+    model: broken
+    max_retries: 0
+    breaker: {{failure_threshold: 1, recovery_timeout_s: 600}}
+"""
+    config_apply(document=config_parse(doc))
+    operator = api_key_create(name="op", scopes=["operate"])
+    keys = {
+        "operate": operator.plaintext,
+        "read": api_key_create(name="read", scopes=["read"]).plaintext,
+        "execute": api_key_create(name="exec", scopes=["execute"]).plaintext,
+        "agent-operator": api_key_create(
+            name="aop", scopes=["operate"], agents=[f"a-{tag}"]
+        ).plaintext,
+    }
+    return World(
+        agent=f"a-{tag}",
+        flaky=f"f-{tag}",
+        deployment=ModelDeployment.objects.get(name="m").pk,
+        broken=ModelDeployment.objects.get(name="broken").pk,
+        keys=keys,
+        operator_prefix=operator.api_key.prefix,
+    )
+
+
+async def _reset(world: World) -> None:
+    state = get_engine().state
+    for key in (
+        f"agent:{world.agent}",
+        f"agent:{world.flaky}",
+        f"deployment:{world.deployment}",
+        f"deployment:{world.broken}",
+    ):
+        await state.breaker_command(key, "reset")
+
+
+@pytest.fixture
+async def world(settings: Any, tmp_path: Path) -> AsyncIterator[World]:
+    settings.VAR_DIR = tmp_path  # this test's own execution journal
+    created = await sync_to_async(_setup)(uuid.uuid4().hex[:8])
+    await _reset(created)  # deployment ids repeat across tests and runs; Redis remembers
+    engine = get_engine()
+    await engine.start()
+    if engine.drainer is not None:
+        # These tests read breakers and incidents, not execution records: no background
+        # writes of records meanwhile (SQLite takes one writer at a time).
+        await engine.drainer.stop()
+    yield created
+    await _reset(created)
+    await engine_shutdown()
+
+
+async def call(key: str, method: str, path: str, body: Any = None) -> Any:
+    # Headers go on the request: AsyncClient(headers=...) defaults do not reach ASGI scopes.
+    headers = {"Authorization": f"Bearer {key}"}
+    if method == "GET":
+        response = await AsyncClient().get(path, headers=headers)
+    else:
+        response = await AsyncClient().post(
+            path, data=json.dumps(body), content_type="application/json", headers=headers
+        )
+    await _incidents_written()
+    return response
+
+
+async def _incidents_written() -> None:
+    """Wait until the engine's incident writer (one background thread) has written what the
+    request's breaker transitions asked for: a no-op queued behind them returns when they are
+    done. Incidents are then checked without waiting on time, and no write of theirs overlaps
+    the next request's (SQLite takes one writer at a time)."""
+    await asyncio.wrap_future(get_engine().incidents._thread.submit(lambda: None))
+
+
+async def execute(world: World, agent: str) -> dict[str, Any]:
+    path = f"/api/v1/agents/{agent}/execute"
+    response = await call(world.keys["execute"], "POST", path, {"input": "hi"})
+    assert response.status_code == 200, response.content
+    return dict(response.json())
+
+
+async def _incident(key: str) -> Incident | None:
+    return await sync_to_async(
+        lambda: Incident.objects.filter(dedup_key=f"breaker:{key}").order_by("-id").first()
+    )()
+
+
+async def _timeline(incident: Incident) -> list[tuple[str, str]]:
+    return await sync_to_async(
+        lambda: [(e.kind, e.message) for e in incident.events.order_by("at", "id")]
+    )()
+
+
+# --- agent breakers --------------------------------------------------------------------------
+
+
+async def test_a_fresh_breaker_reads_closed_with_clean_counters(world: World) -> None:
+    response = await call(world.keys["read"], "GET", f"/api/v1/agents/{world.agent}/breaker")
+    assert response.status_code == 200
+    assert response.json() == {
+        "key": f"agent:{world.agent}",
+        "state": "closed",
+        "consecutive_failures": 0,
+        "window_calls": 0,
+        "window_failures": 0,
+        "window_slow": 0,
+        "open_until": None,
+        "probes_in_flight": 0,
+    }
+
+
+async def test_forcing_a_breaker_open_degrades_calls_audits_and_opens_an_incident(
+    world: World,
+) -> None:
+    path = f"/api/v1/agents/{world.agent}/breaker"
+    response = await call(
+        world.keys["operate"], "POST", path, {"action": "force_open", "reason": "drill"}
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == "forced_open"
+    assert (await call(world.keys["read"], "GET", path)).json()["state"] == "forced_open"
+
+    result = await execute(world, world.agent)
+    assert result["status"] == "degraded"
+    assert result["fallback_reason"] == "circuit_open"
+
+    audit = await sync_to_async(AuditEvent.objects.get)(action="breaker_force_open")
+    assert audit.actor == f"apikey:{world.operator_prefix}"
+    assert audit.target_id == f"agent:{world.agent}"
+    assert audit.reason == "drill"
+    assert audit.before == {"state": "closed"}
+    assert audit.after == {"state": "forced_open"}
+    gauge = REGISTRY.get_sample_value("agent_circuit_breaker_state", {"agent": world.agent})
+    assert gauge == 2
+
+    await engine_shutdown()  # waits for the incident writer
+    incident = await _incident(f"agent:{world.agent}")
+    assert incident is not None
+    assert incident.status == "open"
+    ((kind, message),) = await _timeline(incident)
+    assert kind == "opened"
+    assert f"apikey:{world.operator_prefix}: force_open (drill)" in message
+
+
+async def test_forcing_an_opened_breaker_closed_lets_calls_through_at_once(
+    world: World,
+) -> None:
+    path = f"/api/v1/agents/{world.flaky}/breaker"
+    first = await execute(world, world.flaky)
+    assert first["fallback_reason"] == "llm_error"
+    opened = (await call(world.keys["read"], "GET", path)).json()
+    assert opened["state"] == "open"
+    assert opened["open_until"] is not None
+    refused = await execute(world, world.flaky)
+    assert refused["fallback_reason"] == "circuit_open"
+
+    closed = await call(world.keys["operate"], "POST", path, {"action": "force_close"})
+    assert closed.json()["state"] == "forced_closed"
+    # This process had learnt the breaker was open; the command makes it forget.
+    again = await execute(world, world.flaky)
+    assert again["fallback_reason"] == "llm_error"
+
+    reset = await call(world.keys["operate"], "POST", path, {"action": "reset"})
+    assert reset.json()["state"] == "closed"
+    assert reset.json()["consecutive_failures"] == 0
+
+    await engine_shutdown()
+    incident = await _incident(f"agent:{world.flaky}")
+    assert incident is not None
+    assert incident.status == "resolved"
+    kinds = [kind for kind, _ in await _timeline(incident)]
+    assert kinds[0] == "opened"
+    assert kinds[-1] == "resolved"
+
+
+async def test_disabling_a_breaker_admits_everything(world: World) -> None:
+    path = f"/api/v1/agents/{world.flaky}/breaker"
+    response = await call(world.keys["operate"], "POST", path, {"action": "disable"})
+    assert response.json()["state"] == "disabled"
+    for _ in range(2):
+        assert (await execute(world, world.flaky))["fallback_reason"] == "llm_error"
+    assert (await call(world.keys["read"], "GET", path)).json()["consecutive_failures"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "explode"},
+        {},
+        {"action": "reset", "extra": 1},
+        {"action": "reset", "reason": "x" * 1001},
+    ],
+)
+async def test_an_unknown_action_is_422(world: World, body: dict[str, Any]) -> None:
+    path = f"/api/v1/agents/{world.agent}/breaker"
+    response = await call(world.keys["operate"], "POST", path, body)
+    assert response.status_code == 422
+    assert response.json()["error"]["type"] == "validation_error"
+
+
+async def test_commanding_a_breaker_needs_operate(world: World) -> None:
+    path = f"/api/v1/agents/{world.agent}/breaker"
+    response = await call(world.keys["read"], "POST", path, {"action": "force_open"})
+    assert response.status_code == 403
+    assert response.json()["error"]["type"] == "permission_denied"
+    assert (await call(world.keys["execute"], "GET", path)).status_code == 403
+    assert (await call(world.keys["read"], "GET", path)).json()["state"] == "closed"
+
+
+async def test_an_unknown_or_invisible_agents_breaker_is_404(world: World) -> None:
+    ghost = "/api/v1/agents/ghost/breaker"
+    assert (await call(world.keys["read"], "GET", ghost)).status_code == 404
+    assert (
+        await call(world.keys["operate"], "POST", ghost, {"action": "reset"})
+    ).status_code == 404
+    hidden = f"/api/v1/agents/{world.flaky}/breaker"
+    limited = world.keys["agent-operator"]
+    assert (await call(limited, "GET", hidden)).status_code == 404
+    assert (await call(limited, "POST", hidden, {"action": "force_open"})).status_code == 404
+    own = f"/api/v1/agents/{world.agent}/breaker"
+    assert (await call(limited, "POST", own, {"action": "reset"})).status_code == 200
+
+
+# --- deployments -----------------------------------------------------------------------------
+
+
+async def test_deployments_list_with_their_breakers_and_load(world: World) -> None:
+    response = await call(world.keys["read"], "GET", "/api/v1/deployments")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["next"] is None
+    items = {item["id"]: item for item in body["items"]}
+    assert set(items) == {world.deployment, world.broken}
+    m = items[world.deployment]
+    assert m["model"] == "m"
+    assert m["provider"] == "sim"
+    assert m["upstream_model"] == "m-1"
+    assert m["input_usd_per_mtok"] == 1
+    assert m["output_usd_per_mtok"] == 2
+    assert m["cached_input_usd_per_mtok"] is None
+    assert m["max_concurrency"] == 64
+    assert m["weight"] == 1
+    assert m["enabled"] is True
+    assert m["in_flight"] == 0
+    assert m["breaker"]["key"] == f"deployment:{world.deployment}"
+    assert m["breaker"]["state"] == "closed"
+    assert items[world.broken]["input_usd_per_mtok"] is None  # unknown price
+
+
+async def test_a_forced_open_deployment_takes_its_model_out_of_service(world: World) -> None:
+    path = f"/api/v1/deployments/{world.deployment}/breaker"
+    response = await call(world.keys["operate"], "POST", path, {"action": "force_open"})
+    assert response.status_code == 200
+    assert response.json()["state"] == "forced_open"
+    listed = (await call(world.keys["read"], "GET", "/api/v1/deployments")).json()
+    states = {item["id"]: item["breaker"]["state"] for item in listed["items"]}
+    assert states[world.deployment] == "forced_open"
+    result = await execute(world, world.agent)
+    assert result["status"] == "degraded"
+    assert result["fallback_reason"] == "circuit_open"
+    assert await sync_to_async(
+        AuditEvent.objects.filter(
+            action="breaker_force_open", target_id=f"deployment:{world.deployment}"
+        ).exists
+    )()
+    gauge = REGISTRY.get_sample_value(
+        "agent_deployment_breaker_state", {"deployment": str(world.deployment)}
+    )
+    assert gauge == 2
+
+    await call(world.keys["operate"], "POST", path, {"action": "reset"})
+    assert (await execute(world, world.agent))["status"] == "succeeded"
+
+
+async def test_only_an_unrestricted_operator_commands_a_deployment(world: World) -> None:
+    path = f"/api/v1/deployments/{world.deployment}/breaker"
+    for key in ("read", "agent-operator"):
+        response = await call(world.keys[key], "POST", path, {"action": "force_open"})
+        assert response.status_code == 403, key
+    missing = await call(
+        world.keys["operate"], "POST", "/api/v1/deployments/999999/breaker", {"action": "reset"}
+    )
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found"
+    listed = (await call(world.keys["read"], "GET", "/api/v1/deployments")).json()
+    assert all(item["breaker"]["state"] == "closed" for item in listed["items"])
+
+
+async def test_listing_deployments_needs_read(world: World) -> None:
+    assert (await call(world.keys["execute"], "GET", "/api/v1/deployments")).status_code == 403
+    limited = await call(world.keys["agent-operator"], "GET", "/api/v1/deployments")
+    assert limited.status_code == 200  # shared by every agent: any reader sees them
