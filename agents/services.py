@@ -360,7 +360,7 @@ def execution_claim_grace_s() -> float:
     It must exceed ``HARD_LIMIT_MARGIN_S``: by then Celery has killed any live owner."""
     from django.conf import settings
 
-    return float(getattr(settings, "BREAKWATER_EXECUTION_CLAIM_GRACE_S", 60.0))
+    return float(settings.BREAKWATER_EXECUTION_CLAIM_GRACE_S)
 
 
 def execution_time_limits(timeout_s: float) -> tuple[float, float]:
@@ -449,7 +449,7 @@ def execution_dispatch(
     soft, hard = execution_time_limits(timeout_s)
     execution_run.apply_async(
         kwargs=kwargs,
-        queue=queue or getattr(settings, "BREAKWATER_EXECUTION_QUEUE", "celery"),
+        queue=queue or settings.BREAKWATER_EXECUTION_QUEUE,
         countdown=countdown or None,
         soft_time_limit=soft,
         time_limit=hard,

@@ -30,11 +30,24 @@ async def http_app(scope: Any, receive: Any, send: Any) -> None:
         await _django_http(scope, receive, send)
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
-)
+_websockets = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+_browser_websockets = AllowedHostsOriginValidator(_websockets)
+
+
+def _bearer(scope: Any) -> bool:
+    if b"key=" in scope.get("query_string", b""):
+        return True
+    return any(name == b"authorization" for name, _ in scope.get("headers", ()))
+
+
+async def websocket_app(scope: Any, receive: Any, send: Any) -> None:
+    """Origin checks protect cookie (session) sockets from cross-site use; a socket that
+    authenticates with an API key carries no ambient credential, and scripts and SDKs send no
+    Origin header, so it skips that check (the consumer still authenticates the key)."""
+    if _bearer(scope):
+        await _websockets(scope, receive, send)
+    else:
+        await _browser_websockets(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": http_app, "websocket": websocket_app})

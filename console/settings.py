@@ -175,7 +175,12 @@ else:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "bw:asgi"},
+            # redis-py's default 5 s socket timeout equals the layer's blocking read: an idle
+            # socket would die after 5 s of silence.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": "bw:asgi",
+            },
         }
     }
 
@@ -187,6 +192,15 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A killed worker's message is redelivered after this many seconds (kombu's default is an
+# hour). Duplicates are harmless: a delivery that finds a fresh claim re-queues itself.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("BREAKWATER_CELERY_VISIBILITY_S", 300, min_value=30)
+}
+BREAKWATER_EXECUTION_QUEUE = env_str("BREAKWATER_EXECUTION_QUEUE", "celery")
+BREAKWATER_EXECUTION_CLAIM_GRACE_S = env_float(
+    "BREAKWATER_EXECUTION_CLAIM_GRACE_S", 60.0, min_value=1.0, max_value=3600.0
+)
 
 # --- Auth, i18n, static ------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
