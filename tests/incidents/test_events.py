@@ -38,7 +38,9 @@ def test_a_recovered_breaker_resolves_its_incident() -> None:
     incident = Incident.objects.get()
     assert incident.status == IncidentStatus.RESOLVED
     assert incident.resolved_at is not None
-    assert incident.events.last().kind == "resolved"
+    last = incident.events.last()
+    assert last is not None
+    assert last.kind == "resolved"
     # The next outage is a new incident.
     transition_to_incident(OPEN)
     assert Incident.objects.filter(status=IncidentStatus.OPEN).count() == 1

@@ -16,6 +16,7 @@ import yaml
 from agents.config.apply import ConfigError, config_parse
 from agents.config.schema import INT32_MAX, ConfigDocument
 
+
 class _Delete:
     """Marks a field to remove; a stable repr keeps test ids the same across processes."""
 
