@@ -939,3 +939,32 @@ def apikeys_revoke_orphaned_by(*, agent: Agent, actor: str = "system") -> int:
         )
         revoked += 1
     return revoked
+
+
+def executions_requeue_stale(*, now: datetime | None = None, older_than_s: float = 300.0) -> int:
+    """Dispatch again executions still ``queued`` long after they were accepted.
+
+    Their message was lost (a broker restart without persistence, a dispatch that failed after
+    commit, an embedded ``serve`` that died with work queued). Dispatching twice is harmless:
+    a delivery that cannot claim the row exits quietly. A requeued execution runs with its
+    agent's ``max_tokens`` (the per-request value travelled only in the lost message).
+    """
+    from django.utils import timezone
+
+    from agents.models import Execution, ExecutionStatus
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=older_than_s)
+    timeouts = dict(Agent.objects.values_list("name", "timeout_s"))
+    stale = list(
+        Execution.objects.filter(status=ExecutionStatus.QUEUED, created_at__lt=cutoff)
+        .order_by("created_at")
+        .values_list("id", "agent_name")[:200]
+    )
+    for execution_id, agent_name in stale:
+        execution_dispatch(
+            execution_id=str(execution_id), timeout_s=float(timeouts.get(agent_name, 30.0))
+        )
+    if stale:
+        _log().warning("re-dispatched %d execution(s) left queued", len(stale))
+    return len(stale)

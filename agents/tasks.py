@@ -52,3 +52,8 @@ def execution_run(
         if self.request.called_directly:  # the embedded worker: no broker to retry through
             raise
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+
+
+@shared_task(name="agents.tasks.executions_requeue_stale", acks_late=True, time_limit=120)
+def executions_requeue_stale() -> int:
+    return services.executions_requeue_stale()

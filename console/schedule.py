@@ -21,6 +21,7 @@ class Job:
 
 JOBS: tuple[Job, ...] = (
     Job("executions-reap-stale", "agents.tasks.executions_reap_stale", every_s=60),
+    Job("executions-requeue-stale", "agents.tasks.executions_requeue_stale", every_s=60),
     Job("rollups-refresh", "budgets.tasks.rollups_refresh", every_s=60),
     Job("budgets-reconcile", "budgets.tasks.budgets_reconcile", every_s=300),
     Job("cost-spike-detect", "budgets.tasks.cost_spike_detect", every_s=60),
