@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from agents.models import Agent, ModelDeployment, Provider, ProviderKind
+from agents.selectors import agent_spec_dict
 from budgets.models import Budget, BudgetScope, BudgetWindow
 
 
@@ -56,38 +57,16 @@ def config_export() -> dict[str, Any]:
     }
     agents = []
     for agent in Agent.objects.order_by("name"):
-        item = {"name": agent.name}
-        if agent.description:
-            item["description"] = agent.description
-        item["model"] = agent.model
-        item["fallback_models"] = list(agent.fallback_models)
-        if agent.cheap_model:
-            item["cheap_model"] = agent.cheap_model
-        item.update(
-            {
-                "system_prompt": agent.system_prompt,
-                "timeout_s": agent.timeout_s,
-                "max_retries": agent.max_retries,
-                "max_tokens": agent.max_tokens,
-                "breaker": {
-                    "failure_threshold": agent.breaker_failure_threshold,
-                    "recovery_timeout_s": agent.breaker_recovery_timeout_s,
-                    "half_open_max_calls": agent.breaker_half_open_max_calls,
-                    "window_size": agent.breaker_window_size,
-                    "minimum_calls": agent.breaker_minimum_calls,
-                    "failure_rate_threshold": agent.breaker_failure_rate,
-                    "slow_call_s": agent.breaker_slow_call_s,
-                    "slow_call_rate_threshold": agent.breaker_slow_call_rate,
-                },
-                "rate_limit": {"rpm": agent.rate_limit_rpm, "tpm": agent.rate_limit_tpm},
-                "cache_ttl_s": agent.cache_ttl_s,
-            }
-        )
-        if agent.pk in daily:
-            item["daily_budget_usd"] = _number(daily[agent.pk])
-        item["tools"] = list(agent.tools)
-        item["fallback_messages"] = dict(agent.fallback_messages)
-        item["enabled"] = agent.enabled
+        # The API's agent document, minus what the file leaves out when unset.
+        item = agent_spec_dict(agent, daily.get(agent.pk))
+        if not item["description"]:
+            del item["description"]
+        if item["cheap_model"] is None:
+            del item["cheap_model"]
+        if item["daily_budget_usd"] is None:
+            del item["daily_budget_usd"]
+        else:
+            item["daily_budget_usd"] = _number(item["daily_budget_usd"])
         agents.append(item)
 
     grouped: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
