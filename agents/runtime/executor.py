@@ -229,7 +229,9 @@ class Executor:
             run.steps.append(Step("refused", outcome="circuit_open", detail="agent breaker open"))
             return self._degraded(run, "circuit_open", "unavailable", model=None, deployment=None)
 
-        chain, run.model_choice = self._choose_models(run, now)
+        rules = self._config.budgets(agent.name, run.request.api_key_id)
+        windows = holds_for(rules, now, 0) if rules else ()  # the budget windows, once
+        chain, run.model_choice = self._choose_models(run, windows)
         if self._cache is not None and agent.cache_ttl_s > 0:
             run.cache_key = cache_key(
                 agent=agent.name,
@@ -243,7 +245,6 @@ class Executor:
                 hit = await self._cache.get(run.cache_key)
                 if hit is not None:
                     return await self._cached_result(run, hit, on_token)
-        rules = self._config.budgets(agent.name, run.request.api_key_id)
         if rules:
             unpriced = sorted(
                 {
@@ -297,7 +298,7 @@ class Executor:
         holds: tuple[BudgetHold, ...] = ()
         if rules:
             worst = self._worst_case(chain, input_estimate, run.max_tokens)
-            holds = holds_for(rules, now, worst)
+            holds = tuple(replace(window, amount=worst) for window in windows)
             run.reserved = worst
         while True:
             admission = await self._state.admit(
@@ -700,19 +701,15 @@ class Executor:
         if self._cache_writes:
             await asyncio.gather(*self._cache_writes, return_exceptions=True)
 
-    def _choose_models(self, run: _Run, now: float) -> tuple[tuple[str, ...], str]:
-        budget_left = [
-            self._budget_left[key]
-            for key in self._budget_keys(run.agent, run, now)
-            if key in self._budget_left
-        ]
+    def _choose_models(
+        self, run: _Run, windows: tuple[BudgetHold, ...]
+    ) -> tuple[tuple[str, ...], str]:
+        budget_left = (
+            [self._budget_left[w.key] for w in windows if w.key in self._budget_left]
+            if run.agent.cheap_model
+            else []
+        )
         return choose_models(run.agent, run.request, run.messages, budget_left)
-
-    def _budget_keys(self, agent: AgentConfig, run: _Run, now: float) -> list[str]:
-        return [
-            hold.key
-            for hold in holds_for(self._config.budgets(agent.name, run.request.api_key_id), now, 0)
-        ]
 
     def _remember_budgets(self, holds: tuple[BudgetHold, ...], left: dict[str, int]) -> None:
         for hold in holds:
