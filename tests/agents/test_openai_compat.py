@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.live import free_port, manage, serve, wait_http
 
 DOC = """
 providers:
@@ -32,59 +25,19 @@ agents:
 """
 
 
-def _env(var_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DEBUG"}
-    }
-    env["BREAKWATER_VAR_DIR"] = str(var_dir)
-    return env
-
-
-def _manage(var_dir: Path, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=_env(var_dir),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
     """A live `manage.py serve` (embedded mode, its own SQLite) and two keys."""
     var = tmp_path_factory.mktemp("openai")
-    _manage(var, "migrate", "--noinput", "-v0")
-    _manage(var, "apply", "-f", "-", stdin=DOC)
-    key = _manage(var, "create_api_key", "--name", "sdk", "--scopes", "execute,read").strip()
-    reader = _manage(var, "create_api_key", "--name", "r", "--scopes", "read").strip()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=_env(var),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    manage(var, "migrate", "--noinput", "-v0")
+    manage(var, "apply", "-f", "-", stdin=DOC)
+    key = manage(var, "create_api_key", "--name", "sdk", "--scopes", "execute,read").strip()
+    reader = manage(var, "create_api_key", "--name", "r", "--scopes", "read").strip()
+    port = free_port()
+    process = serve(var, port)
     base = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.1)
+        wait_http(f"{base}/healthz")
         yield f"{base}/v1", key, reader
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -12,16 +12,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.live import free_port, manage, serve, wait_http
 
 DOC = """
 providers:
@@ -33,48 +30,6 @@ agents:
 """
 
 
-def _env(var_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DEBUG"}
-    }
-    env["BREAKWATER_VAR_DIR"] = str(var_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _manage(var_dir: Path, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=_env(var_dir),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return done.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http(url: str, deadline_s: float = 30.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer in {deadline_s}s")
-
-
 def _status(var_dir: Path) -> list[tuple[str, str]]:
     code = (
         "from agents.models import Execution;"
@@ -82,25 +37,18 @@ def _status(var_dir: Path) -> list[tuple[str, str]]:
         "print(json.dumps([[e.status, (e.error or {}).get('type', '')]"
         " for e in Execution.objects.all()]))"
     )
-    output = _manage(var_dir, "shell", "-c", code)
+    output = manage(var_dir, "shell", "-c", code)
     return [tuple(row) for row in json.loads(output.strip().splitlines()[-1])]
 
 
 def test_a_process_killed_mid_execution_loses_no_record(tmp_path: Path) -> None:
-    _manage(tmp_path, "migrate", "--noinput", "-v0")
-    _manage(tmp_path, "apply", "-f", "-", stdin=DOC)
-    key = _manage(tmp_path, "create_api_key", "--name", "t", "--scopes", "execute").strip()
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    manage(tmp_path, "migrate", "--noinput", "-v0")
+    manage(tmp_path, "apply", "-f", "-", stdin=DOC)
+    key = manage(tmp_path, "create_api_key", "--name", "t", "--scopes", "execute").strip()
+    port = free_port()
+    server = serve(tmp_path, port)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        wait_http(f"http://127.0.0.1:{port}/healthz")
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/v1/agents/patient/execute",
             data=b'{"input": "take your time"}',
@@ -134,7 +82,7 @@ def test_a_process_killed_mid_execution_loses_no_record(tmp_path: Path) -> None:
             server.wait(timeout=10)
 
     # The next process drains what the dead one journaled.
-    _manage(tmp_path, "drain_records", "--once")
+    manage(tmp_path, "drain_records", "--once")
     assert _status(tmp_path) == [("running", "")]
 
     # Once stale, the reaper fails it as lost: every accepted execution ends somewhere.
@@ -143,5 +91,5 @@ def test_a_process_killed_mid_execution_loses_no_record(tmp_path: Path) -> None:
         "from agents.services import executions_reap_stale;"
         "print(executions_reap_stale(now=timezone.now() + timedelta(hours=2)))"
     )
-    assert _manage(tmp_path, "shell", "-c", reap).strip().splitlines()[-1] == "1"
+    assert manage(tmp_path, "shell", "-c", reap).strip().splitlines()[-1] == "1"
     assert _status(tmp_path) == [("failed", "worker_lost")]
