@@ -36,6 +36,30 @@ log = logging.getLogger("breakwater.engine")
 LAST_USED_FLUSH_S = 30.0
 
 
+MIN_REDIS = (7, 0)
+
+
+def redis_version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` -> ``(7, 0)``; anything unreadable counts as too old."""
+    try:
+        return tuple(int(part) for part in text.split(".")[:2])
+    except ValueError:
+        return (0,)
+
+
+async def require_redis_7() -> None:
+    """The state scripts use Redis 7.0 features (``PEXPIRE ... GT``, function libraries): say
+    so at start-up rather than failing every execution later."""
+    from console.redis import get_async_redis
+
+    version = str((await get_async_redis().info("server")).get("redis_version", "0"))
+    if redis_version(version) < MIN_REDIS:
+        raise RuntimeError(
+            f"REDIS_URL: Breakwater needs Redis {MIN_REDIS[0]}.{MIN_REDIS[1]} or later, "
+            f"found {version}"
+        )
+
+
 class Engine:
     def __init__(self) -> None:
         from agents.events import CompositeEvents
@@ -50,9 +74,9 @@ class Engine:
             self.state = process_memory_state()
         else:
             from agents.runtime.redis_state import RedisState
-            from console.redis import get_async_redis
+            from console.redis import get_async_wire
 
-            self.state = RedisState(get_async_redis(), prefix="bw")
+            self.state = RedisState(get_async_wire(), prefix="bw")
         self.providers = ProviderRouter(clock=self.clock)
         self.sessions: SessionStore
         if settings.EMBEDDED:
@@ -74,9 +98,9 @@ class Engine:
         if settings.EMBEDDED:
             self.cache = process_memory_cache()
         else:
-            from console.redis import get_async_redis
+            from console.redis import get_async_wire
 
-            self.cache = RedisCache(get_async_redis(), prefix="bw")
+            self.cache = RedisCache(get_async_wire(), prefix="bw")
         self.executor = Executor(
             config=self.config,
             state=self.state,
@@ -97,6 +121,8 @@ class Engine:
         if self.started:
             return
         await asyncio.to_thread(self.config.reload_in_thread)
+        if not settings.EMBEDDED:
+            await require_redis_7()
         if settings.EMBEDDED:
             # Embedded counters live in process memory: put back today's spend from the ledger
             # so a restart does not under-enforce budgets.
@@ -106,7 +132,10 @@ class Engine:
                 await budget_counters_restore(store=self.state)
             except Exception:
                 log.exception("could not restore budget counters from the ledger")
-        self._tasks.append(asyncio.create_task(self.config.watch(), name="bw-config-watch"))
+        # Any change (an operator's breaker command bumps the version too) drops what this
+        # process believes about open breakers: the shared state is asked again.
+        watch = self.config.watch(on_change=self.executor.forget_open_breakers)
+        self._tasks.append(asyncio.create_task(watch, name="bw-config-watch"))
         self._tasks.append(asyncio.create_task(self._flush_last_used_loop(), name="bw-last-used"))
         if self.drainer is not None:
             self.drainer.start()

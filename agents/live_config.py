@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -278,18 +279,23 @@ class LiveConfig:
         log.info("config v%s loaded: %d agents", version, len(self.snapshot.agents))
         return True
 
-    async def watch(self, interval_s: float = 1.0) -> None:
-        """Poll for changes until cancelled."""
+    async def watch(
+        self, interval_s: float = 1.0, on_change: Callable[[], None] | None = None
+    ) -> None:
+        """Poll for changes until cancelled; ``on_change`` runs (on the loop) after each."""
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await asyncio.to_thread(self.reload_in_thread)
+                changed = await asyncio.to_thread(self.reload_in_thread)
             except Exception:  # keep serving the last good config
                 log.exception("config reload failed")
+                continue
+            if changed and on_change is not None:
+                on_change()
 
-    def reload_in_thread(self) -> None:
+    def reload_in_thread(self) -> bool:
         close_old_connections()
         try:
-            self.reload()
+            return self.reload()
         finally:
             close_old_connections()

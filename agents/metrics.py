@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
@@ -144,6 +145,26 @@ def count_retries(steps: Iterable[Step]) -> int:
     return retries
 
 
+class _AgentMetrics:
+    """One agent's children of the per-execution metrics (labels are bounded: agents and
+    statuses are few)."""
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        self.active = ACTIVE_REQUESTS.labels(agent=agent)
+        self.duration = REQUEST_DURATION.labels(agent=agent)
+        self.input_tokens = LLM_TOKENS.labels(agent=agent, type="input")
+        self.output_tokens = LLM_TOKENS.labels(agent=agent, type="output")
+        self.cost = COST.labels(agent=agent)
+        self._requests: dict[str, Any] = {}
+
+    def requests(self, status: str) -> Any:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = REQUESTS.labels(agent=self.agent, status=status)
+        return child
+
+
 class MetricsEvents:
     """An ``EventSink`` that updates the Prometheus metrics. Never blocks, never raises."""
 
@@ -152,6 +173,7 @@ class MetricsEvents:
         # drive the active-requests gauge below zero.
         self._active: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._per_agent: dict[str, _AgentMetrics] = {}
 
     def breaker_transition(self, transition: Transition) -> None:
         try:
@@ -166,13 +188,21 @@ class MetricsEvents:
         except Exception:
             logger.exception("metrics: breaker_transition failed")
 
+    def _children(self, agent: str) -> _AgentMetrics:
+        """The agent's labelled children, looked up once (``labels()`` validates, locks and
+        builds tuples: about 2 µs a call, seven calls an execution)."""
+        children = self._per_agent.get(agent)
+        if children is None:
+            children = self._per_agent[agent] = _AgentMetrics(agent)
+        return children
+
     def execution_started(self, execution_id: str, agent: str) -> None:
         try:
             with self._lock:
                 if execution_id in self._active:
                     return
                 self._active[execution_id] = agent
-            ACTIVE_REQUESTS.labels(agent=agent).inc()
+            self._children(agent).active.inc()
         except Exception:
             logger.exception("metrics: execution_started failed")
 
@@ -184,13 +214,14 @@ class MetricsEvents:
             with self._lock:
                 started_as = self._active.pop(result.execution_id, None)
             if started_as is not None:
-                ACTIVE_REQUESTS.labels(agent=started_as).dec()
+                self._children(started_as).active.dec()
             agent = result.agent
-            REQUESTS.labels(agent=agent, status=result.status.value).inc()
-            REQUEST_DURATION.labels(agent=agent).observe(max(result.latency_ms, 0.0) / 1000)
-            LLM_TOKENS.labels(agent=agent, type="input").inc(max(result.usage.input_tokens, 0))
-            LLM_TOKENS.labels(agent=agent, type="output").inc(max(result.usage.output_tokens, 0))
-            COST.labels(agent=agent).inc(max(float(result.cost_usd), 0.0))
+            children = self._children(agent)
+            children.requests(result.status.value).inc()
+            children.duration.observe(max(result.latency_ms, 0.0) / 1000)
+            children.input_tokens.inc(max(result.usage.input_tokens, 0))
+            children.output_tokens.inc(max(result.usage.output_tokens, 0))
+            children.cost.inc(max(float(result.cost_usd), 0.0))
             if result.cached:
                 CACHE_HITS.labels(agent=agent).inc()
             if result.fallback_reason is not None:

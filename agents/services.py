@@ -15,7 +15,7 @@ from django.db.models import Count
 from agents.crypto import SecretUnavailable, encrypt_secret, rotate_secret
 from agents.keys import generate_key
 from agents.models import Agent, ApiKey, Provider, Scope
-from agents.runtime.state import BreakerAction, BreakerConfig, BreakerSnapshot, BreakerState
+from agents.runtime.state import BreakerAction, BreakerConfig, BreakerSnapshot
 from budgets.models import Budget, BudgetScope, BudgetWindow
 from console.errors import Conflict, NotFound, ValidationFailed
 from console.services import audit_record
@@ -304,13 +304,22 @@ async def breaker_command(
         reason=reason,
     )
     why = f"{actor}: {action}" + (f" ({reason})" if reason else "")
+    if transitions:
+        # Every process's executor refuses calls to breakers it knows to be open without a round
+        # trip: forget them here at once, and in the other processes at their next config poll
+        # (about a second), or a forced close would wait for the old open-until time there.
+        engine.executor.forget_open_breakers()
+        await sync_to_async(_config_changed)()
     for transition in transitions:
-        if transition.to_state != BreakerState.OPEN:
-            # This process's executor rejects calls to breakers it knows to be open without a
-            # round trip; forget it here, or a forced close would wait for the old open_until.
-            getattr(engine.executor, "_open_until", {}).pop(transition.key, None)
         engine.events.breaker_transition(replace(transition, reason=why))
     return after
+
+
+def _config_changed() -> None:
+    from agents.live_config import config_version_bump
+
+    with transaction.atomic():
+        config_version_bump()
 
 
 # --- queued executions (docs/ASYNC.md) -------------------------------------------------------
@@ -674,9 +683,10 @@ def _in_engine_loop(make: Any) -> Any:
             return await make()
         finally:
             await engine_shutdown()
-            if not settings.EMBEDDED:  # this loop's pool ends with the loop
-                from console.redis import get_async_redis
+            if not settings.EMBEDDED:  # this loop's clients end with the loop
+                from console.redis import get_async_redis, get_async_wire
 
+                await get_async_wire().aclose()
                 await get_async_redis().aclose()
 
     return asyncio.run(own_engine())

@@ -11,9 +11,9 @@ this process, on uvloop, the arms call it one execution at a time (concurrency 1
   tools) on :class:`MemoryState`, recording to a :class:`FileJournal` in a temp dir and updating
   the Prometheus metrics (``CompositeEvents(MetricsEvents())``, as ``agents.engine.Engine`` does);
 * ``redis``: the same on :class:`RedisState` (unique key prefix) recording to a
-  :class:`RedisJournal` (a stream under the same prefix), on one Redis client;
-* with ``--what-if FIX``: ``embedded+`` / ``redis+``, the same again with a proposed fix applied
-  by a bench-only subclass (see "what-ifs" below), to size a fix before it lands.
+  :class:`RedisJournal` (a stream under the same prefix), both on one
+  :class:`~agents.runtime.redis_wire.RedisWire` (the hot-path client, as in production);
+* with ``--what-if redis-py``: ``redis-py``, the ``redis`` arm on redis-py's asyncio client.
 
 Every arm shares one ``ProviderRouter`` (one keep-alive connection to fakellm). A round runs
 ``--n`` executions per arm in chunks of ``--chunk``, the arms interleaved chunk by chunk (the order
@@ -21,7 +21,7 @@ rotating), so that a load swing on the machine hits every arm alike. Per arm and
 p50/p99 (``perf_counter`` around the call) and CPU-ms per execution (``time.process_time`` delta
 over the arm's chunks / n, this process only). Added latency = arm minus direct (difference of
 the p50s, and of the p99s); added CPU likewise. Redis traffic per execution is counted on the
-client (round trips = ``send_packed_command`` calls, a pipeline being one; and the commands
+client (round trips = socket writes, commands sent together being one; and the commands
 sent) in a separate pass after the rounds, and cross-checked with the server's
 ``INFO commandstats`` delta over the rounds (server-wide: other clients of the server count too).
 
@@ -32,11 +32,11 @@ and the size of the agent's rate-limit log at the end of each round.
 Usage::
 
     .venv/bin/python bench/runtime.py [--n 2000] [--rounds 3] [--warmup 500] [--no-redis]
-    .venv/bin/python bench/runtime.py --what-if settle-from-newest --what-if journal-pipelined \\
-        --what-if hiredis-client
+    .venv/bin/python bench/runtime.py --what-if redis-py
     .venv/bin/python bench/runtime.py --profile embedded   # pyinstrument if installed, else cProfile
 
-Needs Redis at ``--redis-url`` (default ``$REDIS_URL`` or redis://127.0.0.1:6379/0) unless
+The Redis arms use a private ``redis-server`` started for the run when one is installed (its
+``INFO commandstats`` then count this run only), else ``--redis-url`` / ``$REDIS_URL``; none with
 ``--no-redis``. The run is bounded (``--max-seconds``); fakellm, the temp dir and the Redis keys
 are removed on the way out, whatever happens. Results and method: docs/BENCHMARKS.md.
 """
@@ -44,7 +44,6 @@ are removed on the way out, whatever happens. Results and method: docs/BENCHMARK
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import gc
 import json
@@ -60,7 +59,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -88,13 +87,49 @@ USER_TEXT = (
 MAX_TOKENS = 256
 TIMEOUT_S = 10.0
 TARGETS_MS = {"embedded": 0.5, "redis": 1.0}  # added p50, from the issue
-WHAT_IFS = ("settle-from-newest", "journal-pipelined", "hiredis-client")
+WHAT_IFS = ("redis-py",)
 # Every Redis key of this run starts with this (each Redis arm adds ":<arm>"), so that the keys can
 # be removed at the end even when the event loop was interrupted.
 RUN_PREFIX = f"bwbench:{secrets.token_hex(4)}"
 
 
 # --- fakellm (separate process) ----------------------------------------------------------------
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server (no persistence) on a free port, for clean command statistics."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            HOST,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
+            return proc, f"redis://{HOST}:{port}/0"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    kill_group(proc)
+    raise RuntimeError("redis-server did not start")
 
 
 def start_fakellm() -> tuple[subprocess.Popen[bytes], str]:
@@ -254,158 +289,32 @@ def command_stats(info: dict[str, Any]) -> dict[str, tuple[int, float]]:
     return out
 
 
-# --- what-ifs: proposed fixes, as bench-only subclasses ------------------------------------------
+# --- what-ifs: the arms' alternatives ---------------------------------------------------------
 #
-# ``--what-if`` adds arms that run the same executions with a proposed fix applied (by subclassing
-# the runtime's classes here, never by editing them), interleaved with the unchanged arms in the
-# same run. They exist to size a fix before it lands; once it lands, its what-if measures nothing
-# new and should be deleted.
+# ``--what-if redis-py`` adds the arm ``redis-py``: the ``redis`` arm on redis-py's asyncio client
+# instead of the hot path's RedisWire (what the Redis arm measured before the wire landed), to
+# show the client's share side by side. Landed fixes' what-ifs are deleted (git history has them).
 
 
-class HiredisConnection:
-    """hiredis-client: a minimal pipelined RESP client (one connection per event loop, hiredis
-    packs and parses, an ``asyncio.Protocol`` instead of streams). Counts what it sends."""
+def counting_wire(url: str) -> tuple[Any, Counter[str]]:
+    """A RedisWire that counts commands by name and socket writes (round trips)."""
+    from agents.runtime import redis_wire
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.counts: Counter[str] = Counter()
-        self._protocols: dict[int, Any] = {}
+    counts: Counter[str] = Counter()
 
-    async def call_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        proto = self._protocols.get(id(asyncio.get_running_loop()))
-        if proto is None:
-            proto = await self._connect()
-        self.counts["round_trips"] += 1
-        self.counts.update(_name(command[0]) for command in commands)
-        return list(await proto.call_many(commands))
+    class CountingConnection(redis_wire._Connection):
+        def send(self, args: tuple[Any, ...]) -> Any:
+            counts[_name(args[0])] += 1
+            return super().send(args)
 
-    async def _connect(self) -> Any:
-        from urllib.parse import urlparse
+        def _flush(self) -> None:
+            if self._out and not self.closed:
+                counts["round_trips"] += 1
+            super()._flush()
 
-        import hiredis
-
-        loop = asyncio.get_running_loop()
-
-        class Protocol(asyncio.Protocol):
-            def __init__(self) -> None:
-                self.reader = hiredis.Reader()
-                self.waiters: deque[asyncio.Future[Any]] = deque()
-                self.transport: Any = None
-
-            def connection_made(self, transport: Any) -> None:
-                self.transport = transport
-
-            def data_received(self, data: bytes) -> None:
-                self.reader.feed(data)
-                while (reply := self.reader.gets()) is not False:
-                    self.waiters.popleft().set_result(reply)
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                while self.waiters:
-                    self.waiters.popleft().set_exception(ConnectionError("connection lost"))
-
-            async def call_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-                futures = [loop.create_future() for _ in commands]
-                self.waiters.extend(futures)
-                self.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
-                return [await future for future in futures]
-
-        url = urlparse(self.url)
-        _, proto = await loop.create_connection(Protocol, url.hostname or HOST, url.port or 6379)
-        db = (url.path or "/0").lstrip("/") or "0"
-        if db != "0":
-            await proto.call_many([("SELECT", db)])
-        self._protocols[id(loop)] = proto
-        return proto
-
-    def close(self) -> None:
-        for proto in self._protocols.values():
-            if proto.transport is not None:
-                proto.transport.close()
-        self._protocols.clear()
-
-
-def what_if_memory_state(clock: Any) -> Any:
-    """settle-from-newest: ``_SlidingLog.settle`` looks for the entry from the newest end (it
-    was admitted moments ago) instead of walking the whole window from the oldest."""
-    from agents.runtime import memory
-
-    class NewestFirstLog(memory._SlidingLog):
-        def settle(self, entry_id: str, cost: int) -> None:
-            entries = self.entries
-            for back in range(1, len(entries) + 1):
-                at, eid, amount = entries[-back]
-                if eid == entry_id:
-                    entries[-back] = (at, eid, cost)
-                    self.total += cost - amount
-                    return
-
-    class WhatIfMemoryState(memory.MemoryState):
-        def _log(self, key: str) -> memory._SlidingLog:
-            log = self._logs.get(key)
-            if log is None:
-                log = self._logs[key] = NewestFirstLog()
-            return log
-
-    return WhatIfMemoryState(clock)
-
-
-def what_if_redis(
-    client: Any, prefix: str, fixes: list[str], hiredis: HiredisConnection | None
-) -> tuple[Any, Any]:
-    """journal-pipelined: each journal XADD rides in the same round trip as a state script (the
-    ``started`` event with ``admit``, the ``finished`` one with the next call): 2 round trips per
-    execution instead of 4, as if ``admit.lua``/``complete.lua`` did the XADD themselves.
-    hiredis-client: every call goes through :class:`HiredisConnection` instead of redis-py."""
-    from agents.recording.streams import FIELD, RedisJournal
-    from agents.runtime.redis_state import RedisState
-
-    pipelined = "journal-pipelined" in fixes
-
-    class WhatIfRedisState(RedisState):
-        outbox: list[tuple[Any, ...]]
-
-        async def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-            if hiredis is not None:
-                replies = await hiredis.call_many(commands)
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-                return replies
-            pipe = self._client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute())
-
-        async def _run(self, name: str, payload: dict[str, Any]) -> Any:
-            now = "" if self._clock is None else repr(self._clock.now())
-            script = self._scripts[name]
-            args = [self._prefix, now, self._slack, json.dumps(payload, separators=(",", ":"))]
-            commands, self.outbox = self.outbox, []
-            evalsha = ("EVALSHA", script.sha, 0, *args)
-            try:
-                replies = await self.send([*commands, evalsha])
-            except Exception as exc:  # the XADDs went through; only the script is retried
-                if "NOSCRIPT" not in str(exc):
-                    raise
-                await self._client.script_load(script.script)
-                replies = await self.send([evalsha])
-            return replies[-1]
-
-    class WhatIfRedisJournal(RedisJournal):
-        async def _add(self, payload: bytes) -> None:
-            command = ("XADD", self.stream, "MAXLEN", "~", self._maxlen, "*", FIELD, payload)
-            if pipelined:
-                state.outbox.append(command)
-            else:
-                await state.send([command])
-
-    state = WhatIfRedisState(client, prefix=prefix)
-    state.outbox = []
-    return state, WhatIfRedisJournal(client, stream=f"{prefix}:journal")
-
-
-# --- measurement ---------------------------------------------------------------------------------
+    wire = redis_wire.RedisWire(url, client_name=None)
+    wire.connection_class = CountingConnection
+    return wire, counts
 
 
 @dataclass
@@ -481,6 +390,7 @@ async def build_arms(
     from agents.runtime.memory import MemoryState
     from agents.runtime.providers.registry import ProviderRouter
     from agents.runtime.redis_state import RedisState
+    from agents.runtime.redis_wire import RedisWire
     from agents.runtime.types import ChatRequest, ExecutionRequest, ExecutionStatus, Message
 
     clock = SystemClock()
@@ -540,50 +450,45 @@ async def build_arms(
 
     journals: list[Any] = []
     clients: list[Any] = []
-    hiredis_connections: list[HiredisConnection] = []
+    wires: list[Any] = []
     prefixes: list[str] = []
 
-    async def redis(name: str, label: str, what_ifs: list[str]) -> Arm:
+    async def redis(name: str, label: str, on_redis_py: bool) -> Arm:
         assert redis_url is not None
-        prefix = f"{RUN_PREFIX}:{name.replace('+', 'w')}"
+        prefix = f"{RUN_PREFIX}:{name}"
         prefixes.append(prefix)
-        client = aioredis.Redis.from_url(redis_url)
-        counting_class, client_counts = counting_connection_class()
-        counting = aioredis.Redis(
-            connection_pool=aioredis.ConnectionPool.from_url(
-                redis_url, connection_class=counting_class
-            )
-        )
-        clients.extend((client, counting))
+        client = aioredis.Redis.from_url(redis_url)  # for the report's peeks and the clean-up
+        clients.append(client)
         await client.ping()
-        hiredis = None
-        if "hiredis-client" in what_ifs:
-            hiredis = HiredisConnection(redis_url)
-            hiredis_connections.append(hiredis)
+        if on_redis_py:
+            counting_class, client_counts = counting_connection_class()
+            measured: Any = aioredis.Redis.from_url(redis_url)
+            counting: Any = aioredis.Redis(
+                connection_pool=aioredis.ConnectionPool.from_url(
+                    redis_url, connection_class=counting_class
+                )
+            )
+            clients.extend((measured, counting))
+        else:
+            measured = RedisWire(redis_url, client_name=None)
+            counting, client_counts = counting_wire(redis_url)
+            wires.extend((measured, counting))
 
         def parts(on: Any) -> tuple[Any, Any]:
-            if what_ifs:
-                return what_if_redis(on, prefix, what_ifs, hiredis)
-            journal = RedisJournal(on, stream=f"{prefix}:journal")
-            return RedisState(on, prefix=prefix), journal
+            return RedisState(on, prefix=prefix), RedisJournal(on, stream=f"{prefix}:journal")
 
         async def log_size() -> int:
             return int(await client.zcard(f"{prefix}:rl:{rpm_key}"))
 
-        def counts() -> Counter[str]:
-            return client_counts + (hiredis.counts if hiredis is not None else Counter())
-
         return Arm(
             name,
             label,
-            executor(*parts(client)),
+            executor(*parts(measured)),
             log_size,
             counted=executor(*parts(counting)),
-            counts=counts,
+            counts=lambda: Counter(client_counts),
         )
 
-    memory_fix = [f for f in fixes if f == "settle-from-newest"]
-    redis_fixes = [f for f in fixes if f != "settle-from-newest"]
     try:
         bench.arms.append(Arm("direct", "direct provider call", direct))
         bench.arms.append(
@@ -591,31 +496,23 @@ async def build_arms(
                 "embedded", "executor, embedded (MemoryState + FileJournal)", MemoryState(clock)
             )
         )
-        if memory_fix:
-            bench.arms.append(
-                embedded(
-                    "embedded+",
-                    f"executor, embedded, what-if: {', '.join(memory_fix)}",
-                    what_if_memory_state(clock),
-                )
-            )
         if redis_url is not None:
             bench.arms.append(
-                await redis("redis", "executor, Redis (RedisState + RedisJournal)", [])
+                await redis(
+                    "redis", "executor, Redis (RedisState + RedisJournal, RedisWire)", False
+                )
             )
-            if redis_fixes:
+            if "redis-py" in fixes:
                 bench.arms.append(
-                    await redis(
-                        "redis+", f"executor, Redis, what-if: {', '.join(redis_fixes)}", redis_fixes
-                    )
+                    await redis("redis-py", "executor, Redis, on redis-py's asyncio client", True)
                 )
         yield bench
     finally:
         for journal in journals:
             journal.close()
         await router.close()
-        for hiredis in hiredis_connections:
-            hiredis.close()
+        for wire in wires:
+            await wire.aclose()
         if clients:
             with contextlib.suppress(Exception):
                 for prefix in prefixes:
@@ -835,7 +732,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=500, help="per arm, before round 1")
     parser.add_argument("--chunk", type=int, default=250, help="interleaving granularity")
     parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+        "--redis-url",
+        default=None,
+        help="measure against this Redis (default: a private redis-server started for the run, "
+        "so that its command statistics count this run only; else $REDIS_URL)",
     )
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis arms")
     parser.add_argument(
@@ -850,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--profile",
-        choices=("direct", "embedded", "embedded+", "redis", "redis+"),
+        choices=("direct", "embedded", "redis", "redis-py"),
         help="profile one arm (pyinstrument if installed, else cProfile) instead of measuring",
     )
     parser.add_argument("--max-seconds", type=int, default=300, help="hard bound on the run")
@@ -866,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
             "--rounds 1..20, --n 100..100000, --warmup 10..20000, --chunk 10..n, "
             "--count-n 10..100000"
         )
-    redis_url = None if args.no_redis else args.redis_url
+    redis_url: str | None = None
 
     def _term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -881,8 +781,13 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="bw-bench-runtime-"))
-    fake = None
+    fake = own_redis = None
     try:
+        if not args.no_redis:
+            redis_url = args.redis_url
+            if redis_url is None and shutil.which("redis-server"):
+                own_redis, redis_url = start_redis(tmp)
+            redis_url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         with django_env(tmp):
             fake, base_url = start_fakellm()
             if args.profile:
@@ -893,9 +798,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
         if fake is not None:
             kill_group(fake)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if redis_url is not None:
+        if own_redis is not None:
+            kill_group(own_redis)
+        elif redis_url is not None:
             delete_keys(redis_url)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(report(result, args, (load_before, os.getloadavg()[0])))
     print(f"- safeguards on: {_safeguards()}")
     print(f"- {_provenance()}")

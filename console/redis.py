@@ -10,6 +10,8 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from agents.runtime.redis_wire import RedisWire
+
 # Keyed by the loop object (weakly): a new loop may reuse a dead loop's id().
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
     weakref.WeakKeyDictionary()
@@ -42,3 +44,21 @@ def get_redis() -> redis.Redis:
     if settings.REDIS_URL is None:
         raise RuntimeError("REDIS_URL is not set (embedded mode has no Redis)")
     return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+
+
+_wires: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisWire] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_async_wire() -> RedisWire:
+    """The hot-path client of the running loop (state scripts, journal, response cache): one
+    pipelined connection, see :mod:`agents.runtime.redis_wire`."""
+    if settings.REDIS_URL is None:
+        raise RuntimeError("REDIS_URL is not set (embedded mode has no Redis)")
+    loop = asyncio.get_running_loop()
+    wire = _wires.get(loop)
+    if wire is None:
+        wire = RedisWire(settings.REDIS_URL, connect_timeout_s=2.0, command_timeout_s=5.0)
+        _wires[loop] = wire
+    return wire

@@ -65,7 +65,6 @@ def recorder_for_settings() -> Recorder:
     if settings.EMBEDDED:
         directory = journal_directory()
         return Recorder(FileJournal(directory), RecordDrainer(file_drain(directory)))
-    from console.redis import get_async_redis
+    from console.redis import get_async_redis, get_async_wire
 
-    client = get_async_redis()
-    return Recorder(RedisJournal(client), RecordDrainer(redis_drain(client)))
+    return Recorder(RedisJournal(get_async_wire()), RecordDrainer(redis_drain(get_async_redis())))

@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from agents.recording.drainer import DrainResult, with_fresh_connections
 from agents.recording.events import Row, encode_finished, encode_started, row_from_event
 from agents.recording.store import StoreOutcome, store_rows
+from agents.runtime.redis_wire import RedisCommands
 from agents.runtime.types import ExecutionRequest, ExecutionResult
 
 log = logging.getLogger("breakwater.recording")
@@ -49,15 +50,15 @@ class RedisJournal:
     """
 
     def __init__(
-        self, client: aioredis.Redis, stream: str = STREAM, *, maxlen: int = MAXLEN
+        self, client: RedisCommands, stream: str = STREAM, *, maxlen: int = MAXLEN
     ) -> None:
         self._client = client
         self.stream = stream
         self._maxlen = maxlen
 
     async def _add(self, payload: bytes) -> None:
-        await self._client.xadd(
-            self.stream, {FIELD: payload}, maxlen=self._maxlen, approximate=True
+        await self._client.execute_command(
+            "XADD", self.stream, "MAXLEN", "~", self._maxlen, "*", FIELD, payload
         )
 
     async def started(self, request: ExecutionRequest, created_at: float) -> None:

@@ -47,9 +47,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
 from agents.runtime.clock import Clock, SystemClock
+from agents.runtime.redis_wire import RedisCommands
 from agents.runtime.types import (
     ExecutionResult,
     ExecutionStatus,
@@ -328,7 +327,7 @@ class RedisCache:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisCommands,
         *,
         prefix: str = "bw",
         timeout_s: float = 0.25,
@@ -349,7 +348,9 @@ class RedisCache:
     async def get(self, key: str) -> CachedAnswer | None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                raw: bytes | str | None = await self._client.get(self.redis_key(key))
+                raw: bytes | str | None = await self._client.execute_command(
+                    "GET", self.redis_key(key)
+                )
         except Exception as exc:  # any backend failure is a miss
             self._failed("get", exc)
             return None
@@ -367,7 +368,9 @@ class RedisCache:
         value = answer.to_json()
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._client.set(self.redis_key(key), value, ex=int(ttl_s))
+                await self._client.execute_command(
+                    "SET", self.redis_key(key), value, "EX", int(ttl_s)
+                )
         except Exception as exc:  # a lost write is a future miss, nothing more
             self._failed("put", exc)
 

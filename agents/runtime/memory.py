@@ -157,7 +157,7 @@ class _Breaker:
         self.window.append(code)
         self.failures += code & _FAIL_BIT
         self.slow += (code & _SLOW_BIT) >> 1
-        if len(self.window) > cfg.window_size:
+        while len(self.window) > cfg.window_size:  # (a window made smaller shrinks at once)
             old = self.window.popleft()
             self.failures -= old & _FAIL_BIT
             self.slow -= (old & _SLOW_BIT) >> 1

@@ -2,7 +2,7 @@
 
 Every call is one atomic Lua script (``agents/runtime/lua/``: a shared library of local
 functions, ``lib.lua``, followed by one entry point per call), run with EVALSHA and loaded on
-NOSCRIPT by redis-py's ``register_script``. So :meth:`RedisState.admit` and
+NOSCRIPT with EVAL (which caches it again). So :meth:`RedisState.admit` and
 :meth:`RedisState.complete` are one round trip each, and concurrent processes cannot interleave
 inside a breaker transition, a rate-limit check-and-take or a lease count.
 
@@ -37,16 +37,17 @@ server (not Redis Cluster).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from agents.runtime.budgets import SLACK_S
 from agents.runtime.clock import Clock
+from agents.runtime.redis_wire import RedisCommands
 from agents.runtime.state import (
     Admission,
     AdmitRefusal,
@@ -87,11 +88,44 @@ _REFUSALS: dict[str, AdmitRefusal] = {
 _INJECTED_CLOCK_TTL_SLACK_S = 3600.0
 
 
-def _lua_source(name: str) -> str:
+def _lua_files() -> tuple[str, dict[str, str]]:
     folder = resources.files("agents.runtime").joinpath("lua")
     library = folder.joinpath("lib.lua").read_text(encoding="utf-8")
-    entry = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return f"{library}\n-- entry point: {name}.lua\n{entry}"
+    entries = {
+        name: folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPTS
+    }
+    return library, entries
+
+
+def _lua_source(name: str) -> str:
+    """The stand-alone script of one call, for EVALSHA (Redis without Functions)."""
+    library, entries = _lua_files()
+    return f"{library}\nbegin(ARGV)\n-- entry point: {name}.lua\n{entries[name]}"
+
+
+def _function_library() -> tuple[str, dict[str, str]]:
+    """The function library (``FUNCTION LOAD``) and the function name of each call.
+
+    Named after a hash of its text, so that two versions of Breakwater sharing a Redis (a
+    rolling deploy) each call their own functions.
+    """
+    library, entries = _lua_files()
+    tag = hashlib.sha1(
+        "\0".join((library, *entries.values())).encode(), usedforsecurity=False
+    ).hexdigest()[:12]
+    names = {name: f"bw_{tag}_{name}" for name in _SCRIPTS}
+    parts = [f"#!lua name=bw_{tag}\n{library}"]
+    for name, entry in entries.items():
+        parts.append(
+            f"redis.register_function('{names[name]}', function(_, args)\n"
+            f"begin(args)\n-- entry point: {name}.lua\n{entry}\nend)\n"
+        )
+    return "\n".join(parts), names
+
+
+def _missing_function(exc: ResponseError) -> bool:
+    message = str(exc).lower()
+    return "function not found" in message or "unknown command" in message
 
 
 def _text(value: Any) -> str:
@@ -178,20 +212,57 @@ def _open_until(flat: Sequence[Any]) -> dict[str, float]:
 
 class RedisState:
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str = "bw", clock: Clock | None = None
+        self, client: RedisCommands, *, prefix: str = "bw", clock: Clock | None = None
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._clock = clock
         self._slack = "0" if clock is None else repr(_INJECTED_CLOCK_TTL_SLACK_S)
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(_lua_source(name)) for name in _SCRIPTS
-        }
+        self._library, self._functions = _function_library()
+        # None: not known yet; False: this Redis has no Functions (before 7.0), use EVALSHA.
+        self._use_functions: bool | None = None
+        self._sources: dict[str, str] = {}
+        self._shas: dict[str, str] = {}
 
     async def _run(self, name: str, payload: dict[str, Any]) -> Any:
         now = "" if self._clock is None else repr(self._clock.now())
-        args = [self._prefix, now, self._slack, json.dumps(payload, separators=(",", ":"))]
-        return await self._scripts[name](keys=[], args=args)
+        args = (self._prefix, now, self._slack, json.dumps(payload, separators=(",", ":")))
+        if self._use_functions is not False:
+            try:
+                return await self._client.execute_command("FCALL", self._functions[name], 0, *args)
+            except ResponseError as exc:
+                if not _missing_function(exc):
+                    raise
+            # First call, or a Redis that was restarted or flushed: (re)load the library.
+            await self._load_library()
+            if self._use_functions:
+                return await self._client.execute_command("FCALL", self._functions[name], 0, *args)
+        return await self._eval(name, args)
+
+    async def _load_library(self) -> None:
+        try:
+            await self._client.execute_command("FUNCTION", "LOAD", self._library)
+        except ResponseError as exc:
+            message = str(exc)
+            if "already exists" in message:  # another process loaded it first
+                self._use_functions = True
+                return
+            if "unknown command" in message.lower():
+                self._use_functions = False
+                self._sources = {name: _lua_source(name) for name in _SCRIPTS}
+                self._shas = {
+                    name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+                    for name, source in self._sources.items()
+                }
+                return
+            raise
+        self._use_functions = True
+
+    async def _eval(self, name: str, args: tuple[str, ...]) -> Any:
+        try:
+            return await self._client.execute_command("EVALSHA", self._shas[name], 0, *args)
+        except NoScriptError:  # a restarted or flushed Redis: EVAL sends and caches the script
+            return await self._client.execute_command("EVAL", self._sources[name], 0, *args)
 
     # --- composite calls ---
 

@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
+from agents.live_config import config_version_current
 from agents.models import ModelDeployment
 from agents.services import api_key_create
 from console.models import AuditEvent
@@ -204,9 +205,12 @@ async def test_forcing_an_opened_breaker_closed_lets_calls_through_at_once(
     refused = await execute(world, world.flaky)
     assert refused["fallback_reason"] == "circuit_open"
 
+    version = await sync_to_async(config_version_current)()
     closed = await call(world.keys["operate"], "POST", path, {"action": "force_close"})
     assert closed.json()["state"] == "forced_closed"
-    # This process had learnt the breaker was open; the command makes it forget.
+    # The other processes learn of it at their next config poll (the version moved) ...
+    assert await sync_to_async(config_version_current)() > version
+    # ... and this process, which had learnt the breaker was open, forgets it at once.
     again = await execute(world, world.flaky)
     assert again["fallback_reason"] == "llm_error"
 

@@ -37,9 +37,9 @@ if wait > 0 then
   return refuse('rate_limited', wait)
 end
 
-if not bg_check(REQ.holds) then
+if not bg_check(REQ.holds, REQ.lease_id) then
   flush()
-  return { 'budget_exceeded', '0', '', '0', '0', out, open_until, bg_left(REQ.holds) }
+  return { 'budget_exceeded', '0', '', '0', '0', out, open_until, bg_left(REQ.holds, REQ.lease_id) }
 end
 
 -- Dry run of the choice first so a refusal takes nothing.

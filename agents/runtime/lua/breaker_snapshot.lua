@@ -11,5 +11,5 @@ local probes = 0
 if state == 'half_open' then
   probes = b.probes_issued - b.probes_ok
 end
-return { state, num(b.consecutive), num(b.wlen), num(b.failures), num(b.slow), open_until,
+return { state, num(b.consecutive), num(#b.w), num(b.failures), num(b.slow), open_until,
   num(probes) }

@@ -2,7 +2,7 @@
 -- (expired reservations are pruned first, so they are not counted).
 local usage = {}
 for i, key in ipairs(REQ.keys) do
-  local spent, reserved = bg_prune(key)
-  usage[i] = { int(spent), int(reserved) }
+  local w = bg_state(key, nil)
+  usage[i] = { int(w.spent), int(w.reserved) }
 end
 return usage

@@ -18,7 +18,7 @@ for _, s in ipairs(REQ.budget_settlements) do
   bg_settle(s.key, REQ.entry_id, s.actual, REQ.budget_ttl_s)
 end
 for _, s in ipairs(REQ.settlements) do
-  rl_settle(s.key, s.window_s, REQ.entry_id, s.cost)
+  rl_settle(s.key, REQ.entry_id, s.cost)
 end
 flush()
 return out

@@ -1,20 +1,29 @@
--- Shared library of the RedisState scripts (agents/runtime/redis_state.py). Each script is this
--- file followed by one entry point (agents/runtime/lua/<name>.lua), run by EVALSHA as one atomic
--- unit. The logic mirrors agents/runtime/memory.py line for line; keep the two in step.
+-- Shared library of the RedisState calls (agents/runtime/redis_state.py), loaded once into Redis
+-- as a function library: each entry point (agents/runtime/lua/<name>.lua) becomes a function
+-- that starts with begin(args), run by FCALL as one atomic unit. (Where Redis Functions are
+-- missing, each call is this file + begin(ARGV) + the entry point, run by EVALSHA.) The logic
+-- mirrors agents/runtime/memory.py line for line; keep the two in step.
 --
--- ARGV[1] key prefix, ARGV[2] now (epoch seconds as a string, or "" to read Redis TIME),
--- ARGV[3] extra TTL seconds (slack for an injected clock), ARGV[4] the call as JSON.
+-- args[1] key prefix, args[2] now (epoch seconds as a string, or "" to read Redis TIME),
+-- args[3] extra TTL seconds (slack for an injected clock), args[4] the call as JSON.
 --
 -- Keys (P = prefix .. ":"):
 --   P.."br:"..key        hash   breaker: mode state consecutive failures slow open_until
---                               probes_issued probes_ok probe_deadline (no TTL: it is state)
---   P.."br:"..key..":w"  list   the outcome window, oldest first: 0 ok, 1 failed, +2 slow
---   P.."rl:"..key        zset   rate-log entries: member "<seq>:<entry_id>", score = admitted at
---   P.."rl:"..key..":h"  hash   total, seq, "c:"..member -> cost, "e:"..entry_id -> member
+--                               probes_issued probes_ok probe_deadline, and w: the outcome
+--                               window as a string, oldest first, one digit per call (0 ok,
+--                               1 failed, +2 slow). No TTL: it is state.
+--   P.."rl:"..key        zset   rate-log entries: member entry_id, score = admitted at
+--   P.."rl:"..key..":h"  hash   total, exp (the time the keys are kept until), "c:"..entry_id -> cost
 --   P.."lease:"..id      zset   in-flight leases of a deployment: member lease_id, score expiry
 --   P.."bg:"..key        hash   budget window (key = "budget:<id>:<window>"): spent, reserved (the
---                               sum of the live "r:" fields), "r:"..entry_id -> amount reserved
+--                               sum of the live "r:" fields), exp, "r:"..entry_id -> amount reserved
 --   P.."bg:"..key..":x"  zset   its reservations: member entry_id, score expiry
+--
+-- Cost per call is mostly the number of redis.call()s (a few µs each), so each entry point reads
+-- a key once (the per-call caches BREAKERS, RATES, LOADS, BUDGETS), writes it once, and renews a
+-- TTL only when the key would otherwise expire too early: "exp" remembers how long the keys are
+-- kept, and a renewal keeps them a second longer than needed, so that a busy key is renewed about
+-- once a second rather than on every call.
 --
 -- Money is integer micro-USD: Lua numbers are doubles, exact for integers below 2^53 (9e15, i.e.
 -- $9e9; limits stay below $1e8), printed by int() as plain integers, which HINCRBY takes.
@@ -23,22 +32,28 @@
 -- only 14 significant digits (epoch seconds with a fraction need 16), and Redis truncates Lua
 -- numbers in replies to integers.
 
-local P = ARGV[1] .. ':'
-local NOW
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  NOW = tonumber(ARGV[2])
+-- Per call: set by begin(). The caches hold what this call has read (see the Keys note).
+local P, NOW, SLACK, REQ
+local BREAKERS, RATES, LOADS, BUDGETS
+
+local function begin(args)
+  P = args[1] .. ':'
+  if args[2] == '' then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  else
+    NOW = tonumber(args[2])
+  end
+  SLACK = tonumber(args[3])
+  REQ = cjson.decode(args[4])
+  BREAKERS, RATES, LOADS, BUDGETS = {}, {}, {}, {}
 end
-local SLACK = tonumber(ARGV[3])
-local REQ = cjson.decode(ARGV[4])
 
 local FAIL = 1
 local SLOW = 2
 local OUTCOME_FAILURE = 1
 local OUTCOME_IGNORED = 2
-local INF = math.huge
+local INF = 1 / 0 -- (math.huge: the math library is not there while a function library loads)
 local CHUNK = 500
 
 local function num(x)
@@ -62,8 +77,6 @@ end
 -- Breakers
 -- ---------------------------------------------------------------------------------------------
 
-local BREAKERS = {}
-
 local function breaker(key)
   local b = BREAKERS[key]
   if b then
@@ -71,24 +84,33 @@ local function breaker(key)
   end
   local hk = P .. 'br:' .. key
   b = {
-    key = key, hk = hk, wk = hk .. ':w', dirty = false,
+    key = key, hk = hk, dirty = false,
     mode = 'auto', state = 'closed', consecutive = 0, failures = 0, slow = 0, open_until = 0,
-    probes_issued = 0, probes_ok = 0, probe_deadline = 0,
+    probes_issued = 0, probes_ok = 0, probe_deadline = 0, w = '',
   }
   local raw = redis.call('HGETALL', hk)
+  local has_window = false
   for i = 1, #raw, 2 do
     local field, value = raw[i], raw[i + 1]
-    if field == 'mode' or field == 'state' then
+    if field == 'mode' or field == 'state' or field == 'w' then
       b[field] = value
+      has_window = has_window or field == 'w'
     else
       b[field] = tonumber(value)
     end
   end
-  b.wlen = redis.call('LLEN', b.wk)
+  if #raw > 0 and not has_window then
+    -- Written by a version that kept the window in a list (hk..':w'): start the window afresh.
+    b.failures = 0
+    b.slow = 0
+    b.dirty = true
+    redis.call('DEL', hk .. ':w')
+  end
   BREAKERS[key] = b
   return b
 end
 
+-- Writes what this call changed; every entry point that changes state ends with it.
 local function flush()
   for _, b in pairs(BREAKERS) do
     if b.dirty then
@@ -96,8 +118,14 @@ local function flush()
         'mode', b.mode, 'state', b.state, 'consecutive', num(b.consecutive),
         'failures', num(b.failures), 'slow', num(b.slow), 'open_until', num(b.open_until),
         'probes_issued', num(b.probes_issued), 'probes_ok', num(b.probes_ok),
-        'probe_deadline', num(b.probe_deadline))
+        'probe_deadline', num(b.probe_deadline), 'w', b.w)
       b.dirty = false
+    end
+  end
+  for _, r in pairs(RATES) do
+    if r.dirty then
+      redis.call('HSET', r.h, 'total', num(r.total))
+      r.dirty = false
     end
   end
 end
@@ -110,8 +138,7 @@ end
 
 local function clear_counts(b)
   b.consecutive = 0
-  redis.call('DEL', b.wk)
-  b.wlen = 0
+  b.w = ''
   b.failures = 0
   b.slow = 0
   b.probes_issued = 0
@@ -230,26 +257,27 @@ local function br_record(b, cfg, outcome, duration_s, probe, out)
   local failed = outcome == OUTCOME_FAILURE
   local slow = cfg.slow_call_s ~= nil and duration_s > cfg.slow_call_s
   local code = (failed and FAIL or 0) + (slow and SLOW or 0)
+  local before_w, before_consecutive = b.w, b.consecutive
   if failed then
     b.consecutive = b.consecutive + 1
   else
     b.consecutive = 0
   end
-  redis.call('RPUSH', b.wk, code)
-  b.wlen = b.wlen + 1
+  b.w = b.w .. code
   if failed then
     b.failures = b.failures + 1
   end
   if slow then
     b.slow = b.slow + 1
   end
-  if b.wlen > cfg.window_size then
-    local old = tonumber(redis.call('LPOP', b.wk))
-    b.wlen = b.wlen - 1
+  while #b.w > cfg.window_size do
+    local old = tonumber(string.sub(b.w, 1, 1))
+    b.w = string.sub(b.w, 2)
     b.failures = b.failures - (old % 2)
     b.slow = b.slow - math.floor(old / 2)
   end
-  b.dirty = true
+  -- A healthy breaker with a full window of successes does not change: nothing to write.
+  b.dirty = b.dirty or b.w ~= before_w or b.consecutive ~= before_consecutive
   if b.mode ~= 'auto' then
     return
   end
@@ -257,7 +285,7 @@ local function br_record(b, cfg, outcome, duration_s, probe, out)
     br_open(b, cfg, string.format('%d consecutive failures', b.consecutive), out)
     return
   end
-  local calls = b.wlen
+  local calls = #b.w
   if calls >= cfg.minimum_calls then
     if b.failures / calls >= cfg.failure_rate_threshold then
       br_open(b, cfg, string.format('failure rate %d/%d', b.failures, calls), out)
@@ -298,53 +326,52 @@ local function rl_keys(key)
   return z, z .. ':h'
 end
 
-local function rl_total(h)
-  return tonumber(redis.call('HGET', h, 'total')) or 0
-end
-
--- Costs of members, in order (HMGET in chunks: Lua's unpack has a stack limit).
-local function rl_costs(h, members)
-  local costs = {}
-  for first = 1, #members, CHUNK do
-    local fields = {}
-    for i = first, math.min(#members, first + CHUNK - 1) do
-      fields[#fields + 1] = 'c:' .. members[i]
-    end
-    local got = redis.call('HMGET', h, unpack(fields))
-    for i = 1, #got do
-      costs[#costs + 1] = tonumber(got[i]) or 0
-    end
+-- The cost fields of entry ids list[first..last].
+local function cost_fields(list, first, last)
+  local fields = {}
+  for i = first, last do
+    fields[#fields + 1] = 'c:' .. list[i]
   end
-  return costs
+  return fields
 end
 
--- Drop entries admitted at or before now - window_s (an entry lives for exactly window_s).
-local function rl_prune(key, window_s)
+local function sum_numbers(values, from)
+  local total = 0
+  for i = from, #values do
+    total = total + (tonumber(values[i]) or 0)
+  end
+  return total
+end
+
+-- The log of `key` as this call sees it: entries admitted at or before now - window_s (an entry
+-- lives for exactly window_s) are dropped first. Read once per call: {z, h, total, exp, dirty}
+-- (dirty: the pruned total is not written yet; flush() or rl_take writes it).
+local function rl_state(key, window_s)
+  local r = RATES[key]
+  if r then
+    return r
+  end
   local z, h = rl_keys(key)
   local cutoff = num(NOW - window_s)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
-  if #old == 0 then
-    return
-  end
-  local costs = rl_costs(h, old)
-  local freed = 0
-  for i = 1, #costs do
-    freed = freed + costs[i]
-  end
-  redis.call('HSET', h, 'total', num(rl_total(h) - freed))
-  for first = 1, #old, CHUNK do
-    local fields = {}
-    for i = first, math.min(#old, first + CHUNK - 1) do
-      local member = old[i]
-      fields[#fields + 1] = 'c:' .. member
-      local entry_field = 'e:' .. string.sub(member, string.find(member, ':', 1, true) + 1)
-      if redis.call('HGET', h, entry_field) == member then
-        fields[#fields + 1] = entry_field
-      end
-    end
+  local first = math.min(#old, CHUNK)
+  local fields = cost_fields(old, 1, first)
+  local head = redis.call('HMGET', h, 'total', 'exp', unpack(fields))
+  r = { z = z, h = h, total = tonumber(head[1]) or 0, exp = tonumber(head[2]) or 0, dirty = false }
+  if #old > 0 then
+    local freed = sum_numbers(head, 3)
     redis.call('HDEL', h, unpack(fields))
+    for from = first + 1, #old, CHUNK do
+      local more = cost_fields(old, from, math.min(#old, from + CHUNK - 1))
+      freed = freed + sum_numbers(redis.call('HMGET', h, unpack(more)), 1)
+      redis.call('HDEL', h, unpack(more))
+    end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+    r.total = r.total - freed
+    r.dirty = true
   end
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+  RATES[key] = r
+  return r
 end
 
 -- How long until `cost` fits: walk the log oldest first until enough has expired.
@@ -364,9 +391,9 @@ local function rl_retry_after(key, window_s, limit, cost, total)
     for i = 1, #page, 2 do
       members[#members + 1] = page[i]
     end
-    local costs = rl_costs(h, members)
+    local costs = redis.call('HMGET', h, unpack(cost_fields(members, 1, #members)))
     for i = 1, #members do
-      freed = freed + costs[i]
+      freed = freed + (tonumber(costs[i]) or 0)
       if total - freed + cost <= limit then
         return math.max(0, tonumber(page[2 * i]) + window_s - NOW)
       end
@@ -380,8 +407,7 @@ end
 local function rl_check(limits)
   local wait = 0
   for _, l in ipairs(limits) do
-    rl_prune(l.key, l.window_s)
-    local total = rl_total(select(2, rl_keys(l.key)))
+    local total = rl_state(l.key, l.window_s).total
     if total + l.cost > l.limit then
       wait = math.max(wait, rl_retry_after(l.key, l.window_s, l.limit, l.cost, total))
     end
@@ -389,33 +415,40 @@ local function rl_check(limits)
   return wait
 end
 
+-- Call after rl_check (which read and pruned the logs).
 local function rl_take(limits, entry_id)
   for _, l in ipairs(limits) do
-    local z, h = rl_keys(l.key)
-    local seq = redis.call('HINCRBY', h, 'seq', 1)
-    local member = string.format('%d', seq) .. ':' .. entry_id
-    redis.call('ZADD', z, num(NOW), member)
-    redis.call('HSET', h, 'c:' .. member, num(l.cost), 'total', num(rl_total(h) + l.cost))
-    redis.call('HSETNX', h, 'e:' .. entry_id, member)
-    local ms = ttl_ms(l.window_s)
-    redis.call('PEXPIRE', z, ms)
-    redis.call('PEXPIRE', h, ms)
+    local r = rl_state(l.key, l.window_s)
+    local field = 'c:' .. entry_id
+    if redis.call('ZADD', r.z, num(NOW), entry_id) == 0 then
+      -- A reused entry id replaces its entry (ids are execution ids: unique in practice).
+      r.total = r.total - (tonumber(redis.call('HGET', r.h, field)) or 0)
+    end
+    r.total = r.total + l.cost
+    r.dirty = false
+    if NOW + l.window_s > r.exp then
+      r.exp = NOW + l.window_s + 1
+      redis.call('HSET', r.h, field, num(l.cost), 'total', num(r.total), 'exp', num(r.exp))
+      local ms = ttl_ms(r.exp - NOW)
+      redis.call('PEXPIRE', r.z, ms)
+      redis.call('PEXPIRE', r.h, ms)
+    else
+      redis.call('HSET', r.h, field, num(l.cost), 'total', num(r.total))
+    end
   end
 end
 
--- Replace the cost reserved under entry_id with the real one.
-local function rl_settle(key, window_s, entry_id, cost)
-  rl_prune(key, window_s)
+-- Replace the cost reserved under entry_id with the real one. An entry past its window but not
+-- pruned yet may change too: it no longer counts, and the prune frees what it holds then.
+local function rl_settle(key, entry_id, cost)
   local _, h = rl_keys(key)
-  local member = redis.call('HGET', h, 'e:' .. entry_id)
-  if not member then
-    return
-  end
-  local old = tonumber(redis.call('HGET', h, 'c:' .. member))
+  local field = 'c:' .. entry_id
+  local got = redis.call('HMGET', h, field, 'total')
+  local old = tonumber(got[1])
   if old == nil then
     return
   end
-  redis.call('HSET', h, 'c:' .. member, num(cost), 'total', num(rl_total(h) + cost - old))
+  redis.call('HSET', h, field, num(cost), 'total', num((tonumber(got[2]) or 0) + cost - old))
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -426,21 +459,37 @@ local function lease_key(deployment_id)
   return P .. 'lease:' .. string.format('%d', deployment_id)
 end
 
+-- LOADS: live leases per deployment as this call sees them (expired ones dropped on first read).
+
 local function load(deployment_id)
+  local n = LOADS[deployment_id]
+  if n then
+    return n
+  end
   local k = lease_key(deployment_id)
   redis.call('ZREMRANGEBYSCORE', k, '-inf', num(NOW))
-  return redis.call('ZCARD', k)
+  n = redis.call('ZCARD', k)
+  LOADS[deployment_id] = n
+  return n
 end
 
+-- The key lives as long as its longest lease: a new one (no live lease: ZREMRANGEBYSCORE
+-- deleted the emptied key) gets this lease's TTL, an existing one is only ever extended (GT).
 local function lease_take(deployment_id, lease_id, lease_ttl_s)
   local k = lease_key(deployment_id)
-  redis.call('ZADD', k, num(NOW + lease_ttl_s), lease_id)
-  local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
-  redis.call('PEXPIRE', k, ttl_ms(tonumber(last[2]) - NOW))
+  local current = load(deployment_id)
+  local added = redis.call('ZADD', k, num(NOW + lease_ttl_s), lease_id)
+  if current == 0 then
+    redis.call('PEXPIRE', k, ttl_ms(lease_ttl_s))
+  else
+    redis.call('PEXPIRE', k, ttl_ms(lease_ttl_s), 'GT')
+  end
+  LOADS[deployment_id] = current + added
 end
 
 local function lease_drop(deployment_id, lease_id)
   redis.call('ZREM', lease_key(deployment_id), lease_id)
+  LOADS[deployment_id] = nil
 end
 
 -- By least weighted load. Returns deployment_id (or nil), probe, retry_after, any_had_capacity.
@@ -522,9 +571,15 @@ local function bg_keys(key)
   return h, h .. ':x'
 end
 
--- Drop the reservations whose expiry is at or before now (a dead process's). Returns spent,
--- reserved of what is left.
-local function bg_prune(key)
+-- The window `key` as this call sees it: the reservations whose expiry is at or before now (a
+-- dead process's) are dropped first. Read once per call: {h, x, spent, reserved, exp, mine}
+-- (mine: what entry_id holds already; a top-up adds to it).
+
+local function bg_state(key, entry_id)
+  local w = BUDGETS[key]
+  if w then
+    return w
+  end
   local h, x = bg_keys(key)
   local old = redis.call('ZRANGEBYSCORE', x, '-inf', num(NOW))
   if #old > 0 then
@@ -534,10 +589,7 @@ local function bg_prune(key)
       for i = first, math.min(#old, first + CHUNK - 1) do
         fields[#fields + 1] = 'r:' .. old[i]
       end
-      local got = redis.call('HMGET', h, unpack(fields))
-      for i = 1, #got do
-        freed = freed + (tonumber(got[i]) or 0)
-      end
+      freed = freed + sum_numbers(redis.call('HMGET', h, unpack(fields)), 1)
       redis.call('HDEL', h, unpack(fields))
     end
     redis.call('ZREMRANGEBYSCORE', x, '-inf', num(NOW))
@@ -545,16 +597,21 @@ local function bg_prune(key)
       redis.call('HINCRBY', h, 'reserved', int(-freed))
     end
   end
-  local got = redis.call('HMGET', h, 'spent', 'reserved')
-  return tonumber(got[1]) or 0, tonumber(got[2]) or 0
+  local got = redis.call('HMGET', h, 'spent', 'reserved', 'exp', 'r:' .. (entry_id or ''))
+  w = {
+    h = h, x = x, spent = tonumber(got[1]) or 0, reserved = tonumber(got[2]) or 0,
+    exp = tonumber(got[3]) or 0, mine = tonumber(got[4]) or 0,
+  }
+  BUDGETS[key] = w
+  return w
 end
 
 -- Every hold fits: spent + live reservations + amount <= limit. Takes nothing.
-local function bg_check(holds)
+local function bg_check(holds, entry_id)
   local ok = true
   for _, hold in ipairs(holds) do
-    local spent, reserved = bg_prune(hold.key)
-    if spent + reserved + hold.amount > hold.limit then
+    local w = bg_state(hold.key, entry_id)
+    if w.spent + w.reserved + hold.amount > hold.limit then
       ok = false
     end
   end
@@ -562,51 +619,56 @@ local function bg_check(holds)
 end
 
 -- Flat key, remaining (limit - spent - reserved) pairs, in the order of the holds.
-local function bg_left(holds)
+local function bg_left(holds, entry_id)
   local left = {}
   for _, hold in ipairs(holds) do
-    local spent, reserved = bg_prune(hold.key)
+    local w = bg_state(hold.key, entry_id)
     left[#left + 1] = hold.key
-    left[#left + 1] = int(hold.limit - spent - reserved)
+    left[#left + 1] = int(hold.limit - w.spent - w.reserved)
   end
   return left
 end
 
 -- Add each hold's amount to entry_id's reservation (a top-up adds up), which now expires at
--- now + ttl_s; the window's keys live hold.ttl_s from this write. Returns bg_left's pairs.
--- Call after bg_check, which pruned what had expired.
+-- now + ttl_s; the window's keys live at least hold.ttl_s from this write. Returns bg_left's
+-- pairs. Call after bg_check (same entry_id), which read and pruned the windows.
 local function bg_take(holds, entry_id, ttl_s)
-  local left = {}
   for _, hold in ipairs(holds) do
-    local h, x = bg_keys(hold.key)
-    redis.call('HINCRBY', h, 'r:' .. entry_id, int(hold.amount))
-    redis.call('HINCRBY', h, 'reserved', int(hold.amount))
-    redis.call('ZADD', x, num(NOW + ttl_s), entry_id)
-    local ms = ttl_ms(hold.ttl_s)
-    redis.call('PEXPIRE', h, ms)
-    redis.call('PEXPIRE', x, ms)
-    local got = redis.call('HMGET', h, 'spent', 'reserved')
-    left[#left + 1] = hold.key
-    left[#left + 1] = int(hold.limit - (tonumber(got[1]) or 0) - (tonumber(got[2]) or 0))
+    local w = bg_state(hold.key, entry_id)
+    w.mine = w.mine + hold.amount
+    w.reserved = w.reserved + hold.amount
+    redis.call('ZADD', w.x, num(NOW + ttl_s), entry_id)
+    if NOW + hold.ttl_s > w.exp then
+      w.exp = NOW + hold.ttl_s + 1
+      redis.call('HSET', w.h, 'r:' .. entry_id, int(w.mine), 'reserved', int(w.reserved),
+        'exp', num(w.exp))
+      local ms = ttl_ms(w.exp - NOW)
+      redis.call('PEXPIRE', w.h, ms)
+      redis.call('PEXPIRE', w.x, ms)
+    else
+      redis.call('HSET', w.h, 'r:' .. entry_id, int(w.mine), 'reserved', int(w.reserved))
+    end
   end
-  return left
+  return bg_left(holds, entry_id)
 end
 
 -- entry_id's reservation (if any is left) becomes spend: it is dropped and `actual` is added
 -- to spent. A window whose keys had expired (or never existed) is recreated with
 -- fallback_ttl_s to live, since a settlement does not carry the window's own TTL.
 local function bg_settle(key, entry_id, actual, fallback_ttl_s)
-  bg_prune(key)
   local h, x = bg_keys(key)
   local field = 'r:' .. entry_id
-  local amount = tonumber(redis.call('HGET', h, field))
+  local got = redis.call('HMGET', h, field, 'spent', 'reserved')
+  local amount, spent = tonumber(got[1]), tonumber(got[2]) or 0
+  spent = spent + math.max(0, actual)
   if amount ~= nil then
     redis.call('HDEL', h, field)
-    redis.call('HINCRBY', h, 'reserved', int(-amount))
     redis.call('ZREM', x, entry_id)
-  end
-  redis.call('HINCRBY', h, 'spent', int(math.max(0, actual)))
-  if redis.call('PTTL', h) < 0 then
-    redis.call('PEXPIRE', h, ttl_ms(fallback_ttl_s))
+    redis.call('HSET', h, 'spent', int(spent), 'reserved', int((tonumber(got[3]) or 0) - amount))
+  else
+    redis.call('HSET', h, 'spent', int(spent))
+    if got[2] == false and got[3] == false then -- a new hash: it has no TTL yet
+      redis.call('PEXPIRE', h, ttl_ms(fallback_ttl_s))
+    end
   end
 end

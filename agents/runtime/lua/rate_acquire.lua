@@ -2,6 +2,7 @@
 -- Returns {allowed, retry_after}.
 local wait = rl_check(REQ.limits)
 if wait > 0 then
+  flush()
   return { '0', num(wait) }
 end
 rl_take(REQ.limits, REQ.entry_id)
