@@ -148,6 +148,12 @@ def _last_user_text(messages: list[Mapping[str, Any]], texts: list[str]) -> str:
     return texts[-1] if texts else ""
 
 
+def _check_forced(name: str, tools: list[Tool], param: str) -> None:
+    """A tool_choice naming a tool the request does not declare is a 400, as upstream."""
+    if not any(tool.name == name for tool in tools):
+        raise BadRequest(f"{param}: no tool named {name!r} in tools", "tool_choice")
+
+
 def parse_openai(body: Any) -> Prompt:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -182,6 +188,7 @@ def parse_openai(body: Any) -> Prompt:
         forced = ""
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         forced = str(choice["function"].get("name", ""))
+        _check_forced(forced, tools, "tool_choice.function.name")
     return Prompt(
         model=model,
         stream=stream,
@@ -236,6 +243,7 @@ def parse_anthropic(body: Any) -> Prompt:
         forced = ""
     elif kind == "tool" and isinstance(choice, dict):
         forced = str(choice.get("name", ""))
+        _check_forced(forced, tools, "tool_choice.name")
     return Prompt(
         model=model,
         stream=stream,

@@ -60,7 +60,7 @@ from agents.runtime.state import (
     Transition,
     agent_breaker_key,
 )
-from agents.runtime.tools import ToolRunner, tool_messages
+from agents.runtime.tools import ToolRunner, client_calls, effective_tool_choice, tool_messages
 from agents.runtime.types import (
     AgentConfig,
     ChatRequest,
@@ -221,7 +221,10 @@ class Executor:
             await self._sessions.append(
                 agent.name,
                 request.session_id,
-                (*request.messages, Message("assistant", result.output)),
+                (
+                    *request.messages,
+                    Message("assistant", result.output, tool_calls=result.tool_calls),
+                ),
             )
         return result
 
@@ -238,7 +241,8 @@ class Executor:
         rules = self._config.budgets(agent.name, run.request.api_key_id)
         windows = holds_for(rules, now, 0) if rules else ()  # the budget windows, once
         chain, run.model_choice = self._choose_models(run, windows)
-        if self._cache is not None and agent.cache_ttl_s > 0:
+        # Not with client tools: their definitions and tool_choice are not in the key.
+        if self._cache is not None and agent.cache_ttl_s > 0 and not run.request.tools:
             run.cache_key = cache_key(
                 agent=agent.name,
                 model_chain=chain,
@@ -585,6 +589,25 @@ class Executor:
             succeeded = AttemptResult(
                 deployment.id, run.request.execution_id, Outcome.SUCCESS, elapsed, probe
             )
+            if response.tool_calls and run.request.tools:
+                handed = client_calls(agent.tools, response.tool_calls)
+                if handed:
+                    # Calls to the caller's tools end the execution: the caller runs them and
+                    # sends the results in its next request. The agent's own calls of the same
+                    # turn are not run; the model asks again once it has the caller's results.
+                    names = ", ".join(call.name for call in handed)
+                    dropped = len(response.tool_calls) - len(handed)
+                    detail = f"{names} (agent calls dropped: {dropped})" if dropped else names
+                    run.steps.append(Step("tool", outcome="client", detail=detail[:300]))
+                    await complete(succeeded, Outcome.SUCCESS)
+                    result = self._result(
+                        run,
+                        ExecutionStatus.SUCCEEDED,
+                        response.content,
+                        deployment.model,
+                        deployment.id,
+                    )
+                    return replace(result, finish_reason="tool_calls", tool_calls=handed)
             if response.tool_calls and agent.tools:
                 try:
                     refusal = await self._tool_round(run, response)
@@ -671,6 +694,12 @@ class Executor:
             max_tokens=run.max_tokens,
             tools=run.agent.tools,
         )
+        if run.request.tools:  # the caller's tools ride along with the agent's
+            request = replace(
+                request,
+                tools=run.agent.tools + run.request.tools,
+                tool_choice=effective_tool_choice(run.request.tool_choice, run.tool_rounds),
+            )
         return await self._providers.chat(deployment, request, timeout_s=remaining, on_token=relay)
 
     # --- helpers ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from yarl import URL
 from agents.runtime.clock import Clock, SystemClock
 from agents.runtime.errors import ToolFailed
 from agents.runtime.providers.base import HttpSession
-from agents.runtime.types import Message, ToolCall, ToolSpec
+from agents.runtime.types import Message, ToolCall, ToolChoice, ToolSpec
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """``(host, port) -> IP address strings``; raises ``OSError`` when the name does not resolve."""
@@ -81,6 +81,29 @@ def tool_messages(
         for call, result in zip(calls, results, strict=True)
     )
     return (assistant, *answers)
+
+
+def client_calls(
+    agent_tools: Sequence[ToolSpec], calls: Sequence[ToolCall]
+) -> tuple[ToolCall, ...]:
+    """The calls that go back to the caller: every call not named after one of the agent's own
+    tools (so an unknown name is the caller's to handle, as with any OpenAI-compatible API).
+
+    Only meaningful when the request offered client tools; without them every call is the
+    agent's (and an unknown name is a tool failure)."""
+    if not agent_tools:
+        return tuple(calls)
+    own = {spec.name for spec in agent_tools}
+    return tuple(call for call in calls if call.name not in own)
+
+
+def effective_tool_choice(choice: ToolChoice | None, tool_rounds: int) -> ToolChoice | None:
+    """The caller's ``tool_choice`` for the next provider call: ``required`` and a forced
+    function hold only until the first server-side tool round (then the model decides, or it
+    would be forced into another round until the step cap)."""
+    if choice is None or tool_rounds == 0 or choice.mode in ("auto", "none"):
+        return choice
+    return None
 
 
 def find_tool(tools: Sequence[ToolSpec], name: str) -> ToolSpec:
@@ -530,6 +553,8 @@ __all__ = [
     "SessionFactory",
     "ToolRunner",
     "address_refusal",
+    "client_calls",
+    "effective_tool_choice",
     "find_tool",
     "parse_arguments",
     "schema_error",

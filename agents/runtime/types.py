@@ -32,14 +32,32 @@ class Message:
 
 @dataclass(frozen=True)
 class ToolSpec:
+    """A tool the model may call. ``python`` and ``webhook`` tools are the agent's own and run
+    server-side in the tool loop; ``client`` tools come with one request (OpenAI's ``tools``):
+    a call to one ends the execution and goes back to the caller, who runs it."""
+
     name: str
-    kind: Literal["python", "webhook"]
+    kind: Literal["python", "webhook", "client"]
     description: str
     parameters: Mapping[str, Any]
     function: str | None = None
     url: str | None = None
     timeout_s: float = 10.0
     max_response_bytes: int = 65_536
+    strict: bool | None = None  # client tools: OpenAI's strict schema adherence, forwarded
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """How the caller lets the model use tools (OpenAI's ``tool_choice``).
+
+    ``auto``: the model decides; ``none``: no tool call; ``required``: at least one tool call;
+    ``function``: a call to the tool ``name``. ``required`` and ``function`` apply until the
+    first server-side tool round (forcing again after it would loop to the step cap).
+    """
+
+    mode: Literal["auto", "none", "required", "function"]
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +156,7 @@ class ChatRequest:
     max_tokens: int
     tools: tuple[ToolSpec, ...] = ()
     temperature: float | None = None
+    tool_choice: ToolChoice | None = None  # None: the provider's default (auto with tools)
 
 
 @dataclass(frozen=True)
@@ -168,6 +187,9 @@ class ExecutionRequest:
     api_key_id: int | None = None
     api_key_limits: RateLimits = field(default_factory=RateLimits)
     bypass_cache: bool = False
+    # Client tools (kind "client") offered next to the agent's own; see ToolSpec.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +245,7 @@ class ExecutionResult:
     model_choice: str = "standard"  # standard | cheap:simple | cheap:hint | cheap:budget_low
     finish_reason: str = "stop"  # the answering call's: stop, length, tool_calls
     saved_usd: Decimal = Decimal(0)  # for cache hits: what the call would have cost
+    tool_calls: tuple[ToolCall, ...] = ()  # calls to client tools, for the caller to run
 
     def as_dict(self) -> dict[str, Any]:
         """The CONTRACT's execution result."""

@@ -16,7 +16,7 @@ from agents.runtime.providers.base import (
     estimate_tokens,
     post_chat,
 )
-from agents.runtime.types import ChatRequest, ChatResponse, Deployment, ToolCall, Usage
+from agents.runtime.types import ChatRequest, ChatResponse, Deployment, ToolCall, ToolChoice, Usage
 
 API_VERSION = "2023-06-01"
 _STOP = {
@@ -32,6 +32,13 @@ def _arguments(text: str) -> Any:
         return json.loads(text or "{}")
     except ValueError:
         return {}
+
+
+def _tool_choice(choice: ToolChoice) -> dict[str, Any]:
+    """OpenAI's tool_choice in Anthropic's words: required is ``any``, a function ``tool``."""
+    if choice.mode == "function":
+        return {"type": "tool", "name": choice.name}
+    return {"type": "any" if choice.mode == "required" else choice.mode}
 
 
 def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
@@ -82,6 +89,8 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
             {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
             for t in request.tools
         ]
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
     if stream:
         body["stream"] = True
     return body

@@ -16,7 +16,16 @@ from agents.runtime.providers.base import (
     estimate_tokens,
     post_chat,
 )
-from agents.runtime.types import ChatRequest, ChatResponse, Deployment, Message, ToolCall, Usage
+from agents.runtime.types import (
+    ChatRequest,
+    ChatResponse,
+    Deployment,
+    Message,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
 
 
 def _message(message: Message) -> dict[str, Any]:
@@ -32,6 +41,23 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": dict(tool.parameters),
+    }
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode == "function":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
+
+
 def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model,
@@ -41,17 +67,9 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     if request.temperature is not None:
         body["temperature"] = request.temperature
     if request.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": dict(t.parameters),
-                },
-            }
-            for t in request.tools
-        ]
+        body["tools"] = [_tool(t) for t in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

@@ -3,10 +3,16 @@
 Latency is ``latency_ms`` +- uniform ``jitter_ms``; a call fails with probability
 ``error_rate`` (as an overloaded 503, the commonest real failure). Time passes on the injected
 clock, so tests with a fake clock never sleep.
+
+With tools declared, a call whose last message is not a tool result answers with one tool call
+(the tool ``tool_choice`` forces, else the first; none with ``tool_choice`` ``none``), its
+required parameters filled with sample values; after a tool result it answers with text. A
+request without tools is answered exactly as before tools existed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -16,7 +22,7 @@ from typing import Any
 from agents.runtime.clock import Clock
 from agents.runtime.errors import Capacity, Timeout
 from agents.runtime.providers.base import OnToken, estimate_messages, estimate_tokens
-from agents.runtime.types import ChatRequest, ChatResponse, Deployment, ToolCall, Usage
+from agents.runtime.types import ChatRequest, ChatResponse, Deployment, ToolCall, ToolSpec, Usage
 
 _ANSWERS = (
     "Thanks for reaching out. Here is what I found: {topic}. Let me know if you need anything else.",
@@ -41,6 +47,21 @@ def _sample_arguments(schema: Mapping[str, Any], text: str) -> dict[str, Any]:
         kind = (properties.get(name) or {}).get("type", "string")
         out[name] = samples.get(kind, "example")
     return out
+
+
+def _tool_to_call(request: ChatRequest) -> ToolSpec | None:
+    """The tool the simulator calls: with tools declared and the last message not a tool
+    result, the forced one or else the first; none when ``tool_choice`` is ``none``."""
+    if not request.tools or request.messages[-1].role == "tool":
+        return None
+    choice = request.tool_choice
+    if choice is None:
+        return request.tools[0]
+    if choice.mode == "none":
+        return None
+    if choice.mode == "function":
+        return next((t for t in request.tools if t.name == choice.name), request.tools[0])
+    return request.tools[0]
 
 
 class SimulatedProvider:
@@ -82,10 +103,15 @@ class SimulatedProvider:
         if fails:
             raise Capacity("503 simulated overload", status=503, input_tokens=0)
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
-        if request.tools and request.messages[-1].role != "tool":
-            tool = request.tools[0]
+        tool = _tool_to_call(request)
+        if tool is not None:
             arguments = json.dumps(_sample_arguments(tool.parameters, last_user))
-            call = ToolCall(f"call_{rng.randrange(1 << 30):x}", tool.name, arguments)
+            # The id depends on the call and the turn only (not the random stream), so a
+            # conversation replays identically whatever ran before it.
+            digest = hashlib.sha256(
+                f"{len(request.messages)}:{tool.name}:{arguments}".encode()
+            ).hexdigest()
+            call = ToolCall(f"call_sim{digest[:20]}", tool.name, arguments)
             return ChatResponse("", (call,), Usage(input_tokens, 12), "tool_calls")
         topic = " ".join(last_user.split()[:8]) or "your question"
         words = _ANSWERS[variant].format(topic=topic).split(" ")

@@ -279,6 +279,30 @@ async def test_declared_tools_get_text_unless_the_tool_call_flag_or_tool_choice_
         assert (await r.json())["choices"][0]["finish_reason"] == "tool_calls"
 
 
+async def test_a_tool_choice_naming_an_undeclared_tool_is_a_400_in_either_format(
+    client: aiohttp.ClientSession,
+) -> None:
+    forced: dict[str, Any] = {"type": "function", "function": {"name": "get_time"}}
+    request = chat(tools=[WEATHER_OPENAI], tool_choice=forced)
+    async with client.post("/v1/chat/completions", json=request) as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert error["param"] == "tool_choice"
+    assert "get_time" in error["message"]
+
+    request = message(tools=[WEATHER_ANTHROPIC], tool_choice={"type": "tool", "name": "get_time"})
+    async with client.post("/v1/messages", json=request, headers=ANTHROPIC_HEADERS) as r:
+        assert r.status == 400
+        assert "get_time" in (await r.json())["error"]["message"]
+
+    forced["function"]["name"] = "get_weather"
+    request = chat(tools=[WEATHER_OPENAI], tool_choice=forced)
+    async with client.post("/v1/chat/completions", json=request) as r:
+        assert (await r.json())["choices"][0]["message"]["tool_calls"][0]["function"][
+            "name"
+        ] == "get_weather"
+
+
 # --- Anthropic wire format ------------------------------------------------------------------
 
 

@@ -99,10 +99,14 @@ async def test_a_killed_connection_fails_what_is_in_flight_and_the_next_call_rec
     await wire.execute_command("CLIENT", "SETNAME", name)
     blocked = asyncio.ensure_future(wire.execute_command("BLPOP", f"{name}:never", 10))
     await asyncio.sleep(0.1)
-    await redis_client.execute_command("CLIENT", "KILL", "ID", await _id(redis_client, name))
+    await _command(redis_client, "CLIENT", "KILL", "ID", await _id(redis_client, name))
     with pytest.raises(RedisConnectionError):
         await blocked
     assert await wire.execute_command("PING") == b"PONG"
+
+
+async def _command(client: aioredis.Redis, *args: object) -> object:
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 async def _id(client: aioredis.Redis, name: str) -> int:
@@ -153,7 +157,7 @@ async def test_the_database_user_and_password_come_from_the_url(
     redis_client: aioredis.Redis, redis_url: str
 ) -> None:
     user, password = f"bwtest{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    await redis_client.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all")
+    await _command(redis_client, "ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all")
     base = redis_url.split("://", 1)[1].rsplit("/", 1)[0].split("@")[-1]
     wire = RedisWire(f"redis://{user}:{password}@{base}/9")
     wrong = RedisWire(f"redis://{user}:wrong@{base}/9")
@@ -166,4 +170,4 @@ async def test_the_database_user_and_password_come_from_the_url(
         await wire.aclose()
         await wrong.aclose()
         with contextlib.suppress(Exception):
-            await redis_client.execute_command("ACL", "DELUSER", user)
+            await _command(redis_client, "ACL", "DELUSER", user)
