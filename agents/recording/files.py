@@ -5,9 +5,13 @@ time (``flock`` on ``<dir>/drain.lock``) reads every file from the byte offset k
 sidecar ``<file>.offset``, stores the events, and only then advances the offset. So an event is
 stored at least once, and the upsert makes twice harmless.
 
-A file is *final* when its writer is gone: its pid is not alive, or a newer file of the same pid
-exists (the writer rotated, or the pid was reused by a later process). Liveness is decided
-before the file is read, so nothing a writer appends after the check is mistaken for final.
+A file is *final* when its writer is gone: the writer holds a shared ``flock`` on its file for
+as long as it may append (the kernel drops it when the writer closes the file or dies), and,
+as well, its pid is not alive or a newer file of the same pid exists (the writer rotated, or
+the pid was reused by a later process). The lock is what keeps a second journal of the same
+process (an embedded worker's engine next to serve's) from making the first one's file look
+final. Liveness is decided before the file is read, so nothing a writer appends after the
+check is mistaken for final.
 Only in a final file is a trailing line without its newline skipped (the writer died mid-write;
 logged), and only a final, fully drained file is deleted. A reused pid can only make a dead
 writer look alive, which delays clean-up and never loses data. The directory must not be
@@ -81,6 +85,7 @@ class FileJournal:
             except FileExistsError:
                 continue
             break
+        fcntl.flock(self._fd, fcntl.LOCK_SH)  # "a writer has it open": see the module doc
         self._pid, self._size, self.path = pid, 0, path
 
     def append(self, line: bytes) -> None:
@@ -159,8 +164,23 @@ def _journals(directory: Path) -> list[_File]:
     for f in files:
         newest[f.pid] = max(newest.get(f.pid, 0), f.ns)
     for f in files:
-        f.final = f.ns < newest[f.pid] or not pid_alive(f.pid)
+        f.final = (f.ns < newest[f.pid] or not pid_alive(f.pid)) and not _writer_holds(f.path)
     return files
+
+
+def _writer_holds(path: Path) -> bool:
+    """True while a FileJournal has ``path`` open (its shared lock conflicts with ours)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (releases ours, if we got it)
+    return False
 
 
 def _read_offset(f: _File) -> int:

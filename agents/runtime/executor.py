@@ -239,7 +239,9 @@ class Executor:
             return self._degraded(run, "circuit_open", "unavailable", model=None, deployment=None)
 
         rules = self._config.budgets(agent.name, run.request.api_key_id)
-        windows = holds_for(rules, now, 0) if rules else ()  # the budget windows, once
+        # The budget windows, once; chosen by the execution's created_at, the time its ledger
+        # entry is filed under, so that counter and ledger agree even across midnight.
+        windows = holds_for(rules, run.created_at, 0) if rules else ()
         chain, run.model_choice = self._choose_models(run, windows)
         # Not with client tools: their definitions and tool_choice are not in the key.
         if self._cache is not None and agent.cache_ttl_s > 0 and not run.request.tools:

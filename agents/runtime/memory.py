@@ -244,6 +244,18 @@ class _Budget:
         self.spent += max(0, actual)
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def spread(lease_id: str) -> float:
+    """A number in [0, 1) read from the lease id's first 8 hex digits (lease ids are execution
+    ids, random UUIDs); 0 for ids that do not start so. The same in both stores (lib.lua)."""
+    head = lease_id[:8]
+    if len(head) == 8 and all(ch in _HEX for ch in head):
+        return int(head, 16) / 4294967296
+    return 0.0
+
+
 class MemoryState:
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
@@ -331,10 +343,20 @@ class MemoryState:
         commit: bool,
     ) -> tuple[int | None, bool, float, bool]:
         """``(deployment_id, probe, retry_after, any_had_capacity)`` by least weighted load."""
+        ratio = {c.deployment_id: self._load(c.deployment_id, now) / c.weight for c in candidates}
         ranked = sorted(
-            candidates,
-            key=lambda c: (self._load(c.deployment_id, now) / c.weight, -c.weight, c.deployment_id),
+            candidates, key=lambda c: (ratio[c.deployment_id], -c.weight, c.deployment_id)
         )
+        tied = sum(1 for c in ranked if ratio[c.deployment_id] == ratio[ranked[0].deployment_id])
+        if tied > 1:
+            # Equally loaded (always, at low traffic): pick by weight, with the lease id as the
+            # die, so that weights hold at any concurrency. lib.lua does exactly the same.
+            point = spread(lease_id) * sum(c.weight for c in ranked[:tied])
+            for index in range(tied):
+                point -= ranked[index].weight
+                if point < 0:
+                    ranked.insert(0, ranked.pop(index))
+                    break
         wait = math.inf
         had_capacity = False
         for candidate in ranked:

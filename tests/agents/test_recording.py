@@ -591,6 +591,29 @@ def test_rotated_files_are_deleted_once_drained_and_the_current_one_is_kept(
 
 
 @pytest.mark.django_db
+def test_a_second_journal_in_the_process_does_not_end_the_first_ones_file(
+    tmp_path: Path,
+) -> None:
+    """An embedded worker's engine opens a journal next to serve's, in the same process: the
+    newer file must not make the older one look rotated and get it deleted while it is written."""
+    serve = FileJournal(tmp_path)
+    serve.append(journal_line(request_for()))
+    worker = FileJournal(tmp_path)  # a newer file of the same pid
+    worker.append(journal_line(request_for()))
+    assert drain_files_once(tmp_path).events == 2
+    assert serve.path is not None
+    assert serve.path.exists()
+
+    serve.append(journal_line(request_for()))  # still written, still drained
+    assert drain_files_once(tmp_path).events == 1
+    assert Execution.objects.count() == 3
+    serve.close()  # now it is rotated-and-closed: drained, deleted
+    drain_files_once(tmp_path)
+    assert not serve.path.exists()
+    worker.close()
+
+
+@pytest.mark.django_db
 def test_a_line_that_is_not_an_event_is_set_aside_in_rejected_jsonl(tmp_path: Path) -> None:
     sink = FileJournal(tmp_path)
     sink.append(b"{not json\n")

@@ -492,6 +492,16 @@ local function lease_drop(deployment_id, lease_id)
   LOADS[deployment_id] = nil
 end
 
+-- A number in [0, 1) read from the lease id's first 8 hex digits (lease ids are execution ids,
+-- random UUIDs); 0 for ids that do not start so. The same as memory.py's spread().
+local function spread(lease_id)
+  local hex = string.match(lease_id, '^%x%x%x%x%x%x%x%x')
+  if hex == nil then
+    return 0
+  end
+  return tonumber(hex, 16) / 4294967296
+end
+
 -- By least weighted load. Returns deployment_id (or nil), probe, retry_after, any_had_capacity.
 -- With commit, the chosen deployment's breaker is acquired and its lease taken; refused
 -- candidates go through acquire too (time-driven transitions) and report open-until times.
@@ -510,6 +520,26 @@ local function select_deployment(lease_id, lease_ttl_s, candidates, cfg, out, op
     end
     return a.c.id < b.c.id
   end)
+  -- Equally loaded (always, at low traffic): pick by weight, with the lease id as the die, so
+  -- that weights hold at any concurrency. memory.py does exactly the same.
+  local tied = 1
+  while tied < #ranked and ranked[tied + 1].ratio == ranked[1].ratio do
+    tied = tied + 1
+  end
+  if tied > 1 then
+    local total = 0
+    for i = 1, tied do
+      total = total + ranked[i].c.weight
+    end
+    local point = spread(lease_id) * total
+    for i = 1, tied do
+      point = point - ranked[i].c.weight
+      if point < 0 then
+        table.insert(ranked, 1, table.remove(ranked, i))
+        break
+      end
+    end
+  end
   local wait = INF
   local had_capacity = false
   for _, r in ipairs(ranked) do

@@ -255,3 +255,27 @@ async def test_a_cancel_during_a_retry_backoff_settles_spend_and_frees_the_reser
     assert reserved == 0
     assert spent == 200 == round(result.cost_usd * 1_000_000)  # 100*$1 + 50*$2 per M
     assert await state.in_flight((1,)) == {1: 0}
+
+
+async def test_spend_goes_to_the_window_of_the_executions_created_at_even_at_midnight() -> None:
+    """The ledger files an execution under its created_at; the counters must use the same
+    window, or an execution started a moment before midnight shows up as drift."""
+    h = harness([agent(max_tokens=1000)])
+    h.config.rules = (GLOBAL_1USD,)
+    _, _, midnight = window_bounds(GLOBAL_1USD, h.clock.now())
+    h.clock.advance(midnight - 0.0005 - h.clock.now())
+    read = h.clock.now
+
+    def ticking() -> float:  # every later read of the clock is 1 ms later: past midnight
+        value = read()
+        h.clock.advance(0.001)
+        return value
+
+    h.clock.now = ticking  # type: ignore[method-assign]
+    result = await h.executor.execute(_request())
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert result.created_at < midnight
+    before, after = (holds_for((GLOBAL_1USD,), t, 0)[0].key for t in (midnight - 1, midnight))
+    usage = await h.state.inner.budget_usage((before, after))
+    assert usage[before] == (20, 0)
+    assert usage[after] == (0, 0)

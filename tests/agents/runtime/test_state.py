@@ -510,6 +510,26 @@ async def test_selection_prefers_the_least_loaded_deployment_by_weight(store: St
     assert await store.in_flight((1, 2)) == {1: 2, 2: 4}
 
 
+async def test_weights_share_out_the_calls_of_a_quiet_deployment(store: StateStore) -> None:
+    """At concurrency 1 every deployment is equally loaded (nothing in flight); the weights
+    must still hold, decided by each lease id (an execution id, random) the same way in both
+    stores."""
+    candidates = (Candidate(1, 100, weight=1), Candidate(2, 100, weight=3))
+    chosen = []
+    for n in range(400):
+        lease_id = f"{n * 2654435761 % 2**32:08x}-{n}"  # spread evenly, reproducibly
+        selection = await store.select(
+            lease_id=lease_id, lease_ttl_s=30.0, candidates=candidates, breaker=CFG
+        )
+        assert selection.deployment_id is not None
+        chosen.append(selection.deployment_id)
+        await store.release(
+            lease_id=lease_id, deployment_id=selection.deployment_id, probe=False, breaker=CFG
+        )
+    assert 280 <= chosen.count(2) <= 320  # 3 in 4
+    assert await store.in_flight((1, 2)) == {1: 0, 2: 0}
+
+
 async def test_selection_skips_open_breakers_and_full_deployments(
     store: StateStore, clock: FakeClock
 ) -> None:
