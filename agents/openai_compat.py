@@ -10,32 +10,49 @@ The agent's name is the ``model``; its system prompt and every safeguard apply. 
 executions come back as OpenAI-format errors (429 with ``Retry-After``, 503), so SDK retry logic
 works; ``stream: true`` answers with OpenAI's server-sent events. A client that disconnects
 cancels the execution, which settles its budget for what was produced.
+
+Client tools pass through as on any OpenAI-compatible gateway: ``tools`` and ``tool_choice`` go
+to the provider next to the agent's own tools; when the model calls a client tool the execution
+ends there and the answer carries ``tool_calls`` (``finish_reason: "tool_calls"``); the caller
+runs the tools and sends the results as ``tool`` messages in its next request. Every bad shape
+(tool definitions, ``tool_choice``, a result that answers no call, a call left unanswered, a
+name that collides with one of the agent's tools) is a 400 naming the field, before any
+reservation or upstream call. A request without tools pays one cheap test for all of this.
+The rules are in docs/OPENAI_TOOLS.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agents.asgi_common import Receive, Scope, Send
+from agents.asgi_common import Responder as _Responder
+from agents.asgi_common import header as _header
+from agents.asgi_common import read_body as _read_body
+from agents.asgi_common import until_done_or_disconnect as _until_done_or_disconnect
 from agents.auth import Principal, principal_for
 from agents.engine import get_engine
-from agents.runtime.types import ExecutionRequest, ExecutionResult, ExecutionStatus, Message
+from agents.runtime.types import (
+    AgentConfig,
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutionStatus,
+    Message,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
 
 log = logging.getLogger("breakwater.openai")
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class _TextPart(BaseModel):
@@ -44,10 +61,33 @@ class _TextPart(BaseModel):
     text: str
 
 
+MAX_TOOLS = 128  # OpenAI's own limit
+MAX_SCHEMA_DEPTH = 32
+_TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+_ARGUMENT_FRAGMENT_CHARS = 64  # tool-call arguments are streamed in pieces of this size
+_EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
+class _CalledFunctionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=_TOOL_NAME)
+    arguments: str
+
+
+class _ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: _CalledFunctionIn
+
+
 class _MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
+    tool_calls: list[_ToolCallIn] | None = None  # assistant turns that called client tools
+    tool_call_id: str | None = Field(default=None, max_length=256)  # tool results
 
     def text(self) -> str:
         if self.content is None:
@@ -62,8 +102,23 @@ class _StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class _FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=_TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _ToolIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: _FunctionIn
+
+
 class ChatCompletionIn(BaseModel):
-    """The request fields Breakwater honours; other OpenAI fields are accepted and ignored."""
+    """The request fields Breakwater honours; other OpenAI fields (``temperature``,
+    ``parallel_tool_calls``, ...) are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1, max_length=64)
@@ -73,14 +128,219 @@ class ChatCompletionIn(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=1)
-    tools: list[Any] | None = None
+    tools: list[_ToolIn] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Any = None  # checked against the tools by _client_tools
+    functions: Any = None  # the legacy functions API: refused with a pointer to tools
+    function_call: Any = None
     user: str | None = Field(default=None, max_length=256)
     metadata: dict[str, str] | None = None
 
 
-def _error(status: int, message: str, type_: str, code: str | None = None) -> tuple[int, bytes]:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+def _error(
+    status: int, message: str, type_: str, code: str | None = None, param: str | None = None
+) -> tuple[int, bytes]:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return status, json.dumps(body).encode()
+
+
+class _Invalid(Exception):
+    """A request field that is wrong: answered 400 with ``param`` naming it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+# --- client tools and their turns --------------------------------------------------------------
+
+
+def _messages(items: list[_MessageIn]) -> tuple[Message, ...]:
+    """The runtime's messages. A conversation with tool turns (rare) takes the checked path."""
+    out = []
+    for m in items:
+        if m.tool_calls or m.role == "tool":
+            return _tool_transcript(items)
+        out.append(Message("system" if m.role == "developer" else m.role, m.text()))
+    return tuple(out)
+
+
+def _tool_transcript(items: list[_MessageIn]) -> tuple[Message, ...]:
+    """Messages with tool calls and results, checked as OpenAI checks them: the ``tool``
+    messages right after an assistant message with ``tool_calls`` answer those calls, one
+    result per call id, and no call is left without its result."""
+    out: list[Message] = []
+    waiting: dict[str, str] = {}  # call id -> tool name, still without a result
+    asked_at = -1
+    for index, m in enumerate(items):
+        if m.role == "tool":
+            where = f"messages.{index}.tool_call_id"
+            if not m.tool_call_id:
+                raise _Invalid(where, "required on a message with role 'tool'")
+            name = waiting.pop(m.tool_call_id, None)
+            if name is None:
+                raise _Invalid(
+                    where,
+                    f"{m.tool_call_id!r} answers no tool call of the assistant message before it",
+                )
+            out.append(Message("tool", m.text(), tool_call_id=m.tool_call_id, name=name))
+            continue
+        if waiting:
+            raise _Invalid(
+                f"messages.{asked_at}.tool_calls",
+                f"no tool message answers {', '.join(sorted(waiting))} (tool results must "
+                "follow the assistant message that called the tools)",
+            )
+        if not m.tool_calls:
+            out.append(Message("system" if m.role == "developer" else m.role, m.text()))
+            continue
+        if m.role != "assistant":
+            raise _Invalid(f"messages.{index}.tool_calls", "only assistant messages carry them")
+        calls = []
+        for position, call in enumerate(m.tool_calls):
+            if call.id in waiting:
+                raise _Invalid(
+                    f"messages.{index}.tool_calls.{position}.id", f"duplicate id {call.id!r}"
+                )
+            waiting[call.id] = call.function.name
+            calls.append(ToolCall(call.id, call.function.name, call.function.arguments))
+        asked_at = index
+        out.append(Message("assistant", m.text(), tool_calls=tuple(calls)))
+    if waiting:
+        raise _Invalid(
+            f"messages.{asked_at}.tool_calls",
+            f"no tool message answers {', '.join(sorted(waiting))}",
+        )
+    return tuple(out)
+
+
+def _schema_problem(schema: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """(field, message) for the first thing in a JSON Schema no provider would accept.
+
+    The structure only: types are JSON type names, ``properties``/``$defs`` map names to
+    schemas, ``items``/``anyOf``/... hold schemas, ``required`` lists names, ``enum`` is a
+    non-empty list. Other keywords pass through to the provider, which checks the rest."""
+    if isinstance(schema, bool):
+        return None
+    if not isinstance(schema, dict):
+        return path, "must be a JSON Schema object"
+    if depth > MAX_SCHEMA_DEPTH:
+        return path, f"nested deeper than {MAX_SCHEMA_DEPTH} levels"
+    kind = schema.get("type")
+    if kind is not None:
+        kinds = kind if isinstance(kind, list) else [kind]
+        if not kinds or any(not isinstance(k, str) or k not in _JSON_TYPES for k in kinds):
+            return f"{path}.type", f"must be one of {', '.join(sorted(_JSON_TYPES))} (or a list)"
+    for keyword in ("properties", "$defs", "definitions", "patternProperties"):
+        members = schema.get(keyword)
+        if members is None:
+            continue
+        if not isinstance(members, dict):
+            return f"{path}.{keyword}", "must be an object of schemas"
+        for name, sub in members.items():
+            problem = _schema_problem(sub, f"{path}.{keyword}.{name}", depth + 1)
+            if problem:
+                return problem
+    for keyword in ("items", "additionalProperties", "not"):
+        if keyword in schema:
+            items = schema[keyword]
+            subs = items if keyword == "items" and isinstance(items, list) else [items]
+            for sub in subs:
+                problem = _schema_problem(sub, f"{path}.{keyword}", depth + 1)
+                if problem:
+                    return problem
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        if keyword in schema:
+            options = schema[keyword]
+            if not isinstance(options, list) or not options:
+                return f"{path}.{keyword}", "must be a non-empty array of schemas"
+            for position, sub in enumerate(options):
+                problem = _schema_problem(sub, f"{path}.{keyword}.{position}", depth + 1)
+                if problem:
+                    return problem
+    required = schema.get("required")
+    if required is not None and (
+        not isinstance(required, list) or not all(isinstance(n, str) for n in required)
+    ):
+        return f"{path}.required", "must be an array of property names"
+    enum = schema.get("enum")
+    if enum is not None and (not isinstance(enum, list) or not enum):
+        return f"{path}.enum", "must be a non-empty array"
+    return None
+
+
+def _client_tools(
+    payload: ChatCompletionIn, agent: AgentConfig
+) -> tuple[tuple[ToolSpec, ...], ToolChoice | None]:
+    """The request's tools as client :class:`ToolSpec` and its ``tool_choice``; raises
+    :class:`_Invalid` naming the first bad field."""
+    if payload.functions is not None or payload.function_call is not None:
+        field = "functions" if payload.functions is not None else "function_call"
+        raise _Invalid(
+            field, "the legacy functions API is not supported; use tools and tool_choice"
+        )
+    own = {tool.name for tool in agent.tools}
+    names: set[str] = set()
+    specs = []
+    for index, tool in enumerate(payload.tools or ()):
+        function = tool.function
+        where = f"tools.{index}.function"
+        if function.name in names:
+            raise _Invalid(f"{where}.name", f"duplicate tool name {function.name!r}")
+        if function.name in own:
+            raise _Invalid(
+                f"{where}.name",
+                f"{function.name!r} is already a tool of model {agent.name!r} (run "
+                "server-side); rename yours",
+            )
+        names.add(function.name)
+        parameters = function.parameters or _EMPTY_PARAMETERS
+        if parameters.get("type") != "object":
+            raise _Invalid(
+                f"{where}.parameters", 'must be a JSON Schema with "type": "object" at the top'
+            )
+        problem = _schema_problem(parameters, f"{where}.parameters")
+        if problem is not None:
+            raise _Invalid(*problem)
+        specs.append(
+            ToolSpec(
+                name=function.name,
+                kind="client",
+                description=function.description or "",
+                parameters=parameters,
+                strict=function.strict,
+            )
+        )
+    return tuple(specs), _tool_choice(payload.tool_choice, names)
+
+
+def _tool_choice(value: Any, names: set[str]) -> ToolChoice | None:
+    if value is None:
+        return None
+    if value in ("auto", "none", "required"):
+        if names:
+            return ToolChoice(value)
+        if value == "required":
+            raise _Invalid("tool_choice", "'required' is only allowed when tools are given")
+        return None  # auto / none without tools: nothing to choose from
+    if isinstance(value, dict) and value.get("type") == "function":
+        function = value.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise _Invalid("tool_choice.function.name", "required")
+        if name not in names:
+            raise _Invalid("tool_choice.function.name", f"{name!r} is not one of the tools given")
+        return ToolChoice("function", name)
+    raise _Invalid(
+        "tool_choice",
+        'must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+    )
+
+
+def _tool_calls_out(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
 
 
 # Degraded executions as OpenAI errors: (HTTP status, error type, code).
@@ -120,7 +380,16 @@ def completion_body(result: ExecutionResult, model: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.output, "refusal": None},
+                "message": (
+                    {
+                        "role": "assistant",
+                        "content": result.output or None,
+                        "refusal": None,
+                        "tool_calls": _tool_calls_out(result.tool_calls),
+                    }
+                    if result.tool_calls
+                    else {"role": "assistant", "content": result.output, "refusal": None}
+                ),
                 "logprobs": None,
                 "finish_reason": result.finish_reason,
             }
@@ -139,53 +408,6 @@ def completion_body(result: ExecutionResult, model: str) -> dict[str, Any]:
             "cost_usd": float(result.cost_usd),
         },
     }
-
-
-class _Responder:
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.started = False
-
-    async def start(self, status: int, headers: dict[str, str]) -> None:
-        self.started = True
-        await self._send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-            }
-        )
-
-    async def body(self, data: bytes, *, more: bool = False) -> None:
-        await self._send({"type": "http.response.body", "body": data, "more_body": more})
-
-    async def json(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
-        await self.start(status, {"content-type": "application/json", **(headers or {})})
-        await self.body(data)
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None if it exceeds ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 async def _authenticate(scope: Scope) -> Principal | None:
@@ -244,7 +466,9 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        await out.json(*_error(400, f"{where}: {first['msg']}", "invalid_request_error"))
+        await out.json(
+            *_error(400, f"{where}: {first['msg']}", "invalid_request_error", param=where)
+        )
         return
     engine = get_engine()
     agent = engine.config.agent(payload.model)
@@ -258,16 +482,6 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
             )
         )
         return
-    if payload.tools:
-        await out.json(
-            *_error(
-                400,
-                "tools: client-side tools are not supported on this endpoint; declare tools on "
-                "the agent instead",
-                "invalid_request_error",
-            )
-        )
-        return
     max_tokens = payload.max_completion_tokens or payload.max_tokens
     if max_tokens is not None and max_tokens > agent.max_tokens:
         await out.json(
@@ -275,12 +489,24 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
                 400,
                 f"max_tokens: must be <= {agent.max_tokens} for model {payload.model}",
                 "invalid_request_error",
+                param="max_tokens",
             )
         )
         return
-    messages = tuple(
-        Message("system" if m.role == "developer" else m.role, m.text()) for m in payload.messages
-    )
+    client_tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    try:
+        if (
+            payload.tools
+            or payload.tool_choice is not None
+            or payload.functions is not None
+            or payload.function_call is not None
+        ):
+            client_tools, tool_choice = _client_tools(payload, agent)
+        messages = _messages(payload.messages)
+    except _Invalid as exc:
+        await out.json(*_error(400, str(exc), "invalid_request_error", param=exc.param))
+        return
     cache_control = (_header(scope, b"cache-control") or "").lower()
     request = ExecutionRequest(
         agent=payload.model,
@@ -291,6 +517,8 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
         api_key_id=principal.key_id,
         api_key_limits=principal.limits,
         bypass_cache="no-cache" in cache_control or "no-store" in cache_control,
+        tools=client_tools,
+        tool_choice=tool_choice,
     )
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
@@ -307,28 +535,6 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
         await out.json(status, body, headers)
 
 
-async def _until_done_or_disconnect(
-    task: asyncio.Future[ExecutionResult], receive: Receive
-) -> ExecutionResult | None:
-    """Wait for the execution; cancel it if the client disconnects first."""
-    disconnect = asyncio.ensure_future(_wait_disconnect(receive))
-    try:
-        waiting: set[asyncio.Future[Any]] = {task, disconnect}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect.cancel()
-        if not task.done():  # the client left (or we were cancelled): stop the execution
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    return None if task.cancelled() else task.result()
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 def _chunk(
     request: ExecutionRequest, created: int, delta: dict[str, Any], finish: str | None
 ) -> bytes:
@@ -340,6 +546,30 @@ def _chunk(
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _tool_call_chunks(
+    request: ExecutionRequest, created: int, calls: tuple[ToolCall, ...]
+) -> bytes:
+    """Tool calls as OpenAI streams them: per call, a delta with its index, id and name, then
+    its arguments in pieces (the SDK joins them by index)."""
+    events = []
+    for index, call in enumerate(calls):
+        head = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        events.append(_chunk(request, created, {"tool_calls": [head]}, None))
+        text = call.arguments
+        for start in range(0, len(text), _ARGUMENT_FRAGMENT_CHARS):
+            piece = {
+                "index": index,
+                "function": {"arguments": text[start : start + _ARGUMENT_FRAGMENT_CHARS]},
+            }
+            events.append(_chunk(request, created, {"tool_calls": [piece]}, None))
+    return b"".join(events)
 
 
 async def _stream(
@@ -367,14 +597,17 @@ async def _stream(
             status, body, headers = result_error(result)
             await out.json(status, body, headers)
             return
-        # Succeeded without streaming tokens (a cached answer): send it as one delta.
+        # Succeeded without streaming tokens (a cached answer, only tool calls): one delta.
         await out.start(200, sse_headers)
+        content = "" if result.output or not result.tool_calls else None
         await out.body(
-            _chunk(request, created, {"role": "assistant", "content": ""}, None), more=True
+            _chunk(request, created, {"role": "assistant", "content": content}, None), more=True
         )
         if result.output:
             await out.body(_chunk(request, created, {"content": result.output}, None), more=True)
     if result.status == ExecutionStatus.SUCCEEDED:
+        if result.tool_calls:
+            await out.body(_tool_call_chunks(request, created, result.tool_calls), more=True)
         await out.body(_chunk(request, created, {}, result.finish_reason), more=True)
     else:
         # Part of an answer was already sent: end the stream with an error event.

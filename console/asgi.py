@@ -15,17 +15,22 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from agents import openai_compat  # noqa: E402
+from agents import execute_asgi, openai_compat  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
 
 _django_http = ASGIStaticFilesHandler(django_asgi_app)
+_execute = execute_asgi.lean_app(fallback=_django_http)
 
 
 async def http_app(scope: Any, receive: Any, send: Any) -> None:
-    """The OpenAI-compatible hot path skips Django's request machinery; /static/ is answered
-    before Django's middleware; everything else is Django."""
-    if scope["path"].startswith("/v1/"):
+    """The hot paths skip Django's request machinery: the OpenAI-compatible /v1/ and
+    POST /api/v1/agents/{name}/execute (which hands Django what its middleware would answer);
+    /static/ is answered before Django's middleware; everything else is Django."""
+    path = scope["path"]
+    if path.startswith("/v1/"):
         await openai_compat.app(scope, receive, send)
+    elif scope["method"] == "POST" and execute_asgi.EXECUTE_PATH.fullmatch(path):
+        await _execute(scope, receive, send)
     else:
         await _django_http(scope, receive, send)
 

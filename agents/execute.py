@@ -1,0 +1,74 @@
+"""Run an agent now: the one implementation of ``POST /api/v1/agents/{name}/execute``.
+
+Two front doors call :func:`execute_now` with the body already parsed into :class:`ExecuteIn`:
+the lean ASGI handler (``agents.execute_asgi``, the hot path) and the django-ninja route
+(``agents.api.agent_execute``, which documents the endpoint in OpenAPI and answers the requests
+the lean handler hands to Django). Everything after parsing lives here, so the two cannot drift:
+the scope check, the agent allow-list, the agent's ``max_tokens`` cap, the execution request and
+``Idempotency-Key``. Refusals are raised as :class:`console.errors.ApplicationError`; both front
+doors render them with the API's one set of exception handlers (``console/api.py``).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from agents.auth import Principal
+from agents.engine import get_engine
+from agents.idempotency import run_idempotently
+from agents.runtime.types import ExecutionRequest, Message
+from agents.schemas import ExecuteIn
+from console.errors import NotFound, ValidationFailed
+
+
+def execute_messages(payload: ExecuteIn) -> tuple[Message, ...]:
+    if isinstance(payload.input, str):
+        return (Message("user", payload.input),)
+    return tuple(Message(m.role, m.content) for m in payload.input)
+
+
+async def execute_now(
+    *,
+    principal: Principal,
+    name: str,
+    payload: ExecuteIn,
+    idempotency_key: str | None,
+    method: str,
+    path: str,
+    body: bytes,
+) -> dict[str, object]:
+    """The execution result (``ExecutionResult.as_dict``), or the stored one for a replayed
+    ``Idempotency-Key``. ``method``, ``path`` and ``body`` are the raw request's: together they
+    are the idempotency fingerprint, the same whichever front door answered."""
+    principal.require("execute")
+    engine = get_engine()
+    agent = engine.config.agent(name)
+    if agent is None or not principal.may_use(name):
+        raise NotFound(f"agent {name!r} does not exist")
+    if payload.max_tokens is not None and payload.max_tokens > agent.max_tokens:
+        raise ValidationFailed([f"max_tokens: must be <= {agent.max_tokens} for agent {name}"])
+
+    async def run() -> dict[str, object]:
+        result = await engine.execute(
+            ExecutionRequest(
+                agent=name,
+                messages=execute_messages(payload),
+                execution_id=str(uuid.uuid4()),
+                max_tokens=payload.max_tokens,
+                session_id=payload.session_id,
+                metadata=payload.metadata or {},
+                api_key_id=principal.key_id,
+                api_key_limits=principal.limits,
+            )
+        )
+        return result.as_dict()
+
+    # A retried request answers the first one's result, without running again.
+    return await run_idempotently(  # type: ignore[no-any-return]
+        header=idempotency_key,
+        key_id=principal.key_id,
+        method=method,
+        path=path,
+        body=body,
+        produce=run,
+    )
