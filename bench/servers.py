@@ -24,27 +24,25 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import common  # noqa: E402
+from bench.common import HOST, cpu_s, free_port, kill_group, parse_wrk, rss_mib  # noqa: E402
+
 PY = ROOT / ".venv" / "bin" / "python"
 BIN = ROOT / ".venv" / "bin"
-WRK = shutil.which("wrk") or "/usr/bin/wrk"
-HOST = "127.0.0.1"
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -115,22 +113,6 @@ class Round:
     errors: int
 
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not match:
-        raise ValueError(f"cannot parse wrk duration {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def _env(var_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     for name in (
@@ -147,23 +129,9 @@ def _env(var_dir: Path) -> dict[str, str]:
     return env
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after a bounded wait."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
-    # The leader may be gone while a child still holds the group: sweep it regardless.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT_S)
-
-
 @contextlib.contextmanager
 def _running(server: Server, var_dir: Path, log_path: Path) -> Iterator[tuple[int, int]]:
-    port = _free_port()
+    port = free_port()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             server.argv(port),
@@ -175,92 +143,28 @@ def _running(server: Server, var_dir: Path, log_path: Path) -> Iterator[tuple[in
             start_new_session=True,
         )
         try:
-            _wait_ready(proc, port, log_path)
+            common.wait_ready(proc, f"http://{HOST}:{port}/healthz", log_path)
             yield proc.pid, port
         finally:
-            _kill_group(proc)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    url = f"http://{HOST}:{port}/healthz"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited ({proc.returncode}):\n{log_path.read_text()[-2000:]}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(
-        f"server not ready after {START_TIMEOUT_S}s:\n{log_path.read_text()[-2000:]}"
-    )
-
-
-def _wrk(port: int, *, threads: int, conns: int, seconds: float) -> str:
-    argv = [
-        WRK,
-        f"-t{threads}",
-        f"-c{conns}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "5s",
-        "--latency",
-        f"http://{HOST}:{port}/healthz",
-    ]
-    out = subprocess.run(
-        argv, capture_output=True, text=True, timeout=seconds + 30, check=True
-    ).stdout
-    return out
-
-
-def _parse(out: str) -> tuple[float, float, float, int, int]:
-    """(p50 ms, p99 ms, requests/s, requests, errors) from ``wrk --latency`` output."""
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))  # type: ignore[union-attr]
-    count = int(re.search(r"^\s+(\d+) requests in", out, re.M).group(1))  # type: ignore[union-attr]
-    errors = 0
-    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
-        errors += int(m.group(1))
-    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
-        errors += sum(int(g) for g in m.groups())
-    return p50, p99, rps, count, errors
-
-
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of the process, all its threads (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+            kill_group(proc)
 
 
 def _measure(server: Server, var_dir: Path, log_dir: Path, seconds: float, warmup: float) -> Round:
     with _running(server, var_dir, log_dir / f"{server.key}.log") as (pid, port):
-        _wrk(port, threads=1, conns=1, seconds=warmup)
-        cpu0 = _cpu_s(pid)
-        p50, p99, rps_c1, n1, err1 = _parse(_wrk(port, threads=1, conns=1, seconds=seconds))
-        cpu1 = _cpu_s(pid)
-        _wrk(port, threads=2, conns=10, seconds=warmup)
-        cpu2 = _cpu_s(pid)
-        _, p99_c10, rps_c10, n10, err10 = _parse(_wrk(port, threads=2, conns=10, seconds=seconds))
-        cpu3 = _cpu_s(pid)
-        rss = _rss_mib(pid)
-    cpu_ms = (cpu1 - cpu0 + cpu3 - cpu2) * 1000 / max(1, n1 + n10)
-    return Round(p50, p99, rps_c1, rps_c10, p99_c10, rss, cpu_ms, err1 + err10)
+        url = f"http://{HOST}:{port}/healthz"
+        common.wrk(url, threads=1, conns=1, seconds=warmup)
+        cpu0 = cpu_s(pid)
+        c1 = parse_wrk(common.wrk(url, threads=1, conns=1, seconds=seconds))
+        cpu1 = cpu_s(pid)
+        common.wrk(url, threads=2, conns=10, seconds=warmup)
+        cpu2 = cpu_s(pid)
+        c10 = parse_wrk(common.wrk(url, threads=2, conns=10, seconds=seconds))
+        cpu3 = cpu_s(pid)
+        rss = rss_mib(pid)
+    cpu_ms = (cpu1 - cpu0 + cpu3 - cpu2) * 1000 / max(1, c1.requests + c10.requests)
+    return Round(
+        c1.p50_ms, c1.p99_ms, c1.rps, c10.rps, c10.p99_ms, rss, cpu_ms, c1.errors + c10.errors
+    )
 
 
 # Calls the ASGI app directly on a uvloop loop: what a request costs Django with no server at all.
@@ -399,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.seconds <= 60 or not 1 <= args.warmup <= 30 or not 1 <= args.rounds <= 9:
         parser.error("--seconds 1..60, --warmup 1..30, --rounds 1..9")
     servers = [s for s in SERVERS if not args.only or s.key in args.only]
-    if not Path(WRK).exists():
-        print(f"wrk not found at {WRK}", file=sys.stderr)
+    if not Path(common.WRK).exists():
+        print(f"wrk not found at {common.WRK}", file=sys.stderr)
         return 2
 
     # A SIGTERM to this script unwinds through the finally blocks like Ctrl-C does.
