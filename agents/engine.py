@@ -20,6 +20,7 @@ from django.db.models import Q
 
 from agents.live_config import LiveConfig
 from agents.models import ApiKey
+from agents.recording.drainer import RecordDrainer
 from agents.runtime.cache import MemoryCache, RedisCache, ResponseCache
 from agents.runtime.clock import SystemClock
 from agents.runtime.executor import Executor
@@ -91,7 +92,10 @@ class Engine:
             http=self.providers.http,
             clock=self.clock,
         )
-        self.records, self.drainer = recorder_for_settings()
+        self.records, drainer = recorder_for_settings()
+        # Embedded mode always drains here: nothing else would.
+        serve_drains = settings.EMBEDDED or settings.BREAKWATER_SERVE_DRAINS
+        self.drainer: RecordDrainer | None = drainer if serve_drains else None
         self.incidents = IncidentEvents()
         self.events = CompositeEvents(MetricsEvents(), self.incidents)
         self.cache: ResponseCache

@@ -678,7 +678,7 @@ def _in_engine_loop(make: Any) -> Any:
         if not settings.EMBEDDED:
             # The serve process's drainer (or `manage.py drain_records`) stores this worker's
             # Redis journal; the runner settles its own execution without waiting for it.
-            engine.drainer = None  # type: ignore[assignment]  # Engine.stop() allows None
+            engine.drainer = None
         try:
             return await make()
         finally:

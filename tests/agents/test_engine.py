@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from agents.engine import MIN_REDIS, redis_version, require_redis_7
+from agents.engine import MIN_REDIS, Engine, redis_version, require_redis_7
 
 
 @pytest.mark.parametrize(
@@ -17,3 +20,22 @@ def test_redis_versions_before_7_0_are_too_old(text: str, too_old: bool) -> None
 
 async def test_the_configured_redis_is_new_enough(redis_url: str) -> None:
     await require_redis_7()  # raises RuntimeError naming REDIS_URL and the version otherwise
+
+
+@pytest.mark.parametrize(("serve_drains", "drains"), [(True, True), (False, False)])
+async def test_a_distributed_serve_drains_the_journal_unless_told_another_process_does(
+    redis_url: str, settings: Any, serve_drains: bool, drains: bool
+) -> None:
+    settings.BREAKWATER_SERVE_DRAINS = serve_drains
+    engine = Engine()
+    assert (engine.drainer is not None) is drains
+
+
+def test_an_embedded_serve_always_drains_its_journal(settings: Any, tmp_path: Path) -> None:
+    settings.REDIS_URL = None
+    settings.EMBEDDED = True
+    settings.VAR_DIR = tmp_path
+    settings.BREAKWATER_SERVE_DRAINS = False  # nothing else would drain the files
+    engine = Engine()
+    assert engine.drainer is not None
+    engine.records.close()
