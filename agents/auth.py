@@ -8,6 +8,7 @@ before any look-up; the hash comparison is constant-time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.http import HttpRequest
 from django.utils import timezone
@@ -43,22 +44,39 @@ class Principal:
         return not self.agents or agent in self.agents
 
 
+# token -> (the config snapshot it was verified against, its key's expiry, its principal).
+# A hit is only good for the same snapshot: any key change (revocation, new scopes) makes a new
+# one. Saves the checksum and the SHA-256 on every request of a client that keeps its key.
+_VERIFIED: dict[str, tuple[object, datetime | None, Principal]] = {}
+_VERIFIED_MAX = 10_000
+
+
 async def principal_for(token: str) -> Principal | None:
-    if not looks_like_key(token):
-        return None
     from agents.engine import get_engine
 
     engine = get_engine()
     if not engine.started:
         await engine.start()
-    info = engine.config.key(prefix_of(token))
-    if info is None or not verify_key(token, info.secret_hash):
-        return None
+    snapshot = engine.config.snapshot
+    hit = _VERIFIED.get(token)
+    if hit is not None and hit[0] is snapshot:
+        _, expires_at, principal = hit
+    else:
+        if not looks_like_key(token):
+            return None
+        info = engine.config.key(prefix_of(token))
+        if info is None or not verify_key(token, info.secret_hash):
+            return None
+        expires_at = info.expires_at
+        principal = Principal(info.id, info.prefix, info.scopes, info.agents, info.limits)
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[token] = (snapshot, expires_at, principal)
     now = timezone.now()
-    if info.expires_at is not None and info.expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         return None
-    engine.key_used(info.id, now)
-    return Principal(info.id, info.prefix, info.scopes, info.agents, info.limits)
+    engine.key_used(principal.key_id, now)
+    return principal
 
 
 class ApiKeyAuth(HttpBearer):

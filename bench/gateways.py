@@ -198,6 +198,7 @@ class Endpoint:
     model: str
     send_system: bool  # Breakwater's agent adds the system prompt itself
     pid: int | None
+    drainer_pid: int | None = None  # Breakwater's journal drainer, a process of its own
 
     def body(self, unique: str) -> str:
         messages = [{"role": "user", "content": f"[{unique}] {USER_TEXT}"}]
@@ -362,7 +363,16 @@ class Breakwater(Arm):
         argv = [str(PY), "manage.py", "serve", "--host", HOST, "--port", str(port), "--no-embedded"]
         if profile_to is not None:
             argv[1:1] = ["-c", PROFILED_SERVE, str(profile_to)]
-        proc = _spawn(argv, log=log, env=self.env(ctx), cwd=self.source)
+        # As a deployment runs it: the journal drained by its own process, off the serving one
+        # (BREAKWATER_SERVE_DRAINS=0); its CPU is reported on a row of its own.
+        env = {**self.env(ctx), "BREAKWATER_SERVE_DRAINS": "0"}
+        drainer = _spawn(
+            [str(PY), "manage.py", "drain_records"],
+            log=log.with_name(log.stem + "-drainer.log"),
+            env=env,
+            cwd=self.source,
+        )
+        proc = _spawn(argv, log=log, env=env, cwd=self.source)
         try:
             # /readyz: the database and Redis answer; the engine loaded its config before serving.
             common.wait_ready(
@@ -370,9 +380,10 @@ class Breakwater(Arm):
             )
             headers = {"Authorization": f"Bearer {self.api_key}"}
             url = f"http://{HOST}:{port}/v1/chat/completions"
-            yield Endpoint(url, headers, AGENT, False, proc.pid)
+            yield Endpoint(url, headers, AGENT, False, proc.pid, drainer.pid)
         finally:
             _stop(proc)
+            _stop(drainer)
 
     def check(self, ctx: Context, endpoint: Endpoint, upstream_calls: int) -> str | None:
         metrics_url = endpoint.url.replace("/v1/chat/completions", "/metrics")
@@ -656,6 +667,7 @@ class Round:
     rss_mib: float | None
     fake_cpu_ms: float  # fakellm, per request (for reference: the upstream's own cost)
     redis_cpu_ms: float | None  # Redis server, per request, server-wide (Breakwater only)
+    drainer_cpu_ms: float | None = None  # Breakwater's journal drainer process, per request
     problems: list[str] = field(default_factory=list)
 
 
@@ -710,20 +722,24 @@ def measure(arm: Arm, ctx: Context, seconds: float, warmup: float, log: Path) ->
         def redis_cpu() -> float:
             return _redis_cpu_s(ctx.redis_url) if arm.key == "breakwater" else 0.0
 
-        spent: dict[str, float] = {"gw": 0.0, "fake": 0.0, "redis": 0.0}
+        def drainer_cpu() -> float:
+            return tree_cpu_s(endpoint.drainer_pid) if endpoint.drainer_pid is not None else 0.0
+
+        spent: dict[str, float] = {"gw": 0.0, "fake": 0.0, "redis": 0.0, "drainer": 0.0}
         results: list[WrkResult] = []
         for conns in (1, 10):
             common.wrk(
                 endpoint.url, threads=1, conns=conns, seconds=warmup, script=script,
                 script_args=(secrets.token_hex(4),),
             )  # fmt: skip
-            gw0, fake0, redis0 = gateway_cpu(), cpu_s(fake_pid), redis_cpu()
+            gw0, fake0, redis0, drain0 = gateway_cpu(), cpu_s(fake_pid), redis_cpu(), drainer_cpu()
             results.append(
                 _measured_wrk(endpoint.url, script, conns, seconds, ctx.fake_url, problems)
             )
             spent["gw"] += gateway_cpu() - gw0
             spent["fake"] += cpu_s(fake_pid) - fake0
             spent["redis"] += redis_cpu() - redis0
+            spent["drainer"] += drainer_cpu() - drain0
         rss = tree_rss_mib(pid) if pid is not None else None
         if problem := arm.check(ctx, endpoint, _settled_total(ctx.fake_url) - calls0):
             problems.append(problem)
@@ -735,6 +751,7 @@ def measure(arm: Arm, ctx: Context, seconds: float, warmup: float, log: Path) ->
         rss_mib=rss,
         fake_cpu_ms=spent["fake"] * 1000 / n,
         redis_cpu_ms=spent["redis"] * 1000 / n if arm.key == "breakwater" else None,
+        drainer_cpu_ms=spent["drainer"] * 1000 / n if endpoint.drainer_pid is not None else None,
         problems=problems,
     )
 
@@ -908,6 +925,7 @@ _PICKS: dict[str, Callable[[Round], float | None]] = {
     "rss": lambda r: r.rss_mib,
     "fake_cpu": lambda r: r.fake_cpu_ms,
     "redis_cpu": lambda r: r.redis_cpu_ms,
+    "drainer_cpu": lambda r: r.drainer_cpu_ms,
 }
 
 
@@ -947,6 +965,11 @@ def report(
         ("gateway CPU per request (ms, process tree, user+sys)", "cpu", "{:.3f}"),
         ("gateway RSS after the run (MiB, process tree)", "rss", "{:.0f}"),
         ("Redis server CPU per request (ms, server-wide)", "redis_cpu", "{:.3f}"),
+        (
+            "journal drainer CPU per request (ms, `drain_records`, own process)",
+            "drainer_cpu",
+            "{:.3f}",
+        ),
         ("fakellm CPU per request (ms)", "fake_cpu", "{:.3f}"),
     ]
     for title, name, fmt in rows:

@@ -161,6 +161,8 @@ class Executor:
         # budget key -> (micro-USD left, limit) as last seen: drives the cheap-model rule
         # without an extra round trip (at most one execution stale).
         self._budget_left: dict[str, tuple[int, int]] = {}
+        # model -> (its deployments as the config gave them, their candidates)
+        self._all_candidates: dict[str, tuple[tuple[Deployment, ...], tuple[Candidate, ...]]] = {}
 
     # --- public -----------------------------------------------------------------------------
 
@@ -310,7 +312,7 @@ class Executor:
         holds: tuple[BudgetHold, ...] = ()
         if rules:
             worst = self._worst_case(chain, input_estimate, run.max_tokens)
-            holds = tuple(replace(window, amount=worst) for window in windows)
+            holds = tuple(BudgetHold(w.key, w.limit, worst, w.ttl_s) for w in windows)
             run.reserved = worst
         while True:
             admission = await self._state.admit(
@@ -776,11 +778,24 @@ class Executor:
         return delay
 
     def _candidates(self, model: str) -> tuple[Candidate, ...]:
+        deployments = self._config.deployments(model)
+        cached = self._all_candidates.get(model)
+        if cached is None or cached[0] is not deployments:  # a new config snapshot
+            cached = (
+                deployments,
+                tuple(Candidate(d.id, d.max_concurrency, d.weight) for d in deployments),
+            )
+            self._all_candidates[model] = cached
+        if not self._open_until:  # no breaker known to be open: all of them
+            return cached[1]
         now = self._clock.now()
+        if all(until <= now for until in self._open_until.values()):
+            self._open_until.clear()  # every one of them is due for a probe: ask the state
+            return cached[1]
         return tuple(
-            Candidate(d.id, d.max_concurrency, d.weight)
-            for d in self._config.deployments(model)
-            if self._open_until.get(f"deployment:{d.id}", 0.0) <= now
+            c
+            for c in cached[1]
+            if self._open_until.get(f"deployment:{c.deployment_id}", 0.0) <= now
         )
 
     def _first_usable(self, chain: tuple[str, ...], now: float) -> int | None:
@@ -893,7 +908,18 @@ class Executor:
             await self._records.finished(result)
 
         try:
-            outcomes = await asyncio.gather(settle(), journal(), return_exceptions=True)
+            # The journal write as a task, the state call inline: both leave in the same turn of
+            # the loop (one round trip on a pipelining client), with one task instead of two.
+            journaled = asyncio.ensure_future(journal())
+            outcomes: list[BaseException | None] = [None, None]
+            try:
+                await settle()
+            except Exception as exc:
+                outcomes[0] = exc
+            try:
+                await journaled
+            except Exception as exc:
+                outcomes[1] = exc
             for what, outcome in zip(("settle", "journal"), outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     log.error(

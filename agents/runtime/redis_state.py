@@ -38,11 +38,11 @@ server (not Redis Cluster).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
+import orjson
 from redis.exceptions import NoScriptError, ResponseError
 
 from agents.runtime.budgets import SLACK_S
@@ -226,7 +226,7 @@ class RedisState:
 
     async def _run(self, name: str, payload: dict[str, Any]) -> Any:
         now = "" if self._clock is None else repr(self._clock.now())
-        args = (self._prefix, now, self._slack, json.dumps(payload, separators=(",", ":")))
+        args = (self._prefix, now, self._slack, orjson.dumps(payload))
         if self._use_functions is not False:
             try:
                 return await self._client.execute_command("FCALL", self._functions[name], 0, *args)
@@ -258,7 +258,7 @@ class RedisState:
             raise
         self._use_functions = True
 
-    async def _eval(self, name: str, args: tuple[str, ...]) -> Any:
+    async def _eval(self, name: str, args: tuple[str, str, str, bytes]) -> Any:
         try:
             return await self._client.execute_command("EVALSHA", self._shas[name], 0, *args)
         except NoScriptError:  # a restarted or flushed Redis: EVAL sends and caches the script

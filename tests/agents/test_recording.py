@@ -714,8 +714,17 @@ async def test_consumers_long_gone_with_nothing_pending_are_forgotten(
     assert names == {b"holds-one"}
 
 
-def test_encoded_events_are_single_ascii_lines() -> None:
-    request = request_for(messages=(Message("user", "naïve\ncafé \udcff"),), metadata={"x": {1}})
+def test_encoded_events_are_single_utf8_lines_that_decode_to_what_was_said() -> None:
+    request = request_for(messages=(Message("user", "naïve\ncafé 🙂"),), metadata={"x": {1}})
+    for payload in (encode_started(request, CREATED), encode_finished(result_for(request))):
+        assert b"\n" not in payload
+        assert json.loads(payload)["input"] == [{"role": "user", "content": "naïve\ncafé 🙂"}]
+        assert json.loads(payload)["metadata"] == {"x": "{1}"}  # odd metadata: its str()
+
+
+def test_text_that_is_not_utf8_is_still_encoded_as_one_escaped_ascii_line() -> None:
+    request = request_for(messages=(Message("user", "lone \udcff surrogate"),))
     for payload in (encode_started(request, CREATED), encode_finished(result_for(request))):
         assert b"\n" not in payload
         payload.decode("ascii")
+        assert json.loads(payload)["input"][0]["content"] == "lone \udcff surrogate"
