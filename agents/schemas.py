@@ -16,6 +16,19 @@ from agents.config.schema import AgentSpec
 
 MAX_MESSAGES = 200
 MAX_TEXT = 200_000
+NUL_REFUSED = "must not contain the NUL character (\\u0000)"
+
+
+def _has_nul(value: Any) -> bool:
+    """NUL anywhere in ``value``'s strings or keys: JSON allows it, PostgreSQL does not store it
+    (console/api.py refuses it for every operation; execute is also served without ninja)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 class StrictSchema(Schema):
@@ -25,6 +38,13 @@ class StrictSchema(Schema):
 class MessageIn(StrictSchema):
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_TEXT)
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: str) -> str:
+        if _has_nul(value):
+            raise ValueError(NUL_REFUSED)
+        return value
 
 
 class ExecuteIn(StrictSchema):
@@ -45,6 +65,8 @@ class ExecuteIn(StrictSchema):
                 raise ValueError("must not be empty")
             if len(value) > MAX_TEXT:
                 raise ValueError(f"must be at most {MAX_TEXT} characters")
+            if _has_nul(value):
+                raise ValueError(NUL_REFUSED)
         else:
             if not value:
                 raise ValueError("must contain at least one message")
@@ -57,6 +79,8 @@ class ExecuteIn(StrictSchema):
     def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None and len(json.dumps(value)) > 8192:
             raise ValueError("must be at most 8 KiB as JSON")
+        if _has_nul(value):
+            raise ValueError(NUL_REFUSED)
         return value
 
 
@@ -118,12 +142,17 @@ class ErrorOut(Schema):
     error: ErrorDetail
 
 
-# Declared on every operation, so the OpenAPI document shows the error format.
+# Declared on every operation, so the OpenAPI document shows the error format and every status
+# the API may answer with: 400 a body that is not JSON, 401 no valid key, 403 a missing scope,
+# 404 an unknown (or hidden) object, 409 a conflict, 413 a body over the size limit, 422 invalid
+# input.
 ERRORS: dict[int, type[Schema]] = {
+    400: ErrorOut,
     401: ErrorOut,
     403: ErrorOut,
     404: ErrorOut,
     409: ErrorOut,
+    413: ErrorOut,
     422: ErrorOut,
 }
 

@@ -14,6 +14,7 @@ from ninja import Query, Router
 
 from agents.auth import ApiKeyAuth, Principal
 from agents.engine import state_for_jobs
+from agents.schemas import ERRORS
 from budgets.models import Budget
 from budgets.schemas import (
     AgentStatsListOut,
@@ -66,7 +67,7 @@ async def _one(budget_id: int, principal: Principal) -> dict[str, object]:
     return status.as_dict()
 
 
-@router.get("/budgets", response=BudgetListOut)
+@router.get("/budgets", response={200: BudgetListOut, **ERRORS})
 async def budgets_list(request: HttpRequest) -> dict[str, object]:
     """Every budget visible to the key, in its current window: counters, state and forecast.
     A key limited to some agents sees those agents' budgets and its own key's."""
@@ -76,12 +77,12 @@ async def budgets_list(request: HttpRequest) -> dict[str, object]:
     return {"items": [status.as_dict() for status in statuses], "next": None}
 
 
-@router.get("/budgets/{budget_id}", response=BudgetOut)
+@router.get("/budgets/{budget_id}", response={200: BudgetOut, **ERRORS})
 async def budget_detail(request: HttpRequest, budget_id: int) -> dict[str, object]:
     return await _one(budget_id, _principal(request, "read"))
 
 
-@router.patch("/budgets/{budget_id}", response=BudgetOut)
+@router.patch("/budgets/{budget_id}", response={200: BudgetOut, **ERRORS})
 async def budget_patch(request: HttpRequest, budget_id: int, payload: BudgetPatchIn) -> object:
     """Pause (``{"paused": true}``: every call under the budget is refused) or resume."""
     principal = _principal(request, "operate")
@@ -92,7 +93,7 @@ async def budget_patch(request: HttpRequest, budget_id: int, payload: BudgetPatc
     return await _one(budget_id, principal)
 
 
-@router.post("/budgets/{budget_id}/raise", response=BudgetOut)
+@router.post("/budgets/{budget_id}/raise", response={200: BudgetOut, **ERRORS})
 async def budget_raise_temporarily(
     request: HttpRequest, budget_id: int, payload: BudgetRaiseIn
 ) -> object:
@@ -109,7 +110,12 @@ async def budget_raise_temporarily(
     return await _one(budget_id, principal)
 
 
-@router.get("/stats/agents", response=AgentStatsListOut)
+@router.get(
+    "/stats/agents",
+    response={200: AgentStatsListOut, **ERRORS},
+    # ``format=csv`` answers the same 200 as text/csv.
+    openapi_extra={"responses": {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}}},
+)
 async def stats_agents(
     request: HttpRequest,
     window: StatsWindow = "24h",
