@@ -119,13 +119,30 @@ def _money(value: Any) -> Decimal:
     return amount.quantize(_CENT_FRACTION, rounding=ROUND_CEILING)
 
 
+def _without_nul(value: Any) -> Any:
+    """``value`` with every NUL character in its strings (keys included) made U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
 def row_from_event(raw: bytes | str) -> Row:
     """Parse and validate one event. Raises ``ValueError`` (or ``KeyError``/``TypeError``) for
     an event that can never be stored: the drainers set such an event aside instead of retrying.
     """
-    event = json.loads(raw)
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # e.g. an escaped lone surrogate, which only json reads
+        event = json.loads(raw)
     if not isinstance(event, Mapping):
         raise ValueError("event is not a JSON object")
+    if "\\u0000" in raw if isinstance(raw, str) else b"\\u0000" in raw:
+        # PostgreSQL's text and jsonb refuse NUL; a prompt or a provider's answer may hold one.
+        event = _without_nul(event)
     kind = event["event"]
     execution_id = uuid.UUID(str(event["id"]))
     fields: dict[str, Any] = {

@@ -728,3 +728,21 @@ def test_text_that_is_not_utf8_is_still_encoded_as_one_escaped_ascii_line() -> N
         assert b"\n" not in payload
         payload.decode("ascii")
         assert json.loads(payload)["input"][0]["content"] == "lone \udcff surrogate"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nul_in_a_prompt_or_an_answer_is_stored_as_a_replacement_character(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL's text and jsonb refuse NUL: the event must still be stored, not set aside."""
+    request = request_for(messages=(Message("user", "a\x00b"),), metadata={"k\x00": "v\x00"})
+    result = result_for(request, output="answer\x00")
+    (tmp_path / f"{dead_pid()}-1.jsonl").write_bytes(
+        encode_started(request, CREATED) + b"\n" + encode_finished(result) + b"\n"
+    )
+    outcome = drain_files_once(tmp_path)
+    assert (outcome.events, outcome.rejected) == (2, 0)
+    row = Execution.objects.get(id=request.execution_id)
+    assert row.input == [{"role": "user", "content": "a\ufffdb"}]
+    assert row.output == "answer\ufffd"
+    assert row.metadata == {"k\ufffd": "v\ufffd"}
