@@ -14,11 +14,9 @@ from ninja import Router, Schema, Status
 
 from agents import services
 from agents.auth import ApiKeyAuth, PermissionDenied, Principal
-from agents.engine import get_engine
+from agents.execute import executable_agent, execute_messages
 from agents.idempotency import run_idempotently
-from agents.runtime.types import Message
 from agents.schemas import ERRORS, ExecuteIn
-from console.errors import NotFound, ValidationFailed
 
 router = Router(auth=ApiKeyAuth(), tags=["executions"])
 
@@ -38,12 +36,6 @@ def _principal(request: HttpRequest) -> Principal:
     return request.auth  # type: ignore[attr-defined,no-any-return]
 
 
-def _messages(payload: ExecuteIn) -> list[Message]:
-    if isinstance(payload.input, str):
-        return [Message("user", payload.input)]
-    return [Message(m.role, m.content) for m in payload.input]
-
-
 @router.post(
     "/agents/{name}/executions",
     response={202: EnqueuedOut, **ERRORS},
@@ -54,15 +46,9 @@ async def execution_enqueue(request: HttpRequest, name: str, payload: ExecuteIn)
     stored. Follow it with ``GET /executions/{id}`` or the websocket ``/ws/executions/{id}/``.
     ``Idempotency-Key`` is honoured: a retried request answers the same ``execution_id``."""
     principal = _principal(request)
-    principal.require("execute")
-    engine = get_engine()
-    agent = engine.config.agent(name)
-    if agent is None or not principal.may_use(name):
-        raise NotFound(f"agent {name!r} does not exist")
-    if payload.max_tokens is not None and payload.max_tokens > agent.max_tokens:
-        raise ValidationFailed([f"max_tokens: must be <= {agent.max_tokens} for agent {name}"])
+    agent = executable_agent(principal, name, payload)
     cache_control = request.headers.get("Cache-Control", "").lower()
-    messages = [{"role": m.role, "content": m.content} for m in _messages(payload)]
+    messages = [{"role": m.role, "content": m.content} for m in execute_messages(payload)]
 
     async def enqueue() -> dict[str, Any]:
         execution_id = await sync_to_async(services.execution_enqueue)(

@@ -16,7 +16,7 @@ import uuid
 from agents.auth import Principal
 from agents.engine import get_engine
 from agents.idempotency import run_idempotently
-from agents.runtime.types import ExecutionRequest, Message
+from agents.runtime.types import AgentConfig, ExecutionRequest, Message
 from agents.schemas import ExecuteIn
 from console.errors import NotFound, ValidationFailed
 
@@ -25,6 +25,19 @@ def execute_messages(payload: ExecuteIn) -> tuple[Message, ...]:
     if isinstance(payload.input, str):
         return (Message("user", payload.input),)
     return tuple(Message(m.role, m.content) for m in payload.input)
+
+
+def executable_agent(principal: Principal, name: str, payload: ExecuteIn) -> AgentConfig:
+    """The agent ``principal`` may run now with ``payload``, or the refusal: 403 without the
+    execute scope, 404 for an agent it may not see, 422 for ``max_tokens`` over the agent's cap.
+    The checks every execute and enqueue request passes before anything is reserved or stored."""
+    principal.require("execute")
+    agent = get_engine().config.agent(name)
+    if agent is None or not principal.may_use(name):
+        raise NotFound(f"agent {name!r} does not exist")
+    if payload.max_tokens is not None and payload.max_tokens > agent.max_tokens:
+        raise ValidationFailed([f"max_tokens: must be <= {agent.max_tokens} for agent {name}"])
+    return agent
 
 
 async def execute_now(
@@ -40,13 +53,8 @@ async def execute_now(
     """The execution result (``ExecutionResult.as_dict``), or the stored one for a replayed
     ``Idempotency-Key``. ``method``, ``path`` and ``body`` are the raw request's: together they
     are the idempotency fingerprint, the same whichever front door answered."""
-    principal.require("execute")
     engine = get_engine()
-    agent = engine.config.agent(name)
-    if agent is None or not principal.may_use(name):
-        raise NotFound(f"agent {name!r} does not exist")
-    if payload.max_tokens is not None and payload.max_tokens > agent.max_tokens:
-        raise ValidationFailed([f"max_tokens: must be <= {agent.max_tokens} for agent {name}"])
+    executable_agent(principal, name, payload)
 
     async def run() -> dict[str, object]:
         result = await engine.execute(

@@ -23,6 +23,8 @@ WRK = shutil.which("wrk") or "/usr/bin/wrk"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def free_port() -> int:
     import socket
@@ -30,6 +32,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def provenance(paths: tuple[str, ...]) -> str:
+    """The commit measured, and the files under ``paths`` that differ from it (read-only git)."""
+    try:
+        head = subprocess.run(
+            ["git", "--no-optional-locks", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--", *paths],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown (not a git checkout)"
+    changed = [line[3:] for line in status if line.strip()]
+    return f"commit {head}" + (f", uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

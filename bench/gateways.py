@@ -342,7 +342,9 @@ class Breakwater(Arm):
     def prepare(self, ctx: Context) -> None:
         self.var_dir = ctx.tmp / "breakwater-var"
         self.var_dir.mkdir()
-        self.version = _provenance() if self.source == ROOT else f"the tree in {self.source}"
+        self.version = (
+            common.provenance(APP_DIRS) if self.source == ROOT else f"the tree in {self.source}"
+        )
         config = ctx.tmp / "breakwater.yaml"
         config.write_text(breakwater_config(ctx.fake_url))
         self.manage(ctx, "migrate", "--no-input", "-v", "0")
@@ -587,29 +589,6 @@ def _python_version(py: Path, dist: str) -> str:
         [str(py), "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     return done.stdout.strip() or "?"
-
-
-def _provenance() -> str:
-    """The commit measured, and the application files that differ from it (read-only git)."""
-    try:
-        head = subprocess.run(
-            ["git", "--no-optional-locks", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "--no-optional-locks", "status", "--porcelain", "--", *APP_DIRS],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown (not a git checkout)"
-    changed = [line[3:] for line in status if line.strip()]
-    return f"commit {head}" + (f", uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 # --- Redis ---------------------------------------------------------------------------------------

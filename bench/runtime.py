@@ -70,9 +70,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
+from bench.common import kill_group  # noqa: E402
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
 AGENT = "bench-agent"
 MODEL = "bench-model"
 FALLBACK = "bench-fallback"
@@ -157,20 +159,6 @@ def start_fakellm() -> tuple[subprocess.Popen[bytes], str]:
             break
     kill_group(proc)
     raise RuntimeError(f"fakellm did not start: {buffer.decode(errors='replace')!r}")
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def fakellm_total(url: str) -> int:
@@ -805,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(report(result, args, (load_before, os.getloadavg()[0])))
     print(f"- safeguards on: {_safeguards()}")
-    print(f"- {_provenance()}")
+    print(f"- {common.provenance(('agents/',))}")
     print(f"- {_versions()}; {os.cpu_count()} CPUs; wall time {time.monotonic() - started:.0f} s")
     return 0
 
@@ -818,31 +806,6 @@ def delete_keys(redis_url: str) -> None:
         keys = list(client.scan_iter(match=f"{RUN_PREFIX}:*", count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i : i + 500])
-
-
-def _provenance() -> str:
-    """The commit measured, and the files under agents/ that differ from it (read-only git)."""
-    try:
-        head = subprocess.run(
-            ["git", "--no-optional-locks", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "--no-optional-locks", "status", "--porcelain", "--", "agents/"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown (not a git checkout)"
-    changed = [line[3:] for line in status if line.strip()]
-    return f"commit {head}" + (
-        f", with uncommitted changes in {', '.join(changed)}" if changed else ""
-    )
 
 
 def _safeguards() -> str:

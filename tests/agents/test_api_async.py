@@ -86,7 +86,7 @@ async def keys() -> AsyncIterator[dict[str, str]]:
     # This loop's engine is the one the in-process worker runs executions on (embedded mode).
     # No background drainer: on the shared in-memory SQLite test database its writes would
     # collide with the worker's; the journal is drained once at the end instead.
-    get_engine().drainer = None  # type: ignore[assignment]  # Engine.stop() allows None
+    get_engine().drainer = None
     created = await sync_to_async(_setup)()
     yield created
     await engine_shutdown()

@@ -70,7 +70,7 @@ def _setup() -> dict[str, str]:
 async def keys() -> AsyncIterator[dict[str, str]]:
     # No background drainer: the tests drain the journal when they want the records stored.
     engine = get_engine()
-    engine.drainer = None  # type: ignore[assignment]  # Engine.stop() allows None
+    engine.drainer = None
     created = await sync_to_async(_setup)()
     await engine.start()
     # The shared state outlives tests (Redis), and ids repeat across runs: closed breakers.
