@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -94,15 +95,42 @@ def _application_error(request: HttpRequest, exc: ApplicationError) -> HttpRespo
     return api.create_response(request, error_body(exc.type, exc.message), status=exc.status)
 
 
+# pydantic names the member of a union it tried in the location ("str", "list[function-wrap[
+# _run_root_validator()]]"): a client wants the field's path, not pydantic's type names.
+_UNION_MEMBER = re.compile(r"^[a-z-]+\[.*\]$|^(str|int|float|bool|dict|list|none)$")
+
+
+def validation_message(errors: list[Any]) -> str:
+    """One line naming each wrong field and what is wrong with it, e.g.
+    ``input.0.content: Input should be a valid string``. Where a field may be one of several
+    shapes, only the errors of the shape that got furthest are kept ("input.0.role: ...", not
+    also "input: should be a valid string"), and those at the same place are joined with "or"."""
+    found: dict[str, list[str]] = {}
+    depth: dict[str, int] = {}
+    for err in errors:
+        raw = [part for part in err.get("loc", ()) if part not in {"body", "payload"}]
+        parts = [str(part) for part in raw if not _UNION_MEMBER.match(str(part))]
+        # No location left: the error is about the body as a whole (e.g. it is missing).
+        loc = ".".join(parts) or "body"
+        root = parts[0] if parts else "body"
+        if len(parts) < depth.get(root, 0):
+            continue  # another shape of this field got further: its errors say more
+        if len(parts) > depth.get(root, 0):
+            depth[root] = len(parts)
+            for key in [k for k in found if k == root or k.startswith(root + ".")]:
+                if key.count(".") + 1 < len(parts):
+                    del found[key]
+        messages = found.setdefault(loc, [])
+        message = str(err.get("msg", "invalid"))
+        if message not in messages:
+            messages.append(message)
+    return "; ".join(f"{loc}: {' or '.join(messages)}" for loc, messages in found.items())
+
+
 @api.exception_handler(NinjaValidationError)
 def _validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
-    lines = []
-    for err in exc.errors:
-        loc = ".".join(str(part) for part in err.get("loc", ()) if part not in {"body", "payload"})
-        # No location left: the error is about the body as a whole (e.g. it is missing).
-        lines.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
     return api.create_response(
-        request, error_body("validation_error", "; ".join(lines)), status=422
+        request, error_body("validation_error", validation_message(exc.errors)), status=422
     )
 
 

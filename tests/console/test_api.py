@@ -132,6 +132,30 @@ async def test_a_missing_body_is_named_as_the_body(key: str) -> None:
     }
 
 
+@pytest.mark.parametrize("served", [False, True])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"input": [{"role": "user", "content": 5}]},
+            "input.0.content: Input should be a valid string",
+        ),
+        (
+            {"input": [{"role": "robot", "content": "hi"}, {"role": "user"}]},
+            "input.0.role: Input should be 'system', 'user' or 'assistant'; "
+            "input.1.content: Field required",
+        ),
+        ({"input": 5}, "input: Input should be a valid string or Input should be a valid list"),
+    ],
+)
+async def test_a_wrong_message_is_named_by_its_path_without_pydantic_type_names(
+    key: str, body: dict[str, Any], message: str, served: bool
+) -> None:
+    response = await call("post", "/api/v1/agents/api-helper/execute", key, body, served=served)
+    assert response.status_code == 422
+    assert response.json()["error"] == {"type": "validation_error", "message": message}
+
+
 async def test_a_body_that_is_not_json_is_a_400_in_the_error_format(key: str) -> None:
     response = await call("post", "/api/v1/incidents", key, raw=b"{not json")
     assert response.status_code == 400
