@@ -118,13 +118,14 @@ class _Connection(asyncio.Protocol):
     def send(self, args: tuple[Any, ...]) -> asyncio.Future[Reply]:
         if self.closed:
             raise self._failure or RedisConnectionError("Redis connection is closed")
+        packed = hiredis.pack_command(args)  # first: an argument it refuses must change nothing
         future: asyncio.Future[Reply] = self._loop.create_future()
         now = self._loop.time()
         if not self._pending:
             self._arm(now + self._timeout_s)
         self._pending.append(future)
         self._deadlines.append(now + self._timeout_s)
-        self._out.append(hiredis.pack_command(args))
+        self._out.append(packed)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)

@@ -171,3 +171,15 @@ async def test_the_database_user_and_password_come_from_the_url(
         await wrong.aclose()
         with contextlib.suppress(Exception):
             await _command(redis_client, "ACL", "DELUSER", user)
+
+
+async def test_an_argument_it_cannot_send_is_refused_without_shifting_later_replies(
+    wire: RedisWire, key: str
+) -> None:
+    try:
+        await wire.execute_command("SET", key, "v")
+        with pytest.raises(TypeError):
+            await wire.execute_command("SET", key, None)
+        assert await wire.execute_command("GET", key) == b"v"
+    finally:
+        await wire.execute_command("DEL", key)
