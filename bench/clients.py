@@ -39,13 +39,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import kill_group  # noqa: E402
+
 HTTPX_PATH = ROOT / "var" / "bench" / "httpx"
 HOST = "127.0.0.1"
 PATH = "/v1/chat/completions"
 STREAM_CHUNKS = 50
 CONCURRENCY = 10
 CLIENT_TIMEOUT_S = 240.0
-STOP_TIMEOUT_S = 10.0
 LIBRARIES = ("httpx", "aiohttp")
 
 REQUEST = {
@@ -311,18 +315,6 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 2
     raise RuntimeError(f"upstream not listening after {timeout}s")
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_TIMEOUT_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT_S)
-
-
 ROWS: list[tuple[str, str, str]] = [
     ("sequential p50 latency (ms)", "p50_ms", "{:.3f}"),
     ("sequential p99 latency (ms)", "p99_ms", "{:.3f}"),
@@ -457,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     finally:
         signal.alarm(0)
-        _kill_group(upstream)
+        kill_group(upstream)
     print(_table(results, args))
     print(f"\n1-min load average before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     return 0

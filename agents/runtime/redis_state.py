@@ -97,10 +97,13 @@ def _lua_files() -> tuple[str, dict[str, str]]:
     return library, entries
 
 
-def _lua_source(name: str) -> str:
-    """The stand-alone script of one call, for EVALSHA (Redis without Functions)."""
+def _lua_scripts() -> dict[str, str]:
+    """The stand-alone script of each call, for EVALSHA (Redis without Functions)."""
     library, entries = _lua_files()
-    return f"{library}\nbegin(ARGV)\n-- entry point: {name}.lua\n{entries[name]}"
+    return {
+        name: f"{library}\nbegin(ARGV)\n-- entry point: {name}.lua\n{entry}"
+        for name, entry in entries.items()
+    }
 
 
 def _function_library() -> tuple[str, dict[str, str]]:
@@ -249,7 +252,7 @@ class RedisState:
                 return
             if "unknown command" in message.lower():
                 self._use_functions = False
-                self._sources = {name: _lua_source(name) for name in _SCRIPTS}
+                self._sources = _lua_scripts()
                 self._shas = {
                     name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
                     for name, source in self._sources.items()
