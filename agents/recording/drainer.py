@@ -57,6 +57,7 @@ class RecordDrainer:
         self._max_backoff_s = max_backoff_s
         self._final_timeout_s = final_timeout_s
         self._wake = asyncio.Event()
+        self._busy = asyncio.Lock()  # one drain at a time in this process
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.drained = 0  # events, since start (for logs and tests)
@@ -65,7 +66,11 @@ class RecordDrainer:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="bw-recorder")
 
     async def drain_now(self) -> DrainResult:
-        result = await self._drain()
+        """One drain; if the background loop is draining, after it (a caller asking for a drain
+        wants what was journaled before it asked: the journal's own lock would only say
+        "busy")."""
+        async with self._busy:
+            result = await self._drain()
         self.drained += result.events
         return result
 
