@@ -104,7 +104,8 @@ class Engine:
         else:
             from console.redis import get_async_wire
 
-            self.cache = RedisCache(get_async_wire(), prefix="bw")
+            # On the state's Redis: admission reads it, a miss costs no round trip.
+            self.cache = RedisCache(get_async_wire(), prefix="bw", in_admission=True)
         self.executor = Executor(
             config=self.config,
             state=self.state,

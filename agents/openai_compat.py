@@ -24,13 +24,13 @@ The rules are in docs/OPENAI_TOOLS.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
 import uuid
 from typing import Any, Literal
 
+import orjson
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -140,7 +140,7 @@ def _error(
     status: int, message: str, type_: str, code: str | None = None, param: str | None = None
 ) -> tuple[int, bytes]:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return status, json.dumps(body).encode()
+    return status, orjson.dumps(body)
 
 
 class _Invalid(Exception):
@@ -450,7 +450,7 @@ async def _models(principal: Principal, out: _Responder) -> None:
     engine = get_engine()
     names = sorted(n for n in engine.config.snapshot.agents if principal.may_use(n))
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "breakwater"} for n in names]
-    await out.json(200, json.dumps({"object": "list", "data": data}).encode())
+    await out.json(200, orjson.dumps({"object": "list", "data": data}))
 
 
 async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Responder) -> None:
@@ -529,7 +529,7 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
     if result is None:
         return  # the client left; the execution was cancelled and settled
     if result.status == ExecutionStatus.SUCCEEDED:
-        await out.json(200, json.dumps(completion_body(result, payload.model)).encode())
+        await out.json(200, orjson.dumps(completion_body(result, payload.model)))
     else:
         status, body, headers = result_error(result)
         await out.json(status, body, headers)
@@ -545,7 +545,7 @@ def _chunk(
         "model": request.agent,
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _tool_call_chunks(
@@ -626,5 +626,5 @@ async def _stream(
                 "total_tokens": result.usage.input_tokens + result.usage.output_tokens,
             },
         }
-        await out.body(b"data: " + json.dumps(usage).encode() + b"\n\n", more=True)
+        await out.body(b"data: " + orjson.dumps(usage) + b"\n\n", more=True)
     await out.body(b"data: [DONE]\n\n")

@@ -99,7 +99,7 @@ MARK = "@@UNIQUE@@"  # where the Lua script puts each request's number
 TARGET_ADDED_P50_MS = 1.5
 TARGET_X_LITELLM = 5.0
 TARGET_X_PORTKEY = 1.0
-START_TIMEOUT_S = {"breakwater": 60.0, "litellm": 180.0, "portkey": 60.0}
+START_TIMEOUT_S = {"breakwater": 60.0, "baseline": 60.0, "litellm": 180.0, "portkey": 60.0}
 INSTALL_TIMEOUT_S = {"litellm": 1500.0, "portkey": 600.0}
 APP_DIRS = ("agents", "budgets", "console", "incidents")
 REDIS_MARKER = "bwbench:gateways"  # this db belongs to the gateway benchmark (see _claim_redis)
@@ -308,8 +308,10 @@ class Direct(Arm):
 class Breakwater(Arm):
     key, label = "breakwater", "Breakwater (Redis state)"
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: Path, *, baseline: bool = False) -> None:
         self.source = source
+        if baseline:  # the same arm on another tree, for a side-by-side A/B in one run
+            self.key, self.label = "baseline", f"Breakwater baseline ({source.name})"
         self.api_key = ""
         self.var_dir = Path()
 
@@ -340,12 +342,12 @@ class Breakwater(Arm):
         return done.stdout
 
     def prepare(self, ctx: Context) -> None:
-        self.var_dir = ctx.tmp / "breakwater-var"
+        self.var_dir = ctx.tmp / f"{self.key}-var"
         self.var_dir.mkdir()
         self.version = (
             common.provenance(APP_DIRS) if self.source == ROOT else f"the tree in {self.source}"
         )
-        config = ctx.tmp / "breakwater.yaml"
+        config = ctx.tmp / f"{self.key}.yaml"
         config.write_text(breakwater_config(ctx.fake_url))
         self.manage(ctx, "migrate", "--no-input", "-v", "0")
         self.manage(ctx, "apply", "-f", str(config))
@@ -699,7 +701,7 @@ def measure(arm: Arm, ctx: Context, seconds: float, warmup: float, log: Path) ->
             return tree_cpu_s(pid) if pid is not None else 0.0
 
         def redis_cpu() -> float:
-            return _redis_cpu_s(ctx.redis_url) if arm.key == "breakwater" else 0.0
+            return _redis_cpu_s(ctx.redis_url) if isinstance(arm, Breakwater) else 0.0
 
         def drainer_cpu() -> float:
             return tree_cpu_s(endpoint.drainer_pid) if endpoint.drainer_pid is not None else 0.0
@@ -729,7 +731,7 @@ def measure(arm: Arm, ctx: Context, seconds: float, warmup: float, log: Path) ->
         cpu_ms=spent["gw"] * 1000 / n if pid is not None else None,
         rss_mib=rss,
         fake_cpu_ms=spent["fake"] * 1000 / n,
-        redis_cpu_ms=spent["redis"] * 1000 / n if arm.key == "breakwater" else None,
+        redis_cpu_ms=spent["redis"] * 1000 / n if isinstance(arm, Breakwater) else None,
         drainer_cpu_ms=spent["drainer"] * 1000 / n if endpoint.drainer_pid is not None else None,
         problems=problems,
     )
@@ -964,7 +966,7 @@ def report(
     if not bw:
         ok = False
     # Ratios of medians: Breakwater / peer.
-    peers = [a for a in ran if a.key in ("litellm", "portkey")]
+    peers = [a for a in ran if a.key in ("litellm", "portkey", "baseline")]
     if bw and peers:
         lines += [
             "",
@@ -1078,6 +1080,13 @@ def main(argv: list[str] | None = None) -> int:
         "working tree is being edited (default: this checkout; the venv is this checkout's)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also serve this Breakwater tree (e.g. `git archive HEAD` exported to DIR) as an "
+        "arm of its own, interleaved with the others: an A/B of a change in one run",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL") or None,
         help="scratch database for Breakwater (migrated; default: SQLite in a temp dir)",
@@ -1089,6 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--profile: 3..120 seconds")
     if not (args.source / "manage.py").is_file():
         parser.error(f"--source: no manage.py in {args.source}")
+    if args.baseline is not None and not (args.baseline / "manage.py").is_file():
+        parser.error(f"--baseline: no manage.py in {args.baseline}")
     if not re.match(r"^(redis|rediss|unix)://", args.redis_url):
         parser.error(f"--redis-url: expected redis://, rediss:// or unix://, got {args.redis_url}")
 
@@ -1104,6 +1115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway comparison skipped: {reason}", file=sys.stderr)
         return 0
     arms: list[Arm] = [Direct(), Breakwater(args.source.resolve())]
+    if args.baseline is not None and not args.profile:
+        arms.append(Breakwater(args.baseline.resolve(), baseline=True))
     if args.peers and not args.profile:
         arms += [LiteLLM(), Portkey()]
     # Hard bound: installs, then per round and arm a start-up, the sanity request, 2 warm-ups,
@@ -1145,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         r = measure(arm, ctx, args.seconds, args.warmup, log)
                     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                        if arm.key in ("direct", "breakwater"):
+                        if arm.key in ("direct", "breakwater", "baseline"):
                             raise
                         skipped[arm.label] = f"round {i + 1}: {exc}"[:800]
                         print(f"{arm.label}: dropped: {exc}", file=sys.stderr, flush=True)

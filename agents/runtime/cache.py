@@ -260,6 +260,16 @@ class ResponseCache(Protocol):
         """Store ``answer`` for ``ttl_s`` seconds (nothing is stored when ``ttl_s <= 0``)."""
         ...
 
+    def admission_key(self, key: str) -> str | None:
+        """Where the state store's admission can read the answer under ``key`` in its own round
+        trip (:attr:`AdmitRequest.cache_key`), or None: look it up with :meth:`get` first."""
+        ...
+
+    def answer(self, raw: bytes) -> CachedAnswer | None:
+        """A value read through :meth:`admission_key`, or None (a miss, counted as an error
+        like :meth:`get`'s) when it does not parse."""
+        ...
+
 
 class MemoryCache:
     """Embedded mode: a bounded LRU with per-entry expiry, shared by every thread of a process.
@@ -302,6 +312,15 @@ class MemoryCache:
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
 
+    def admission_key(self, key: str) -> str | None:
+        return None  # in-process: a lookup costs no round trip
+
+    def answer(self, raw: bytes) -> CachedAnswer | None:
+        try:
+            return CachedAnswer.from_json(raw)
+        except ValueError:
+            return None
+
     def keys(self) -> tuple[str, ...]:
         """Keys from least to most recently used (expired ones included until removed)."""
         with self._lock:
@@ -323,6 +342,10 @@ class RedisCache:
     ``timeout_s`` (a slow cache must not cost more than the call it saves). Failures of any kind
     (connection, timeout, a value that does not parse) are a miss: counted in :attr:`errors`,
     logged at most once per ``log_every_s``, never raised.
+
+    With ``in_admission`` (the state store is a ``RedisState`` on the same Redis), the executor
+    does not GET first: admission reads the key itself (:meth:`admission_key`), so a miss, the
+    usual case, costs no round trip of its own.
     """
 
     def __init__(
@@ -333,8 +356,10 @@ class RedisCache:
         timeout_s: float = 0.25,
         clock: Clock | None = None,
         log_every_s: float = 60.0,
+        in_admission: bool = False,
     ) -> None:
         self._client = client
+        self._in_admission = in_admission
         self._prefix = prefix
         self._timeout_s = timeout_s
         self._clock = clock or SystemClock()
@@ -354,8 +379,12 @@ class RedisCache:
         except Exception as exc:  # any backend failure is a miss
             self._failed("get", exc)
             return None
-        if raw is None:
-            return None
+        return None if raw is None else self.answer(raw if isinstance(raw, bytes) else raw.encode())
+
+    def admission_key(self, key: str) -> str | None:
+        return self.redis_key(key) if self._in_admission else None
+
+    def answer(self, raw: bytes) -> CachedAnswer | None:
         try:
             return CachedAnswer.from_json(raw)
         except ValueError as exc:

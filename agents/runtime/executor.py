@@ -246,6 +246,9 @@ class Executor:
         windows = holds_for(rules, run.created_at, 0) if rules else ()
         chain, run.model_choice = self._choose_models(run, windows)
         # Not with client tools: their definitions and tool_choice are not in the key.
+        # Where admission can read the cache (Redis), the lookup rides on the admit round trip;
+        # a refusal before admission looks it up first, so a cached answer is still served.
+        lookup: str | None = None
         if self._cache is not None and agent.cache_ttl_s > 0 and not run.request.tools:
             run.cache_key = cache_key(
                 agent=agent.name,
@@ -256,8 +259,8 @@ class Executor:
                 scope=cache_scope(run.request.api_key_id),
             )
             if not run.request.bypass_cache:
-                hit = await self._cache.get(run.cache_key)
-                if hit is not None:
+                lookup = self._cache.admission_key(run.cache_key)
+                if lookup is None and (hit := await self._cache.get(run.cache_key)):
                     return await self._cached_result(run, hit, on_token)
         if rules:
             unpriced = sorted(
@@ -269,6 +272,8 @@ class Executor:
                 }
             )
             if unpriced:
+                if lookup is not None and (hit := await self._cached(run)):
+                    return await self._cached_result(run, hit, on_token)
                 # Fail closed: a budget cannot be enforced on a call whose price is unknown.
                 run.steps.append(
                     Step("refused", outcome="price_unknown", detail=", ".join(unpriced))
@@ -287,6 +292,8 @@ class Executor:
                 )
         model_index = self._first_usable(chain, now)
         if model_index is None:
+            if lookup is not None and (hit := await self._cached(run)):
+                return await self._cached_result(run, hit, on_token)
             run.steps.append(Step("refused", outcome="circuit_open", detail="all models open"))
             return self._degraded(run, "circuit_open", "unavailable", model=None, deployment=None)
         if model_index > 0:
@@ -325,8 +332,16 @@ class Executor:
                     candidates=self._candidates(chain[model_index]),
                     deployment_breaker=self._deployment_breaker,
                     budgets=holds,
+                    cache_key=lookup,
                 )
             )
+            if admission.cached is not None:
+                assert self._cache is not None  # a lookup comes from the cache
+                lookup = None  # found once: a value that does not parse is a miss
+                if hit := self._cache.answer(admission.cached):
+                    return await self._cached_result(run, hit, on_token)
+                continue
+            lookup = None  # the next model's admission (if any) need not look again
             self._learn(admission.transitions, admission.open_until, agent.breaker)
             self._remember_budgets(holds, admission.budget_remaining)
             if admission.ok or admission.refusal in ("rate_limited", "budget_exceeded"):
@@ -728,6 +743,12 @@ class Executor:
             await on_token(hit.output)
         result = self._result(run, ExecutionStatus.SUCCEEDED, hit.output, hit.model, hit.deployment)
         return replace(result, cached=True, saved_usd=hit.cost_usd)
+
+    async def _cached(self, run: _Run) -> CachedAnswer | None:
+        """The cached answer, looked up on its own (a refusal before admission)."""
+        assert self._cache is not None
+        assert run.cache_key is not None
+        return await self._cache.get(run.cache_key)
 
     def _cache_store(self, run: _Run, result: ExecutionResult) -> None:
         """Store a cacheable answer off the critical path (a tracked background task)."""

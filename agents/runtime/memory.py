@@ -383,6 +383,8 @@ class MemoryState:
     # --- composite calls ---
 
     async def admit(self, request: AdmitRequest) -> Admission:
+        if request.cache_key is not None:
+            raise ValueError("MemoryState cannot read a response cache: cache_key must be None")
         with self._lock:
             now = self._clock.now()
             transitions: list[Transition] = []

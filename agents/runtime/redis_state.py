@@ -281,8 +281,20 @@ class RedisState:
         if request.agent_breaker_key is not None and request.agent_breaker is not None:
             payload["agent_key"] = request.agent_breaker_key
             payload["agent_cfg"] = _config(request.agent_breaker)
+        if request.cache_key is not None:
+            payload["cache"] = request.cache_key
         reply = await self._run("admit", payload)
         refusal = _text(reply[0])
+        if refusal == "cached":
+            cached = reply[1]
+            return Admission(
+                refusal=None,
+                retry_after=0.0,
+                deployment_id=None,
+                agent_probe=False,
+                deployment_probe=False,
+                cached=cached if isinstance(cached, bytes) else str(cached).encode(),
+            )
         return Admission(
             refusal=_REFUSALS[refusal] if refusal else None,
             retry_after=_float(reply[1]),

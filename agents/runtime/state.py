@@ -152,6 +152,11 @@ class AdmitRequest:
     candidates: tuple[Candidate, ...]
     deployment_breaker: BreakerConfig
     budgets: tuple[BudgetHold, ...] = ()
+    # Where a cached answer to this request may be (ResponseCache.admission_key): when set and
+    # an answer is there, admission takes nothing and returns it (Admission.cached), so that a
+    # miss costs no round trip of its own. Only for a store that can read the cache
+    # (RedisState with a RedisCache on the same Redis); MemoryState refuses it.
+    cache_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,10 +172,13 @@ class Admission:
     open_until: dict[str, float] = field(default_factory=dict)
     # Budget key -> micro-USD left after this admission (limit - spent - reserved).
     budget_remaining: dict[str, int] = field(default_factory=dict)
+    # The raw cached answer found under AdmitRequest.cache_key: nothing was admitted.
+    cached: bytes | None = None
 
     @property
     def ok(self) -> bool:
-        return self.refusal is None
+        """Admitted: a call may go out (not refused, and no cached answer came back instead)."""
+        return self.refusal is None and self.cached is None
 
 
 @dataclass(frozen=True)

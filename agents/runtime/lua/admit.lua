@@ -1,16 +1,26 @@
 -- admit: agent breaker, rate limits, budgets, deployment choice; all or nothing.
 -- REQ: {lease_id, lease_ttl_s, agent_key?, agent_cfg?, limits: [{key, limit, window_s, cost}],
 --       holds: [{key, limit, amount, ttl_s}], candidates: [{id, key, max_concurrency, weight}],
---       deployment_cfg}
+--       deployment_cfg, cache?}
 -- Returns {refusal or "", retry_after, deployment_id or "", agent_probe, deployment_probe,
 --          transitions (flat), open_until (flat key, time pairs),
 --          budget_remaining (flat key, micro-USD pairs: after the reservation when admitted,
 --          as found when refused for budget, empty otherwise)}.
 --
+-- With REQ.cache (the Redis key of a cached answer to this request) and a value under it,
+-- returns {'cached', value} and takes nothing: the answer is served instead.
+--
 -- A refusal takes nothing (no lease, no probe, no rate budget, no reservation), but it does
 -- apply the time-driven transitions an acquire would: half-open probes that gave no answer
 -- within probe_timeout_s re-open the breaker here, so a breaker whose probes were lost cannot
 -- stay half-open (refusing everything) forever when admit is the only caller.
+if REQ.cache ~= nil then
+  local hit = redis.call('GET', REQ.cache)
+  if hit then
+    return { 'cached', hit }
+  end
+end
+
 local out, open_until = {}, {}
 local function refuse(reason, retry)
   flush()

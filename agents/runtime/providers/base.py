@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
+import orjson
 
 from agents.runtime.errors import ProviderError, ProviderFailure, Timeout, classify_http
 from agents.runtime.types import ChatRequest, ChatResponse, Deployment, Message
@@ -132,6 +133,8 @@ class StreamState(Protocol):
         ...
 
 
+_JSON = {"Content-Type": "application/json"}
+
 S = TypeVar("S", bound=StreamState)
 
 
@@ -159,11 +162,13 @@ async def post_chat(
     :class:`ProviderFailure`. A streamed call that fails still carries the tokens it used."""
     try:
         async with asyncio.timeout(timeout_s):
-            async with http.get().post(url, json=body, headers=headers) as response:
+            async with http.get().post(
+                url, data=orjson.dumps(body), headers={**headers, **_JSON}
+            ) as response:
                 await raise_for_status(response)
                 if on_token is None:
                     try:
-                        data = await response.json(content_type=None)
+                        data = orjson.loads(await response.read())
                     except ValueError:
                         raise ProviderError("malformed response: body is not JSON") from None
                     return parse(data, request)
