@@ -151,7 +151,7 @@ async def test_a_rate_limited_caller_still_gets_a_cached_answer(
     redis: tuple[Commands, str],
 ) -> None:
     rig = Rig(*redis)
-    limited = {"api_key_id": 7, "api_key_limits": RateLimits(rpm=1)}
+    limited: dict[str, Any] = {"api_key_id": 7, "api_key_limits": RateLimits(rpm=1)}
     assert (await rig.run(**limited)).cached is False  # takes the key's one request a minute
     assert (await rig.run("a new question", **limited)).status == ExecutionStatus.DEGRADED
     for _ in range(3):
@@ -211,12 +211,11 @@ async def test_no_cache_requests_neither_look_up_nor_get_a_hit(
 async def test_the_memory_cache_is_looked_up_on_its_own_and_memory_state_refuses_a_lookup() -> None:
     clock = FakeClock()
     assert MemoryCache(clock=clock).admission_key("v1:abc") is None
-    assert RedisCache(Commands(RedisWire("redis://127.0.0.1:1")), prefix="p").admission_key(
-        "k"
-    ) is None  # not on the state's Redis unless told
-    request = AdmitRequest(
-        "e1", 1.0, None, None, (), (Candidate(1, 1),), BREAKER, cache_key="x"
-    )
+    assert (
+        RedisCache(Commands(RedisWire("redis://127.0.0.1:1")), prefix="p").admission_key("k")
+        is None
+    )  # not on the state's Redis unless told
+    request = AdmitRequest("e1", 1.0, None, None, (), (Candidate(1, 1),), BREAKER, cache_key="x")
     with pytest.raises(ValueError, match="cache_key must be None"):
         await MemoryState(clock).admit(request)
 
