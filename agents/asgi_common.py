@@ -7,7 +7,6 @@ Plain ASGI, no framework: these apps are the hot path and skip Django's request 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
@@ -37,7 +36,15 @@ class Responder:
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def json(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
-        await self.start(status, {"content-type": "application/json", **(headers or {})})
+        """A whole JSON response, with its length (not chunked)."""
+        await self.start(
+            status,
+            {
+                "content-type": "application/json",
+                "content-length": str(len(data)),
+                **(headers or {}),
+            },
+        )
         await self.body(data)
 
 
@@ -66,18 +73,21 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 async def until_done_or_disconnect(task: asyncio.Future[T], receive: Receive) -> T | None:
-    """Wait for ``task``; cancel it if the client disconnects first (then None)."""
+    """Wait for ``task``; cancel it if the client disconnects first (then None).
+
+    Cancelling the caller cancels ``task`` too; either way this returns (or raises) only once
+    ``task`` has finished, so its clean-up (settling, journaling) is done by then."""
     disconnect = asyncio.ensure_future(wait_disconnect(receive))
+    disconnect.add_done_callback(lambda _: task.cancel())  # a no-op once the task is done
     try:
-        waiting: set[asyncio.Future[Any]] = {task, disconnect}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if task.cancelled() and disconnect.done() and not (current and current.cancelling()):
+            return None  # the client left: the work was stopped
+        raise
     finally:
         disconnect.cancel()
-        if not task.done():  # the client left (or we were cancelled): stop the work
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    return None if task.cancelled() else task.result()
 
 
 async def wait_disconnect(receive: Receive) -> None:

@@ -213,8 +213,8 @@ class Executor:
             with contextlib.suppress(Exception):
                 await self._finish(run, result)
             raise
+        self._cache_store(run, result)  # first: its write leaves with the settle and the journal
         await self._finish(run, result)
-        self._cache_store(run, result)
         if (
             request.session_id
             and self._sessions is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from types import FrameType
@@ -122,6 +123,11 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
         key = await asyncio.to_thread(demo_loadgen_key)
         load = asyncio.create_task(_loadgen(server, loadgen_rate, key))
     await get_engine().start()
+    # What start-up loaded (Django, the apps, the config) lives as long as the process: moved out
+    # of the collector's reach, so that a full collection does not walk it in the middle of a
+    # request (tens of ms at p99 otherwise; docs/BENCHMARKS.md).
+    gc.collect()
+    gc.freeze()
     try:
         await server.serve()
     finally:
