@@ -205,6 +205,24 @@ def test_serve_renders_the_login_page_on_a_fresh_install(shared_server: Server) 
     assert css.strip()
 
 
+def test_serve_logs_sockets_without_the_api_key_in_their_query_string(
+    shared_server: Server,
+) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    key = "bw_live_notarealkey0123456789abcdefghij_ab12cd"
+    url = shared_server.url.replace("http://", "ws://") + f"/ws/dashboard/?key={key}"
+    with contextlib.suppress(InvalidStatus, OSError), connect(url, open_timeout=5) as socket_:
+        socket_.recv(timeout=2)  # refused or closed: the key is unknown
+    deadline = time.monotonic() + 5
+    while "/ws/dashboard/?key=" not in shared_server.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = shared_server.log
+    assert "/ws/dashboard/?key=[redacted]" in log
+    assert key not in log
+
+
 def test_serve_refuses_an_impossible_port(var_dir: Path) -> None:
     result = subprocess.run(
         [sys.executable, "manage.py", "serve", "--port", "70000"],

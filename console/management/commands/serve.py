@@ -60,6 +60,11 @@ class Command(BaseCommand):
             proxy_headers=settings.SECURE_PROXY_SSL_HEADER is not None,
             server_header=False,
         )
+        # uvicorn.Config has configured uvicorn's loggers by now; keys in query strings
+        # (websockets' ?key=bw_...) must not reach them.
+        from console.log_redaction import redact_keys_in_server_logs
+
+        redact_keys_in_server_logs()
         embedded = settings.EMBEDDED and not options["no_embedded"]
         if options["loadgen_rate"] < 0 or options["loadgen_rate"] > 1000:
             self.stderr.write("--loadgen-rate: must be between 0 and 1000")
