@@ -56,6 +56,7 @@ from agents.runtime.state import (
     Completion,
     Outcome,
     RateLimit,
+    Selection,
     StateStore,
     Transition,
     agent_breaker_key,
@@ -124,6 +125,17 @@ class _Run:
     on_cancel: Callable[[], Completion] | None = None
     journaled: asyncio.Future[None] | None = None  # the "started" journal write
     model_choice: str = "standard"
+    # Set by admission, moved on by retries and fallbacks:
+    agent_key: str = ""
+    chain: tuple[str, ...] = ()  # the models to try, in order
+    model_index: int = 0  # the one being tried
+    deployment_id: int | None = None  # the deployment whose lease the next attempt uses
+    probe: bool = False  # that lease is a half-open probe
+    retries: int = 0  # retries on the current model
+    agent_probe: bool = False
+    holds: tuple[BudgetHold, ...] = ()
+    settle: tuple[tuple[str, float], ...] = ()  # (key, window_s) of the tpm limits to settle
+    lease_ttl: float = 0.0
 
 
 class Executor:
@@ -233,9 +245,20 @@ class Executor:
     # --- the pipeline -------------------------------------------------------------------------
 
     async def _run(self, run: _Run, on_token: OnToken | None) -> ExecutionResult:
+        refused = await self._admit(run, on_token)
+        if refused is not None:
+            return refused
+        return await self._call(run, on_token)
+
+    async def _admit(self, run: _Run, on_token: OnToken | None) -> ExecutionResult | None:
+        """Everything before the first provider call, in one admission (one more per model
+        whose deployments are all open or full): the agent's breaker, the response cache, prices,
+        rate limits, budgets and the deployment. Returns the execution's answer when it ends here
+        (cached, refused); None when admitted, ``run`` then holding a lease on
+        ``run.deployment_id`` and the journal's "started" written."""
         agent = run.agent
         now = self._clock.now()
-        agent_key = agent_breaker_key(agent.name)
+        agent_key = run.agent_key = agent_breaker_key(agent.name)
         if self._open_until.get(agent_key, 0.0) > now:
             run.steps.append(Step("refused", outcome="circuit_open", detail="agent breaker open"))
             return self._degraded(run, "circuit_open", "unavailable", model=None, deployment=None)
@@ -245,6 +268,7 @@ class Executor:
         # entry is filed under, so that counter and ledger agree even across midnight.
         windows = holds_for(rules, run.created_at, 0) if rules else ()
         chain, run.model_choice = self._choose_models(run, windows)
+        run.chain = chain
         # Not with client tools: their definitions and tool_choice are not in the key.
         # Where admission can read the cache (Redis), the lookup rides on the admit round trip;
         # a refusal before admission looks it up first, so a cached answer is still served.
@@ -314,13 +338,14 @@ class Executor:
             limits.append(
                 RateLimit(f"tpm:key:{run.request.api_key_id}", key_limits.tpm, 60.0, estimate)
             )
-        lease_ttl = agent.timeout_s + 30.0
+        lease_ttl = run.lease_ttl = agent.timeout_s + 30.0
         input_estimate = estimate_messages(run.messages)
         holds: tuple[BudgetHold, ...] = ()
         if rules:
             worst = self._worst_case(chain, input_estimate, run.max_tokens)
             holds = tuple(BudgetHold(w.key, w.limit, worst, w.ttl_s) for w in windows)
             run.reserved = worst
+        run.holds = holds
         while True:
             admission = await self._state.admit(
                 AdmitRequest(
@@ -370,59 +395,15 @@ class Executor:
             run.steps.append(Step("refused", outcome="circuit_open"))
             return self._degraded(run, "circuit_open", "unavailable", None, None)
 
-        agent_probe = admission.agent_probe
-        deployment_id = admission.deployment_id
-        probe = admission.deployment_probe
-        retries = 0
-        settle = tuple(
-            (limit.key, limit.window_s, 0) for limit in limits if limit.key.startswith("tpm:")
+        run.model_index = model_index
+        run.agent_probe = admission.agent_probe
+        run.deployment_id = deployment_id = admission.deployment_id
+        run.probe = probe = admission.deployment_probe
+        run.settle = tuple(
+            (limit.key, limit.window_s) for limit in limits if limit.key.startswith("tpm:")
         )
-
-        def build(attempt: AttemptResult | None, agent_outcome: Outcome | None) -> Completion:
-            tokens = run.usage.input_tokens + run.usage.output_tokens
-            return Completion(
-                attempt=attempt,
-                deployment_breaker=self._deployment_breaker,
-                agent_breaker_key=agent_key if agent_outcome is not None else None,
-                agent_breaker=agent.breaker if agent_outcome is not None else None,
-                agent_outcome=agent_outcome,
-                agent_duration_s=self._clock.monotonic() - run.started,
-                agent_probe=agent_probe,
-                entry_id=run.request.execution_id,
-                rate_settlements=tuple((k, w, tokens) for k, w, _ in settle)
-                if agent_outcome is not None
-                else (),
-                budget_settlements=tuple((hold.key, to_micros(run.cost, up=True)) for hold in holds)
-                if agent_outcome is not None
-                else (),
-            )
-
-        async def complete(attempt: AttemptResult | None, agent_outcome: Outcome | None) -> None:
-            """Report an attempt to the shared state. The final call (with the agent's outcome)
-            is deferred to :meth:`_finish`, which sends it concurrently with the journal write:
-            one round trip of latency after the provider call instead of two."""
-            if attempt is not None:
-                run.held = None  # this call gives the lease back
-            if agent_outcome is not None:
-                run.final = build(attempt, agent_outcome)
-                return
-            # Shielded: a cancel arriving meanwhile must not lose the report.
-            moved = await asyncio.shield(self._state.complete(build(attempt, agent_outcome)))
-            self._learn(moved, {}, agent.breaker)
-
-        def on_cancel() -> Completion:
-            """The final report for a cancel that lands between provider calls (a backoff, a
-            selection, a top-up): give back any held lease, settle what was spent."""
-            held = None
-            if run.held is not None:
-                held = AttemptResult(
-                    run.held[0], run.request.execution_id, Outcome.IGNORED, 0.0, run.held[1]
-                )
-            return build(held, Outcome.IGNORED)
-
         run.held = (deployment_id, probe) if deployment_id is not None else None
-        run.on_cancel = on_cancel
-
+        run.on_cancel = lambda: self._on_cancel(run)
         try:
             if run.journaled is not None:
                 await run.journaled  # durable before any money is spent upstream
@@ -431,45 +412,68 @@ class Executor:
             unused = AttemptResult(
                 deployment_id, run.request.execution_id, Outcome.IGNORED, 0.0, probe
             )
-            await complete(unused, Outcome.IGNORED)  # gives back the lease and reservations
+            await self._complete(run, unused, Outcome.IGNORED)  # lease and reservations back
             raise
+        return None
 
+    def _completion(
+        self, run: _Run, attempt: AttemptResult | None, agent_outcome: Outcome | None
+    ) -> Completion:
+        """The state call reporting ``attempt``; with ``agent_outcome``, the execution's last
+        one (agent breaker, rate-limit and budget settlements)."""
+        tokens = run.usage.input_tokens + run.usage.output_tokens
+        last = agent_outcome is not None
+        return Completion(
+            attempt=attempt,
+            deployment_breaker=self._deployment_breaker,
+            agent_breaker_key=run.agent_key if last else None,
+            agent_breaker=run.agent.breaker if last else None,
+            agent_outcome=agent_outcome,
+            agent_duration_s=self._clock.monotonic() - run.started,
+            agent_probe=run.agent_probe,
+            entry_id=run.request.execution_id,
+            rate_settlements=tuple((k, w, tokens) for k, w in run.settle) if last else (),
+            budget_settlements=tuple((hold.key, to_micros(run.cost, up=True)) for hold in run.holds)
+            if last
+            else (),
+        )
+
+    async def _complete(
+        self, run: _Run, attempt: AttemptResult | None, agent_outcome: Outcome | None
+    ) -> None:
+        """Report an attempt to the shared state. The final call (with the agent's outcome)
+        is deferred to :meth:`_finish`, which sends it concurrently with the journal write:
+        one round trip of latency after the provider call instead of two."""
+        if attempt is not None:
+            run.held = None  # this call gives the lease back
+        if agent_outcome is not None:
+            run.final = self._completion(run, attempt, agent_outcome)
+            return
+        # Shielded: a cancel arriving meanwhile must not lose the report.
+        moved = await asyncio.shield(self._state.complete(self._completion(run, attempt, None)))
+        self._learn(moved, {}, run.agent.breaker)
+
+    def _on_cancel(self, run: _Run) -> Completion:
+        """The final report for a cancel that lands between provider calls (a backoff, a
+        selection, a top-up): give back any held lease, settle what was spent."""
+        held = None
+        if run.held is not None:
+            held = AttemptResult(
+                run.held[0], run.request.execution_id, Outcome.IGNORED, 0.0, run.held[1]
+            )
+        return self._completion(run, held, Outcome.IGNORED)
+
+    async def _call(self, run: _Run, on_token: OnToken | None) -> ExecutionResult:
+        """Provider calls until there is an answer: retries, fallbacks and tool rounds, all
+        within the deadline."""
         pending: AttemptResult | None = None  # a succeeded attempt kept open by a tool round
         while True:
-            assert deployment_id is not None
-            deployment = self._deployment(chain[model_index], deployment_id)
-            if run.attempts and holds:
-                # Another provider call (retry, fallback, tool step): reserve its worst case on
-                # top of what is already spent before making it.
-                needed = (
-                    to_micros(run.cost, up=True)
-                    + self._worst_case(
-                        (chain[model_index],), estimate_messages(run.messages), run.max_tokens
-                    )
-                    - run.reserved
-                )
-                if needed > 0:
-                    ok, left = await self._state.budget_reserve(
-                        tuple(replace(h, amount=needed) for h in holds),
-                        run.request.execution_id,
-                        lease_ttl,
-                    )
-                    self._remember_budgets(holds, left)
-                    if not ok:
-                        if pending is None:  # a lease taken for this attempt: give it back
-                            run.held = None
-                            await self._state.release(
-                                lease_id=run.request.execution_id,
-                                deployment_id=deployment.id,
-                                probe=probe,
-                                breaker=self._deployment_breaker,
-                            )
-                        await complete(pending, Outcome.IGNORED)
-                        run.steps.append(Step("refused", outcome="budget_exceeded"))
-                        return self._degraded(
-                            run, "budget_exceeded", "budget", deployment.model, deployment.id
-                        )
-                    run.reserved += needed
+            assert run.deployment_id is not None
+            deployment = self._deployment(run.chain[run.model_index], run.deployment_id)
+            if run.attempts and run.holds:
+                refused = await self._top_up(run, deployment, pending)
+                if refused is not None:
+                    return refused
             pending = None
             remaining = run.deadline - self._clock.monotonic()
             run.attempts += 1
@@ -488,169 +492,228 @@ class Executor:
                     run.request.execution_id,
                     Outcome.IGNORED,
                     self._clock.monotonic() - started,
-                    probe,
+                    run.probe,
                 )
-                await asyncio.shield(complete(cancelled, Outcome.IGNORED))
+                await asyncio.shield(self._complete(run, cancelled, Outcome.IGNORED))
                 raise
             except ProviderFailure as failure:
-                elapsed = self._clock.monotonic() - started
-                policy = policy_for(failure)
-                self._charge(run, deployment, Usage(failure.input_tokens, failure.output_tokens))
-                run.steps.append(
-                    Step(
-                        "attempt",
-                        model=deployment.model,
-                        deployment=deployment.id,
-                        outcome=type(failure).__name__,
-                        detail=failure.message[:300],
-                        latency_ms=elapsed * 1000,
-                        input_tokens=failure.input_tokens,
-                        output_tokens=failure.output_tokens,
-                    )
+                answer = await self._after_failure(
+                    run, deployment, failure, started, streamed_before
                 )
-                attempt = AttemptResult(
-                    deployment.id,
-                    run.request.execution_id,
-                    Outcome.FAILURE if policy.counts_for_breaker else Outcome.IGNORED,
-                    elapsed,
-                    probe,
-                )
-                delay = self._retry_delay(run, failure, retries) if policy.retry else None
-                can_retry = policy.retry and retries < agent.max_retries and delay is not None
-                can_fallback = policy.fallback and model_index + 1 < len(chain)
-                if run.streamed_chars > streamed_before:
-                    # The caller already received part of this answer: another attempt would
-                    # stream a second, different answer after it. Degrade instead.
-                    can_retry = can_fallback = False
-                if not can_retry and not can_fallback:
-                    outcome = Outcome.FAILURE if policy.counts_for_breaker else Outcome.IGNORED
-                    await complete(attempt, outcome)
-                    if isinstance(failure, ClientError):
-                        return self._result(
-                            run,
-                            ExecutionStatus.FAILED,
-                            "",
-                            deployment.model,
-                            deployment.id,
-                            error={"type": "client_error", "message": failure.message[:500]},
-                        )
-                    return self._degraded(
-                        run,
-                        policy.reason,
-                        policy.message,
-                        deployment.model,
-                        deployment.id,
-                        retry_after=failure.retry_after,
-                    )
-                await complete(attempt, None)
-                if can_retry:
-                    assert delay is not None
-                    retries += 1
-                    await self._clock.sleep(delay)
-                    selection = await self._state.select(
-                        lease_id=run.request.execution_id,
-                        lease_ttl_s=lease_ttl,
-                        candidates=self._candidates(chain[model_index]),
-                        breaker=self._deployment_breaker,
-                    )
-                    self._learn(selection.transitions, selection.open_until)
-                    if selection.deployment_id is not None:
-                        deployment_id, probe = selection.deployment_id, selection.probe
-                        run.held = (deployment_id, probe)
-                        continue
-                    if not can_fallback:
-                        await complete(None, Outcome.FAILURE)
-                        return self._degraded(
-                            run, "circuit_open", "unavailable", deployment.model, deployment.id
-                        )
-                # Fall back to the next model that has a usable deployment.
-                run.fallback_reason = run.fallback_reason or policy.reason
-                chosen = None
-                while model_index + 1 < len(chain) and chosen is None:
-                    model_index += 1
-                    retries = 0
-                    if self._remaining(run) < self._retry.min_attempt_s:
-                        break
-                    selection = await self._state.select(
-                        lease_id=run.request.execution_id,
-                        lease_ttl_s=lease_ttl,
-                        candidates=self._candidates(chain[model_index]),
-                        breaker=self._deployment_breaker,
-                    )
-                    self._learn(selection.transitions, selection.open_until)
-                    if selection.deployment_id is not None:
-                        chosen = selection
-                if chosen is None or chosen.deployment_id is None:
-                    await complete(None, Outcome.FAILURE)
-                    return self._degraded(
-                        run, policy.reason, policy.message, deployment.model, deployment.id
-                    )
-                deployment_id, probe = chosen.deployment_id, chosen.probe
-                run.held = (deployment_id, probe)
-                run.steps.append(
-                    Step("fallback", model=chain[model_index], outcome=run.fallback_reason or "")
-                )
-                continue
+                if answer is not None:
+                    return answer
+                continue  # run.deployment_id holds the next attempt's lease
+            outcome = await self._after_success(run, deployment, response, started)
+            if isinstance(outcome, ExecutionResult):
+                return outcome
+            pending = outcome  # next provider call with the tool results, same deadline
 
-            elapsed = self._clock.monotonic() - started
-            self._charge(run, deployment, response.usage)
-            run.steps.append(
-                Step(
-                    "attempt",
-                    model=deployment.model,
-                    deployment=deployment.id,
-                    outcome="ok",
-                    latency_ms=elapsed * 1000,
-                    input_tokens=response.usage.input_tokens,
-                    output_tokens=response.usage.output_tokens,
-                )
+    async def _top_up(
+        self, run: _Run, deployment: Deployment, pending: AttemptResult | None
+    ) -> ExecutionResult | None:
+        """Another provider call (retry, fallback, tool step): reserve its worst case on top of
+        what is already spent before making it. The answer when the budget refuses."""
+        needed = (
+            to_micros(run.cost, up=True)
+            + self._worst_case(
+                (run.chain[run.model_index],), estimate_messages(run.messages), run.max_tokens
             )
-            succeeded = AttemptResult(
-                deployment.id, run.request.execution_id, Outcome.SUCCESS, elapsed, probe
+            - run.reserved
+        )
+        if needed <= 0:
+            return None
+        ok, left = await self._state.budget_reserve(
+            tuple(replace(h, amount=needed) for h in run.holds),
+            run.request.execution_id,
+            run.lease_ttl,
+        )
+        self._remember_budgets(run.holds, left)
+        if ok:
+            run.reserved += needed
+            return None
+        if pending is None:  # a lease taken for this attempt: give it back
+            run.held = None
+            await self._state.release(
+                lease_id=run.request.execution_id,
+                deployment_id=deployment.id,
+                probe=run.probe,
+                breaker=self._deployment_breaker,
             )
-            if response.tool_calls and run.request.tools:
-                handed = client_calls(agent.tools, response.tool_calls)
-                if handed:
-                    # Calls to the caller's tools end the execution: the caller runs them and
-                    # sends the results in its next request. The agent's own calls of the same
-                    # turn are not run; the model asks again once it has the caller's results.
-                    names = ", ".join(call.name for call in handed)
-                    dropped = len(response.tool_calls) - len(handed)
-                    detail = f"{names} (agent calls dropped: {dropped})" if dropped else names
-                    run.steps.append(Step("tool", outcome="client", detail=detail[:300]))
-                    await complete(succeeded, Outcome.SUCCESS)
-                    result = self._result(
-                        run,
-                        ExecutionStatus.SUCCEEDED,
-                        response.content,
-                        deployment.model,
-                        deployment.id,
-                    )
-                    return replace(result, finish_reason="tool_calls", tool_calls=handed)
-            if response.tool_calls and agent.tools:
-                try:
-                    refusal = await self._tool_round(run, response)
-                except asyncio.CancelledError:
-                    await asyncio.shield(complete(succeeded, Outcome.IGNORED))
-                    raise
-                if refusal is None:
-                    pending = succeeded
-                    continue  # next provider call with the tool results, same deadline
-                # The provider answered; the tool failed: no breaker counts it.
-                await complete(succeeded, Outcome.IGNORED)
-                policy = policy_for(refusal)
-                return self._degraded(
-                    run, policy.reason, policy.message, deployment.model, deployment.id
+        await self._complete(run, pending, Outcome.IGNORED)
+        run.steps.append(Step("refused", outcome="budget_exceeded"))
+        return self._degraded(run, "budget_exceeded", "budget", deployment.model, deployment.id)
+
+    async def _after_failure(
+        self,
+        run: _Run,
+        deployment: Deployment,
+        failure: ProviderFailure,
+        started: float,
+        streamed_before: int,
+    ) -> ExecutionResult | None:
+        """A failed attempt: retry (same model), fall back (next model), or answer, degraded or
+        failed. None when another attempt follows: ``run.deployment_id`` holds its lease."""
+        elapsed = self._clock.monotonic() - started
+        policy = policy_for(failure)
+        self._charge(run, deployment, Usage(failure.input_tokens, failure.output_tokens))
+        run.steps.append(
+            Step(
+                "attempt",
+                model=deployment.model,
+                deployment=deployment.id,
+                outcome=type(failure).__name__,
+                detail=failure.message[:300],
+                latency_ms=elapsed * 1000,
+                input_tokens=failure.input_tokens,
+                output_tokens=failure.output_tokens,
+            )
+        )
+        attempt = AttemptResult(
+            deployment.id,
+            run.request.execution_id,
+            Outcome.FAILURE if policy.counts_for_breaker else Outcome.IGNORED,
+            elapsed,
+            run.probe,
+        )
+        delay = self._retry_delay(run, failure, run.retries) if policy.retry else None
+        can_retry = policy.retry and run.retries < run.agent.max_retries and delay is not None
+        can_fallback = policy.fallback and run.model_index + 1 < len(run.chain)
+        if run.streamed_chars > streamed_before:
+            # The caller already received part of this answer: another attempt would stream a
+            # second, different answer after it. Degrade instead.
+            can_retry = can_fallback = False
+        if not can_retry and not can_fallback:
+            outcome = Outcome.FAILURE if policy.counts_for_breaker else Outcome.IGNORED
+            await self._complete(run, attempt, outcome)
+            if isinstance(failure, ClientError):
+                return self._result(
+                    run,
+                    ExecutionStatus.FAILED,
+                    "",
+                    deployment.model,
+                    deployment.id,
+                    error={"type": "client_error", "message": failure.message[:500]},
                 )
-            await complete(succeeded, Outcome.SUCCESS)
-            return self._result(
+            return self._degraded(
                 run,
-                ExecutionStatus.SUCCEEDED,
-                response.content,
+                policy.reason,
+                policy.message,
                 deployment.model,
                 deployment.id,
-                finish_reason=response.finish_reason,
+                retry_after=failure.retry_after,
             )
+        await self._complete(run, attempt, None)
+        if can_retry:
+            assert delay is not None
+            run.retries += 1
+            await self._clock.sleep(delay)
+            selection = await self._select(run)
+            if selection.deployment_id is not None:
+                run.deployment_id, run.probe = selection.deployment_id, selection.probe
+                run.held = (run.deployment_id, run.probe)
+                return None
+            if not can_fallback:
+                await self._complete(run, None, Outcome.FAILURE)
+                return self._degraded(
+                    run, "circuit_open", "unavailable", deployment.model, deployment.id
+                )
+        # Fall back to the next model that has a usable deployment.
+        run.fallback_reason = run.fallback_reason or policy.reason
+        chosen = None
+        while run.model_index + 1 < len(run.chain) and chosen is None:
+            run.model_index += 1
+            run.retries = 0
+            if self._remaining(run) < self._retry.min_attempt_s:
+                break
+            selection = await self._select(run)
+            if selection.deployment_id is not None:
+                chosen = selection
+        if chosen is None or chosen.deployment_id is None:
+            await self._complete(run, None, Outcome.FAILURE)
+            return self._degraded(
+                run, policy.reason, policy.message, deployment.model, deployment.id
+            )
+        run.deployment_id, run.probe = chosen.deployment_id, chosen.probe
+        run.held = (run.deployment_id, run.probe)
+        run.steps.append(
+            Step("fallback", model=run.chain[run.model_index], outcome=run.fallback_reason or "")
+        )
+        return None
+
+    async def _select(self, run: _Run) -> Selection:
+        """A deployment of the current model for another attempt (a lease when one is free)."""
+        selection = await self._state.select(
+            lease_id=run.request.execution_id,
+            lease_ttl_s=run.lease_ttl,
+            candidates=self._candidates(run.chain[run.model_index]),
+            breaker=self._deployment_breaker,
+        )
+        self._learn(selection.transitions, selection.open_until)
+        return selection
+
+    async def _after_success(
+        self, run: _Run, deployment: Deployment, response: ChatResponse, started: float
+    ) -> ExecutionResult | AttemptResult:
+        """An answer from the provider: the execution's result, or, after a round of the
+        agent's tools, the attempt to report with the next provider call."""
+        elapsed = self._clock.monotonic() - started
+        self._charge(run, deployment, response.usage)
+        run.steps.append(
+            Step(
+                "attempt",
+                model=deployment.model,
+                deployment=deployment.id,
+                outcome="ok",
+                latency_ms=elapsed * 1000,
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+            )
+        )
+        succeeded = AttemptResult(
+            deployment.id, run.request.execution_id, Outcome.SUCCESS, elapsed, run.probe
+        )
+        if response.tool_calls and run.request.tools:
+            handed = client_calls(run.agent.tools, response.tool_calls)
+            if handed:
+                # Calls to the caller's tools end the execution: the caller runs them and sends
+                # the results in its next request. The agent's own calls of the same turn are
+                # not run; the model asks again once it has the caller's results.
+                names = ", ".join(call.name for call in handed)
+                dropped = len(response.tool_calls) - len(handed)
+                detail = f"{names} (agent calls dropped: {dropped})" if dropped else names
+                run.steps.append(Step("tool", outcome="client", detail=detail[:300]))
+                await self._complete(run, succeeded, Outcome.SUCCESS)
+                result = self._result(
+                    run,
+                    ExecutionStatus.SUCCEEDED,
+                    response.content,
+                    deployment.model,
+                    deployment.id,
+                )
+                return replace(result, finish_reason="tool_calls", tool_calls=handed)
+        if response.tool_calls and run.agent.tools:
+            try:
+                refusal = await self._tool_round(run, response)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._complete(run, succeeded, Outcome.IGNORED))
+                raise
+            if refusal is None:
+                return succeeded
+            # The provider answered; the tool failed: no breaker counts it.
+            await self._complete(run, succeeded, Outcome.IGNORED)
+            policy = policy_for(refusal)
+            return self._degraded(
+                run, policy.reason, policy.message, deployment.model, deployment.id
+            )
+        await self._complete(run, succeeded, Outcome.SUCCESS)
+        return self._result(
+            run,
+            ExecutionStatus.SUCCEEDED,
+            response.content,
+            deployment.model,
+            deployment.id,
+            finish_reason=response.finish_reason,
+        )
 
     async def _tool_round(self, run: _Run, response: ChatResponse) -> ToolFailed | None:
         """Run one round of tool calls, in order, and extend the transcript with the results.
