@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
-from agents import services
+from agents import executions
 from agents.auth import ApiKeyAuth, PermissionDenied, Principal
 from agents.execute import executable_agent, execute_messages
 from agents.idempotency import run_idempotently
@@ -51,7 +51,7 @@ async def execution_enqueue(request: HttpRequest, name: str, payload: ExecuteIn)
     messages = [{"role": m.role, "content": m.content} for m in execute_messages(payload)]
 
     async def enqueue() -> dict[str, Any]:
-        execution_id = await sync_to_async(services.execution_enqueue)(
+        execution_id = await sync_to_async(executions.execution_enqueue)(
             agent=name,
             timeout_s=agent.timeout_s,
             messages=messages,
@@ -92,7 +92,7 @@ async def execution_cancel(request: HttpRequest, execution_id: str) -> Status:
         principal.require("execute")
     else:
         operator_agents = principal.agents
-    outcome = await sync_to_async(services.execution_cancel)(
+    outcome = await sync_to_async(executions.execution_cancel)(
         execution_id=execution_id, key_id=principal.key_id, operator_agents=operator_agents
     )
     body = {

@@ -8,14 +8,14 @@ import redis.exceptions
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from agents import services
-from agents.services import executions_reap_stale as _reap
+from agents import executions
+from agents.executions import executions_reap_stale as _reap
 
 # Worth another delivery: the database, Redis or the network was unreachable before the run
 # started (the claim was given back). Anything else is a bug or bad data: retrying repeats it.
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, redis.exceptions.RedisError, OSError)
 MAX_AGENT_TIMEOUT_S = 3600.0  # the database's bound on Agent.timeout_s
-_SOFT, _HARD = services.execution_time_limits(MAX_AGENT_TIMEOUT_S)
+_SOFT, _HARD = executions.execution_time_limits(MAX_AGENT_TIMEOUT_S)
 
 
 @shared_task(name="agents.tasks.executions_reap_stale", acks_late=True, time_limit=120)
@@ -31,7 +31,7 @@ def executions_reap_stale() -> int:
     ignore_result=True,  # the Execution row is the result
     max_retries=5,
     # Defaults for the longest agent; execution_dispatch sets each message's limits from its
-    # agent's timeout_s (services.execution_time_limits).
+    # agent's timeout_s (executions.execution_time_limits).
     soft_time_limit=_SOFT,
     time_limit=_HARD,
 )
@@ -39,10 +39,10 @@ def execution_run(
     self: Any, execution_id: str, max_tokens: int | None = None, bypass_cache: bool = False
 ) -> str:
     """Run one queued execution, at most once whatever the deliveries (see
-    ``services.execution_claim``)."""
+    ``executions.execution_claim``)."""
     delivery = self.request.delivery_info or {}
     try:
-        return services.execution_run(
+        return executions.execution_run(
             execution_id=execution_id,
             max_tokens=max_tokens,
             bypass_cache=bypass_cache,
@@ -56,4 +56,4 @@ def execution_run(
 
 @shared_task(name="agents.tasks.executions_requeue_stale", acks_late=True, time_limit=120)
 def executions_requeue_stale() -> int:
-    return services.executions_requeue_stale()
+    return executions.executions_requeue_stale()

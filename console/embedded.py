@@ -10,7 +10,7 @@
 Both stop cleanly: no new work is taken, running work gets ``grace_s`` to finish.
 
 The most recently started worker is this process's worker (:func:`current_worker`): code that
-enqueues work in embedded mode (``agents.services.execution_dispatch``) hands it there. A worker
+enqueues work in embedded mode (``agents.executions.execution_dispatch``) hands it there. A worker
 remembers the event loop it was created in (``serve``'s), so a task body that needs the serving
 loop's engine and channel layer can run its coroutine there.
 """

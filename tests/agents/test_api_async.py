@@ -26,7 +26,7 @@ from django.db import OperationalError, connections
 from django.test import AsyncClient
 from django.utils import timezone
 
-from agents import services
+from agents import executions
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
 from agents.models import Execution
@@ -237,7 +237,7 @@ async def test_the_message_carries_only_the_id_and_time_limits_from_the_agents_t
     [message] = await sync_to_async(worker.deliver)()
     assert message["headers"]["task"] == "agents.tasks.execution_run"
     assert message["kwargs"] == {"execution_id": execution_id, "max_tokens": 8}
-    soft, hard = services.execution_time_limits(5.0)  # helper's timeout_s
+    soft, hard = executions.execution_time_limits(5.0)  # helper's timeout_s
     assert message["headers"]["timelimit"] == [hard, soft]
     assert 5 < soft < hard
     assert (await wait_for(execution_id, FINAL, worker)).status == "succeeded"
@@ -247,7 +247,7 @@ def _enqueue_in_a_transaction(worker: Worker) -> tuple[str, int, int]:
     from django.db import transaction
 
     with transaction.atomic():
-        execution_id = services.execution_enqueue(
+        execution_id = executions.execution_enqueue(
             agent="helper", timeout_s=5, messages=[{"role": "user", "content": "hi"}]
         )
         handed_before_commit = worker.handed()
@@ -267,7 +267,7 @@ def _enqueue_rolled_back() -> None:
 
     def fail_after_enqueueing() -> None:
         with transaction.atomic():
-            services.execution_enqueue(
+            executions.execution_enqueue(
                 agent="helper", timeout_s=5, messages=[{"role": "user", "content": "hi"}]
             )
             raise RuntimeError("the request failed after enqueueing")
@@ -341,12 +341,12 @@ def test_a_queued_execution_is_claimed_once_and_a_second_delivery_finds_it_busy(
     agents_config: None,
 ) -> None:
     execution_id = _queued()
-    first = services.execution_claim(execution_id=execution_id)
-    second = services.execution_claim(execution_id=execution_id)
+    first = executions.execution_claim(execution_id=execution_id)
+    second = executions.execution_claim(execution_id=execution_id)
     assert first.outcome == "claimed"
     assert not first.reclaimed
     assert second.outcome == "busy"
-    assert 5 < second.wait_s <= 5 + services.execution_claim_grace_s() + 0.1
+    assert 5 < second.wait_s <= 5 + executions.execution_claim_grace_s() + 0.1
     assert Execution.objects.get(pk=execution_id).status == "running"
 
 
@@ -355,9 +355,9 @@ def test_a_claim_older_than_the_timeout_and_grace_belongs_to_a_dead_delivery(
     agents_config: None,
 ) -> None:
     execution_id = _queued()
-    claimed_at = timezone.now() - timedelta(seconds=5 + services.execution_claim_grace_s() + 1)
+    claimed_at = timezone.now() - timedelta(seconds=5 + executions.execution_claim_grace_s() + 1)
     Execution.objects.filter(pk=execution_id).update(status="running", created_at=claimed_at)
-    claim = services.execution_claim(execution_id=execution_id)
+    claim = executions.execution_claim(execution_id=execution_id)
     assert claim.outcome == "claimed"
     assert claim.reclaimed
     assert Execution.objects.get(pk=execution_id).created_at > claimed_at
@@ -368,8 +368,8 @@ def test_a_claim_older_than_the_timeout_and_grace_belongs_to_a_dead_delivery(
 def test_a_finished_execution_is_never_claimed_again(agents_config: None, status: str) -> None:
     execution_id = _queued()
     Execution.objects.filter(pk=execution_id).update(status=status)
-    assert services.execution_claim(execution_id=execution_id).outcome == "finished"
-    assert services.execution_claim(execution_id=str(uuid.uuid4())).outcome == "missing"
+    assert executions.execution_claim(execution_id=execution_id).outcome == "finished"
+    assert executions.execution_claim(execution_id=str(uuid.uuid4())).outcome == "missing"
 
 
 def test_concurrent_deliveries_claim_an_execution_exactly_once(
@@ -385,7 +385,7 @@ def test_concurrent_deliveries_claim_an_execution_exactly_once(
         barrier.wait()
         try:
             for execution_id in execution_ids:
-                outcomes.append(services.execution_claim(execution_id=execution_id).outcome)
+                outcomes.append(executions.execution_claim(execution_id=execution_id).outcome)
         finally:
             connection.close()
 
@@ -403,7 +403,7 @@ async def test_a_redelivered_finished_execution_neither_runs_nor_charges_again(
 ) -> None:
     execution_id = await _enqueue(keys["execute"], worker)
     done = await wait_for(execution_id, FINAL, worker)
-    outcome = await asyncio.to_thread(services.execution_run, execution_id=execution_id)
+    outcome = await asyncio.to_thread(executions.execution_run, execution_id=execution_id)
     assert outcome == "finished"
     again = await _row(execution_id)
     assert again is not None
@@ -420,7 +420,7 @@ async def test_a_reclaimed_execution_runs_once_and_is_charged_once(
 ) -> None:
     """A delivery died after its claim (the row is ``running``, stale): the next one runs it."""
     execution_id = await sync_to_async(_queued)()
-    stale = timezone.now() - timedelta(seconds=5 + services.execution_claim_grace_s() + 1)
+    stale = timezone.now() - timedelta(seconds=5 + executions.execution_claim_grace_s() + 1)
     await Execution.objects.filter(pk=execution_id).aupdate(status="running", created_at=stale)
     worker.worker.submit("agents.tasks.execution_run", execution_id=execution_id)
     row = await wait_for(execution_id, FINAL, worker)

@@ -34,7 +34,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, connections
 
-from agents import services
+from agents import executions
 from agents.config.apply import config_apply, config_parse
 from agents.live_events import group_name
 from agents.models import Execution
@@ -214,7 +214,7 @@ async def watcher(redis_url: str) -> AsyncIterator[Watcher]:
 
 
 def _queue_one() -> str:
-    """What ``services.execution_enqueue`` writes, without dispatching yet: the watcher must
+    """What ``executions.execution_enqueue`` writes, without dispatching yet: the watcher must
     follow the execution before a worker can finish it."""
     return str(
         Execution.objects.create(
@@ -226,7 +226,7 @@ def _queue_one() -> str:
 async def _enqueue(watcher: Watcher) -> str:
     execution_id = await sync_to_async(_queue_one)()
     await watcher.follow(execution_id)
-    await sync_to_async(services.execution_dispatch)(execution_id=execution_id, timeout_s=1.0)
+    await sync_to_async(executions.execution_dispatch)(execution_id=execution_id, timeout_s=1.0)
     return execution_id
 
 

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from agents import services
+from agents import executions
 from agents.models import Agent, Execution, ExecutionStatus
 
 
@@ -25,8 +25,8 @@ def test_executions_left_queued_are_dispatched_again(monkeypatch: pytest.MonkeyP
         created_at=timezone.now() - timedelta(minutes=10),
     )
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(services, "execution_dispatch", lambda **kw: sent.append(kw))
-    assert services.executions_requeue_stale() == 1
+    monkeypatch.setattr(executions, "execution_dispatch", lambda **kw: sent.append(kw))
+    assert executions.executions_requeue_stale() == 1
     assert sent == [{"execution_id": str(old.pk), "timeout_s": 12.0}]
 
 

@@ -9,9 +9,10 @@ from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from agents.crypto import generate_key
+from agents.executions import executions_reap_stale
 from agents.keys import looks_like_key, verify_key
 from agents.models import Agent, ApiKey, Execution, Provider
-from agents.services import api_key_create, executions_reap_stale, provider_secret_set
+from agents.services import api_key_create, provider_secret_set
 from console.errors import NotFound, ValidationFailed
 
 pytestmark = pytest.mark.django_db
