@@ -7,7 +7,12 @@ loaded, breaker-aware) -> attempt with deadline -> retries (exponential backoff,
 Round trips to shared state: one :meth:`StateStore.admit` before the first provider call and one
 :meth:`StateStore.complete` after the last; only failures (retries, fallbacks) add more. Breakers
 known to be open are remembered locally until their ``open_until``, so a rejected call costs no
-round trip at all.
+round trip at all. Where the state store can read the response cache (Redis), the cache lookup
+rides on ``admit``; otherwise it comes first.
+
+Structure: :meth:`Executor._admit` (everything before the first provider call), then
+:meth:`Executor._call` (attempts, with ``_after_failure`` deciding retry / fallback / answer and
+``_after_success`` the tool rounds), then :meth:`Executor._finish` (settle and journal).
 
 The deadline (``timeout_s``) bounds everything, retries and fallbacks included: no attempt starts
 that could not get at least ``min_attempt_s`` before it, and each attempt's own timeout is the
@@ -789,8 +794,9 @@ class Executor:
     async def _cached_result(
         self, run: _Run, hit: CachedAnswer, on_token: OnToken | None
     ) -> ExecutionResult:
-        """A cache hit: no state round trip, no provider call, $0; what it saved is recorded.
-        Usage stays 0 (no provider processed tokens); the original usage is in the step."""
+        """A cache hit: nothing admitted (no lease, rate budget or reservation), no provider
+        call, $0; what it saved is recorded. Usage stays 0 (no provider processed tokens); the
+        original usage is in the step."""
         run.steps.append(
             Step(
                 "cache",
