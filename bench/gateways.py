@@ -35,6 +35,7 @@ rounds with the min-max. Usage::
     .venv/bin/python bench/gateways.py [--peers] [--seconds 10] [--warmup 2] [--rounds 3]
         [--source DIR]  # serve another tree, e.g. a `git archive` export, with this venv
     .venv/bin/python bench/gateways.py --profile 15  # Breakwater's CPU by thread and hotspots
+    .venv/bin/python bench/gateways.py --baseline DIR  # + the tree in DIR as its own arm (A/B)
 
 The whole run is bounded; every process it starts (each in its own process group), the temp dir
 and the Redis database it used are cleaned up on the way out, whatever happens. Results:
