@@ -215,8 +215,15 @@ def _open_until(flat: Sequence[Any]) -> dict[str, float]:
 
 class RedisState:
     def __init__(
-        self, client: RedisCommands, *, prefix: str = "bw", clock: Clock | None = None
+        self,
+        client: RedisCommands,
+        *,
+        prefix: str = "bw",
+        clock: Clock | None = None,
+        scripts: bool = False,
     ) -> None:
+        """``scripts``: run the calls as ``EVALSHA`` scripts from the start instead of as the
+        function library (what happens by itself on a Redis without Functions)."""
         self._client = client
         self._prefix = prefix
         self._clock = clock
@@ -226,6 +233,8 @@ class RedisState:
         self._use_functions: bool | None = None
         self._sources: dict[str, str] = {}
         self._shas: dict[str, str] = {}
+        if scripts:
+            self._use_scripts()
 
     async def _run(self, name: str, payload: dict[str, Any]) -> Any:
         now = "" if self._clock is None else repr(self._clock.now())
@@ -251,15 +260,18 @@ class RedisState:
                 self._use_functions = True
                 return
             if "unknown command" in message.lower():
-                self._use_functions = False
-                self._sources = _lua_scripts()
-                self._shas = {
-                    name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-                    for name, source in self._sources.items()
-                }
+                self._use_scripts()
                 return
             raise
         self._use_functions = True
+
+    def _use_scripts(self) -> None:
+        self._use_functions = False
+        self._sources = _lua_scripts()
+        self._shas = {
+            name: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+            for name, source in self._sources.items()
+        }
 
     async def _eval(self, name: str, args: tuple[str, str, str, bytes]) -> Any:
         try:

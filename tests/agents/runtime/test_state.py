@@ -54,7 +54,9 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+# redis: the function library (FCALL), as in production; redis-scripts: the same Lua as EVALSHA
+# scripts, what RedisState falls back to on a Redis without Functions.
+@pytest.fixture(params=["memory", "redis", "redis-scripts"])
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         yield MemoryState(clock)
@@ -64,7 +66,7 @@ async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterat
     wire = RedisWire(url)  # the hot-path client, as in production
     prefix = f"bwtest:{uuid.uuid4().hex}"
     try:
-        yield RedisState(wire, prefix=prefix, clock=clock)
+        yield RedisState(wire, prefix=prefix, clock=clock, scripts=request.param == "redis-scripts")
     finally:
         keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
         if keys:
