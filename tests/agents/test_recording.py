@@ -429,6 +429,34 @@ async def test_the_drainer_keeps_going_after_a_failed_drain() -> None:
     assert drainer.drained == len(calls) - 1
 
 
+async def test_drain_now_while_the_loop_is_draining_waits_and_then_drains_itself() -> None:
+    """A caller asking for a drain wants what was journaled before it asked: when the background
+    loop is mid-drain (its batch read before that), drain_now waits for it, then drains again
+    (it used to return at once, and the caller read a row still "running")."""
+    calls: list[str] = []
+    first_started, release_first = asyncio.Event(), asyncio.Event()
+
+    async def drain() -> DrainResult:
+        calls.append("loop" if not calls else "now")
+        if len(calls) == 1:
+            first_started.set()
+            await release_first.wait()  # the loop's drain, in progress
+        return DrainResult(events=1)
+
+    drainer = RecordDrainer(drain, interval_s=60)
+    drainer.start()
+    await asyncio.wait_for(first_started.wait(), timeout=10)
+    asked = asyncio.ensure_future(drainer.drain_now())
+    await asyncio.sleep(0.05)
+    assert not asked.done()  # waiting for the loop's drain, not answering "busy"
+    assert calls == ["loop"]
+    release_first.set()
+    result = await asyncio.wait_for(asked, timeout=10)
+    assert calls == ["loop", "now"]  # its own drain, after the loop's
+    assert result.events == 1
+    await drainer.stop()
+
+
 @threaded_db
 def test_drain_records_once_empties_the_embedded_journal(tmp_path: Path) -> None:
     with override_settings(EMBEDDED=True, VAR_DIR=tmp_path):
