@@ -614,10 +614,9 @@ def _claim_redis(url: str) -> None:
                 f"--redis-url {url}: the database holds {size} keys not written by this "
                 "benchmark; it flushes the database, so give it an empty one (another db number)"
             )
-        client.flushdb()
-        client.set(REDIS_MARKER, "1")
     finally:
         client.close()
+    _reset_redis(url)
 
 
 def _reset_redis(url: str) -> None:
