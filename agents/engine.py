@@ -65,11 +65,15 @@ class Engine:
     def __init__(self) -> None:
         from agents.events import CompositeEvents
         from agents.metrics import MetricsEvents
+        from agents.processes import current_process
         from agents.recording import recorder_for_settings
+        from budgets.windows import LedgerBudgetWindows
         from incidents.events import IncidentEvents
 
         self.clock = SystemClock()
         self.config = LiveConfig()
+        # This process's identity: its executions carry it, so they are settled if it dies.
+        self.process = current_process()
         self.state: StateStore
         if settings.EMBEDDED:
             self.state = process_memory_state()
@@ -92,7 +96,7 @@ class Engine:
             http=self.providers.http,
             clock=self.clock,
         )
-        self.records, drainer = recorder_for_settings()
+        self.records, drainer = recorder_for_settings(owner=self.process.identity.id)
         # Embedded mode always drains here: nothing else would.
         serve_drains = settings.EMBEDDED or settings.BREAKWATER_SERVE_DRAINS
         self.drainer: RecordDrainer | None = drainer if serve_drains else None
@@ -116,6 +120,7 @@ class Engine:
             tools=self.tools,
             sessions=self.sessions,
             cache=self.cache,
+            windows=LedgerBudgetWindows(self.state),
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = False
@@ -128,15 +133,7 @@ class Engine:
         await asyncio.to_thread(self.config.reload_in_thread)
         if not settings.EMBEDDED:
             await require_redis_7()
-        if settings.EMBEDDED:
-            # Embedded counters live in process memory: put back today's spend from the ledger
-            # so a restart does not under-enforce budgets.
-            from budgets.services import budget_counters_restore
-
-            try:
-                await budget_counters_restore(store=self.state)
-            except Exception:
-                log.exception("could not restore budget counters from the ledger")
+        await self._recover()
         # Any change (an operator's breaker command bumps the version too) drops what this
         # process believes about open breakers: the shared state is asked again.
         watch = self.config.watch(on_change=self.executor.forget_open_breakers)
@@ -145,6 +142,33 @@ class Engine:
         if self.drainer is not None:
             self.drainer.start()
         self.started = True
+
+    async def _recover(self) -> None:
+        """Before the first admission: store what the journal holds (a previous process's last
+        events), settle the executions dead processes left running (an embedded ``serve``
+        restarted: at once), then rebuild the budget windows the state store does not know
+        (embedded: all of them, memory is new) from the ledger. Each step is retried where it
+        fails later: by the drainer, the settle job, and admission itself."""
+        from budgets.windows import budget_windows_rebuild
+
+        if self.drainer is not None:
+            try:
+                for _ in range(20):  # the rest drains in the background
+                    if not (await self.drainer.drain_now()).full:
+                        break
+            except Exception:
+                log.exception("could not drain the journal at start-up")
+        if settings.EMBEDDED:
+            from agents.executions import executions_settle_dead
+
+            try:
+                await asyncio.to_thread(executions_settle_dead, store=self.state)
+            except Exception:
+                log.exception("could not settle the executions of dead processes")
+        try:
+            await budget_windows_rebuild(store=self.state)
+        except Exception:
+            log.exception("could not rebuild the budget windows at start-up")
 
     def key_used(self, key_id: int, at: datetime) -> None:
         self._last_used[key_id] = at

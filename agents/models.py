@@ -350,6 +350,11 @@ class Execution(models.Model):
     error = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Recovery (agents.executions.executions_settle_dead): the process running it (a
+    # WorkerProcess id), what its admission reserved, and when it was queued (None: run now).
+    owner = models.CharField(max_length=36, blank=True, default="")
+    reserved_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
+    queued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -384,3 +389,30 @@ class Execution(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_name}:{self.id}"
+
+
+class WorkerProcess(models.Model):
+    """A process that runs executions (``serve``, a Celery worker), with its heartbeat.
+
+    ``agents.processes`` inserts the row when the process starts running executions and moves
+    ``beat_at`` every few seconds; ``stopped_at`` is set on a clean stop. A process whose
+    heartbeat stopped (or that stopped, or whose pid is gone on this host) is dead:
+    ``agents.executions.executions_settle_dead`` then settles the executions it left running and
+    sets ``settled_at``.
+    """
+
+    id = models.CharField(primary_key=True, max_length=36)
+    kind = models.CharField(max_length=16)  # serve | worker
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    beat_at = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    dead_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["dead_at", "beat_at"], name="process_liveness")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.host}:{self.pid} ({self.id})"

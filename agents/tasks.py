@@ -54,6 +54,13 @@ def execution_run(
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
 
 
+@shared_task(name="agents.tasks.executions_settle_dead", acks_late=True, time_limit=60)
+def executions_settle_dead() -> int:
+    """Executions of dead processes settled (failed or queued again)."""
+    settled = executions.executions_settle_dead()
+    return settled.failed + settled.requeued
+
+
 @shared_task(name="agents.tasks.executions_requeue_stale", acks_late=True, time_limit=120)
 def executions_requeue_stale() -> int:
     return executions.executions_requeue_stale()

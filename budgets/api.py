@@ -13,7 +13,8 @@ from django.utils import timezone
 from ninja import Query, Router
 
 from agents.auth import ApiKeyAuth, Principal
-from agents.engine import state_for_jobs
+from agents.engine import get_engine, state_for_jobs
+from agents.runtime.state import BudgetWindow
 from agents.schemas import ERRORS
 from budgets.models import Budget
 from budgets.schemas import (
@@ -27,6 +28,7 @@ from budgets.selectors import (
     STATS_COLUMNS,
     BudgetStatus,
     agent_stats_by_window,
+    budget_call_floors,
     budget_get,
     budget_list,
     budget_spans,
@@ -54,11 +56,12 @@ def _actor(principal: Principal) -> str:
 
 async def _statuses(budgets: list[Budget], now: datetime) -> list[BudgetStatus]:
     spans = budget_spans(budgets, now=now)
-    usage = {}
+    windows: dict[str, BudgetWindow] = {}
     if spans:
         store = await state_for_jobs()
-        usage = await store.budget_usage(tuple(span.key for span in spans))
-    return await sync_to_async(budget_statuses)(spans=spans, usage=usage, now=now)
+        windows = await store.budget_windows(tuple(span.key for span in spans))
+    floors = budget_call_floors(budgets, get_engine().config)
+    return await sync_to_async(budget_statuses)(spans=spans, usage=windows, now=now, floors=floors)
 
 
 async def _one(budget_id: int, principal: Principal) -> dict[str, object]:

@@ -40,6 +40,11 @@ class BudgetOut(Schema):
     rate_usd_per_hour: float = Field(description="Ledger spend over the last hour, per hour")
     predictability: float | None = Field(description="forecast_usd / limit_usd (null: limit 0)")
     metric_scope: str = Field(description="The scope label of the budget gauges")
+    refused: int = Field(description="Calls refused for this budget in the window")
+    floor_usd: float | None = Field(
+        description="The smallest call the budget must still admit (its agents' worst-case "
+        "call, or the smallest amount it refused): state is exceeded once remaining is below it"
+    )
 
 
 class BudgetListOut(Schema):

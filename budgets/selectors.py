@@ -21,7 +21,9 @@ from django.db.models import Q, Sum
 
 from agents.auth import Principal
 from agents.live_config import budget_rule
-from agents.runtime.budgets import MICROS, window_bounds
+from agents.runtime.budgets import MICROS, agent_call_floor_micros, window_bounds
+from agents.runtime.ports import ConfigSource
+from agents.runtime.state import BudgetWindow
 from agents.runtime.types import BudgetRule
 from budgets.models import LATENCY_BUCKETS_MS, Budget, BudgetScope, SpendEntry, SpendRollup
 from console.errors import NotFound
@@ -94,6 +96,12 @@ class BudgetSpan:
     @property
     def key(self) -> str:
         return f"budget:{self.rule.id}:{self.window_id}"
+
+    @property
+    def counted_from(self) -> datetime:
+        """Where the budget's counting starts in this window: its start, or the budget's
+        creation when it was created during the window (no counter held earlier spend)."""
+        return max(self.start, self.budget.created_at)
 
 
 def budget_spans(budgets: Iterable[Budget], *, now: datetime) -> list[BudgetSpan]:
@@ -181,6 +189,8 @@ class BudgetStatus:
     paused: bool
     raise_usd: Decimal | None
     raise_until: datetime | None
+    refused: int = 0  # admissions refused for this budget in the window
+    floor_usd: Decimal | None = None  # the smallest call it must still admit (None: unknown)
 
     def as_dict(self) -> dict[str, Any]:
         def money(value: Decimal | None) -> float | None:
@@ -212,17 +222,28 @@ class BudgetStatus:
             "rate_usd_per_hour": money(self.rate_usd_per_hour),
             "predictability": self.predictability,
             "metric_scope": self.label,
+            "refused": self.refused,
+            "floor_usd": money(self.floor_usd),
         }
 
 
 def budget_state(
-    *, limit: Decimal, used: Decimal, paused: bool, warn_at_pct: int, alert_at_pct: int
+    *,
+    limit: Decimal,
+    used: Decimal,
+    paused: bool,
+    warn_at_pct: int,
+    alert_at_pct: int,
+    floor: Decimal | None = None,
 ) -> tuple[BudgetState, Literal["warn", "alert"] | None]:
     """paused > exceeded > warning (alert, then warn threshold) > ok. ``used`` is spent plus
-    reserved: what the runtime counts against the limit when it admits a call."""
+    reserved: what the runtime counts against the limit when it admits a call. Exceeded as soon
+    as what is left cannot admit ``floor`` (the smallest call the budget must admit: its
+    agents' worst-case call, or the smallest amount it refused in the window), even below
+    100% used."""
     if paused:
         return "paused", None
-    if used >= limit:
+    if used >= limit or (floor is not None and floor > 0 and limit - used < floor):
         return "exceeded", None
     if used * 100 >= limit * alert_at_pct:
         return "warning", "alert"
@@ -249,19 +270,71 @@ def _recent_spend(spans: list[BudgetSpan], now: datetime) -> list[tuple[Decimal,
     ]
 
 
+def budget_call_floors(budgets: Iterable[Budget], config: ConfigSource) -> dict[int, int]:
+    """Budget id -> micro-USD of the smallest worst-case call among the agents it covers (its
+    agent; every agent for a global budget; the key's agents for a key budget). No query: the
+    agents and prices come from ``config`` (the process's live config)."""
+    names = tuple(config.snapshot.agents)  # type: ignore[attr-defined]
+    floors: dict[int, int] = {}
+    cache: dict[str, int | None] = {}
+
+    def floor(name: str) -> int | None:
+        if name not in cache:
+            agent = config.agent(name)
+            cache[name] = (
+                None if agent is None else agent_call_floor_micros(agent, config.deployments)
+            )
+        return cache[name]
+
+    for budget in budgets:
+        if budget.scope == BudgetScope.AGENT:
+            covered: tuple[str, ...] = (budget.agent.name,) if budget.agent is not None else ()
+        elif budget.scope == BudgetScope.API_KEY and budget.api_key is not None:
+            key = config.snapshot.keys.get(budget.api_key.prefix)  # type: ignore[attr-defined]
+            allowed = key.agents if key is not None else frozenset()
+            covered = tuple(n for n in names if not allowed or n in allowed)
+        else:
+            covered = names
+        known = [f for f in (floor(n) for n in covered) if f is not None]
+        if known:
+            floors[budget.pk] = min(known)
+    return floors
+
+
 def budget_statuses(
-    *, spans: list[BudgetSpan], usage: Mapping[str, tuple[int, int]], now: datetime
+    *,
+    spans: list[BudgetSpan],
+    usage: Mapping[str, tuple[int, int] | BudgetWindow],
+    now: datetime,
+    floors: Mapping[int, int] | None = None,
 ) -> list[BudgetStatus]:
-    """State and forecast of each budget. One query (the ledger's recent spend).
+    """State and forecast of each budget. One query (the ledger's recent spend), and one more
+    when a window is unknown to the shared state (then its spend is the ledger's).
 
     ``forecast_usd = spent + rate x time left``, where the rate is the ledger's spend over the
-    last 60 minutes (or since the window began, if that is shorter) per second.
+    last 60 minutes (or since the window began, if that is shorter) per second. ``floors``
+    (:func:`budget_call_floors`) and the smallest amount refused in the window decide
+    ``exceeded`` below 100%.
     """
+    windows = {
+        key: value if isinstance(value, BudgetWindow) else BudgetWindow(*value)
+        for key, value in usage.items()
+    }
+    unknown = [span for span in spans if span.key in windows and not windows[span.key].ready]
+    if unknown:  # lost or not rebuilt yet: the ledger says what was spent
+        ledger = ledger_micros(unknown)
+        for span in unknown:
+            windows[span.key] = BudgetWindow(ledger[span.key], 0, ready=False)
     statuses = []
     for span, (recent, seconds) in zip(spans, _recent_spend(spans, now), strict=True):
         budget = span.budget
-        spent_micros, reserved_micros = usage.get(span.key, (0, 0))
-        spent, reserved = micros_to_usd(spent_micros), micros_to_usd(reserved_micros)
+        window = windows.get(span.key, BudgetWindow(0, 0))
+        spent, reserved = micros_to_usd(window.spent), micros_to_usd(window.reserved)
+        floor_micros = max(
+            (floors or {}).get(budget.pk, 0),
+            window.min_refused,
+        )
+        floor_usd = micros_to_usd(floor_micros) if floor_micros else None
         raised = (
             budget.raise_usd
             if budget.raise_usd is not None
@@ -277,6 +350,7 @@ def budget_statuses(
             paused=budget.paused,
             warn_at_pct=budget.warn_at_pct,
             alert_at_pct=budget.alert_at_pct,
+            floor=floor_usd,
         )
         rate = recent / Decimal(seconds) if seconds > 0 else Decimal(0)
         left = Decimal(max(0.0, (span.end - now).total_seconds()))
@@ -307,9 +381,28 @@ def budget_statuses(
                 paused=budget.paused,
                 raise_usd=raised,
                 raise_until=budget.raise_until if raised is not None else None,
+                refused=window.refused,
+                floor_usd=floor_usd,
             )
         )
     return statuses
+
+
+def ledger_micros(spans: list[BudgetSpan]) -> dict[str, int]:
+    """Window key -> micro-USD the ledger charged in it since the budget existed
+    (``charged_micros``: what the counters settle). One query."""
+    if not spans:
+        return {}
+    totals = SpendEntry.objects.aggregate(
+        **{
+            f"m{i}": Sum(
+                "charged_micros",
+                filter=span_filter(span) & Q(at__gte=span.counted_from, at__lt=span.end),
+            )
+            for i, span in enumerate(spans)
+        }
+    )
+    return {span.key: int(totals[f"m{i}"] or 0) for i, span in enumerate(spans)}
 
 
 # --- per-agent stats from the rollups ------------------------------------------------------

@@ -17,13 +17,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Count, IntegerField, Min, Q, Sum, Value, When
+from django.db.models import Case, Count, IntegerField, Min, Sum, Value, When
 from django.utils import timezone
 
 from agents.metrics import set_budget_remaining
 from agents.models import MONEY_MAX, Execution
 from agents.runtime.budgets import window_bounds
-from agents.runtime.state import BreakerConfig, Completion, StateStore
 from budgets.metrics import set_budget_forecast
 from budgets.models import LATENCY_BUCKETS_MS, Budget, SpendEntry, SpendRollup
 from budgets.selectors import (
@@ -33,8 +32,8 @@ from budgets.selectors import (
     budget_spans,
     budget_statuses,
     budget_usage_read,
+    ledger_micros,
     micros_to_usd,
-    span_filter,
 )
 from console.errors import NotFound, ValidationFailed
 from console.services import audit_record
@@ -350,21 +349,6 @@ def drift_key(span: BudgetSpan) -> str:
     return f"ledger_drift:budget:{span.rule.id}:{span.window_id}"
 
 
-def _ledger_micros(spans: list[BudgetSpan]) -> list[int]:
-    if not spans:
-        return []
-    totals = SpendEntry.objects.aggregate(
-        **{
-            f"m{i}": Sum(
-                "charged_micros",
-                filter=span_filter(span) & Q(at__gte=span.start, at__lt=span.end),
-            )
-            for i, span in enumerate(spans)
-        }
-    )
-    return [int(totals[f"m{i}"] or 0) for i in range(len(spans))]
-
-
 def budgets_reconcile(
     *,
     now: datetime | None = None,
@@ -385,8 +369,8 @@ def budgets_reconcile(
     (a reset, a restarted embedded process). Either opens a ``ledger_drift`` incident (one per
     budget window) with the numbers, and is logged; a later agreement resolves it.
 
-    A budget created during its current window is skipped: the counter started at creation,
-    the ledger at the window's start.
+    A budget created during its current window is compared from its creation on (its counter
+    started then: ``BudgetSpan.counted_from``).
 
     Embedded mode keeps the counters in the serve process's memory (``MemoryState``). This job
     then runs in that same process (the embedded scheduler hands it to the in-process worker),
@@ -394,14 +378,15 @@ def budgets_reconcile(
     them from Redis.
     """
     now = now or timezone.now()
-    spans = [s for s in budget_spans(budget_list(), now=now) if s.budget.created_at <= s.start]
+    spans = budget_spans(budget_list(), now=now)
     if not spans:
         return []
     keys = tuple(span.key for span in spans)
     before = usage_reader(keys)
     if settle_s > 0:
         sleep(settle_s)
-    ledger = _ledger_micros(spans)
+    charged_by_key = ledger_micros(spans)
+    ledger = [charged_by_key[span.key] for span in spans]
     after = usage_reader(keys)
     open_drifts = set(
         Incident.objects.filter(kind="ledger_drift")
@@ -452,44 +437,6 @@ def budgets_reconcile(
                 dedup_key=key, message="counter and ledger agree again", data=numbers
             )
     return results
-
-
-async def budget_counters_restore(*, store: StateStore, now: datetime | None = None) -> int:
-    """Put back the spend of each budget's current window into counters that lost it.
-
-    For embedded mode, at start-up, before traffic: its counters live in process memory, so a
-    restart would otherwise forget today's spend (budgets would under-enforce, and the
-    reconcile job would rightly report drift). A window whose counter already has spend is
-    left alone, as are budgets created during their current window (their counter never held
-    the spend before their creation; reconcile skips them too). Returns the windows restored.
-    """
-    from asgiref.sync import sync_to_async
-
-    now = now or timezone.now()
-
-    def read() -> list[tuple[str, int]]:
-        spans = [s for s in budget_spans(budget_list(), now=now) if s.budget.created_at <= s.start]
-        return [(s.key, micros) for s, micros in zip(spans, _ledger_micros(spans), strict=True)]
-
-    charged = [(key, micros) for key, micros in await sync_to_async(read)() if micros > 0]
-    if not charged:
-        return 0
-    usage = await store.budget_usage(tuple(key for key, _ in charged))
-    restored = 0
-    for key, micros in charged:
-        if usage.get(key, (0, 0))[0] == 0:
-            await store.complete(
-                Completion(
-                    attempt=None,
-                    deployment_breaker=BreakerConfig(),
-                    entry_id=f"restore:{key}",
-                    budget_settlements=((key, micros),),
-                )
-            )
-            restored += 1
-    if restored:
-        log.info("restored the spend of %d budget window(s) from the ledger", restored)
-    return restored
 
 
 # --- cost spikes -------------------------------------------------------------------------------

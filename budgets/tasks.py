@@ -29,3 +29,12 @@ def cost_spike_detect() -> int:
 def budgets_observe() -> int:
     """Budgets whose gauges were published."""
     return len(services.budgets_observe())
+
+
+@shared_task(name="budgets.tasks.budget_windows_prepare", acks_late=True, time_limit=60)
+def budget_windows_prepare() -> int:
+    """Budget windows written (next windows ahead of time, any the shared state lost)."""
+    from agents.executions import _with_state
+    from budgets.windows import budget_windows_rebuild
+
+    return len(_with_state(lambda state: budget_windows_rebuild(store=state)))

@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
@@ -19,3 +25,25 @@ def _install_schedule(sender: Celery, **_: object) -> None:
     from console.schedule import beat_schedule
 
     sender.conf.beat_schedule = beat_schedule()
+
+
+@worker_process_init.connect
+@worker_ready.connect
+def _heartbeat_start(**_: object) -> None:
+    """Each worker process (a prefork child; the main process, which runs the tasks of a solo
+    or threads pool) holds a heartbeat: if it dies, the executions it claimed are settled or
+    queued again within about a minute (agents.processes)."""
+    from agents.processes import current_process
+
+    current_process("worker").start()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _heartbeat_stop(**_: object) -> None:
+    """A worker process that stops cleanly says so: what it still owned is settled at once."""
+    from agents import processes
+
+    heartbeat = processes._heartbeat
+    if heartbeat is not None and heartbeat.identity.pid == os.getpid():
+        heartbeat.stop()

@@ -31,7 +31,10 @@ def get_async_redis() -> aioredis.Redis:
             settings.REDIS_URL,
             max_connections=settings.BREAKWATER_REDIS_MAX_CONNECTIONS,
             timeout=5,
-            socket_connect_timeout=2,
+            socket_connect_timeout=max(1.0, settings.BREAKWATER_REDIS_TIMEOUT_S),
+            # No command of ours blocks in Redis: one unanswered this long means Redis is
+            # stalled, and the caller gets an error instead of waiting for ever.
+            socket_timeout=max(1.0, 4 * settings.BREAKWATER_REDIS_TIMEOUT_S),
             health_check_interval=30,
         )
         client = aioredis.Redis(connection_pool=pool)
@@ -59,6 +62,7 @@ def get_async_wire() -> RedisWire:
     loop = asyncio.get_running_loop()
     wire = _wires.get(loop)
     if wire is None:
-        wire = RedisWire(settings.REDIS_URL, connect_timeout_s=2.0, command_timeout_s=5.0)
+        timeout = settings.BREAKWATER_REDIS_TIMEOUT_S
+        wire = RedisWire(settings.REDIS_URL, connect_timeout_s=timeout, command_timeout_s=timeout)
         _wires[loop] = wire
     return wire

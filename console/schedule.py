@@ -20,7 +20,9 @@ class Job:
 
 
 JOBS: tuple[Job, ...] = (
+    Job("executions-settle-dead", "agents.tasks.executions_settle_dead", every_s=10),
     Job("executions-reap-stale", "agents.tasks.executions_reap_stale", every_s=60),
+    Job("budget-windows-prepare", "budgets.tasks.budget_windows_prepare", every_s=60),
     Job("executions-requeue-stale", "agents.tasks.executions_requeue_stale", every_s=60),
     Job("rollups-refresh", "budgets.tasks.rollups_refresh", every_s=60),
     Job("budgets-reconcile", "budgets.tasks.budgets_reconcile", every_s=300),

@@ -82,6 +82,21 @@ BREAKWATER_SERVE_DRAINS = env_bool("BREAKWATER_SERVE_DRAINS", True)
 BREAKWATER_READYZ_TIMEOUT_S = env_float(
     "BREAKWATER_READYZ_TIMEOUT_S", 2.0, min_value=0.05, max_value=30
 )
+# Process liveness (agents.processes): a process running executions writes a heartbeat every
+# HEARTBEAT_S; one silent for DEAD_AFTER_S is dead, and the executions it left running are
+# settled (failed and charged their reservation, or re-queued) within about a minute.
+BREAKWATER_HEARTBEAT_S = env_float("BREAKWATER_HEARTBEAT_S", 5.0, min_value=0.1, max_value=60)
+BREAKWATER_DEAD_AFTER_S = env_float("BREAKWATER_DEAD_AFTER_S", 20.0, min_value=1.0, max_value=3600)
+if BREAKWATER_DEAD_AFTER_S < 2 * BREAKWATER_HEARTBEAT_S:
+    raise ImproperlyConfigured(
+        "BREAKWATER_DEAD_AFTER_S must be at least twice BREAKWATER_HEARTBEAT_S "
+        f"({BREAKWATER_DEAD_AFTER_S:g} < 2 x {BREAKWATER_HEARTBEAT_S:g})"
+    )
+# Shared state (Redis): a command unanswered after this many seconds fails its execution with a
+# typed 503 (the connection is reset); connecting gets the same time.
+BREAKWATER_REDIS_TIMEOUT_S = env_float(
+    "BREAKWATER_REDIS_TIMEOUT_S", 0.25, min_value=0.01, max_value=30
+)
 # Cost spike: 5-minute spend above FACTOR x its 6-hour baseline and above MIN_USD.
 BREAKWATER_COST_SPIKE_FACTOR = env_float("BREAKWATER_COST_SPIKE_FACTOR", 3.0, min_value=1.0)
 BREAKWATER_COST_SPIKE_MIN_USD = env_float("BREAKWATER_COST_SPIKE_MIN_USD", 1.0, min_value=0.0)

@@ -57,14 +57,17 @@ def journal_directory() -> Path:
     return Path(settings.VAR_DIR) / "journal"
 
 
-def recorder_for_settings() -> Recorder:
+def recorder_for_settings(*, owner: str = "") -> Recorder:
     """The sink and drainer for this deployment mode. Call it inside the running event loop
     (the Redis client belongs to the loop); then ``drainer.start()``, and at shutdown
-    ``await drainer.stop()`` (a final drain) before closing the sink.
+    ``await drainer.stop()`` (a final drain) before closing the sink. ``owner``: this process's
+    identity (``agents.processes``), written on every ``started`` event.
     """
     if settings.EMBEDDED:
         directory = journal_directory()
-        return Recorder(FileJournal(directory), RecordDrainer(file_drain(directory)))
+        return Recorder(FileJournal(directory, owner=owner), RecordDrainer(file_drain(directory)))
     from console.redis import get_async_redis, get_async_wire
 
-    return Recorder(RedisJournal(get_async_wire()), RecordDrainer(redis_drain(get_async_redis())))
+    return Recorder(
+        RedisJournal(get_async_wire(), owner=owner), RecordDrainer(redis_drain(get_async_redis()))
+    )

@@ -25,6 +25,9 @@ FINISHED = "finished"
 _CENT_FRACTION = Decimal("0.00000001")  # Execution.cost_usd has 8 decimal places
 _CHOICE_MAX = 32  # Execution.model_choice
 _INT_MAX = 2**31 - 1  # PositiveIntegerField's range on PostgreSQL
+_OWNER_MAX = 36  # Execution.owner
+_MICROS = Decimal(1_000_000)
+_RESERVED_MAX = 10**16  # Execution.reserved_usd: 16 digits, 8 places, in micro-USD
 _STATUSES = frozenset({"queued", "running", "succeeded", "degraded", "failed", "cancelled"})
 
 
@@ -39,7 +42,11 @@ def _dumps(event: dict[str, Any]) -> bytes:
         return json.dumps(event, separators=(",", ":"), default=str).encode("ascii")
 
 
-def encode_started(request: ExecutionRequest, created_at: float) -> bytes:
+def encode_started(
+    request: ExecutionRequest, created_at: float, *, owner: str = "", reserved_micros: int = 0
+) -> bytes:
+    """``owner``: the process running it (``agents.processes``); ``reserved_micros``: what its
+    admission reserves, charged if that process dies before saying what it spent."""
     return _dumps(
         {
             "event": STARTED,
@@ -50,6 +57,8 @@ def encode_started(request: ExecutionRequest, created_at: float) -> bytes:
             "session_id": request.session_id,
             "metadata": dict(request.metadata),
             "created_at": created_at,
+            "owner": owner,
+            "reserved_micros": reserved_micros,
         }
     )
 
@@ -155,6 +164,11 @@ def row_from_event(raw: bytes | str) -> Row:
     }
     if kind == STARTED:
         fields["status"] = "running"
+        fields["owner"] = str(event.get("owner") or "")[:_OWNER_MAX]
+        reserved = int(event.get("reserved_micros") or 0)
+        if not 0 <= reserved < _RESERVED_MAX:
+            raise ValueError(f"reserved_micros out of range: {reserved}")
+        fields["reserved_usd"] = Decimal(reserved) / _MICROS
         return Row(execution_id, finished=False, fields=fields)
     if kind != FINISHED:
         raise ValueError(f"unknown event kind {kind!r}")
@@ -185,7 +199,12 @@ def row_from_event(raw: bytes | str) -> Row:
     return Row(execution_id, finished=True, fields=fields)
 
 
-# Every Execution column but the primary key: what a redelivered ``finished`` rewrites.
+# What a ``started`` event writes over a row that exists already (a queued execution, claimed;
+# a ``finished`` that arrived first): who runs it and what it reserved.
+STARTED_FIELDS = ("owner", "reserved_usd")
+
+# Every Execution column but the primary key (and STARTED_FIELDS): what a redelivered
+# ``finished`` rewrites.
 FINISHED_FIELDS = (
     "agent_name",
     "api_key_id",

@@ -37,6 +37,7 @@ from pathlib import Path
 from agents.recording.drainer import DrainResult, with_fresh_connections
 from agents.recording.events import Row, encode_finished, encode_started, row_from_event
 from agents.recording.store import store_rows
+from agents.runtime.state import RecordingUnavailable
 from agents.runtime.types import ExecutionRequest, ExecutionResult
 
 log = logging.getLogger("breakwater.recording")
@@ -60,7 +61,10 @@ class FileJournal:
     never followed by another event in the same file.
     """
 
-    def __init__(self, directory: Path, *, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, directory: Path, *, max_bytes: int = 64 * 1024 * 1024, owner: str = ""
+    ) -> None:
+        self.owner = owner  # the process identity written on "started" events
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._max_bytes = max_bytes
@@ -108,8 +112,21 @@ class FileJournal:
             os.close(self._fd)
         self._fd = -1  # the next append opens a new file
 
-    async def started(self, request: ExecutionRequest, created_at: float) -> None:
-        self.append(encode_started(request, created_at) + b"\n")
+    async def started(
+        self,
+        request: ExecutionRequest,
+        created_at: float,
+        *,
+        reserved_micros: int = 0,
+        budget_keys: tuple[str, ...] = (),
+    ) -> None:
+        line = encode_started(
+            request, created_at, owner=self.owner, reserved_micros=reserved_micros
+        )
+        try:
+            self.append(line + b"\n")
+        except OSError as exc:  # a full disk: nothing goes upstream that is not recorded
+            raise RecordingUnavailable(f"journal {self.path}: {exc}") from exc
 
     async def finished(self, result: ExecutionResult) -> None:
         self.append(encode_finished(result) + b"\n")

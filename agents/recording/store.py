@@ -1,7 +1,8 @@
 """Upsert a batch of journal events into ``Execution``, idempotently.
 
-* ``started`` inserts a ``running`` row with ``ignore_conflicts``: it never overwrites a row, so
-  a ``started`` that arrives after its ``finished`` (another file, a reclaimed entry) is a no-op.
+* ``started`` inserts a ``running`` row; over an existing row it writes only ``owner`` and
+  ``reserved_usd`` (a queued row its worker claimed; a ``finished`` that arrived first keeps its
+  status and everything else).
 * ``finished`` is an upsert on ``id`` rewriting every column: redelivering it writes the same
   values again, and it wins over ``running`` (and over the reaper's ``failed``, being the truth).
 * Within one batch the events of one execution collapse first (``finished`` wins).
@@ -32,7 +33,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, transaction
 
-from agents.recording.events import FINISHED_FIELDS, Row
+from agents.recording.events import FINISHED_FIELDS, STARTED_FIELDS, Row
 
 log = logging.getLogger("breakwater.recording")
 
@@ -90,7 +91,14 @@ def _write(batch: Sequence[_Merged]) -> None:
                 fields[name] = fields.get(name, "")[:length]
             (finished if m.row.finished else started).append(Execution(id=m.row.id, **fields))
         if started:
-            Execution.objects.bulk_create(started, ignore_conflicts=True)
+            # A row that exists (a claimed queued execution, a finished one) keeps everything
+            # but who runs it and what it reserved.
+            Execution.objects.bulk_create(
+                started,
+                update_conflicts=True,
+                unique_fields=["id"],
+                update_fields=list(STARTED_FIELDS),
+            )
         if finished:
             Execution.objects.bulk_create(
                 finished,

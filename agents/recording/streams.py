@@ -25,12 +25,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.recording.drainer import DrainResult, with_fresh_connections
 from agents.recording.events import Row, encode_finished, encode_started, row_from_event
 from agents.recording.store import StoreOutcome, store_rows
 from agents.runtime.redis_wire import RedisCommands
+from agents.runtime.state import RecordingUnavailable
 from agents.runtime.types import ExecutionRequest, ExecutionResult
 
 log = logging.getLogger("breakwater.recording")
@@ -50,8 +53,14 @@ class RedisJournal:
     """
 
     def __init__(
-        self, client: RedisCommands, stream: str = STREAM, *, maxlen: int = MAXLEN
+        self,
+        client: RedisCommands,
+        stream: str = STREAM,
+        *,
+        maxlen: int = MAXLEN,
+        owner: str = "",
     ) -> None:
+        self.owner = owner  # the process identity written on "started" events
         self._client = client
         self.stream = stream
         self._maxlen = maxlen
@@ -61,8 +70,22 @@ class RedisJournal:
             "XADD", self.stream, "MAXLEN", "~", self._maxlen, "*", FIELD, payload
         )
 
-    async def started(self, request: ExecutionRequest, created_at: float) -> None:
-        await self._add(encode_started(request, created_at))
+    async def started(
+        self,
+        request: ExecutionRequest,
+        created_at: float,
+        *,
+        reserved_micros: int = 0,
+        budget_keys: tuple[str, ...] = (),
+    ) -> None:
+        try:
+            await self._add(
+                encode_started(
+                    request, created_at, owner=self.owner, reserved_micros=reserved_micros
+                )
+            )
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise RecordingUnavailable(f"Redis journal: {exc}") from exc
 
     async def finished(self, result: ExecutionResult) -> None:
         await self._add(encode_finished(result))

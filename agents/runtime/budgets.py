@@ -8,13 +8,15 @@ output_price``, rounded up.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from agents.runtime.providers.base import estimate_messages
 from agents.runtime.state import BudgetHold
-from agents.runtime.types import BudgetRule, Deployment, Usage
+from agents.runtime.types import AgentConfig, BudgetRule, Deployment, Message, Usage
 
 MICROS = Decimal(1_000_000)
 MTOK = Decimal(1_000_000)
@@ -55,6 +57,23 @@ def _window_bounds(rule: BudgetRule, now: float) -> tuple[str, float, float]:
     start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     following = (start + timedelta(days=32)).replace(day=1)
     return f"{start:%Y-%m}", start.timestamp(), following.timestamp()
+
+
+def window_span(rule: BudgetRule, window_id: str) -> tuple[float, float] | None:
+    """``(start, end)`` of the window named ``window_id`` (as :func:`window_bounds` names
+    them), or None when it names no window of ``rule``."""
+    zone = _zone(rule.timezone)
+    try:
+        if rule.window == "daily":
+            day = date.fromisoformat(window_id)
+            start = datetime(day.year, day.month, day.day, tzinfo=zone)
+        else:
+            year, month = window_id.split("-")
+            start = datetime(int(year), int(month), 1, tzinfo=zone)
+    except ValueError:
+        return None
+    named, begins, ends = _window_bounds(rule, start.timestamp() + 3600)  # well inside it
+    return (begins, ends) if named == window_id else None
 
 
 def to_micros(usd: Decimal, *, up: bool) -> int:
@@ -98,3 +117,19 @@ def price(deployment: Deployment, usage: Usage) -> Decimal:
         deployment.input_usd_per_mtok * usage.input_tokens
         + deployment.output_usd_per_mtok * usage.output_tokens
     ) / MTOK
+
+
+def agent_call_floor_micros(
+    agent: AgentConfig, deployments: Callable[[str], tuple[Deployment, ...]]
+) -> int | None:
+    """The agent's worst-case call: what admission reserves for a call at its ``max_tokens``
+    with its system prompt alone as input, over its models and fallbacks (None: a deployment
+    has no price, or the agent has none). A budget with less than this left is exceeded for
+    the agent (CONTRACT: ``exceeded`` once it cannot admit the agent's worst-case call)."""
+    chain = tuple(d for model in (agent.model, *agent.fallback_models) for d in deployments(model))
+    if not chain or not all(d.priced for d in chain):
+        return None
+    prompt = (
+        estimate_messages((Message("system", agent.system_prompt),)) if agent.system_prompt else 0
+    )
+    return worst_case_micros(chain, prompt, agent.max_tokens)

@@ -49,9 +49,18 @@ from agents.runtime.errors import (
     policy_for,
 )
 from agents.runtime.fallbacks import DEFAULT_FALLBACK_MESSAGES
-from agents.runtime.ports import ConfigSource, EventSink, NullEvents, RecordSink, SessionStore
+from agents.runtime.ports import (
+    BudgetWindows,
+    ConfigSource,
+    EventSink,
+    NewBudgetWindows,
+    NullEvents,
+    RecordSink,
+    SessionStore,
+)
 from agents.runtime.providers.base import OnToken, ProviderClient, estimate_messages
 from agents.runtime.state import (
+    Abandon,
     AdmitRequest,
     AttemptResult,
     BreakerConfig,
@@ -59,10 +68,13 @@ from agents.runtime.state import (
     BudgetHold,
     Candidate,
     Completion,
+    DependencyUnavailable,
     Outcome,
     RateLimit,
+    RecordingUnavailable,
     Selection,
     StateStore,
+    StateUnavailable,
     Transition,
     agent_breaker_key,
 )
@@ -127,7 +139,7 @@ class _Run:
     cache_key: str | None = None
     final: Completion | None = None  # the last state call, sent with the journal write
     held: tuple[int, bool] | None = None  # (deployment, probe) whose lease is held now
-    on_cancel: Callable[[], Completion] | None = None
+    admitted: bool = False  # admission took a lease (and reservations): they must be given back
     journaled: asyncio.Future[None] | None = None  # the "started" journal write
     model_choice: str = "standard"
     # Set by admission, moved on by retries and fallbacks:
@@ -159,9 +171,17 @@ class Executor:
         retry: RetryPolicy | None = None,
         deployment_breaker: BreakerConfig = DEFAULT_DEPLOYMENT_BREAKER,
         rng: random.Random | None = None,
+        windows: BudgetWindows | None = None,
     ) -> None:
         self._config = config
         self._state = state
+        self._windows = windows or NewBudgetWindows(state)
+        # State calls that must still reach the store after their caller was answered (an
+        # abandoned admission, a settlement that timed out): retried in the background.
+        self._background: set[asyncio.Future[None]] = set()
+        # Dependencies (DependencyUnavailable.kind) this process last found not answering:
+        # reported once when they stop, once when they answer again.
+        self._down: set[str] = set()
         self._providers = providers
         self._clock = clock
         self._records = records
@@ -195,13 +215,6 @@ class Executor:
         agent = self._config.agent(request.agent)
         if agent is None:
             raise UnknownAgent(request.agent)
-        history: tuple[Message, ...] = ()
-        if request.session_id and self._sessions is not None:
-            history = window(
-                await self._sessions.history(agent.name, request.session_id),
-                max_messages=agent.session_max_messages,
-                max_tokens=agent.session_max_tokens,
-            )
         system = (Message("system", agent.system_prompt),) if agent.system_prompt else ()
         started = self._clock.monotonic()
         run = _Run(
@@ -210,41 +223,57 @@ class Executor:
             started=started,
             created_at=self._clock.now(),
             deadline=started + agent.timeout_s,
-            messages=system + history + request.messages,
+            messages=system + request.messages,
             max_tokens=min(request.max_tokens or agent.max_tokens, agent.max_tokens),
         )
         self._events.execution_started(request.execution_id, agent.name)
-        # Journaled concurrently with admission; awaited before any provider call.
-        run.journaled = asyncio.ensure_future(self._records.started(request, run.created_at))
         try:
+            if request.session_id and self._sessions is not None:
+                history = window(
+                    await self._sessions.history(agent.name, request.session_id),
+                    max_messages=agent.session_max_messages,
+                    max_tokens=agent.session_max_tokens,
+                )
+                run.messages = system + history + request.messages
             result = await self._run(run, on_token)
         except asyncio.CancelledError:
-            if run.final is None and run.on_cancel is not None:
-                run.final = run.on_cancel()
             result = self._result(run, ExecutionStatus.CANCELLED, "", None, None)
-            await asyncio.shield(self._finish(run, result))
+            await self._finish_aborted(run, result)
             raise
-        except Exception as exc:  # a broken dependency (state store, journal): record, re-raise
+        except DependencyUnavailable as exc:
+            # The shared state or the journal did not answer: a typed refusal (503), never an
+            # untyped 500.
+            if exc.kind not in self._down:
+                self._down.add(exc.kind)
+                self._events.dependency_changed(exc.kind, False, str(exc)[:500])
+            result = self._unavailable(run, exc)
+            await self._finish_aborted(run, result)
+            return result
+        except Exception as exc:  # a bug or a broken dependency (the journal): record, re-raise
             error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:500]}
             result = self._result(run, ExecutionStatus.FAILED, "", None, None, error=error)
-            with contextlib.suppress(Exception):
-                await self._finish(run, result)
+            await self._finish_aborted(run, result)
             raise
         self._cache_store(run, result)  # first: its write leaves with the settle and the journal
-        await self._finish(run, result)
+        # Shielded: a caller that goes away now (a client disconnect) must not cancel the
+        # settlement or the "finished" journal write of an execution that has ended.
+        await asyncio.shield(self._finish(run, result))
         if (
             request.session_id
             and self._sessions is not None
             and result.status == ExecutionStatus.SUCCEEDED
         ):
-            await self._sessions.append(
-                agent.name,
-                request.session_id,
-                (
-                    *request.messages,
-                    Message("assistant", result.output, tool_calls=result.tool_calls),
-                ),
-            )
+            try:
+                await self._sessions.append(
+                    agent.name,
+                    request.session_id,
+                    (
+                        *request.messages,
+                        Message("assistant", result.output, tool_calls=result.tool_calls),
+                    ),
+                )
+            except Exception:  # the answer stands; the durable copy is the execution record
+                log.warning("could not append to session %s", request.session_id, exc_info=True)
         return result
 
     # --- the pipeline -------------------------------------------------------------------------
@@ -351,20 +380,63 @@ class Executor:
             holds = tuple(BudgetHold(w.key, w.limit, worst, w.ttl_s) for w in windows)
             run.reserved = worst
         run.holds = holds
-        while True:
-            admission = await self._state.admit(
-                AdmitRequest(
-                    lease_id=run.request.execution_id,
-                    lease_ttl_s=lease_ttl,
-                    agent_breaker_key=agent_key,
-                    agent_breaker=agent.breaker,
-                    rate_limits=tuple(limits),
-                    candidates=self._candidates(chain[model_index]),
-                    deployment_breaker=self._deployment_breaker,
-                    budgets=holds,
-                    cache_key=lookup,
-                )
+        # Journaled concurrently with admission (both leave in this turn of the loop), with
+        # what admission reserves: a process that dies mid-call is charged for it. Awaited
+        # before any provider call.
+        run.journaled = asyncio.ensure_future(
+            self._records.started(
+                run.request,
+                run.created_at,
+                reserved_micros=run.reserved,
+                budget_keys=tuple(h.key for h in holds),
             )
+        )
+        prepared = False
+        while True:
+            admit = AdmitRequest(
+                lease_id=run.request.execution_id,
+                lease_ttl_s=lease_ttl,
+                agent_breaker_key=agent_key,
+                agent_breaker=agent.breaker,
+                rate_limits=tuple(limits),
+                candidates=self._candidates(chain[model_index]),
+                deployment_breaker=self._deployment_breaker,
+                budgets=holds,
+                cache_key=lookup,
+            )
+            try:
+                admission = await self._state.admit(admit)
+            except StateUnavailable:
+                # The admission may still reach the store later (stuck behind a stall) while
+                # the caller is answered now: make sure it takes nothing then.
+                self._abandon_later(
+                    Abandon(
+                        lease_ids=(admit.lease_id,),
+                        deployment_ids=tuple(c.deployment_id for c in admit.candidates),
+                        budget_keys=tuple(h.key for h in holds),
+                        rate_keys=tuple(limit.key for limit in limits),
+                        charge=False,
+                        tombstone_ttl_s=lease_ttl,
+                    ),
+                    give_up_after_s=lease_ttl,
+                )
+                raise
+            if self._down:
+                self._answering(StateUnavailable.kind, "the shared state answered an admission")
+            if admission.refusal == "budget_unknown":
+                if prepared:
+                    raise StateUnavailable(
+                        "budget windows could not be rebuilt: "
+                        + ", ".join(admission.unknown_budgets)
+                    )
+                # A window the store does not know (a restart, lost data, a new window): it is
+                # rebuilt from the ledger first, then admission runs again.
+                prepared = True
+                unknown = set(admission.unknown_budgets)
+                await self._windows.prepare(tuple(h for h in holds if h.key in unknown))
+                continue
+            if admission.refusal == "late":  # a fresh lease id was abandoned: never, in fact
+                raise StateUnavailable(f"lease {admit.lease_id} was abandoned")
             if admission.cached is not None:
                 assert self._cache is not None  # a lookup comes from the cache
                 lookup = None  # found once: a value that does not parse is a miss
@@ -408,18 +480,17 @@ class Executor:
             (limit.key, limit.window_s) for limit in limits if limit.key.startswith("tpm:")
         )
         run.held = (deployment_id, probe) if deployment_id is not None else None
-        run.on_cancel = lambda: self._on_cancel(run)
-        try:
-            if run.journaled is not None:
-                await run.journaled  # durable before any money is spent upstream
-        except Exception:
-            assert deployment_id is not None
-            unused = AttemptResult(
-                deployment_id, run.request.execution_id, Outcome.IGNORED, 0.0, probe
-            )
-            await self._complete(run, unused, Outcome.IGNORED)  # lease and reservations back
-            raise
+        run.admitted = True  # from here on, whatever happens gives the lease back
+        if run.journaled is not None:
+            await run.journaled  # durable before any money is spent upstream
+            if self._down:
+                self._answering(RecordingUnavailable.kind, "the journal recorded an execution")
         return None
+
+    def _answering(self, kind: str, detail: str) -> None:
+        if kind in self._down:
+            self._down.discard(kind)
+            self._events.dependency_changed(kind, True, detail)
 
     def _completion(
         self, run: _Run, attempt: AttemptResult | None, agent_outcome: Outcome | None
@@ -458,9 +529,10 @@ class Executor:
         moved = await asyncio.shield(self._state.complete(self._completion(run, attempt, None)))
         self._learn(moved, {}, run.agent.breaker)
 
-    def _on_cancel(self, run: _Run) -> Completion:
-        """The final report for a cancel that lands between provider calls (a backoff, a
-        selection, a top-up): give back any held lease, settle what was spent."""
+    def _abort_completion(self, run: _Run) -> Completion:
+        """The final report for an execution that ends by a cancel or an exception outside a
+        provider call (a backoff, a selection, a top-up, a tool, a journal write): give back
+        any held lease, settle what was spent."""
         held = None
         if run.held is not None:
             held = AttemptResult(
@@ -486,21 +558,6 @@ class Executor:
             streamed_before = run.streamed_chars
             try:
                 response = await self._attempt(run, deployment, remaining, on_token)
-            except asyncio.CancelledError:
-                # The caller went away (client disconnect, shutdown). Charge what was produced,
-                # give back the lease and any probe slots, settle rate limits; then re-raise.
-                if run.streamed_chars:
-                    produced = Usage(estimate_messages(run.messages), (run.streamed_chars + 3) // 4)
-                    self._charge(run, deployment, produced)
-                cancelled = AttemptResult(
-                    deployment.id,
-                    run.request.execution_id,
-                    Outcome.IGNORED,
-                    self._clock.monotonic() - started,
-                    run.probe,
-                )
-                await asyncio.shield(self._complete(run, cancelled, Outcome.IGNORED))
-                raise
             except ProviderFailure as failure:
                 answer = await self._after_failure(
                     run, deployment, failure, started, streamed_before
@@ -508,6 +565,23 @@ class Executor:
                 if answer is not None:
                     return answer
                 continue  # run.deployment_id holds the next attempt's lease
+            except BaseException:
+                # The caller went away (client disconnect, shutdown) or something broke that is
+                # not the provider's answer (a bug, a body that cannot be encoded). Charge what
+                # was produced, give back the lease and any probe slots, settle rate limits;
+                # then re-raise.
+                if run.streamed_chars:
+                    produced = Usage(estimate_messages(run.messages), (run.streamed_chars + 3) // 4)
+                    self._charge(run, deployment, produced)
+                aborted = AttemptResult(
+                    deployment.id,
+                    run.request.execution_id,
+                    Outcome.IGNORED,
+                    self._clock.monotonic() - started,
+                    run.probe,
+                )
+                await asyncio.shield(self._complete(run, aborted, Outcome.IGNORED))
+                raise
             outcome = await self._after_success(run, deployment, response, started)
             if isinstance(outcome, ExecutionResult):
                 return outcome
@@ -830,9 +904,43 @@ class Executor:
         task.add_done_callback(self._cache_writes.discard)
 
     async def drain_cache_writes(self) -> None:
-        """Wait for pending cache writes (call before the event loop closes)."""
+        """Wait for pending cache writes (call before the event loop closes), and give the
+        background state retries a last chance before cancelling them."""
         if self._cache_writes:
             await asyncio.gather(*self._cache_writes, return_exceptions=True)
+        if self._background:
+            _, pending = await asyncio.wait(set(self._background), timeout=1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _abandon_later(self, abandon: Abandon, *, give_up_after_s: float) -> None:
+        self._retry_later(lambda: self._state.abandon(abandon), "abandon", give_up_after_s)
+
+    def _retry_later(
+        self, call: Callable[[], Awaitable[object]], what: str, give_up_after_s: float
+    ) -> None:
+        """Run ``call`` in the background until the state store takes it (it is idempotent),
+        backing off; give up after ``give_up_after_s`` (the leases and reservations it concerns
+        have expired by then)."""
+
+        async def until_done() -> None:
+            give_up = self._clock.monotonic() + give_up_after_s
+            delay = 0.25
+            while True:
+                try:
+                    await call()
+                    return
+                except StateUnavailable:
+                    if self._clock.monotonic() + delay > give_up:
+                        log.error("gave up retrying a state %s after %.0f s", what, give_up_after_s)
+                        return
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+        task = asyncio.ensure_future(until_done())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _choose_models(
         self, run: _Run, windows: tuple[BudgetHold, ...]
@@ -981,6 +1089,26 @@ class Executor:
             retry_after=retry_after,
         )
 
+    def _unavailable(self, run: _Run, exc: DependencyUnavailable) -> ExecutionResult:
+        return self._result(
+            run,
+            ExecutionStatus.FAILED,
+            "",
+            None,
+            None,
+            error={"type": exc.kind, "message": str(exc)[:500]},
+            retry_after=1.0,
+        )
+
+    async def _finish_aborted(self, run: _Run, result: ExecutionResult) -> None:
+        """Settle and journal an execution that ended by a cancel or an exception: whatever
+        raised, a lease and reservations that admission took are given back (what was spent is
+        charged). Shielded: a second cancel does not stop it."""
+        if run.final is None and run.admitted:
+            run.final = self._abort_completion(run)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._finish(run, result))
+
     async def _finish(self, run: _Run, result: ExecutionResult) -> None:
         """Settle the shared state and journal the result, concurrently, then publish.
 
@@ -989,8 +1117,15 @@ class Executor:
         final, run.final = run.final, None
 
         async def settle() -> None:
-            if final is not None:
+            if final is None:
+                return
+            try:
                 self._learn(await self._state.complete(final), {}, run.agent.breaker)
+            except StateUnavailable:
+                # Settling twice counts once, so it is sent again until the store takes it;
+                # until then the reservation stands (and would become spend if it expired).
+                self._retry_later(lambda: self._state.complete(final), "settlement", run.lease_ttl)
+                raise
 
         async def journal() -> None:
             if run.journaled is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from agents.runtime.clock import Clock, SystemClock
 from agents.runtime.state import (
+    Abandon,
     Admission,
     AdmitRefusal,
     AdmitRequest,
@@ -21,12 +22,14 @@ from agents.runtime.state import (
     BreakerSnapshot,
     BreakerState,
     BudgetHold,
+    BudgetWindow,
     Candidate,
     Completion,
     Outcome,
     RateLimit,
     Selection,
     Transition,
+    WindowInit,
 )
 
 _AUTO = "auto"
@@ -222,6 +225,13 @@ class _SlidingLog:
                 self.total += cost - amount
                 return
 
+    def remove(self, entry_id: str) -> None:
+        for index in range(len(self.entries) - 1, -1, -1):
+            if self.entries[index][1] == entry_id:
+                self.total -= self.entries[index][2]
+                del self.entries[index]
+                return
+
 
 @dataclass
 class _Budget:
@@ -229,10 +239,14 @@ class _Budget:
     reservations: dict[str, tuple[int, float]] = field(
         default_factory=dict
     )  # id -> (amount, expiry)
+    ready: bool = False  # written by budget_prepare (a window created by a read is not)
+    refused: int = 0
+    min_refused: int = 0
 
     def reserved(self, now: float) -> int:
+        # An expired reservation's process never said what it spent: it is spent.
         for entry_id in [e for e, (_, expiry) in self.reservations.items() if expiry <= now]:
-            del self.reservations[entry_id]
+            self.spent += self.reservations.pop(entry_id)[0]
         return sum(amount for amount, _ in self.reservations.values())
 
     def hold(self, entry_id: str, amount: int, expiry: float) -> None:
@@ -240,8 +254,14 @@ class _Budget:
         self.reservations[entry_id] = (held + amount, expiry)
 
     def settle(self, entry_id: str, actual: int) -> None:
-        self.reservations.pop(entry_id, None)
-        self.spent += max(0, actual)
+        # Without its reservation (settled already, or expired into spend) nothing changes:
+        # a settlement sent twice counts once.
+        if self.reservations.pop(entry_id, None) is not None:
+            self.spent += max(0, actual)
+
+    def refuse(self, amount: int) -> None:
+        self.refused += 1
+        self.min_refused = amount if not self.min_refused else min(self.min_refused, amount)
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -264,6 +284,7 @@ class MemoryState:
         self._logs: dict[str, _SlidingLog] = {}
         self._leases: dict[int, dict[str, float]] = {}
         self._budgets: dict[str, _Budget] = {}
+        self._gone: dict[str, float] = {}  # abandoned lease id -> until when it stays gone
 
     # --- helpers (call with the lock held) ---
 
@@ -303,11 +324,29 @@ class MemoryState:
             cell = self._budgets[key] = _Budget()
         return cell
 
+    def _budget_unknown(self, holds: tuple[BudgetHold, ...]) -> tuple[str, ...]:
+        return tuple(h.key for h in holds if not self._budget(h.key).ready)
+
     def _budget_check(self, holds: tuple[BudgetHold, ...], now: float) -> bool:
-        return all(
-            self._budget(h.key).spent + self._budget(h.key).reserved(now) + h.amount <= h.limit
-            for h in holds
-        )
+        """Every hold fits; the ones that do not count a refusal."""
+        ok = True
+        for h in holds:
+            cell = self._budget(h.key)
+            if not cell.ready:
+                ok = False
+            elif cell.reserved(now) + cell.spent + h.amount > h.limit:
+                cell.refuse(h.amount)
+                ok = False
+        return ok
+
+    def _is_gone(self, lease_id: str, now: float) -> bool:
+        until = self._gone.get(lease_id)
+        if until is None:
+            return False
+        if until <= now:
+            del self._gone[lease_id]
+            return False
+        return True
 
     def _budget_take(
         self, holds: tuple[BudgetHold, ...], now: float, entry_id: str, ttl_s: float
@@ -316,14 +355,17 @@ class MemoryState:
         for h in holds:
             cell = self._budget(h.key)
             cell.hold(entry_id, h.amount, now + ttl_s)
-            remaining[h.key] = h.limit - cell.spent - cell.reserved(now)
+            reserved = cell.reserved(now)
+            remaining[h.key] = h.limit - cell.spent - reserved
         return remaining
 
     def _budget_left(self, holds: tuple[BudgetHold, ...], now: float) -> dict[str, int]:
-        return {
-            h.key: h.limit - self._budget(h.key).spent - self._budget(h.key).reserved(now)
-            for h in holds
-        }
+        left = {}
+        for h in holds:
+            cell = self._budget(h.key)
+            reserved = cell.reserved(now)  # first: an expired reservation becomes spend
+            left[h.key] = h.limit - cell.spent - reserved
+        return left
 
     def _rate_take(self, limits: tuple[RateLimit, ...], now: float, entry_id: str) -> None:
         for limit in limits:
@@ -387,6 +429,8 @@ class MemoryState:
             raise ValueError("MemoryState cannot read a response cache: cache_key must be None")
         with self._lock:
             now = self._clock.now()
+            if self._is_gone(request.lease_id, now):
+                return Admission("late", 0.0, None, False, False)
             transitions: list[Transition] = []
             open_until: dict[str, float] = {}
             agent_cell = None
@@ -409,6 +453,9 @@ class MemoryState:
             wait = self._rate_check(request.rate_limits, now)
             if wait > 0:
                 return Admission("rate_limited", wait, None, False, False)
+            unknown = self._budget_unknown(request.budgets)
+            if unknown:
+                return Admission("budget_unknown", 0.0, None, False, False, unknown_budgets=unknown)
             if not self._budget_check(request.budgets, now):
                 return Admission(
                     "budget_exceeded",
@@ -618,4 +665,65 @@ class MemoryState:
     async def budget_usage(self, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
         with self._lock:
             now = self._clock.now()
-            return {key: (self._budget(key).spent, self._budget(key).reserved(now)) for key in keys}
+            usage = {}
+            for key in keys:
+                cell = self._budget(key)
+                reserved = cell.reserved(now)  # first: an expired reservation becomes spend
+                usage[key] = (cell.spent, reserved)
+            return usage
+
+    async def budget_windows(self, keys: tuple[str, ...]) -> dict[str, BudgetWindow]:
+        with self._lock:
+            now = self._clock.now()
+            windows = {}
+            for key in keys:
+                cell = self._budgets.get(key) or _Budget()
+                reserved = cell.reserved(now)
+                windows[key] = BudgetWindow(
+                    cell.spent, reserved, cell.refused, cell.min_refused, cell.ready
+                )
+            return windows
+
+    async def budget_prepare(self, windows: tuple[WindowInit, ...]) -> tuple[str, ...]:
+        with self._lock:
+            now = self._clock.now()
+            written = []
+            for init in windows:
+                cell = self._budget(init.key)
+                if cell.ready:
+                    continue
+                # A window this store held without knowing it complete (a settlement, a read)
+                # keeps what it has where that is more: the rebuild never lowers spend.
+                cell.spent = max(cell.spent, init.spent)
+                for entry_id, amount, expires_at in init.reservations:
+                    if entry_id not in cell.reservations:
+                        cell.reservations[entry_id] = (amount, expires_at)
+                cell.reserved(now)  # the expired ones are spent
+                cell.ready = True
+                written.append(init.key)
+            return tuple(written)
+
+    async def abandon(self, request: Abandon) -> dict[str, int]:
+        with self._lock:
+            now = self._clock.now()
+            held: dict[str, int] = {}
+            for lease_id in request.lease_ids:
+                self._gone[lease_id] = now + request.tombstone_ttl_s
+                for deployment_id in request.deployment_ids:
+                    self._leases.get(deployment_id, {}).pop(lease_id, None)
+                for key in request.rate_keys:
+                    log = self._logs.get(key)
+                    if log is not None:
+                        log.remove(lease_id)
+                for key in request.budget_keys:
+                    cell = self._budgets.get(key)
+                    if cell is None:
+                        continue
+                    cell.reserved(now)
+                    reservation = cell.reservations.pop(lease_id, None)
+                    if reservation is None:
+                        continue
+                    held[lease_id] = max(held.get(lease_id, 0), reservation[0])
+                    if request.charge:
+                        cell.spent += reservation[0]
+            return held

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agents.runtime.state import Transition
+from agents.runtime.state import BudgetHold, StateStore, Transition, WindowInit
 from agents.runtime.types import (
     AgentConfig,
     BudgetRule,
@@ -40,6 +40,12 @@ class EventSink(Protocol):
 
     def execution_finished(self, result: ExecutionResult) -> None: ...
 
+    def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
+        """A dependency every execution needs (``kind``: ``state_unavailable``,
+        ``recording_unavailable``) stopped answering, or answers again; reported by each process
+        once per change."""
+        ...
+
 
 class RecordSink(Protocol):
     """Durable, write-behind recording of executions (idempotent on execution_id).
@@ -49,9 +55,42 @@ class RecordSink(Protocol):
     An execution whose process dies after ``started`` is still found (and failed) later.
     """
 
-    async def started(self, request: ExecutionRequest, created_at: float) -> None: ...
+    async def started(
+        self,
+        request: ExecutionRequest,
+        created_at: float,
+        *,
+        reserved_micros: int = 0,
+        budget_keys: tuple[str, ...] = (),
+    ) -> None:
+        """``reserved_micros``: what admission reserves against ``budget_keys`` (the first
+        attempt's worst case), so that a process that dies mid-call can be charged for it.
+        Raises :class:`~agents.runtime.state.RecordingUnavailable` when it cannot be made
+        durable."""
+        ...
 
     async def finished(self, result: ExecutionResult) -> None: ...
+
+
+class BudgetWindows(Protocol):
+    """Rebuilds budget windows the state store does not know (a new window, a restarted
+    process, a Redis that lost its data) before admission counts against them."""
+
+    async def prepare(self, holds: tuple[BudgetHold, ...]) -> None:
+        """Make the windows of ``holds`` known to the store; raises
+        :class:`~agents.runtime.state.StateUnavailable` when that cannot be done now."""
+        ...
+
+
+class NewBudgetWindows:
+    """Windows start empty: for a runtime without a durable ledger (tests, benchmarks). The
+    Django side rebuilds them from the ledger instead (``budgets.windows``)."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+
+    async def prepare(self, holds: tuple[BudgetHold, ...]) -> None:
+        await self._state.budget_prepare(tuple(WindowInit(h.key, 0, h.ttl_s) for h in holds))
 
 
 class SessionStore(Protocol):
@@ -75,6 +114,9 @@ class NullEvents:
     def execution_finished(self, result: ExecutionResult) -> None:
         return None
 
+    def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
+        return None
+
 
 class ListRecords:
     """Keeps events in memory (tests, benchmarks)."""
@@ -83,7 +125,14 @@ class ListRecords:
         self.started_ids: list[str] = []
         self.results: list[ExecutionResult] = []
 
-    async def started(self, request: ExecutionRequest, created_at: float) -> None:
+    async def started(
+        self,
+        request: ExecutionRequest,
+        created_at: float,
+        *,
+        reserved_micros: int = 0,
+        budget_keys: tuple[str, ...] = (),
+    ) -> None:
         self.started_ids.append(request.execution_id)
 
     async def finished(self, result: ExecutionResult) -> None:

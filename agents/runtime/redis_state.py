@@ -14,12 +14,13 @@ forever) and reports the open-until times of the open deployment breakers it met
 ``MemoryState`` only peeks, without effect. See ``admit.lua``.
 
 Budget reservations are named by the executions' lease ids too: a window keeps its settled
-spend and each live reservation with its expiry (the lease's), so a dead process's reservation
-stops counting once its lease would have expired. Admission checks ``spent + live reservations +
-amount <= limit`` for every hold and takes all or nothing; a top-up (``budget_reserve``) adds to
-the execution's reservation and moves its expiry; settlement (in ``complete``) drops it and adds
-the actual cost to spent. The window's keys expire ``BudgetHold.ttl_s`` after the last
-reservation (a settlement keeps that TTL, or gives a window it finds gone ``budgets.SLACK_S``).
+spend and each live reservation with its expiry (the lease's); a reservation still there when it
+expires becomes spend (its process never said what it spent). Admission checks ``spent + live
+reservations + amount <= limit`` for every hold, on windows marked complete by
+``budget_prepare`` only, and takes all or nothing; a top-up (``budget_reserve``) adds to the
+execution's reservation and moves its expiry; settlement (in ``complete``) drops it and adds the
+actual cost to spent, once. The window's keys expire ``BudgetHold.ttl_s`` after the last
+reservation.
 
 Rate-log entry ids are the executions' lease ids, unique per key. Were one reused, settling it
 would target the oldest entry under that id only while that entry lives (``MemoryState``: the
@@ -43,12 +44,14 @@ from importlib import resources
 from typing import Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agents.runtime.budgets import SLACK_S
 from agents.runtime.clock import Clock
 from agents.runtime.redis_wire import RedisCommands
 from agents.runtime.state import (
+    Abandon,
     Admission,
     AdmitRefusal,
     AdmitRequest,
@@ -57,12 +60,15 @@ from agents.runtime.state import (
     BreakerSnapshot,
     BreakerState,
     BudgetHold,
+    BudgetWindow,
     Candidate,
     Completion,
     Outcome,
     RateLimit,
     Selection,
+    StateUnavailable,
     Transition,
+    WindowInit,
 )
 
 _SCRIPTS = (
@@ -78,12 +84,16 @@ _SCRIPTS = (
     "in_flight",
     "budget_reserve",
     "budget_usage",
+    "budget_prepare",
+    "abandon",
 )
 _REFUSALS: dict[str, AdmitRefusal] = {
     "circuit_open": "circuit_open",
     "rate_limited": "rate_limited",
     "no_deployment": "no_deployment",
     "budget_exceeded": "budget_exceeded",
+    "budget_unknown": "budget_unknown",
+    "late": "late",
 }
 _INJECTED_CLOCK_TTL_SLACK_S = 3600.0
 
@@ -237,6 +247,12 @@ class RedisState:
             self._use_scripts()
 
     async def _run(self, name: str, payload: dict[str, Any]) -> Any:
+        try:
+            return await self._call(name, payload)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StateUnavailable(f"Redis: {exc}") from exc
+
+    async def _call(self, name: str, payload: dict[str, Any]) -> Any:
         now = "" if self._clock is None else repr(self._clock.now())
         args = (self._prefix, now, self._slack, orjson.dumps(payload))
         if self._use_functions is not False:
@@ -307,6 +323,17 @@ class RedisState:
                 deployment_probe=False,
                 cached=cached if isinstance(cached, bytes) else str(cached).encode(),
             )
+        if refusal == "budget_unknown":
+            return Admission(
+                refusal="budget_unknown",
+                retry_after=0.0,
+                deployment_id=None,
+                agent_probe=False,
+                deployment_probe=False,
+                transitions=_transitions(reply[5]),
+                open_until=_open_until(reply[6]),
+                unknown_budgets=tuple(_text(key) for key in reply[7]),
+            )
         return Admission(
             refusal=_REFUSALS[refusal] if refusal else None,
             retry_after=_float(reply[1]),
@@ -352,7 +379,6 @@ class RedisState:
             "budget_settlements": [
                 {"key": key, "actual": actual} for key, actual in completion.budget_settlements
             ],
-            "budget_ttl_s": SLACK_S,
             "settlements": [
                 {"key": key, "window_s": window_s, "cost": cost}
                 for key, window_s, cost in completion.rate_settlements
@@ -455,8 +481,55 @@ class RedisState:
         return _flag(reply[0]), _remaining(reply[1])
 
     async def budget_usage(self, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+        windows = await self.budget_windows(keys)
+        return {key: (w.spent, w.reserved) for key, w in windows.items()}
+
+    async def budget_windows(self, keys: tuple[str, ...]) -> dict[str, BudgetWindow]:
+        if not keys:
+            return {}
         reply = await self._run("budget_usage", {"keys": list(keys)})
         return {
-            key: (int(_text(spent)), int(_text(reserved)))
-            for key, (spent, reserved) in zip(keys, reply, strict=True)
+            key: BudgetWindow(
+                spent=int(_text(row[0])),
+                reserved=int(_text(row[1])),
+                refused=int(_text(row[2])),
+                min_refused=int(_text(row[3])),
+                ready=_flag(row[4]),
+            )
+            for key, row in zip(keys, reply, strict=True)
         }
+
+    async def budget_prepare(self, windows: tuple[WindowInit, ...]) -> tuple[str, ...]:
+        if not windows:
+            return ()
+        reply = await self._run(
+            "budget_prepare",
+            {
+                "windows": [
+                    {
+                        "key": w.key,
+                        "spent": w.spent,
+                        "ttl_s": w.ttl_s,
+                        "reservations": [list(r) for r in w.reservations],
+                    }
+                    for w in windows
+                ]
+            },
+        )
+        return tuple(_text(key) for key in reply)
+
+    async def abandon(self, request: Abandon) -> dict[str, int]:
+        if not request.lease_ids:
+            return {}
+        reply = await self._run(
+            "abandon",
+            {
+                "lease_ids": list(request.lease_ids),
+                "deployment_ids": list(request.deployment_ids),
+                "budget_keys": list(request.budget_keys),
+                "rate_keys": list(request.rate_keys),
+                "charge": request.charge,
+                "tombstone_ttl_s": request.tombstone_ttl_s,
+            },
+        )
+        return _remaining(reply)

@@ -68,6 +68,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         self._failure: Exception | None = None
+        self._overdue: asyncio.Future[Reply] | None = None  # found late once: see _check
         self.closed = False
 
     # --- asyncio.Protocol ---
@@ -148,10 +149,17 @@ class _Connection(asyncio.Protocol):
         if not self._deadlines or self.closed:
             return
         oldest = self._deadlines[0]
-        if self._loop.time() >= oldest:
-            self._abort(RedisTimeoutError(f"Redis did not answer within {self._timeout_s:g} s"))
-        else:
+        if self._loop.time() < oldest:
             self._arm(oldest)
+            return
+        if self._overdue is not self._pending[0]:
+            # Overdue on this check: look once more a millisecond later, after the loop has
+            # polled the socket. A loop that was itself blocked (a long GC, a busy machine) runs
+            # its timers before it reads (uvloop does), and the reply may be waiting there.
+            self._overdue = self._pending[0]
+            self._arm(self._loop.time() + 0.001)
+            return
+        self._abort(RedisTimeoutError(f"Redis did not answer within {self._timeout_s:g} s"))
 
     def _abort(self, failure: Exception) -> None:
         if self._failure is None:

@@ -124,7 +124,30 @@ def deployment_breaker_key(deployment_id: int) -> str:
     return f"deployment:{deployment_id}"
 
 
-AdmitRefusal = Literal["circuit_open", "rate_limited", "no_deployment", "budget_exceeded"]
+AdmitRefusal = Literal[
+    "circuit_open", "rate_limited", "no_deployment", "budget_exceeded", "budget_unknown", "late"
+]
+
+
+class DependencyUnavailable(Exception):
+    """A dependency every execution needs did not answer: the execution is refused with a
+    typed 503 (``error.type`` = :attr:`kind`) instead of failing with an untyped error."""
+
+    kind = "unavailable"
+
+
+class StateUnavailable(DependencyUnavailable):
+    """The shared state did not answer (Redis down, stalled past the command timeout, or a
+    budget window that could not be rebuilt): nothing can be admitted."""
+
+    kind = "state_unavailable"
+
+
+class RecordingUnavailable(DependencyUnavailable):
+    """The journal could not make an event durable (Redis down, a full disk): nothing is sent
+    upstream that could not be recorded."""
+
+    kind = "recording_unavailable"
 
 
 @dataclass(frozen=True)
@@ -132,8 +155,13 @@ class BudgetHold:
     """Reserve ``amount`` micro-USD against budget window ``key`` whose limit is ``limit``.
 
     A window's counter holds what was settled (spent) and the live reservations, each named by
-    an execution and expiring with its lease, so a dead process's reservation frees itself.
-    Admission succeeds only if ``spent + reserved + amount <= limit`` for every hold.
+    an execution and expiring with its lease. A reservation is money that may have been spent
+    upstream: it becomes spend when its execution settles (the actual cost) or when it expires
+    (its whole amount: the process that held it never said what it spent). Admission succeeds
+    only if ``spent + reserved + amount <= limit`` for every hold, and only on a window the
+    store knows to be complete (:meth:`StateStore.budget_prepare`): a window that is missing
+    (a new window, a restart, a Redis that lost its data or evicted the key) is refused as
+    ``budget_unknown`` until it has been rebuilt from the durable ledger.
     """
 
     key: str  # "budget:<id>:<window>", e.g. budget:3:2026-11-28
@@ -174,6 +202,8 @@ class Admission:
     budget_remaining: dict[str, int] = field(default_factory=dict)
     # The raw cached answer found under AdmitRequest.cache_key: nothing was admitted.
     cached: bytes | None = None
+    # Refused as budget_unknown: the hold keys whose windows the store does not know.
+    unknown_budgets: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -217,6 +247,48 @@ class Completion:
     rate_settlements: tuple[tuple[str, float, int], ...] = ()
     # (budget key, actual micro-USD): the reservation under ``entry_id`` becomes spend.
     budget_settlements: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class BudgetWindow:
+    """A budget window as the store holds it (micro-USD)."""
+
+    spent: int
+    reserved: int
+    refused: int = 0  # admissions and top-ups refused for this budget in the window
+    min_refused: int = 0  # the smallest amount refused (0: none): what it can no longer admit
+    ready: bool = True  # False: the store does not know this window (see BudgetHold)
+
+
+@dataclass(frozen=True)
+class WindowInit:
+    """A budget window rebuilt from the durable record: ``spent`` micro-USD settled so far, and
+    the reservations of executions still running (``(entry_id, amount, expires_at epoch s)``;
+    one already expired counts as spent, as it would have in the store)."""
+
+    key: str
+    spent: int
+    ttl_s: float
+    reservations: tuple[tuple[str, int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """Executions whose callers will never settle them: a process that died, or an admission
+    whose reply never came back (its caller was answered 503 meanwhile).
+
+    Their leases on ``deployment_ids`` are dropped and their rate-log entries on ``rate_keys``
+    removed. Their reservations on ``budget_keys`` become spend when ``charge`` (the work may
+    have gone upstream: charged at the reservation, its usage being unknown), or are dropped
+    otherwise (nothing was sent). Each lease id is marked gone for ``tombstone_ttl_s``: an
+    admission under it that reaches the store later (stuck behind a stall) takes nothing."""
+
+    lease_ids: tuple[str, ...]
+    deployment_ids: tuple[int, ...]
+    budget_keys: tuple[str, ...]
+    rate_keys: tuple[str, ...] = ()
+    charge: bool = True
+    tombstone_ttl_s: float = 3600.0
 
 
 class StateStore(Protocol):
@@ -281,5 +353,20 @@ class StateStore(Protocol):
         ...
 
     async def budget_usage(self, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
-        """``key -> (spent, reserved)`` in micro-USD (expired reservations excluded)."""
+        """``key -> (spent, reserved)`` in micro-USD (expired reservations count as spent)."""
+        ...
+
+    async def budget_windows(self, keys: tuple[str, ...]) -> dict[str, BudgetWindow]:
+        """Every window of ``keys`` as held, unknown ones with ``ready=False``."""
+        ...
+
+    async def budget_prepare(self, windows: tuple[WindowInit, ...]) -> tuple[str, ...]:
+        """Make windows known: each one the store does not know yet is written as given (and
+        marked ready); known ones are left alone, so concurrent rebuilds are harmless. Returns
+        the keys written."""
+        ...
+
+    async def abandon(self, request: Abandon) -> dict[str, int]:
+        """See :class:`Abandon`. Returns lease id -> micro-USD it held (the largest over its
+        windows; absent: it held nothing any more)."""
         ...

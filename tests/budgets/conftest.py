@@ -12,7 +12,7 @@ from typing import Any
 from agents.models import Agent, ApiKey, Execution
 from agents.runtime.budgets import to_micros
 from agents.runtime.memory import MemoryState
-from agents.runtime.state import BreakerConfig, Completion
+from agents.runtime.state import BreakerConfig, BudgetHold, Completion, WindowInit
 from budgets.models import Budget, SpendEntry
 
 # A Wednesday, mid-morning UTC: far from midnight unless a test says otherwise.
@@ -98,16 +98,25 @@ class Counters:
         self.state = state or MemoryState()
 
     def settle(self, key: str, micros: int) -> None:
-        asyncio.run(
-            self.state.complete(
+        """Spend ``micros`` on ``key`` as an execution does: reserved, then settled."""
+
+        async def run() -> None:
+            await self.state.budget_prepare((WindowInit(key, 0, 86_400.0),))
+            entry_id = str(uuid.uuid4())
+            reserved, _ = await self.state.budget_reserve(
+                (BudgetHold(key, 10**15, micros, 86_400.0),), entry_id, 3_600.0
+            )
+            assert reserved
+            await self.state.complete(
                 Completion(
                     attempt=None,
                     deployment_breaker=BreakerConfig(),
-                    entry_id=str(uuid.uuid4()),
+                    entry_id=entry_id,
                     budget_settlements=((key, micros),),
                 )
             )
-        )
+
+        asyncio.run(run())
 
     def __call__(self, keys: tuple[str, ...]) -> Mapping[str, tuple[int, int]]:
         return asyncio.run(self.state.budget_usage(keys))

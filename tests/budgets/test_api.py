@@ -18,7 +18,7 @@ from django.utils import timezone
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, state_for_jobs
 from agents.models import Agent
-from agents.runtime.state import BreakerConfig, Completion
+from agents.runtime.state import BreakerConfig, BudgetHold, Completion, WindowInit
 from agents.services import api_key_create
 from budgets.models import Budget, SpendRollup
 from console.models import AuditEvent
@@ -124,12 +124,18 @@ async def test_spent_comes_from_the_shared_budget_counters(ctx: dict[str, Any]) 
 
     before, window_id = await spent()
     store = await state_for_jobs()
+    key = f"budget:{ctx['ids'][('agent', 'billing')]}:{window_id}"
+    entry_id = str(uuid.uuid4())
+    await store.budget_prepare((WindowInit(key, 0, 86_400.0),))
+    assert (
+        await store.budget_reserve((BudgetHold(key, 10**9, 2_000_000, 86_400.0),), entry_id, 60.0)
+    )[0]
     await store.complete(
         Completion(
             attempt=None,
             deployment_breaker=BreakerConfig(),
-            entry_id=str(uuid.uuid4()),
-            budget_settlements=((f"budget:{ctx['ids'][('agent', 'billing')]}:{window_id}", 1_250_000),),
+            entry_id=entry_id,
+            budget_settlements=((key, 1_250_000),),
         )
     )  # fmt: skip
     after, _ = await spent()

@@ -16,7 +16,8 @@ from agents.recording.store import store_rows
 from agents.runtime.types import ExecutionStatus
 from budgets.models import Budget, SpendEntry
 from budgets.selectors import budget_spans
-from budgets.services import budget_counters_restore, budgets_reconcile
+from budgets.services import budgets_reconcile
+from budgets.windows import budget_windows_rebuild
 from incidents.models import Incident
 from tests.agents.runtime.support import Harness, deployment, harness
 from tests.budgets.conftest import NOW, Counters, budget, spend
@@ -171,14 +172,16 @@ def test_each_budget_is_checked_against_the_entries_it_covers_in_its_window() ->
     ]
 
 
-def test_a_budget_created_during_its_window_is_not_reconciled_until_the_next() -> None:
+def test_a_budget_created_during_its_window_is_reconciled_from_its_creation() -> None:
     b = budget(limit="10", created_at=NOW - timedelta(hours=1))
     spend("1", at=NOW - timedelta(hours=5))  # before the budget existed: no counter has it
+    spend("0.25", at=NOW - timedelta(minutes=30))
+    counters = Counters()
+    (span,) = budget_spans([b], now=NOW)
+    counters.settle(span.key, 250_000)
 
-    assert budgets_reconcile(now=NOW, usage_reader=Counters(), settle_s=0) == []
-    tomorrow = NOW + timedelta(days=1)
-    (result,) = budgets_reconcile(now=tomorrow, usage_reader=Counters(), settle_s=0)
-    assert (result.budget_id, result.ok) == (b.pk, True)
+    (result,) = budgets_reconcile(now=NOW, usage_reader=counters, settle_s=0)
+    assert (result.budget_id, result.ledger, result.ok) == (b.pk, 250_000, True)
 
 
 def test_the_runtimes_window_and_the_ledgers_agree_across_midnight() -> None:
@@ -218,18 +221,28 @@ def test_a_budget_paused_after_its_spend_still_reconciles() -> None:
     assert (result.ok, result.ledger) == (True, 7)
 
 
-@pytest.mark.django_db(transaction=True)  # the restore reads the database from another thread
-def test_a_restarted_embedded_process_restores_todays_spend_from_the_ledger() -> None:
+@pytest.mark.django_db(transaction=True)  # the rebuild reads the database from another thread
+def test_a_restarted_embedded_process_rebuilds_todays_windows_from_the_ledger() -> None:
     b = budget(limit="10")
-    young = budget("agent", agent=Agent.objects.create(name="new", model="m"), created_at=NOW)
     h = traffic([b], runs=2)
     now = _now(h)
+    young = budget(
+        "agent",
+        agent=Agent.objects.create(name="new", model="m"),
+        created_at=now - timedelta(hours=1),
+    )
+    spend("1", at=now - timedelta(hours=2), agent="new")  # before the budget existed
+    spend("0.5", at=now - timedelta(minutes=30), agent="new")
     restarted = Counters()
 
-    assert asyncio.run(budget_counters_restore(store=restarted.state, now=now)) == 1
-    (result,) = budgets_reconcile(now=now, usage_reader=restarted, settle_s=0)
-    assert (result.ok, result.counter_before) == (True, 14)
-    # A counter that already has spend is not touched again.
-    assert asyncio.run(budget_counters_restore(store=restarted.state, now=now)) == 0
+    written = asyncio.run(budget_windows_rebuild(store=restarted.state, now=now))
     spans = budget_spans([b, young], now=now)
-    assert restarted(tuple(s.key for s in spans)) == {spans[0].key: (14, 0), spans[1].key: (0, 0)}
+    assert set(written) >= {s.key for s in spans}  # and each budget's next window
+    assert restarted(tuple(s.key for s in spans)) == {
+        spans[0].key: (14 + 1_500_000, 0),
+        spans[1].key: (500_000, 0),
+    }
+    results = budgets_reconcile(now=now, usage_reader=restarted, settle_s=0)
+    assert [(r.ok, r.counter_before) for r in results] == [(True, 1_500_014), (True, 500_000)]
+    # A rebuild finds every window known and writes nothing.
+    assert asyncio.run(budget_windows_rebuild(store=restarted.state, now=now)) == ()

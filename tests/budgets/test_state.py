@@ -255,16 +255,22 @@ def test_observing_publishes_remaining_and_forecast_gauges_per_scope() -> None:
 # --- reading the counters from a job -------------------------------------------------------
 
 
-def _settle(store: Any, key: str, micros: int) -> Any:
+async def _settle(store: Any, key: str, micros: int) -> None:
+    """Spend ``micros`` on ``key`` as an execution does: reserved, then settled."""
     import uuid
 
-    from agents.runtime.state import BreakerConfig, Completion
+    from agents.runtime.state import BreakerConfig, BudgetHold, Completion, WindowInit
 
-    return store.complete(
+    entry_id = str(uuid.uuid4())
+    await store.budget_prepare((WindowInit(key, 0, 86_400.0),))
+    assert (
+        await store.budget_reserve((BudgetHold(key, 10**9, micros, 86_400.0),), entry_id, 60.0)
+    )[0]
+    await store.complete(
         Completion(
             attempt=None,
             deployment_breaker=BreakerConfig(),
-            entry_id=str(uuid.uuid4()),
+            entry_id=entry_id,
             budget_settlements=((key, micros),),
         )
     )

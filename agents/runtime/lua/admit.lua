@@ -5,7 +5,11 @@
 -- Returns {refusal or "", retry_after, deployment_id or "", agent_probe, deployment_probe,
 --          transitions (flat), open_until (flat key, time pairs),
 --          budget_remaining (flat key, micro-USD pairs: after the reservation when admitted,
---          as found when refused for budget, empty otherwise)}.
+--          as found when refused for budget, the unknown window keys when refused as
+--          budget_unknown, empty otherwise)}.
+-- Refusals: 'late' (the lease id was abandoned: see abandon.lua), 'circuit_open',
+-- 'rate_limited', 'budget_unknown' (a window not prepared: see budget_prepare.lua),
+-- 'budget_exceeded', 'no_deployment'.
 --
 -- With REQ.cache (the Redis key of a cached answer to this request) and a value under it,
 -- returns {'cached', value} and takes nothing: the answer is served instead.
@@ -19,6 +23,11 @@ if REQ.cache ~= nil then
   if hit then
     return { 'cached', hit }
   end
+end
+
+-- Abandoned already (its caller was answered while this call waited behind a stall): take nothing.
+if redis.call('EXISTS', gone_key(REQ.lease_id)) == 1 then
+  return { 'late', '0', '', '0', '0', {}, {}, {} }
 end
 
 local out, open_until = {}, {}
@@ -45,6 +54,12 @@ end
 local wait = rl_check(REQ.limits)
 if wait > 0 then
   return refuse('rate_limited', wait)
+end
+
+local unknown = bg_unknown(REQ.holds, REQ.lease_id)
+if #unknown > 0 then
+  flush()
+  return { 'budget_unknown', '0', '', '0', '0', out, open_until, unknown }
 end
 
 if not bg_check(REQ.holds, REQ.lease_id) then

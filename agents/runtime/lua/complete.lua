@@ -1,7 +1,7 @@
 -- complete: release the attempt's lease, record outcomes, settle budgets and rate limits.
 -- REQ: {attempt?: {deployment_id, key, lease_id, outcome, duration_s, probe}, deployment_cfg,
 --       agent?: {key, cfg, outcome, duration_s, probe}, entry_id,
---       budget_settlements: [{key, actual}], budget_ttl_s, settlements: [{key, window_s, cost}]}
+--       budget_settlements: [{key, actual}], settlements: [{key, window_s, cost}]}
 -- Returns the transitions (flat).
 local out = {}
 local attempt = REQ.attempt
@@ -15,7 +15,7 @@ if agent ~= nil then
   br_record(breaker(agent.key), agent.cfg, agent.outcome, agent.duration_s, agent.probe, out)
 end
 for _, s in ipairs(REQ.budget_settlements) do
-  bg_settle(s.key, REQ.entry_id, s.actual, REQ.budget_ttl_s)
+  bg_settle(s.key, REQ.entry_id, s.actual)
 end
 for _, s in ipairs(REQ.settlements) do
   rl_settle(s.key, REQ.entry_id, s.cost)

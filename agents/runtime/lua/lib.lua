@@ -16,8 +16,12 @@
 --   P.."rl:"..key..":h"  hash   total, exp (the time the keys are kept until), "c:"..entry_id -> cost
 --   P.."lease:"..id      zset   in-flight leases of a deployment: member lease_id, score expiry
 --   P.."bg:"..key        hash   budget window (key = "budget:<id>:<window>"): spent, reserved (the
---                               sum of the live "r:" fields), exp, "r:"..entry_id -> amount reserved
+--                               sum of the live "r:" fields), exp, ep (present once budget_prepare
+--                               wrote the window: its spend is complete), refused, rmin (the
+--                               smallest amount refused), "r:"..entry_id -> amount reserved
 --   P.."bg:"..key..":x"  zset   its reservations: member entry_id, score expiry
+--   P.."gone:"..lease_id string an abandoned lease id (abandon.lua): admission under it takes
+--                               nothing
 --
 -- Cost per call is mostly the number of redis.call()s (a few µs each), so each entry point reads
 -- a key once (the per-call caches BREAKERS, RATES, LOADS, BUDGETS), writes it once, and renews a
@@ -619,8 +623,10 @@ local function bg_keys(key)
 end
 
 -- The window `key` as this call sees it: the reservations whose expiry is at or before now (a
--- dead process's) are dropped first. Read once per call: {h, x, spent, reserved, exp, mine}
--- (mine: what entry_id holds already; a top-up adds to it).
+-- dead process's, or one whose settlement never arrived) are spent first: the process that held
+-- them never said what it spent. Read once per call: {h, x, spent, reserved, exp, mine, ready}
+-- (mine: what entry_id holds already; a top-up adds to it. ready: the window was written by
+-- budget_prepare, so its spend is complete; a missing window is not).
 
 local function bg_state(key, entry_id)
   local w = BUDGETS[key]
@@ -642,24 +648,50 @@ local function bg_state(key, entry_id)
     redis.call('ZREMRANGEBYSCORE', x, '-inf', now_text())
     if freed ~= 0 then
       redis.call('HINCRBY', h, 'reserved', int(-freed))
+      redis.call('HINCRBY', h, 'spent', int(freed))
     end
   end
-  local got = redis.call('HMGET', h, 'spent', 'reserved', 'exp', 'r:' .. (entry_id or ''))
+  local got = redis.call('HMGET', h, 'spent', 'reserved', 'exp', 'ep', 'r:' .. (entry_id or ''))
   w = {
     h = h, x = x, spent = tonumber(got[1]) or 0, reserved = tonumber(got[2]) or 0,
-    exp = tonumber(got[3]) or 0, mine = tonumber(got[4]) or 0,
+    exp = tonumber(got[3]) or 0, ready = got[4] ~= false, mine = tonumber(got[5]) or 0,
   }
   BUDGETS[key] = w
   return w
 end
 
--- Every hold fits: spent + live reservations + amount <= limit. Takes nothing.
+-- The hold keys whose windows are not ready (admission refuses them as budget_unknown).
+local function bg_unknown(holds, entry_id)
+  local unknown = {}
+  for _, hold in ipairs(holds) do
+    if not bg_state(hold.key, entry_id).ready then
+      unknown[#unknown + 1] = hold.key
+    end
+  end
+  return unknown
+end
+
+-- A refusal of `amount` on a ready window: counted, and the smallest amount refused kept (the
+-- budget cannot admit a call that size any more).
+local function bg_refuse(w, amount)
+  redis.call('HINCRBY', w.h, 'refused', 1)
+  local least = tonumber(redis.call('HGET', w.h, 'rmin'))
+  if least == nil or amount < least then
+    redis.call('HSET', w.h, 'rmin', int(amount))
+  end
+end
+
+-- Every hold fits: its window is ready and spent + live reservations + amount <= limit. Takes
+-- nothing; counts a refusal on each ready window that does not fit.
 local function bg_check(holds, entry_id)
   local ok = true
   for _, hold in ipairs(holds) do
     local w = bg_state(hold.key, entry_id)
-    if w.spent + w.reserved + hold.amount > hold.limit then
+    if not w.ready then
       ok = false
+    elseif w.spent + w.reserved + hold.amount > hold.limit then
+      ok = false
+      bg_refuse(w, hold.amount)
     end
   end
   return ok
@@ -699,23 +731,37 @@ local function bg_take(holds, entry_id, ttl_s)
   return bg_left(holds, entry_id)
 end
 
--- entry_id's reservation (if any is left) becomes spend: it is dropped and `actual` is added
--- to spent. A window whose keys had expired (or never existed) is recreated with
--- fallback_ttl_s to live, since a settlement does not carry the window's own TTL.
-local function bg_settle(key, entry_id, actual, fallback_ttl_s)
+-- entry_id's reservation becomes spend: it is dropped and `actual` is added to spent. Without
+-- it (settled already, or expired into spend) nothing changes: a settlement sent twice counts
+-- once, and a settlement never recreates a window that is gone.
+local function bg_settle(key, entry_id, actual)
   local h, x = bg_keys(key)
   local field = 'r:' .. entry_id
   local got = redis.call('HMGET', h, field, 'spent', 'reserved')
-  local amount, spent = tonumber(got[1]), tonumber(got[2]) or 0
-  spent = spent + math.max(0, actual)
-  if amount ~= nil then
-    redis.call('HDEL', h, field)
-    redis.call('ZREM', x, entry_id)
-    redis.call('HSET', h, 'spent', int(spent), 'reserved', int((tonumber(got[3]) or 0) - amount))
-  else
-    redis.call('HSET', h, 'spent', int(spent))
-    if got[2] == false and got[3] == false then -- a new hash: it has no TTL yet
-      redis.call('PEXPIRE', h, ttl_ms(fallback_ttl_s))
-    end
+  local amount = tonumber(got[1])
+  if amount == nil then
+    return
   end
+  redis.call('HDEL', h, field)
+  redis.call('ZREM', x, entry_id)
+  redis.call('HSET', h, 'spent', int((tonumber(got[2]) or 0) + math.max(0, actual)),
+    'reserved', int((tonumber(got[3]) or 0) - amount))
+end
+
+-- Remove entry_id from the rate log of `key` (an abandoned admission gives its budget back).
+local function rl_remove(key, entry_id)
+  local z, h = rl_keys(key)
+  local field = 'c:' .. entry_id
+  local got = redis.call('HMGET', h, field, 'total')
+  local cost = tonumber(got[1])
+  if cost == nil then
+    return
+  end
+  redis.call('ZREM', z, entry_id)
+  redis.call('HDEL', h, field)
+  redis.call('HSET', h, 'total', num((tonumber(got[2]) or 0) - cost))
+end
+
+local function gone_key(lease_id)
+  return P .. 'gone:' .. lease_id
 end

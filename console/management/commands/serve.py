@@ -119,7 +119,11 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
         scheduler.start()
         log.info("embedded mode: in-process worker and scheduler running")
     from agents.engine import engine_shutdown, get_engine
+    from agents.processes import current_process
 
+    # This process's heartbeat, before any execution: if it dies, the executions it leaves
+    # running are settled within about a minute (agents.processes).
+    await asyncio.to_thread(current_process("serve").start)
     load = None
     if loadgen_rate > 0:
         from console.demo import demo_loadgen_key
@@ -145,4 +149,5 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
         if worker is not None:
             await worker.stop()
         await engine_shutdown()  # last: the worker may still record; the drainer drains
+        await asyncio.to_thread(current_process().stop)  # nothing of ours runs any more
         log.info("stopped")

@@ -53,6 +53,7 @@ from agents.runtime.state import (
     RateLimit,
     StateStore,
     Transition,
+    WindowInit,
 )
 
 T = TypeVar("T")
@@ -497,24 +498,34 @@ class BudgetWindow:
     spent: int = 0
     reservations: dict[str, tuple[int, float]] = field(default_factory=dict)  # id: amount, expiry
 
+    def prune(self, now: float) -> None:
+        """An expired reservation is spent: its process never said what it spent."""
+        for entry_id, (amount, expiry) in list(self.reservations.items()):
+            if expiry <= now:
+                del self.reservations[entry_id]
+                self.spent += amount
+
     def reserved(self, now: float) -> int:
-        return sum(amount for amount, expiry in self.reservations.values() if expiry > now)
+        self.prune(now)
+        return sum(amount for amount, _ in self.reservations.values())
 
     def held(self, entry_id: str, now: float) -> int:
-        amount, expiry = self.reservations.get(entry_id, (0, now))
-        return amount if expiry > now else 0
+        self.prune(now)
+        return self.reservations.get(entry_id, (0, now))[0]
 
 
 @dataclass
 class BudgetModel:
     windows: dict[str, BudgetWindow] = field(default_factory=dict)
 
-    def window(self, key: str) -> BudgetWindow:
-        return self.windows.setdefault(key, BudgetWindow())
+    def window(self, key: str, now: float) -> BudgetWindow:
+        window = self.windows.setdefault(key, BudgetWindow())
+        window.prune(now)
+        return window
 
     def left(self, holds: tuple[BudgetHold, ...], now: float) -> dict[str, int]:
         return {
-            h.key: h.limit - self.window(h.key).spent - self.window(h.key).reserved(now)
+            h.key: h.limit - self.window(h.key, now).spent - self.window(h.key, now).reserved(now)
             for h in holds
         }
 
@@ -522,19 +533,22 @@ class BudgetModel:
         self, holds: tuple[BudgetHold, ...], entry_id: str, ttl_s: float, now: float
     ) -> tuple[bool, dict[str, int]]:
         if any(
-            self.window(h.key).spent + self.window(h.key).reserved(now) + h.amount > h.limit
+            self.window(h.key, now).spent + self.window(h.key, now).reserved(now) + h.amount
+            > h.limit
             for h in holds
         ):
             return False, self.left(holds, now)
         for h in holds:
-            window = self.window(h.key)
+            window = self.window(h.key, now)
             window.reservations[entry_id] = (window.held(entry_id, now) + h.amount, now + ttl_s)
         return True, self.left(holds, now)
 
-    def settle(self, key: str, entry_id: str, actual: int) -> None:
-        window = self.window(key)
-        window.reservations.pop(entry_id, None)
-        window.spent += max(0, actual)
+    def settle(self, key: str, entry_id: str, actual: int, now: float) -> None:
+        """Only a live reservation settles: a settlement sent again, or after the reservation
+        expired into spend, changes nothing."""
+        window = self.window(key, now)
+        if window.reservations.pop(entry_id, None) is not None:
+            window.spent += max(0, actual)
 
 
 BUDGET_KEYS = ("budget:1:2026-11-28", "budget:2:2026-11-28")
@@ -567,6 +581,10 @@ class BudgetMachine(RuleBasedStateMachine):
     def configure(self, scale: int, limits: tuple[int, int]) -> None:
         self.scale = scale
         self.limits = [limit * scale for limit in limits]
+        # Admission counts against known windows only: these start empty.
+        self.h.run(
+            self.h.store.budget_prepare(tuple(WindowInit(k, 0, 86_400.0) for k in BUDGET_KEYS))
+        )
 
     def holds(self, which: tuple[int, ...], amounts: list[int]) -> tuple[BudgetHold, ...]:
         return tuple(
@@ -649,7 +667,7 @@ class BudgetMachine(RuleBasedStateMachine):
     @rule(which=KEY_SETS, over=st.sampled_from([-1, 0, 0, 1]), ttl_s=TTLS)
     def fill(self, which: tuple[int, ...], over: int, ttl_s: float) -> None:
         """Ask for exactly what is left of the first budget (or one micro-USD more or less)."""
-        window = self.model.window(BUDGET_KEYS[which[0]])
+        window = self.model.window(BUDGET_KEYS[which[0]], self.now)
         left = self.limits[which[0]] - window.spent - window.reserved(self.now)
         amount = max(0, left + over)
         self.admit(self.holds(which, [amount, amount]), ttl_s, rate_blocked=False)
@@ -678,7 +696,7 @@ class BudgetMachine(RuleBasedStateMachine):
         entry_id = data.draw(st.sampled_from(self.entries))
         settlements = []
         for i in which:
-            amount, _ = self.model.window(BUDGET_KEYS[i]).reservations.get(entry_id, (0, 0.0))
+            amount = self.model.window(BUDGET_KEYS[i], self.now).held(entry_id, self.now)
             settlements.append((BUDGET_KEYS[i], data.draw(st.integers(0, amount))))
         self.h.run(
             self.h.store.complete(
@@ -691,13 +709,16 @@ class BudgetMachine(RuleBasedStateMachine):
             )
         )
         for key, actual in settlements:
-            self.model.settle(key, entry_id, actual)
+            self.model.settle(key, entry_id, actual, self.now)
 
     @invariant()
     def usage_agrees(self) -> None:
         got = self.h.run(self.h.store.budget_usage(BUDGET_KEYS))
         assert got == {
-            key: (self.model.window(key).spent, self.model.window(key).reserved(self.now))
+            key: (
+                self.model.window(key, self.now).spent,
+                self.model.window(key, self.now).reserved(self.now),
+            )
             for key in BUDGET_KEYS
         }
 
