@@ -45,6 +45,7 @@ from agents.schemas import (
     BreakerActionIn,
     BreakerOut,
     DeploymentListOut,
+    ErrorOut,
     ExecuteIn,
     ExecutionDetailOut,
     ExecutionListOut,
@@ -89,7 +90,8 @@ async def _reload_config() -> None:
 
 @router.post(
     "/agents/{name}/execute",
-    response={200: ExecutionOut, **ERRORS},
+    # 503: the shared state or the journal did not answer (nothing was admitted; Retry-After).
+    response={200: ExecutionOut, **ERRORS, 503: ErrorOut},
     summary="Run an agent now",
     tags=["executions"],
 )

@@ -48,3 +48,10 @@ class CompositeEvents:
                 sink.execution_finished(result)
             except Exception:
                 logger.exception("event sink %r failed on execution_finished", sink)
+
+    def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
+        for sink in self.sinks:
+            try:
+                sink.dependency_changed(kind, available, detail)
+            except Exception:
+                logger.exception("event sink %r failed on dependency_changed", sink)

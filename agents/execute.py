@@ -18,7 +18,10 @@ from agents.engine import get_engine
 from agents.idempotency import run_idempotently
 from agents.runtime.types import AgentConfig, ExecutionRequest, Message
 from agents.schemas import ExecuteIn
-from console.errors import NotFound, ValidationFailed
+from console.errors import NotFound, ServiceUnavailable, ValidationFailed
+
+# Executions refused because a dependency did not answer (DependencyUnavailable.kind).
+UNAVAILABLE = frozenset({"state_unavailable", "recording_unavailable"})
 
 
 def execute_messages(payload: ExecuteIn) -> tuple[Message, ...]:
@@ -69,6 +72,9 @@ async def execute_now(
                 api_key_limits=principal.limits,
             )
         )
+        if result.error is not None and result.error.get("type") in UNAVAILABLE:
+            # Nothing was admitted: a typed 503 the client may retry, not an execution result.
+            raise ServiceUnavailable(result.error["message"], type=result.error["type"])
         return result.as_dict()
 
     # A retried request answers the first one's result, without running again.

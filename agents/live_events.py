@@ -146,6 +146,9 @@ class LiveEvents:
     def breaker_transition(self, transition: Transition) -> None:
         return None
 
+    def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
+        return None
+
     def execution_started(self, execution_id: str, agent: str) -> None:
         stream = self._streams.get(execution_id)
         if stream is not None:

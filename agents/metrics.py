@@ -175,6 +175,9 @@ class MetricsEvents:
         self._lock = threading.Lock()
         self._per_agent: dict[str, _AgentMetrics] = {}
 
+    def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
+        return None
+
     def breaker_transition(self, transition: Transition) -> None:
         try:
             kind, _, name = transition.key.partition(":")

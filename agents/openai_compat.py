@@ -41,6 +41,7 @@ from agents.asgi_common import read_body as _read_body
 from agents.asgi_common import until_done_or_disconnect as _until_done_or_disconnect
 from agents.auth import Principal, principal_for
 from agents.engine import get_engine
+from agents.execute import UNAVAILABLE
 from agents.runtime.types import (
     AgentConfig,
     ExecutionRequest,
@@ -365,6 +366,9 @@ def result_error(result: ExecutionResult) -> tuple[int, bytes, dict[str, str]]:
             headers["retry-after"] = str(max(1, math.ceil(result.retry_after or 1)))
         return (*_error(status, result.output, type_, code), headers)
     error = result.error or {}
+    if error.get("type") in UNAVAILABLE:  # nothing was admitted: retry soon
+        headers["retry-after"] = str(max(1, math.ceil(result.retry_after or 1)))
+        return (*_error(503, error["message"], "service_unavailable", error["type"]), headers)
     if error.get("type") == "client_error":
         return (*_error(400, error.get("message", "bad request"), "invalid_request_error"), headers)
     return (*_error(500, error.get("message", "internal error"), "server_error"), headers)

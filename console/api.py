@@ -16,7 +16,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import BaseModel
 
-from console.errors import ApplicationError, ValidationFailed
+from console.errors import ApplicationError, ServiceUnavailable, ValidationFailed
 
 logger = logging.getLogger("breakwater.api")
 
@@ -92,7 +92,10 @@ api.add_decorator(_no_nul, mode="operation")  # wraps each operation's validated
 
 @api.exception_handler(ApplicationError)
 def _application_error(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
-    return api.create_response(request, error_body(exc.type, exc.message), status=exc.status)
+    response = api.create_response(request, error_body(exc.type, exc.message), status=exc.status)
+    if isinstance(exc, ServiceUnavailable):
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 # pydantic names the member of a union it tried in the location ("str", "list[function-wrap[

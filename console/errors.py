@@ -26,6 +26,17 @@ class Conflict(ApplicationError):
     type = "conflict"
 
 
+class ServiceUnavailable(ApplicationError):
+    """A dependency every request needs did not answer: 503 with ``Retry-After``."""
+
+    status = 503
+    type = "unavailable"
+
+    def __init__(self, message: str, *, type: str | None = None, retry_after: int = 1):
+        super().__init__(message, type=type)
+        self.retry_after = retry_after
+
+
 class ValidationFailed(ApplicationError):
     """Bad input; ``errors`` holds one ``path: message`` line per problem."""
 

@@ -72,6 +72,31 @@ def transition_to_incident(transition: Transition) -> None:
         )
 
 
+_DEPENDENCIES = {
+    "state_unavailable": "Shared state (Redis) unreachable: executions are refused",
+    "recording_unavailable": "Execution journal unavailable: executions are refused",
+}
+
+
+def dependency_to_incident(kind: str, available: bool, detail: str) -> None:
+    """One incident per outage of a dependency every execution needs, whichever processes
+    report it (the dedup key is the dependency's); resolved when one reports it back."""
+    from incidents.services import incident_open, incident_resolve_by_key
+
+    dedup_key = f"dependency:{kind}"
+    if available:
+        incident_resolve_by_key(dedup_key=dedup_key, message=f"answering again ({detail})"[:500])
+        return
+    incident_open(
+        kind="dependency_down",
+        dedup_key=dedup_key,
+        title=_DEPENDENCIES.get(kind, f"{kind}: executions are refused"),
+        message=detail[:500],
+        severity=Severity.CRITICAL,
+        data={"dependency": kind},
+    )
+
+
 class IncidentEvents:
     """An :class:`~agents.runtime.ports.EventSink` that turns breaker transitions into
     incidents."""
@@ -104,6 +129,18 @@ class IncidentEvents:
 
     def execution_finished(self, result: ExecutionResult) -> None:
         return None
+
+    def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
+        future = self._thread.submit(self._dependency, kind, available, detail)
+        future.add_done_callback(self._report)
+
+    @staticmethod
+    def _dependency(kind: str, available: bool, detail: str) -> None:
+        close_old_connections()
+        try:
+            dependency_to_incident(kind, available, detail)
+        finally:
+            close_old_connections()
 
     def close(self, *, wait: bool = True) -> None:
         self._thread.shutdown(wait=wait)

@@ -280,6 +280,9 @@ class Recording:
     def execution_finished(self, result: ExecutionResult) -> None:
         self.calls.append(("execution_finished", result.execution_id))
 
+    def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
+        self.calls.append(("dependency_changed", kind))
+
 
 class Broken:
     def breaker_transition(self, transition: Transition) -> None:
@@ -292,6 +295,9 @@ class Broken:
         raise RuntimeError("boom")
 
     def execution_finished(self, result: ExecutionResult) -> None:
+        raise RuntimeError("boom")
+
+    def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
         raise RuntimeError("boom")
 
 
