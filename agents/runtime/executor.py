@@ -198,7 +198,9 @@ class Executor:
         history: tuple[Message, ...] = ()
         if request.session_id and self._sessions is not None:
             history = window(
-                await self._sessions.history(agent.name, request.session_id),
+                await self._sessions.history(
+                    agent.name, request.session_id, api_key_id=request.api_key_id
+                ),
                 max_messages=agent.session_max_messages,
                 max_tokens=agent.session_max_tokens,
             )
@@ -244,6 +246,7 @@ class Executor:
                     *request.messages,
                     Message("assistant", result.output, tool_calls=result.tool_calls),
                 ),
+                api_key_id=request.api_key_id,
             )
         return result
 
