@@ -1,9 +1,12 @@
 """``WS /ws/executions/{id}/``: one execution's status, tokens and result, live.
 
-Who may watch: a console user (Django session), or an API key (``?key=bw_...`` or an
-``Authorization: Bearer`` header) that made the execution or has ``read`` on its agent (the
-rule of ``GET /executions/{id}``). Anyone else is refused before the handshake completes
-(close code 4401: no or bad credentials; 4404: no such execution, as far as you may know).
+Who may watch: an API key (``?key=bw_...`` or an ``Authorization: Bearer`` header) that made
+the execution or has ``read`` on its agent (the rule of ``GET /executions/{id}``), or, on a
+socket that presents no key, a console user (Django session, from an allowed origin: see
+``console/asgi.py``). A socket that presents a key is the key's alone: a bad key is refused even
+when a console session cookie comes with it. Anyone else is refused before the handshake
+completes (close code 4401: no or bad credentials; 4404: no such execution, as far as you may
+know).
 
 Messages, all JSON with ``type`` and ``execution_id``:
 
@@ -21,11 +24,11 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from agents.credentials import presented_key
 from agents.live_events import group_name
 
 FINAL = frozenset({"succeeded", "degraded", "failed", "cancelled"})
@@ -42,18 +45,6 @@ def _out(row: Any) -> dict[str, Any]:
     from agents.selectors import execution_out
 
     return execution_out(row)
-
-
-def _token(scope: dict[str, Any]) -> str | None:
-    query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
-    if query.get("key"):
-        return str(query["key"][0])
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            kind, _, token = bytes(value).decode("latin-1").partition(" ")
-            if kind.lower() == "bearer" and token.strip():
-                return str(token.strip())
-    return None
 
 
 class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
@@ -77,11 +68,11 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self._complete(await database_sync_to_async(_out)(row))
 
     async def _refusal(self, row: Any) -> int | None:
-        user = self.scope.get("user")
-        if user is not None and user.is_authenticated and user.is_active:
-            return None if row is not None else NOT_FOUND
-        token = _token(self.scope)
-        if token is None:
+        token = presented_key(self.scope)
+        if token is None:  # no key: the console session, if any
+            user = self.scope.get("user")
+            if user is not None and user.is_authenticated and user.is_active:
+                return None if row is not None else NOT_FOUND
             return UNAUTHENTICATED
         from agents.auth import principal_for
 
