@@ -13,7 +13,8 @@ Messages, all JSON with ``type`` and ``execution_id``:
 * ``status`` ``{"status"}``: first the stored status, then ``running`` when a worker starts it;
 * ``token`` ``{"text", "seq"}``: answer text as it streams (coalesced, in order);
 * ``completed`` ``{"status", "result"}``: the stored execution, as ``GET /executions/{id}``
-  returns it; then the server closes (1000).
+  returns it to the same key (provider error text summarized unless it has ``operate`` or
+  ``admin``: ``agents.disclosure``); then the server closes (1000).
 
 The consumer joins the execution's group before it reads the row, so a completion that lands
 in between is seen in the row or arrives as a message (sent once either way). An execution that
@@ -29,6 +30,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from agents.credentials import presented_key
+from agents.disclosure import render_execution, sees_provider_text
 from agents.live_events import group_name
 
 FINAL = frozenset({"succeeded", "degraded", "failed", "cancelled"})
@@ -51,6 +53,7 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     execution_id = ""
     joined = False
     done = False
+    full_text = True  # provider error text in the result (console users; operate/admin keys)
 
     async def connect(self) -> None:
         self.execution_id = str(self.scope["url_route"]["kwargs"]["execution_id"])
@@ -79,6 +82,7 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         principal = await principal_for(token)
         if principal is None:
             return UNAUTHENTICATED
+        self.full_text = sees_provider_text(principal.scopes)
         if row is None:
             return NOT_FOUND
         if row.api_key_id == principal.key_id:
@@ -98,6 +102,7 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if self.done:
             return
         self.done = True
+        result = render_execution(result, full=self.full_text)
         await self._send("completed", status=result["status"], result=result, seq=seq)
         await self.close(code=1000)
 

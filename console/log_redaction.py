@@ -50,10 +50,15 @@ UVICORN_LOGGERS = ("uvicorn.error", "uvicorn.access")
 
 
 def redact(text: str) -> str:
-    # Both patterns need one of these characters: most lines skip the regular expressions.
-    if "=" not in text and "%" not in text and "_" not in text:
-        return text
-    return _KEY_TOKEN.sub(KEY_REDACTED, _KEY_PARAM.sub(REDACTED, text))
+    # Each pattern runs only on lines that hold what it needs (any encoded form has a "%"):
+    # most lines skip both regular expressions.
+    encoded = "%" in text
+    folded = text.lower()
+    if encoded or ("key" in folded and "=" in text):
+        text = _KEY_PARAM.sub(REDACTED, text)
+    if encoded or "bw_" in folded:
+        text = _KEY_TOKEN.sub(KEY_REDACTED, text)
+    return text
 
 
 def _redact_arg(value: Any) -> Any:
