@@ -197,7 +197,7 @@ def test_a_result_with_nothing_to_hide_is_returned_as_it_is() -> None:
 
 
 def test_tool_failures_and_internal_errors_keep_their_text_inside() -> None:
-    result = {
+    result: dict[str, Any] = {
         "steps": [{"kind": "tool", "outcome": "ToolFailed", "detail": "lookup: 10.0.0.7 said no"}],
         "error": {"type": "internal_error", "message": "ConnectionError: redis://:pw@10.0.0.7"},
     }
