@@ -53,7 +53,10 @@ _KINDS = (
 )
 _STATUS = re.compile(r"(\d{3}) ")
 # Provider credentials a provider may echo back (OpenAI/Anthropic style keys, bearer tokens).
-_SECRET = re.compile(r"(sk-(?:ant-|proj-)?)[A-Za-z0-9_*-]{6,}|(Bearer )\S+", re.IGNORECASE)
+_SECRET = re.compile(
+    r"""(?<![A-Za-z0-9])(sk-(?:ant-|proj-)?)[A-Za-z0-9_*-]{6,}|(Bearer )[^\s;,"']+""",
+    re.IGNORECASE,
+)
 
 
 def sees_provider_text(scopes: Iterable[str] | None) -> bool:

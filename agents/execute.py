@@ -4,10 +4,11 @@ Two front doors call :func:`execute_now` with the body already parsed into :clas
 the lean ASGI handler (``agents.execute_asgi``, the hot path) and the django-ninja route
 (``agents.api.agent_execute``, which documents the endpoint in OpenAPI and answers the requests
 the lean handler hands to Django). Everything after parsing lives here, so the two cannot drift:
-the scope check, the agent allow-list, the agent's ``max_tokens`` cap, the execution request and
-``Idempotency-Key``, and what the result tells this caller (``agents.disclosure``: provider
-error text only for operate and admin scopes). Refusals are raised as :class:`console.errors.ApplicationError`; both front
-doors render them with the API's one set of exception handlers (``console/api.py``).
+the scope check, the agent allow-list, the agent's ``max_tokens`` cap, the execution request,
+``Idempotency-Key``, and what the result tells this caller (``agents.disclosure``: provider error
+text only for operate and admin scopes). Refusals are raised as
+:class:`console.errors.ApplicationError`; both front doors render them with the API's one set of
+exception handlers (``console/api.py``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,13 @@ from channels.testing import WebsocketCommunicator
 from django.db import connections
 
 from agents.config.apply import config_apply, config_parse
-from agents.disclosure import attempt_summary, render_error, render_execution, sees_provider_text
+from agents.disclosure import (
+    attempt_summary,
+    redact_secrets,
+    render_error,
+    render_execution,
+    sees_provider_text,
+)
 from agents.engine import engine_shutdown, get_engine
 from agents.fakellm import FakeLLM, FaultConfig
 from agents.keys import generate_key
@@ -206,6 +212,13 @@ def test_tool_failures_and_internal_errors_keep_their_text_inside() -> None:
     assert shown["error"] == {"type": "internal_error", "message": "internal error"}
     assert result["steps"][0]["detail"] == "lookup: 10.0.0.7 said no"  # not changed in place
     assert render_error(result["error"], full=True) is result["error"]
+
+
+def test_the_log_text_loses_keys_and_provider_credentials_only() -> None:
+    text = f"401 key sk-ant-api03-Xy9_zz-11 / {LEAKED_KEY} / Bearer t0k3n; disk-controller sk-1"
+    assert redact_secrets(text) == (
+        "401 key sk-ant-[redacted] / bw_[redacted] / Bearer [redacted]; disk-controller sk-1"
+    )
 
 
 # --- the doors -------------------------------------------------------------------------------
