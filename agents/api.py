@@ -13,6 +13,9 @@ Who sees which execution (``GET /executions/{id}`` and ``GET /executions``):
 * a key with ``read`` (or ``operate``/``admin``) also sees every execution of the agents it may
   use: all of them for an unrestricted key, its allow-list for a restricted one;
 * anything else is 404, so a key cannot learn that another key's execution exists.
+
+What it shows: provider error text in ``steps[].detail`` and ``error`` only to ``operate`` and
+``admin`` keys; others get a typed summary (``agents.disclosure``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ninja import Query, Router, Status
 
 from agents import selectors, services
 from agents.auth import ApiKeyAuth, PermissionDenied, Principal
+from agents.disclosure import render_execution, sees_provider_text
 from agents.engine import get_engine
 from agents.execute import execute_now
 from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER
@@ -349,11 +353,12 @@ def _execution_access(principal: Principal) -> selectors.ExecutionAccess:
 )
 async def execution_get(request: HttpRequest, execution_id: str) -> dict[str, Any]:
     """One stored execution (``queued`` and ``running`` ones included), with its input."""
-    access = _execution_access(_principal(request))
+    principal = _principal(request)
+    access = _execution_access(principal)
     row = await sync_to_async(selectors.execution_detail)(execution_id=execution_id, access=access)
     if row is None:
         raise NotFound(f"execution {execution_id!r} does not exist")
-    return row
+    return render_execution(row, full=sees_provider_text(principal.scopes))
 
 
 @router.get(
@@ -365,11 +370,16 @@ async def execution_get(request: HttpRequest, execution_id: str) -> dict[str, An
 async def execution_list(request: HttpRequest, query: Query[ExecutionQuery]) -> dict[str, Any]:
     """Newest first; pass ``next`` as ``after`` for the following page (422 if it is not a
     cursor this API gave)."""
-    access = _execution_access(_principal(request))
-    return await sync_to_async(selectors.execution_page)(
+    principal = _principal(request)
+    access = _execution_access(principal)
+    page: dict[str, Any] = await sync_to_async(selectors.execution_page)(
         access=access,
         agent=query.agent,
         status=query.status,
         after=query.after,
         limit=query.limit,
     )
+    full = sees_provider_text(principal.scopes)
+    if not full:
+        page["items"] = [render_execution(item, full=False) for item in page["items"]]
+    return page

@@ -1,16 +1,20 @@
 """``WS /ws/executions/{id}/``: one execution's status, tokens and result, live.
 
-Who may watch: a console user (Django session), or an API key (``?key=bw_...`` or an
-``Authorization: Bearer`` header) that made the execution or has ``read`` on its agent (the
-rule of ``GET /executions/{id}``). Anyone else is refused before the handshake completes
-(close code 4401: no or bad credentials; 4404: no such execution, as far as you may know).
+Who may watch: an API key (``?key=bw_...`` or an ``Authorization: Bearer`` header) that made
+the execution or has ``read`` on its agent (the rule of ``GET /executions/{id}``), or, on a
+socket that presents no key, a console user (Django session, from an allowed origin: see
+``console/asgi.py``). A socket that presents a key is the key's alone: a bad key is refused even
+when a console session cookie comes with it. Anyone else is refused before the handshake
+completes (close code 4401: no or bad credentials; 4404: no such execution, as far as you may
+know).
 
 Messages, all JSON with ``type`` and ``execution_id``:
 
 * ``status`` ``{"status"}``: first the stored status, then ``running`` when a worker starts it;
 * ``token`` ``{"text", "seq"}``: answer text as it streams (coalesced, in order);
 * ``completed`` ``{"status", "result"}``: the stored execution, as ``GET /executions/{id}``
-  returns it; then the server closes (1000).
+  returns it to the same key (provider error text summarized unless it has ``operate`` or
+  ``admin``: ``agents.disclosure``); then the server closes (1000).
 
 The consumer joins the execution's group before it reads the row, so a completion that lands
 in between is seen in the row or arrives as a message (sent once either way). An execution that
@@ -21,11 +25,12 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from agents.credentials import presented_key
+from agents.disclosure import render_execution, sees_provider_text
 from agents.live_events import group_name
 
 FINAL = frozenset({"succeeded", "degraded", "failed", "cancelled"})
@@ -44,22 +49,11 @@ def _out(row: Any) -> dict[str, Any]:
     return execution_out(row)
 
 
-def _token(scope: dict[str, Any]) -> str | None:
-    query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
-    if query.get("key"):
-        return str(query["key"][0])
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            kind, _, token = bytes(value).decode("latin-1").partition(" ")
-            if kind.lower() == "bearer" and token.strip():
-                return str(token.strip())
-    return None
-
-
 class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     execution_id = ""
     joined = False
     done = False
+    full_text = True  # provider error text in the result (console users; operate/admin keys)
 
     async def connect(self) -> None:
         self.execution_id = str(self.scope["url_route"]["kwargs"]["execution_id"])
@@ -77,17 +71,18 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self._complete(await database_sync_to_async(_out)(row))
 
     async def _refusal(self, row: Any) -> int | None:
-        user = self.scope.get("user")
-        if user is not None and user.is_authenticated and user.is_active:
-            return None if row is not None else NOT_FOUND
-        token = _token(self.scope)
-        if token is None:
+        token = presented_key(self.scope)
+        if token is None:  # no key: the console session, if any
+            user = self.scope.get("user")
+            if user is not None and user.is_authenticated and user.is_active:
+                return None if row is not None else NOT_FOUND
             return UNAUTHENTICATED
         from agents.auth import principal_for
 
         principal = await principal_for(token)
         if principal is None:
             return UNAUTHENTICATED
+        self.full_text = sees_provider_text(principal.scopes)
         if row is None:
             return NOT_FOUND
         if row.api_key_id == principal.key_id:
@@ -107,6 +102,7 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if self.done:
             return
         self.done = True
+        result = render_execution(result, full=self.full_text)
         await self._send("completed", status=result["status"], result=result, seq=seq)
         await self.close(code=1000)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from agents.disclosure import log_failed_attempts
 from agents.runtime.ports import EventSink
 from agents.runtime.state import Transition
 from agents.runtime.types import ExecutionResult
@@ -43,6 +44,12 @@ class CompositeEvents:
                 logger.exception("event sink %r failed on execution_token", sink)
 
     def execution_finished(self, result: ExecutionResult) -> None:
+        try:
+            # Every finished execution passes here once: the log keeps the full text of its
+            # failed attempts, which execute-scoped callers see summarized (agents.disclosure).
+            log_failed_attempts(result)
+        except Exception:
+            logger.exception("logging the failed attempts of %s failed", result.execution_id)
         for sink in self.sinks:
             try:
                 sink.execution_finished(result)

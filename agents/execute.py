@@ -4,9 +4,11 @@ Two front doors call :func:`execute_now` with the body already parsed into :clas
 the lean ASGI handler (``agents.execute_asgi``, the hot path) and the django-ninja route
 (``agents.api.agent_execute``, which documents the endpoint in OpenAPI and answers the requests
 the lean handler hands to Django). Everything after parsing lives here, so the two cannot drift:
-the scope check, the agent allow-list, the agent's ``max_tokens`` cap, the execution request and
-``Idempotency-Key``. Refusals are raised as :class:`console.errors.ApplicationError`; both front
-doors render them with the API's one set of exception handlers (``console/api.py``).
+the scope check, the agent allow-list, the agent's ``max_tokens`` cap, the execution request,
+``Idempotency-Key``, and what the result tells this caller (``agents.disclosure``: provider error
+text only for operate and admin scopes). Refusals are raised as
+:class:`console.errors.ApplicationError`; both front doors render them with the API's one set of
+exception handlers (``console/api.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import uuid
 
 from agents.auth import Principal
+from agents.disclosure import render_execution, sees_provider_text
 from agents.engine import get_engine
 from agents.idempotency import run_idempotently
 from agents.runtime.types import AgentConfig, ExecutionRequest, Message
@@ -78,7 +81,7 @@ async def execute_now(
         return result.as_dict()
 
     # A retried request answers the first one's result, without running again.
-    return await run_idempotently(  # type: ignore[no-any-return]
+    result = await run_idempotently(
         header=idempotency_key,
         key_id=principal.key_id,
         method=method,
@@ -86,3 +89,5 @@ async def execute_now(
         body=body,
         produce=run,
     )
+    # Rendered for this caller after the replay store: it keeps the full result, as the record.
+    return render_execution(result, full=sees_provider_text(principal.scopes))

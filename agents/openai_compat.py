@@ -40,6 +40,7 @@ from agents.asgi_common import header as _header
 from agents.asgi_common import read_body as _read_body
 from agents.asgi_common import until_done_or_disconnect as _until_done_or_disconnect
 from agents.auth import Principal, principal_for
+from agents.disclosure import render_error, sees_provider_text
 from agents.engine import get_engine
 from agents.execute import UNAVAILABLE
 from agents.runtime.types import (
@@ -355,8 +356,9 @@ _DEGRADED: dict[str, tuple[int, str, str]] = {
 }
 
 
-def result_error(result: ExecutionResult) -> tuple[int, bytes, dict[str, str]]:
-    """(status, body, extra headers) for an execution that did not succeed."""
+def result_error(result: ExecutionResult, *, full: bool) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, extra headers) for an execution that did not succeed. ``full``: the
+    caller may read provider error text (``agents.disclosure``); else a typed summary."""
     headers: dict[str, str] = {}
     if result.status == ExecutionStatus.DEGRADED:
         status, type_, code = _DEGRADED.get(
@@ -365,7 +367,7 @@ def result_error(result: ExecutionResult) -> tuple[int, bytes, dict[str, str]]:
         if status == 429:
             headers["retry-after"] = str(max(1, math.ceil(result.retry_after or 1)))
         return (*_error(status, result.output, type_, code), headers)
-    error = result.error or {}
+    error = render_error(result.error, full=full) or {}
     if error.get("type") in UNAVAILABLE:  # nothing was admitted: retry soon
         headers["retry-after"] = str(max(1, math.ceil(result.retry_after or 1)))
         return (*_error(503, error["message"], "service_unavailable", error["type"]), headers)
@@ -526,7 +528,8 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
     )
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
-        await _stream(receive, out, engine, request, include_usage)
+        full = sees_provider_text(principal.scopes)
+        await _stream(receive, out, engine, request, include_usage, full=full)
         return
     task = asyncio.ensure_future(engine.execute(request))
     result = await _until_done_or_disconnect(task, receive)
@@ -535,7 +538,7 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
     if result.status == ExecutionStatus.SUCCEEDED:
         await out.json(200, orjson.dumps(completion_body(result, payload.model)))
     else:
-        status, body, headers = result_error(result)
+        status, body, headers = result_error(result, full=sees_provider_text(principal.scopes))
         await out.json(status, body, headers)
 
 
@@ -577,7 +580,13 @@ def _tool_call_chunks(
 
 
 async def _stream(
-    receive: Receive, out: _Responder, engine: Any, request: ExecutionRequest, include_usage: bool
+    receive: Receive,
+    out: _Responder,
+    engine: Any,
+    request: ExecutionRequest,
+    include_usage: bool,
+    *,
+    full: bool,
 ) -> None:
     """OpenAI server-sent events. Headers wait for the first token, so an execution that is
     refused or degraded before producing anything still answers with a real HTTP error."""
@@ -598,7 +607,7 @@ async def _stream(
         return
     if not out.started:
         if result.status != ExecutionStatus.SUCCEEDED:
-            status, body, headers = result_error(result)
+            status, body, headers = result_error(result, full=full)
             await out.json(status, body, headers)
             return
         # Succeeded without streaming tokens (a cached answer, only tool calls): one delta.
@@ -615,7 +624,7 @@ async def _stream(
         await out.body(_chunk(request, created, {}, result.finish_reason), more=True)
     else:
         # Part of an answer was already sent: end the stream with an error event.
-        status, body, _ = result_error(result)
+        status, body, _ = result_error(result, full=full)
         await out.body(b"data: " + body + b"\n\n", more=True)
     if include_usage:
         usage = {

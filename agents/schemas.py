@@ -94,7 +94,11 @@ class StepOut(Schema):
     model: str | None
     deployment: int | None
     outcome: str
-    detail: str
+    detail: str = Field(
+        description="What happened. A failed provider attempt or tool shows operate and admin "
+        "keys the provider's own words; other keys a typed summary, e.g. "
+        "'provider error 401 (authentication)', 'upstream timeout'."
+    )
     latency_ms: float
     input_tokens: int
     output_tokens: int

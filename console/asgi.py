@@ -16,6 +16,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from agents import execute_asgi, openai_compat  # noqa: E402
+from agents.credentials import presented_key  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
 
 _django_http = ASGIStaticFilesHandler(django_asgi_app)
@@ -35,22 +36,22 @@ async def http_app(scope: Any, receive: Any, send: Any) -> None:
         await _django_http(scope, receive, send)
 
 
-_websockets = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-_browser_websockets = AllowedHostsOriginValidator(_websockets)
-
-
-def _bearer(scope: Any) -> bool:
-    if b"key=" in scope.get("query_string", b""):
-        return True
-    return any(name == b"authorization" for name, _ in scope.get("headers", ()))
+# A socket that presents an API key is authenticated by that key alone (the consumers check it):
+# no session middleware, so a console cookie sent along can never stand in for a bad key, and
+# with no ambient credential in use a foreign Origin gains nothing (scripts and SDKs send none; a
+# page must hold the key itself). Every other socket can only be a cookie (session) socket: it
+# passes the origin check, which keeps other sites' pages from riding a console user's cookie.
+_key_websockets = URLRouter(websocket_urlpatterns)
+_browser_websockets = AllowedHostsOriginValidator(
+    AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+)
 
 
 async def websocket_app(scope: Any, receive: Any, send: Any) -> None:
-    """Origin checks protect cookie (session) sockets from cross-site use; a socket that
-    authenticates with an API key carries no ambient credential, and scripts and SDKs send no
-    Origin header, so it skips that check (the consumer still authenticates the key)."""
-    if _bearer(scope):
-        await _websockets(scope, receive, send)
+    """Key sockets to the key-only router, every other socket through the origin check and the
+    session (``agents/credentials.py`` decides what presents a key)."""
+    if presented_key(scope) is not None:
+        await _key_websockets(scope, receive, send)
     else:
         await _browser_websockets(scope, receive, send)
 

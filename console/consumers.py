@@ -1,8 +1,9 @@
 """``WS /ws/dashboard/``: live stats of every agent the viewer may see, every second.
 
-Who may watch: a console user (Django session; the origin check of ``console/asgi.py`` applies),
-or an API key with ``read`` (``operate`` and ``admin`` imply it), sent as ``?key=bw_...`` or an
-``Authorization: Bearer`` header. A key restricted to some agents sees only those agents, their
+Who may watch: an API key with ``read`` (``operate`` and ``admin`` imply it), sent as
+``?key=bw_...`` or an ``Authorization: Bearer`` header, or, on a socket that presents no key, a
+console user (Django session; the origin check of ``console/asgi.py`` applies). A socket that
+presents a key is the key's alone: a bad key is refused even with a session cookie. A key restricted to some agents sees only those agents, their
 incidents and budgets (not the global budget nor deployment-wide incidents). Refused before the
 handshake completes: 4401 (no or bad credentials), 4403 (a key without ``read``). A key is
 checked again before every message, so a revoked or expired key, or one that lost ``read``, is
@@ -22,7 +23,7 @@ import logging
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agents.auth import PermissionDenied, Principal, principal_for
-from agents.consumers import _token  # the execution socket's reading of ?key= and the header
+from agents.credentials import presented_key
 from console.dashboard import DashboardTicker, Subscription, Visible, dashboard_ticker
 
 log = logging.getLogger("breakwater.dashboard")
@@ -59,12 +60,12 @@ class DashboardConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def _authorize(self) -> int | None:
         """None when the viewer may watch (setting what it may see), else the close code."""
-        user = self.scope.get("user")
-        if self.token is None and user is not None and user.is_authenticated and user.is_active:
-            self.visible = None
-            return None
-        token = self.token or _token(self.scope)
-        if token is None:
+        token = self.token if self.token is not None else presented_key(self.scope)
+        if token is None:  # no key: the console session, if any
+            user = self.scope.get("user")
+            if user is not None and user.is_authenticated and user.is_active:
+                self.visible = None
+                return None
             return UNAUTHENTICATED
         principal = await principal_for(token)
         if principal is None:

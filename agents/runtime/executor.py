@@ -230,7 +230,9 @@ class Executor:
         try:
             if request.session_id and self._sessions is not None:
                 history = window(
-                    await self._sessions.history(agent.name, request.session_id),
+                    await self._sessions.history(
+                        agent.name, request.session_id, api_key_id=request.api_key_id
+                    ),
                     max_messages=agent.session_max_messages,
                     max_tokens=agent.session_max_tokens,
                 )
@@ -271,6 +273,7 @@ class Executor:
                         *request.messages,
                         Message("assistant", result.output, tool_calls=result.tool_calls),
                     ),
+                    api_key_id=request.api_key_id,
                 )
             except Exception:  # the answer stands; the durable copy is the execution record
                 log.warning("could not append to session %s", request.session_id, exc_info=True)

@@ -94,11 +94,25 @@ class NewBudgetWindows:
 
 
 class SessionStore(Protocol):
-    """Conversation memory for ``session_id``."""
+    """Conversation memory for ``session_id``, scoped to the API key that holds it.
 
-    async def history(self, agent: str, session_id: str) -> tuple[Message, ...]: ...
+    A conversation is (``api_key_id``, agent, ``session_id``): another key reusing a session id
+    sees none of it. ``api_key_id=None`` (no key: console, internal callers) is a scope of its
+    own, never readable with a key.
+    """
 
-    async def append(self, agent: str, session_id: str, messages: tuple[Message, ...]) -> None: ...
+    async def history(
+        self, agent: str, session_id: str, *, api_key_id: int | None
+    ) -> tuple[Message, ...]: ...
+
+    async def append(
+        self,
+        agent: str,
+        session_id: str,
+        messages: tuple[Message, ...],
+        *,
+        api_key_id: int | None,
+    ) -> None: ...
 
 
 class NullEvents:

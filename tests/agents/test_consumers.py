@@ -129,6 +129,49 @@ async def test_a_console_user_watches_with_the_session_cookie(
     await socket.disconnect()
 
 
+EVIL = (b"origin", b"http://evil.example")
+
+
+def _raw_socket(execution_id: str, query: str, headers: Any) -> Any:
+    """A socket with exactly these headers (no default Origin)."""
+    path = f"/ws/executions/{execution_id}/{query}"
+    return WebsocketCommunicator(application, path, headers=list(headers))
+
+
+async def test_a_cookie_socket_from_another_origin_is_refused(
+    keys: dict[str, str], watched: str
+) -> None:
+    cookie = await sync_to_async(_session_cookie)()
+    socket = _raw_socket(watched, "", [EVIL, (b"cookie", cookie)])
+    connected, _ = await socket.connect()
+    assert not connected
+    await socket.disconnect()
+
+
+async def test_a_key_socket_is_the_keys_alone_whatever_cookie_comes_with_it(
+    keys: dict[str, str], watched: str
+) -> None:
+    # The console user behind the cookie could watch; the key (a reader of another agent)
+    # may not: a foreign page with the cookie and that key learns nothing.
+    cookie = await sync_to_async(_session_cookie)()
+    other = await sync_to_async(api_key_create)(
+        name="other-reader", scopes=["read"], agents=["other"]
+    )
+    socket = _raw_socket(watched, f"?key={other.plaintext}", [EVIL, (b"cookie", cookie)])
+    assert await socket.connect() == (False, 4404)
+    await socket.disconnect()
+
+
+@pytest.mark.parametrize("query", ["?key=bw_" + "x" * 46, "?key=", "?%6B%65%79=nope"])
+async def test_a_bad_key_is_refused_even_with_a_valid_session_cookie(
+    keys: dict[str, str], watched: str, query: str
+) -> None:
+    cookie = await sync_to_async(_session_cookie)()
+    socket = _raw_socket(watched, query, [ORIGIN, (b"cookie", cookie)])
+    assert await socket.connect() == (False, 4401)
+    await socket.disconnect()
+
+
 async def test_a_refused_socket_never_opens(keys: dict[str, str], watched: str) -> None:
     outsider = await sync_to_async(api_key_create)(name="outsider", scopes=["execute"])
     other_agents = await sync_to_async(api_key_create)(

@@ -148,7 +148,7 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
 
     assert (settled.failed, settled.requeued) == (1, 1)
     lost.refresh_from_db()
-    assert (lost.status, lost.error["type"], lost.cost_usd) == (
+    assert (lost.status, (lost.error or {}).get("type"), lost.cost_usd) == (
         "failed",
         "process_died",
         Decimal("0.003"),  # what the store held, more than the journaled 0.0025

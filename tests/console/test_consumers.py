@@ -227,6 +227,65 @@ async def test_a_key_socket_skips_the_origin_check(keys: dict[str, str]) -> None
         await socket.disconnect()
 
 
+async def test_a_foreign_page_with_a_cookie_and_a_key_watches_as_the_key_alone(
+    keys: dict[str, str],
+) -> None:
+    # The key skips the origin check (it is no ambient credential), so the cookie must not
+    # count: the socket sees what the key may see (one agent), not what the console user may.
+    cookie = await sync_to_async(_session_cookie)()
+    socket = await _open(keys["other-reader"], headers=[EVIL, (b"cookie", cookie)])
+    snapshot = await _snapshot(socket)
+    assert [agent["name"] for agent in snapshot["agents"]] == ["other"]
+    assert snapshot["budget"] is None
+    await socket.disconnect()
+
+
+@pytest.mark.parametrize("origin", [ORIGIN, EVIL], ids=["same-origin", "foreign-origin"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?key=bw_" + "x" * 46,  # not a key
+        "?key=",  # an empty one
+        "?k%65y=bw_" + "x" * 46,  # percent-encoded name: the same parameter
+        "?key={read}&key={admin}",  # two different keys: neither
+    ],
+    ids=["bad-key", "empty-key", "encoded-name", "two-keys"],
+)
+async def test_a_bad_key_is_refused_even_with_a_valid_session_cookie(
+    keys: dict[str, str], origin: tuple[bytes, bytes], query: str
+) -> None:
+    cookie = await sync_to_async(_session_cookie)()
+    path = PATH + query.format(read=keys["read"], admin=keys["admin"])
+    socket = WebsocketCommunicator(application, path, [origin, (b"cookie", cookie)])
+    assert await socket.connect() == (False, 4401)
+    await socket.disconnect()
+
+
+async def test_a_bad_bearer_header_is_refused_even_with_a_valid_session_cookie(
+    keys: dict[str, str],
+) -> None:
+    cookie = await sync_to_async(_session_cookie)()
+    bad = (b"authorization", b"Bearer bw_" + b"x" * 46)
+    socket = _socket(headers=[ORIGIN, (b"cookie", cookie), bad])
+    assert await socket.connect() == (False, 4401)
+    await socket.disconnect()
+
+
+async def test_other_authorization_schemes_are_no_key_and_keep_the_origin_check(
+    keys: dict[str, str],
+) -> None:
+    # A browser sends its cached Basic credentials (a proxy's) by itself: that is ambient too.
+    cookie = await sync_to_async(_session_cookie)()
+    basic = (b"authorization", b"Basic b3BzOnB3")
+    refused = _socket(headers=[EVIL, (b"cookie", cookie), basic])
+    connected, _ = await refused.connect()
+    assert not connected
+    await refused.disconnect()
+    allowed = await _open(headers=[ORIGIN, (b"cookie", cookie), basic])
+    assert len((await _snapshot(allowed))["agents"]) == len(AGENTS)
+    await allowed.disconnect()
+
+
 async def test_a_revoked_key_is_closed_within_a_tick(keys: dict[str, str]) -> None:
     socket = await _open(keys["read"])
     await _snapshot(socket)

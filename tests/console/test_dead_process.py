@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from tests.live import free_port, manage, serve, wait_http
 
@@ -32,7 +33,7 @@ agents:
 """
 
 
-def _rows(var_dir: Path) -> dict[str, object]:
+def _rows(var_dir: Path) -> dict[str, list[Any]]:
     code = (
         "import json;"
         "from agents.models import Execution; from budgets.models import SpendEntry;"
@@ -104,12 +105,11 @@ def test_a_killed_serve_leaves_no_execution_running_and_charges_their_reservatio
         restarted.wait(timeout=30)
 
     rows = found["rows"]
-    assert isinstance(rows, list)
     assert len(rows) == IN_FLIGHT
     assert {(status, kind) for status, kind, _, _ in rows} == {("failed", "process_died")}
     # Charged conservatively: each its reservation, in the row and in the ledger.
     assert all(Decimal(cost) == Decimal(reserved) > 0 for _, _, cost, reserved in rows)
-    ledger = sum(Decimal(cost) for cost in found["ledger"])  # type: ignore[union-attr]
+    ledger = sum((Decimal(cost) for cost in found["ledger"]), Decimal(0))
     assert ledger == sum(Decimal(cost) for _, _, cost, _ in rows)
     # The restarted process's budget counter agrees with the ledger.
     assert Decimal(str(budget["spent_usd"])) == ledger.quantize(Decimal("0.000001"))

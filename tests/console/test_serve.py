@@ -108,13 +108,13 @@ def _alive(pid: int) -> bool:
 
 
 class Server:
-    def __init__(self, var_dir: Path, log_dir: Path) -> None:
+    def __init__(self, var_dir: Path, log_dir: Path, *args: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stderr_path = log_dir / f"serve-{self.port}.log"
         self._stderr = self.stderr_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(self.port)],
+            [sys.executable, "manage.py", "serve", "--port", str(self.port), *args],
             cwd=ROOT,
             env=_env(var_dir),
             stdout=self._stderr,
@@ -221,6 +221,64 @@ def test_serve_logs_sockets_without_the_api_key_in_their_query_string(
     log = shared_server.log
     assert "/ws/dashboard/?key=[redacted]" in log
     assert key not in log
+
+
+def _encoded(text: str) -> str:
+    return "".join(f"%{ord(c):02X}" for c in text)
+
+
+# Forms the query parser decodes to ``key`` (so they authenticate), as a client sends them.
+KEY_FORMS = [
+    "k%65y={key}",
+    "%6b%65%79={encoded}",
+    "key=+{key}",
+    "a=1&key={key}&key={key}",
+]
+
+
+def _wait_for_log(server: Server, needle: str) -> str:
+    deadline = time.monotonic() + 5
+    while needle not in server.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert needle in server.log, server.log[-2000:]
+    return server.log
+
+
+@pytest.mark.parametrize("form", KEY_FORMS)
+def test_serve_logs_no_form_of_an_api_key_in_a_sockets_query_string(
+    shared_server: Server, form: str
+) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from agents.keys import generate_key
+
+    key = generate_key().plaintext  # the real format; unknown to the server, so refused
+    query = form.format(key=key, encoded=_encoded(key))
+    url = shared_server.url.replace("http://", "ws://") + f"/ws/dashboard/?{query}&marker={id(key)}"
+    with contextlib.suppress(InvalidStatus, OSError), connect(url, open_timeout=5) as socket_:
+        socket_.recv(timeout=2)
+    log = _wait_for_log(shared_server, f"marker={id(key)}")
+    assert key[3:] not in log
+    assert _encoded(key[3:])[:15] not in log
+    assert "[redacted]" in log
+
+
+def test_serve_access_log_carries_no_key_in_a_path_or_query(var_dir: Path, tmp_path: Path) -> None:
+    from agents.keys import generate_key
+
+    key = generate_key().plaintext
+    running = Server(var_dir, tmp_path, "--access-log")
+    try:
+        running.wait_until_healthy()
+        _get(f"{running.url}/api/v1/{key}/nothing")
+        _get(f"{running.url}/healthz?k%65y={_encoded(key)}&marker=1")
+        log = _wait_for_log(running, "marker=1")
+        assert "/nothing" in log
+        assert key[3:] not in log
+        assert _encoded(key[3:])[:15] not in log
+    finally:
+        running.close()
 
 
 def test_serve_refuses_an_impossible_port(var_dir: Path) -> None:

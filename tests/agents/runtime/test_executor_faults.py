@@ -170,10 +170,14 @@ async def test_a_session_append_that_fails_still_answers() -> None:
     h = rig()
 
     class Sessions:
-        async def history(self, agent: str, session_id: str) -> tuple[Message, ...]:
+        async def history(
+            self, agent: str, session_id: str, *, api_key_id: int | None
+        ) -> tuple[Message, ...]:
             return ()
 
-        async def append(self, agent: str, session_id: str, messages: Any) -> None:
+        async def append(
+            self, agent: str, session_id: str, messages: Any, *, api_key_id: int | None
+        ) -> None:
             raise Boom("sessions")
 
     h.executor._sessions = Sessions()
