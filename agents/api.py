@@ -18,6 +18,7 @@ Who sees which execution (``GET /executions/{id}`` and ``GET /executions``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from agents import selectors, services
 from agents.auth import ApiKeyAuth, PermissionDenied, Principal
 from agents.engine import get_engine
 from agents.execute import execute_now
+from agents.metrics import set_breaker_state
 from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER
 from agents.runtime.state import (
     BreakerConfig,
@@ -207,6 +209,10 @@ async def agent_delete(request: HttpRequest, name: str) -> Status:
 
 
 def _breaker_out(snapshot: BreakerSnapshot) -> dict[str, Any]:
+    # The snapshot is the breaker's effective state (open past its recovery time reads
+    # half_open); the gauge is set from the same reading so that /metrics agrees with the API.
+    with contextlib.suppress(Exception):  # metrics never fail a request
+        set_breaker_state(snapshot.key, snapshot.state)
     return {
         "key": snapshot.key,
         "state": snapshot.state.value,
