@@ -378,6 +378,66 @@ async def test_what_the_caller_was_streamed_is_the_answer_it_gets(
         assert await fakellm.total() == 1
 
 
+# --- malformed replies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_reply_whose_text_cannot_be_decoded_is_charged_its_usage_and_no_breaker_counts_it(
+    kind: Kind, stream: bool, fakellm: Upstream, router: ProviderRouter, memory_state: MemoryState
+) -> None:
+    await fakellm.set_faults(malformed_rate=1, malformed_mode="invalid_utf8")
+    deployment = fakellm.deployment(1, "primary", kind=kind)
+    r = rig(memory_state, router, [deployment])
+    usage = Usage(fake_input_tokens(MESSAGES), 16)  # what fakellm reported (and billed)
+    threshold = DEFAULT_DEPLOYMENT_BREAKER.failure_threshold
+
+    for _ in range(threshold + 1):
+        result = await r.run(on_token=Tokens() if stream else None)
+        assert result.status == ExecutionStatus.DEGRADED
+        assert result.fallback_reason == "llm_error"
+        assert result.usage == usage
+        assert result.cost_usd == price(deployment, usage) > 0
+        [step] = result.steps
+        assert (step.outcome, step.input_tokens, step.output_tokens) == (
+            "MalformedReply",
+            usage.input_tokens,
+            usage.output_tokens,
+        )
+    # The upstream answered every time: broken text is not an outage, no breaker opened.
+    assert (await r.breaker(deployment_breaker_key(1))).state == BreakerState.CLOSED
+    assert (await r.breaker(deployment_breaker_key(1))).consecutive_failures == 0
+    agent_breaker = await r.breaker(agent_breaker_key("support"), QUIET_AGENT_BREAKER)
+    assert agent_breaker.consecutive_failures == 0
+    assert r.events.seen == []
+
+
+async def test_a_reply_with_broken_text_falls_back_to_the_next_model(
+    start_fakellm: StartUpstream, router: ProviderRouter, memory_state: MemoryState
+) -> None:
+    broken = await start_fakellm(malformed_rate=1, malformed_mode="invalid_utf8")
+    spare = await start_fakellm()
+    primary = broken.deployment(1, "primary")
+    r = rig(
+        memory_state, router, [primary, spare.deployment(2, "backup")], fallback_models=("backup",)
+    )
+
+    result = await r.run()
+
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert (result.model, result.fallback_used, result.fallback_reason) == (
+        "backup",
+        True,
+        "llm_error",
+    )
+    broken_usage = Usage(fake_input_tokens(MESSAGES), 16)
+    assert result.steps[0].outcome == "MalformedReply"
+    assert result.usage == broken_usage + Usage(fake_input_tokens(MESSAGES), 16)
+    assert result.cost_usd == price(primary, broken_usage) + price(
+        spare.deployment(2, "backup"), Usage(fake_input_tokens(MESSAGES), 16)
+    )
+
+
 # --- 3f: Retry-After beyond the deadline ----------------------------------------------------
 
 
