@@ -324,6 +324,80 @@ async def test_a_hang_is_cut_at_the_agent_deadline(
     assert (await r.breaker(deployment_breaker_key(1))).consecutive_failures == 1
 
 
+@pytest.mark.parametrize("attempt_timeout_s", [None, 0.5], ids=["derived", "explicit"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_a_hang_on_the_primary_leaves_the_fallback_time_to_answer_within_the_deadline(
+    stream: bool,
+    attempt_timeout_s: float | None,
+    start_fakellm: StartUpstream,
+    router: ProviderRouter,
+    memory_state: MemoryState,
+) -> None:
+    hung = await start_fakellm(hang_rate=1)
+    spare = await start_fakellm()
+    timeout_s = 2.0
+    r = rig(
+        memory_state,
+        router,
+        [hung.deployment(1, "primary"), spare.deployment(2, "backup")],
+        fallback_models=("backup",),
+        timeout_s=timeout_s,
+        attempt_timeout_s=attempt_timeout_s,
+        max_retries=2,
+    )
+    tokens = Tokens()
+
+    started = time.monotonic()
+    result = await r.run(on_token=tokens if stream else None)
+    elapsed = time.monotonic() - started
+
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert (result.model, result.fallback_used, result.fallback_reason) == (
+        "backup",
+        True,
+        "timeout",
+    )
+    assert result.output.startswith("echo: hello there")
+    if stream:
+        assert tokens.text == result.output
+    assert elapsed < timeout_s  # the chain answered within the agent's deadline
+    # The backup kept its share (half the deadline, or one attempt_timeout_s) for itself.
+    hung_for = timeout_s / 2 if attempt_timeout_s is None else attempt_timeout_s
+    assert elapsed >= hung_for * 0.9
+    hangs = [s for s in result.steps if s.kind == "attempt" and s.model == "primary"]
+    assert {s.outcome for s in hangs} == {"Timeout"}
+    assert all(s.latency_ms <= (timeout_s / 2) * 1000 * 1.1 for s in hangs)
+    assert (await hung.stats())["endpoints"]["/v1/chat/completions"]["outcomes"] == {
+        "hang": len(hangs)
+    }
+
+
+async def test_a_stream_that_has_started_is_not_cut_by_the_attempt_timeout(
+    start_fakellm: StartUpstream, router: ProviderRouter, memory_state: MemoryState
+) -> None:
+    # 16 tokens 100 ms apart: about 1.6 s, longer than the primary's 1 s share of the deadline.
+    slow = await start_fakellm(token_ms=100)
+    spare = await start_fakellm()
+    r = rig(
+        memory_state,
+        router,
+        [slow.deployment(1, "primary"), spare.deployment(2, "backup")],
+        fallback_models=("backup",),
+        timeout_s=2.0,
+        attempt_timeout_s=0.5,
+    )
+    tokens = Tokens()
+
+    result = await r.run(on_token=tokens)
+
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert (result.model, result.fallback_used) == ("primary", False)
+    assert len(tokens.items) == 16
+    assert tokens.text == result.output
+    assert result.latency_ms > 1000  # longer than the attempt timeout and than the share
+    assert await spare.total() == 0
+
+
 # --- 3e: cut stream -------------------------------------------------------------------------
 
 
