@@ -21,6 +21,7 @@ What it shows: provider error text in ``steps[].detail`` and ``error`` only to `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,7 @@ from agents.auth import ApiKeyAuth, PermissionDenied, Principal
 from agents.disclosure import render_execution, sees_provider_text
 from agents.engine import get_engine
 from agents.execute import execute_now
+from agents.metrics import set_breaker_state
 from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER
 from agents.runtime.state import (
     BreakerConfig,
@@ -213,6 +215,10 @@ async def agent_delete(request: HttpRequest, name: str) -> Status:
 
 
 def _breaker_out(snapshot: BreakerSnapshot) -> dict[str, Any]:
+    # The snapshot is the breaker's effective state (open past its recovery time reads
+    # half_open); the gauge is set from the same reading so that /metrics agrees with the API.
+    with contextlib.suppress(Exception):  # metrics never fail a request
+        set_breaker_state(snapshot.key, snapshot.state)
     return {
         "key": snapshot.key,
         "state": snapshot.state.value,

@@ -32,7 +32,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from agents.runtime.state import BREAKER_GAUGE, Transition
+from agents.runtime.state import BREAKER_GAUGE, BreakerState, Transition
 from agents.runtime.types import ExecutionResult, Step
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,25 @@ def set_budget_remaining(scope: str, remaining_usd: Decimal | float) -> None:
     BUDGET_REMAINING.labels(scope=scope).set(float(remaining_usd))
 
 
+def set_breaker_state(key: str, state: BreakerState) -> bool:
+    """Publish a breaker's state (``agent:<name>`` or ``deployment:<id>``); False for another
+    kind of key.
+
+    Transitions set it, and so does every read of a breaker's state through the API: an open
+    breaker moves to half-open lazily, at the next call after its recovery time, and a read in
+    between reports it half-open (probe-able); the gauge then says the same as the API.
+    """
+    kind, _, name = key.partition(":")
+    value = BREAKER_GAUGE[state]
+    if kind == "agent" and name:
+        CIRCUIT_BREAKER_STATE.labels(agent=name).set(value)
+    elif kind == "deployment" and name:
+        DEPLOYMENT_BREAKER_STATE.labels(deployment=name).set(value)
+    else:
+        return False
+    return True
+
+
 def count_retries(steps: Iterable[Step]) -> int:
     """Attempts that repeated a failed attempt on the same model.
 
@@ -180,13 +199,7 @@ class MetricsEvents:
 
     def breaker_transition(self, transition: Transition) -> None:
         try:
-            kind, _, name = transition.key.partition(":")
-            value = BREAKER_GAUGE[transition.to_state]
-            if kind == "agent" and name:
-                CIRCUIT_BREAKER_STATE.labels(agent=name).set(value)
-            elif kind == "deployment" and name:
-                DEPLOYMENT_BREAKER_STATE.labels(deployment=name).set(value)
-            else:
+            if not set_breaker_state(transition.key, transition.to_state):
                 logger.warning("breaker transition with an unknown key %r", transition.key)
         except Exception:
             logger.exception("metrics: breaker_transition failed")

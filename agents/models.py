@@ -24,6 +24,9 @@ MONEY_MAX = Decimal(
     "100000000"
 )  # exclusive: $100M is a typo, not a budget (and overflows the columns)
 PRICE_MAX = Decimal("100000")  # $100k per 1M tokens
+# No provider call (connect, TLS, a first token) fits in less: a smaller attempt timeout is a
+# typo, and would turn every attempt into a timeout.
+ATTEMPT_TIMEOUT_MIN_S = 0.1
 
 
 class ProviderKind(models.TextChoices):
@@ -154,6 +157,7 @@ class Agent(models.Model):
     cheap_model = models.CharField(max_length=128, blank=True, default="")
     system_prompt = models.TextField(blank=True, default="")
     timeout_s = models.FloatField(default=30.0)
+    attempt_timeout_s = models.FloatField(null=True, blank=True)  # null: derived (OPERATIONS.md)
     max_retries = models.PositiveSmallIntegerField(default=3)
     max_tokens = models.PositiveIntegerField(default=1024)
     breaker_failure_threshold = models.PositiveIntegerField(default=5)
@@ -181,6 +185,14 @@ class Agent(models.Model):
             # Upper bounds also reject NaN and infinity (PostgreSQL sorts NaN above every number).
             models.CheckConstraint(
                 condition=Q(timeout_s__gt=0, timeout_s__lte=3600), name="agent_timeout_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(attempt_timeout_s__isnull=True)
+                | Q(
+                    attempt_timeout_s__gte=ATTEMPT_TIMEOUT_MIN_S,
+                    attempt_timeout_s__lte=models.F("timeout_s"),
+                ),
+                name="agent_attempt_timeout_range",
             ),
             models.CheckConstraint(
                 condition=Q(max_retries__gte=0, max_retries__lte=10), name="agent_retries_range"

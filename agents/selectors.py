@@ -104,6 +104,7 @@ def agent_spec_dict(agent: Agent, daily_budget_usd: Decimal | None) -> dict[str,
         "cheap_model": agent.cheap_model or None,
         "system_prompt": agent.system_prompt,
         "timeout_s": agent.timeout_s,
+        "attempt_timeout_s": agent.attempt_timeout_s,
         "max_retries": agent.max_retries,
         "max_tokens": agent.max_tokens,
         "breaker": {

@@ -185,6 +185,7 @@ def agent_values(spec: AgentSpec) -> dict[str, Any]:
         "cheap_model": spec.cheap_model or "",
         "system_prompt": spec.system_prompt,
         "timeout_s": spec.timeout_s,
+        "attempt_timeout_s": spec.attempt_timeout_s,
         "max_retries": spec.max_retries,
         "max_tokens": spec.max_tokens,
         "breaker_failure_threshold": spec.breaker.failure_threshold,

@@ -63,6 +63,8 @@ def config_export() -> dict[str, Any]:
             del item["description"]
         if item["cheap_model"] is None:
             del item["cheap_model"]
+        if item["attempt_timeout_s"] is None:
+            del item["attempt_timeout_s"]
         if item["daily_budget_usd"] is None:
             del item["daily_budget_usd"]
         else:

@@ -22,7 +22,14 @@ from pydantic import (
     model_validator,
 )
 
-from agents.models import ENV_NAME_RE, MODEL_NAME_RE, MONEY_MAX, PRICE_MAX, SLUG_RE
+from agents.models import (
+    ATTEMPT_TIMEOUT_MIN_S,
+    ENV_NAME_RE,
+    MODEL_NAME_RE,
+    MONEY_MAX,
+    PRICE_MAX,
+    SLUG_RE,
+)
 from agents.runtime.fallbacks import FALLBACK_KINDS
 
 Slug = Annotated[str, StringConstraints(pattern=SLUG_RE)]
@@ -177,6 +184,11 @@ class AgentSpec(Spec):
     cheap_model: ModelName | None = None
     system_prompt: str = Field(default="", max_length=100_000)
     timeout_s: Seconds = Field(default=30, le=3600)
+    # One provider attempt (a stream: until its first token); see docs/OPERATIONS.md. None: the
+    # deadline and the share kept for each fallback model bound it.
+    attempt_timeout_s: Seconds | None = Field(
+        default=None, ge=ATTEMPT_TIMEOUT_MIN_S, le=3600, strict=True
+    )
     max_retries: int = Field(default=3, ge=0, le=10)
     max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
     breaker: BreakerSpec = Field(default_factory=BreakerSpec)
@@ -201,6 +213,11 @@ class AgentSpec(Spec):
 
     @model_validator(mode="after")
     def _chain(self) -> AgentSpec:
+        if self.attempt_timeout_s is not None and self.attempt_timeout_s > self.timeout_s:
+            raise ValueError(
+                f"attempt_timeout_s: must be <= timeout_s ({self.timeout_s:g}), "
+                f"got {self.attempt_timeout_s:g}"
+            )
         if self.model in self.fallback_models:
             raise ValueError("fallback_models: must not contain the agent's own model")
         if len(set(self.fallback_models)) != len(self.fallback_models):

@@ -23,6 +23,11 @@ MAX_OUTPUT_TOKENS = 4096
 
 Outcome = Literal["ok", "error", "quota", "hang", "cut", "malformed"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "error", "quota", "hang", "cut", "malformed")
+# How a malformed answer is broken. truncated: half a JSON body (no usage), or one cut stream
+# event; invalid_utf8: the whole answer, usage included, with bytes in its text that are not
+# UTF-8 (an upstream that did the work and billed it, but whose text cannot be decoded).
+MalformedMode = Literal["truncated", "invalid_utf8"]
+MALFORMED_MODES: tuple[MalformedMode, ...] = ("truncated", "invalid_utf8")
 
 
 class FaultConfigError(ValueError):
@@ -70,6 +75,7 @@ class FaultConfig:
     hang_rate: float = 0.0  # accept, never answer until the client goes away
     cut_stream_rate: float = 0.0  # streams stop mid-way, no terminal event, connection closed
     malformed_rate: float = 0.0  # 200 with invalid JSON / invalid SSE data
+    malformed_mode: MalformedMode = "truncated"  # how a malformed answer is broken
     first_token_ms: float = 0.0  # streams: delay before the first content delta
     token_ms: float = 0.0  # streams: delay between content deltas
     output_tokens: int = 16  # words in a text reply (before max_tokens)
@@ -95,6 +101,11 @@ class FaultConfig:
             self._set(
                 "retry_after",
                 _number("retry_after", self.retry_after, low=0, high=MAX_RETRY_AFTER_S),
+            )
+        if self.malformed_mode not in MALFORMED_MODES:
+            raise FaultConfigError(
+                "malformed_mode",
+                f"must be one of {', '.join(MALFORMED_MODES)}, got {self.malformed_mode!r}",
             )
         _boolean("quota_exhausted", self.quota_exhausted)
         _boolean("tool_call", self.tool_call)
@@ -143,6 +154,7 @@ class Override:
     """What the ``x-fakellm-fault`` header forces for one request (None = not forced)."""
 
     outcome: Outcome | None = None
+    malformed_mode: MalformedMode | None = None
     status: int | None = None
     retry_after: float | None = None
     latency_ms: float | None = None
@@ -183,7 +195,8 @@ def _header_int(key: str, raw: str, *, low: int, high: int) -> int:
 def parse_override(header: str) -> Override:
     """Parse ``x-fakellm-fault``: directives separated by ``,`` or ``;``.
 
-    ``ok`` | ``hang`` | ``cut`` | ``cut=N`` | ``malformed`` | ``quota`` | ``status=503`` |
+    ``ok`` | ``hang`` | ``cut`` | ``cut=N`` | ``malformed`` | ``malformed=invalid-utf8`` |
+    ``malformed=truncated`` | ``quota`` | ``status=503`` |
     ``retry-after=S`` | ``latency=MS`` | ``first-token=MS`` | ``token=MS`` | ``tool-call`` |
     ``tool-call=0|1`` | ``tokens=N``. Raises :class:`FaultConfigError` naming the directive.
     """
@@ -195,7 +208,16 @@ def parse_override(header: str) -> Override:
         key, _, raw = item.partition("=")
         key = key.strip().lower().replace("_", "-")
         raw = raw.strip()
-        if key in _FLAG_OUTCOMES and (not raw or key == "cut"):
+        if key == "malformed" and raw:
+            mode = raw.lower().replace("-", "_")
+            if mode not in MALFORMED_MODES:
+                raise FaultConfigError(
+                    "x-fakellm-fault malformed",
+                    f"must be truncated or invalid-utf8, got {raw!r}",
+                )
+            _set_outcome(values, "malformed")
+            values["malformed_mode"] = mode
+        elif key in _FLAG_OUTCOMES and (not raw or key == "cut"):
             _set_outcome(values, _FLAG_OUTCOMES[key])
             if key == "cut" and raw:
                 values["cut_after"] = _header_int("cut", raw, low=0, high=MAX_OUTPUT_TOKENS)
@@ -216,7 +238,8 @@ def parse_override(header: str) -> Override:
         else:
             raise FaultConfigError(
                 f"x-fakellm-fault {key or item}",
-                "unknown directive; expected ok, hang, cut[=N], malformed, quota, status=N, "
+                "unknown directive; expected ok, hang, cut[=N], malformed[=truncated|invalid-utf8], "
+                "quota, status=N, "
                 "retry-after=S, latency=MS, first-token=MS, token=MS, tool-call[=0|1], tokens=N",
             )
     return Override(**values)
@@ -244,6 +267,7 @@ class Decision:
     cut_after: int | None  # content chunks sent before a cut; None = half
     tool_call: bool
     output_tokens: int
+    malformed_mode: MalformedMode = "truncated"
 
 
 class FaultModel:
@@ -308,6 +332,7 @@ class FaultModel:
             cut_after=ov.cut_after,
             tool_call=ov.tool_call if ov.tool_call is not None else cfg.tool_call,
             output_tokens=ov.output_tokens if ov.output_tokens is not None else cfg.output_tokens,
+            malformed_mode=ov.malformed_mode or cfg.malformed_mode,
         )
 
 
@@ -342,6 +367,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help=f"status of injected errors: one of {', '.join(map(str, ERROR_STATUSES))} (500)",
+    )
+    parser.add_argument(
+        "--malformed-mode",
+        choices=MALFORMED_MODES,
+        default=None,
+        help="how --malformed-rate answers are broken: truncated (half a body, no usage) or "
+        "invalid_utf8 (a whole answer with its usage, text bytes not UTF-8) (truncated)",
     )
     parser.add_argument(
         "--quota-exhausted",

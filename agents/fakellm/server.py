@@ -267,7 +267,11 @@ async def _handle_generation(request: web.Request, fmt: _Format) -> web.StreamRe
             body = wire.anthropic_body(prompt, reply, rid=rid)
         headers = {fmt.id_header: f"req_{rid}"}
         if outcome == "malformed":
-            return web.Response(body=body[: len(body) // 2], content_type=JSON, headers=headers)
+            if decision.malformed_mode == "invalid_utf8":
+                body = wire.corrupt_utf8(body, reply.chunks[0] if reply.chunks else "")
+            else:
+                body = body[: len(body) // 2]
+            return web.Response(body=body, content_type=JSON, headers=headers)
         if outcome == "cut":
             return await _cut_body(request, body, headers)
         return web.Response(body=body, content_type=JSON, headers=headers)
@@ -331,6 +335,11 @@ async def _stream(
         count = decision.cut_after if decision.cut_after is not None else max(1, len(deltas) // 2)
         deltas = deltas[: min(count, len(deltas))]
         terminal = []
+    elif decision.outcome == "malformed" and decision.malformed_mode == "invalid_utf8":
+        # Every event sent, the usage included; the first content delta's text carries bytes
+        # that are not UTF-8.
+        if deltas:
+            deltas = [wire.corrupt_utf8(deltas[0], reply.chunks[0]), *deltas[1:]]
     elif decision.outcome == "malformed":
         # A delta whose JSON is cut off, where a content delta belongs; the stream then ends
         # normally, so only a client that parses every event notices.

@@ -603,6 +603,21 @@ ANTHROPIC_QUOTA_MESSAGE = (
 )
 
 
+# Never valid in UTF-8 (0xff and 0xfe start no sequence); ASCII-safe inside a JSON string.
+INVALID_UTF8 = b"\xff\xfe"
+
+
+def corrupt_utf8(data: bytes, text: str) -> bytes:
+    """``data`` (a JSON body or an SSE event) with bytes that are not UTF-8 inside the string
+    that holds ``text``, just after it; otherwise inside the first string value. The JSON stays
+    complete, usage included: only a strict UTF-8 decoder notices."""
+    escaped = _dumps(text)[1:-1].encode()
+    at = data.find(escaped) if escaped else -1
+    # Not found, e.g. an Anthropic tool_use body: its input is an object, not the streamed text.
+    end = at + len(escaped) if at >= 0 else data.index(b':"') + 2
+    return data[:end] + INVALID_UTF8 + data[end:]
+
+
 def retry_after_header(seconds: float) -> str:
     """Retry-After takes whole seconds; round up so a client never retries too early."""
     return str(math.ceil(seconds))

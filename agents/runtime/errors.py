@@ -71,7 +71,25 @@ class ToolFailed(ProviderFailure):
 
 
 class ProviderError(ProviderFailure):
-    """Any other upstream failure: 5xx, malformed body, a stream cut before its end."""
+    """Any other upstream failure: 5xx, a stream cut before its end, a body that is not even a
+    complete reply (cut, not JSON, no usage). Charged an estimate of what was sent and received."""
+
+
+class MalformedReply(ProviderError):
+    """A reply the provider finished (it reported its usage) whose content cannot be used: text
+    that is not valid UTF-8 (or holds a lone surrogate), a broken stream event, a body of the
+    wrong shape. Charged for the usage it reported.
+
+    Not counted for breakers: the upstream did answer, and what broke is this answer's content,
+    which the request can provoke (a prompt that makes a model emit broken bytes). Counting it
+    would let one caller's prompts open a deployment or agent breaker that every caller shares.
+    A reply that does not even report its usage stays a :class:`ProviderError` (a provider or
+    transport fault, counted like a 5xx). Retried, then the next model."""
+
+
+class DeadlineReached(Timeout):
+    """No time was left for an attempt to start (the deadline, less the share kept for the
+    models after this one in the chain). Nothing was sent: no breaker counts it."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,8 @@ POLICIES: Final[dict[type[ProviderFailure], Policy]] = {
     Timeout: Policy(True, True, True, "timeout", "timeout"),
     ToolFailed: Policy(False, False, False, "tool_error", "tool_error"),
     ProviderError: Policy(True, True, True, "llm_error", "llm_error"),
+    MalformedReply: Policy(True, False, True, "llm_error", "llm_error"),
+    DeadlineReached: Policy(False, False, True, "timeout", "timeout"),
 }
 
 

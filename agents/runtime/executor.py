@@ -15,8 +15,12 @@ Structure: :meth:`Executor._admit` (everything before the first provider call), 
 ``_after_success`` the tool rounds), then :meth:`Executor._finish` (settle and journal).
 
 The deadline (``timeout_s``) bounds everything, retries and fallbacks included: no attempt starts
-that could not get at least ``min_attempt_s`` before it, and each attempt's own timeout is the
-time left.
+that could not get at least ``min_attempt_s`` before it. Each attempt's own timeout is the time
+left, less the share kept for the models after the current one in the chain (``timeout_s`` / the
+number of models, or ``attempt_timeout_s`` if shorter, each), and at most ``attempt_timeout_s``:
+a hang on one model leaves the next ones their chance, and the chain still answers within
+``timeout_s``. A stream is held to that timeout until its first token; after it, to the deadline
+(it is an answer in progress, and no other model could follow it).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from agents.runtime.choice import choose_models, window
 from agents.runtime.clock import Clock
 from agents.runtime.errors import (
     ClientError,
+    DeadlineReached,
     FallbackReason,
     MessageKey,
     ProviderFailure,
@@ -841,13 +846,27 @@ class Executor:
     async def _attempt(
         self, run: _Run, deployment: Deployment, remaining: float, on_token: OnToken | None
     ) -> ChatResponse:
-        if remaining < self._retry.min_attempt_s:
-            raise Timeout("deadline reached before the attempt could start", phase="total")
+        # The attempt's timeout (module docstring): two subtractions and a min() per attempt.
+        budget = remaining - self._kept_for_later(run)
+        cap = run.agent.attempt_timeout_s
+        if cap is not None and cap < budget:
+            budget = cap
+        if budget < self._retry.min_attempt_s:
+            # Nothing was sent: no breaker counts it; the next model (if any) has its share.
+            raise DeadlineReached("no time left for an attempt on this model", phase="total")
         relay: OnToken | None = None
+        first_token: asyncio.Timeout | None = None  # a stream's timeout until its first token
         if on_token is not None:
             sink = on_token
+            if budget < remaining:
+                first_token = asyncio.timeout(budget)
+            waiting = first_token
 
             async def relay(text: str) -> None:
+                nonlocal waiting
+                if waiting is not None:  # the first token: the deadline bounds the rest
+                    waiting.reschedule(None)
+                    waiting = None
                 run.streamed_chars += len(text)
                 self._events.execution_token(run.request.execution_id, text)
                 await sink(text)
@@ -864,7 +883,34 @@ class Executor:
                 tools=run.agent.tools + run.request.tools,
                 tool_choice=effective_tool_choice(run.request.tool_choice, run.tool_rounds),
             )
-        return await self._providers.chat(deployment, request, timeout_s=remaining, on_token=relay)
+        if first_token is None:
+            return await self._providers.chat(deployment, request, timeout_s=budget, on_token=relay)
+        try:
+            async with first_token:
+                return await self._providers.chat(
+                    deployment, request, timeout_s=remaining, on_token=relay
+                )
+        except TimeoutError:
+            if not first_token.expired():
+                raise
+            # As the provider charges a stream that times out: the prompt, estimated.
+            raise Timeout(
+                f"no first token within {budget:.3f}s",
+                phase="first_token",
+                input_tokens=estimate_messages(run.messages),
+            ) from None
+
+    def _kept_for_later(self, run: _Run) -> float:
+        """The part of the time left that the current model may not use: an equal share of the
+        deadline for each model after it in the chain (``attempt_timeout_s`` if shorter)."""
+        later = len(run.chain) - run.model_index - 1
+        if later <= 0:
+            return 0.0
+        agent = run.agent
+        share = agent.timeout_s / len(run.chain)
+        if agent.attempt_timeout_s is not None and agent.attempt_timeout_s < share:
+            share = agent.attempt_timeout_s
+        return later * share
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -974,7 +1020,8 @@ class Executor:
             if failure.retry_after is not None
             else self._retry.backoff(retries, self._rng)
         )
-        if self._remaining(run) - delay < self._retry.min_attempt_s:
+        # A retry may not eat into the time kept for the models after this one either.
+        if self._remaining(run) - self._kept_for_later(run) - delay < self._retry.min_attempt_s:
             return None
         return delay
 

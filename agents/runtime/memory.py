@@ -618,6 +618,17 @@ class MemoryState:
             cell = self._breaker(key)
             now = self._clock.now()
             state = cell.effective()
+            open_until: float | None = None
+            probes = 0
+            if state == BreakerState.OPEN:
+                if cell.open_until > now:
+                    open_until = cell.open_until
+                else:
+                    # Past its recovery time an open breaker is half-open in effect: the next
+                    # acquire moves it there and takes a probe. Say so without moving it.
+                    state = BreakerState.HALF_OPEN
+            elif state == BreakerState.HALF_OPEN:
+                probes = cell.probes_issued - cell.probes_ok
             return BreakerSnapshot(
                 key=key,
                 state=state,
@@ -625,12 +636,8 @@ class MemoryState:
                 window_calls=len(cell.window),
                 window_failures=cell.failures,
                 window_slow=cell.slow,
-                open_until=cell.open_until
-                if state == BreakerState.OPEN and cell.open_until > now
-                else None,
-                probes_in_flight=cell.probes_issued - cell.probes_ok
-                if state == BreakerState.HALF_OPEN
-                else 0,
+                open_until=open_until,
+                probes_in_flight=probes,
             )
 
     async def breaker_command(self, key: str, action: BreakerAction) -> tuple[Transition, ...]:

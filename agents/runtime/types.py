@@ -121,7 +121,12 @@ class AgentConfig:
     fallback_models: tuple[str, ...] = ()
     cheap_model: str | None = None
     system_prompt: str = ""
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # the whole execution: retries, fallbacks and tool rounds
+    # One provider attempt (a stream: until its first token), so that a hang leaves time for
+    # retries and fallbacks. None: only the deadline and the fallbacks' shares bound it. Each
+    # attempt may also never eat into the share of the deadline kept for the models after it
+    # (timeout_s / models in the chain, or attempt_timeout_s if shorter).
+    attempt_timeout_s: float | None = None
     max_retries: int = 3
     max_tokens: int = 1024
     breaker: BreakerConfig = field(default_factory=BreakerConfig)

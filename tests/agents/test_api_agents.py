@@ -280,6 +280,45 @@ async def test_a_patch_sets_and_removes_the_daily_budget(keys: dict[str, str]) -
     assert len(await _audit("budget_delete")) == 1
 
 
+async def test_a_patch_sets_and_clears_the_attempt_timeout_which_reaches_the_runtime(
+    keys: dict[str, str],
+) -> None:
+    assert (await call("GET", "/api/v1/agents/helper", keys["read"])).json()[
+        "attempt_timeout_s"
+    ] is None
+    patch = {"timeout_s": 10, "attempt_timeout_s": 4}
+    changed = await call("PATCH", "/api/v1/agents/helper", keys["admin"], patch)
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["attempt_timeout_s"] == 4
+    config = get_engine().config.agent("helper")
+    assert config is not None
+    assert config.attempt_timeout_s == 4
+    cleared = await call(
+        "PATCH", "/api/v1/agents/helper", keys["admin"], {"attempt_timeout_s": None}
+    )
+    assert cleared.json()["attempt_timeout_s"] is None
+    config = get_engine().config.agent("helper")
+    assert config is not None
+    assert config.attempt_timeout_s is None
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"attempt_timeout_s": 31}, "attempt_timeout_s: must be <= timeout_s (30), got 31"),
+        ({"attempt_timeout_s": 1e-300}, "attempt_timeout_s: must be >= 0.1"),
+        ({"attempt_timeout_s": True}, "attempt_timeout_s: must be a number"),
+    ],
+)
+async def test_an_attempt_timeout_outside_the_deadline_or_too_small_is_refused(
+    keys: dict[str, str], patch: dict[str, Any], expected: str
+) -> None:
+    response = await call("PATCH", "/api/v1/agents/helper", keys["admin"], patch)
+    assert _error(response, 422, "validation_error") == expected
+    unchanged = await sync_to_async(Agent.objects.get)(name="helper")
+    assert unchanged.attempt_timeout_s is None
+
+
 async def test_a_patch_that_changes_nothing_writes_nothing(keys: dict[str, str]) -> None:
     response = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"model": "m"})
     assert response.status_code == 200

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +25,20 @@ from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
 from agents.live_config import config_version_current
 from agents.models import ModelDeployment
+from agents.runtime.state import BreakerConfig, Outcome
 from agents.services import api_key_create
 from console.models import AuditEvent
 from incidents.models import Incident
 
 pytestmark = pytest.mark.django_db(transaction=True)
+WAKE_S = 1.0  # the recovery time of the breakers that a test waits out
 
 
 @dataclass
 class World:
     agent: str  # answers
     flaky: str  # its only model always fails; one failure opens its breaker
+    waking: str  # the same, but its breaker may probe again after 1 s
     deployment: int  # the agent's only deployment
     broken: int  # the flaky agent's only deployment
     keys: dict[str, str]
@@ -54,6 +59,10 @@ agents:
     model: broken
     max_retries: 0
     breaker: {{failure_threshold: 1, recovery_timeout_s: 600}}
+  - name: w-{tag}
+    model: broken
+    max_retries: 0
+    breaker: {{failure_threshold: 1, recovery_timeout_s: {WAKE_S}}}
 """
     config_apply(document=config_parse(doc))
     operator = api_key_create(name="op", scopes=["operate"])
@@ -68,6 +77,7 @@ agents:
     return World(
         agent=f"a-{tag}",
         flaky=f"f-{tag}",
+        waking=f"w-{tag}",
         deployment=ModelDeployment.objects.get(name="m").pk,
         broken=ModelDeployment.objects.get(name="broken").pk,
         keys=keys,
@@ -80,6 +90,7 @@ async def _reset(world: World) -> None:
     for key in (
         f"agent:{world.agent}",
         f"agent:{world.flaky}",
+        f"agent:{world.waking}",
         f"deployment:{world.deployment}",
         f"deployment:{world.broken}",
     ):
@@ -225,6 +236,62 @@ async def test_forcing_an_opened_breaker_closed_lets_calls_through_at_once(
     kinds = [kind for kind, _ in await _timeline(incident)]
     assert kinds[0] == "opened"
     assert kinds[-1] == "resolved"
+
+
+async def _past(open_until: str) -> None:
+    """Sleep until just after ``open_until`` (an ISO time from the API)."""
+    delay = datetime.fromisoformat(open_until).timestamp() - time.time()
+    await asyncio.sleep(max(0.0, delay) + 0.05)
+
+
+def _gauge(agent: str) -> float | None:
+    return REGISTRY.get_sample_value("agent_circuit_breaker_state", {"agent": agent})
+
+
+async def test_after_its_recovery_time_an_open_breaker_reads_half_open_and_so_does_the_gauge(
+    world: World,
+) -> None:
+    path = f"/api/v1/agents/{world.waking}/breaker"
+    assert (await execute(world, world.waking))["fallback_reason"] == "llm_error"
+    opened = (await call(world.keys["read"], "GET", path)).json()
+    assert opened["state"] == "open"
+    assert opened["open_until"] is not None  # when it becomes probe-able
+    assert _gauge(world.waking) == 2
+
+    await _past(opened["open_until"])
+    for _ in range(2):  # reading it does not move it
+        probeable = (await call(world.keys["read"], "GET", path)).json()
+        assert (probeable["state"], probeable["open_until"]) == ("half_open", None)
+        assert probeable["probes_in_flight"] == 0
+    assert _gauge(world.waking) == 1  # /metrics says what the API says
+
+    # The next call is the probe; the model still fails, so the breaker opens again.
+    assert (await execute(world, world.waking))["fallback_reason"] == "llm_error"
+    reopened = (await call(world.keys["read"], "GET", path)).json()
+    assert reopened["state"] == "open"
+    assert reopened["open_until"] > opened["open_until"]
+    assert _gauge(world.waking) == 2
+
+
+async def test_a_deployment_breaker_past_its_recovery_time_reads_half_open(world: World) -> None:
+    key = f"deployment:{world.broken}"
+    short = BreakerConfig(failure_threshold=1, recovery_timeout_s=WAKE_S)
+    await get_engine().state.breaker_record(key, short, Outcome.FAILURE, 0.1, False)
+
+    def breaker(listed: dict[str, Any]) -> dict[str, Any]:
+        [item] = [item for item in listed["items"] if item["id"] == world.broken]
+        return dict(item["breaker"])
+
+    opened = breaker((await call(world.keys["read"], "GET", "/api/v1/deployments")).json())
+    assert opened["state"] == "open"
+    assert opened["open_until"] is not None
+    await _past(opened["open_until"])
+    probeable = breaker((await call(world.keys["read"], "GET", "/api/v1/deployments")).json())
+    assert (probeable["state"], probeable["open_until"]) == ("half_open", None)
+    gauge = REGISTRY.get_sample_value(
+        "agent_deployment_breaker_state", {"deployment": str(world.broken)}
+    )
+    assert gauge == 1
 
 
 async def test_disabling_a_breaker_admits_everything(world: World) -> None:

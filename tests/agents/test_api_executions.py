@@ -17,9 +17,11 @@ from django.test import AsyncClient
 
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
+from agents.fakellm import FakeLLM, FaultConfig
 from agents.models import Execution
 from agents.selectors import ExecutionAccess, cursor_encode, execution_page
 from agents.services import api_key_create
+from budgets.models import SpendEntry
 
 DOC = """
 providers:
@@ -178,6 +180,42 @@ async def test_an_execution_run_through_the_api_reads_back_the_same(world: World
     assert body["created_at"] == pytest.approx(answered["created_at"], abs=1e-3)
     assert body["input"] == [{"role": "user", "content": "hello there"}]
     assert body["metadata"] == {"a": 1}
+
+
+async def test_an_upstream_reply_whose_text_cannot_be_decoded_is_charged_and_in_the_ledger(
+    world: World,
+) -> None:
+    async with FakeLLM(FaultConfig(malformed_rate=1, malformed_mode="invalid_utf8")) as fake:
+        doc = f"""
+providers:
+  - {{name: garbling, kind: openai, base_url: "{fake.url}/v1"}}
+models:
+  - {{name: g, provider: garbling, upstream_model: gpt-4o-mini,
+     input_usd_per_mtok: 100, output_usd_per_mtok: 200}}
+agents:
+  - {{name: garbled, model: g, max_retries: 0}}
+"""
+        await sync_to_async(config_apply)(document=config_parse(doc))
+        await sync_to_async(get_engine().config.reload)()  # this process sees it at once
+        response = await AsyncClient().post(
+            "/api/v1/agents/garbled/execute",
+            data=json.dumps({"input": "hello there"}),
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {world.keys['producer']}"},
+        )
+    answered = response.json()
+    assert answered["status"] == "degraded"
+    assert answered["fallback_reason"] == "llm_error"
+    # fakellm billed 3 input tokens (11 characters // 4 + 1 message) and its 16 output tokens.
+    assert answered["usage"] == {"input_tokens": 3, "output_tokens": 16}
+    expected = (Decimal(3) * 100 + Decimal(16) * 200) / 1_000_000
+    assert answered["cost_usd"] == pytest.approx(float(expected), abs=1e-12)
+    drainer = get_engine().drainer
+    assert drainer is not None
+    await drainer.drain_now()
+    entry = await SpendEntry.objects.aget(execution_id=answered["execution_id"])
+    assert entry.cost_usd == expected
+    assert (entry.input_tokens, entry.output_tokens) == (3, 16)
 
 
 @pytest.mark.parametrize("ident", ["not-a-uuid", str(uuid.uuid4())])

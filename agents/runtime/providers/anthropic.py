@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from agents.runtime.errors import ProviderError, classify_http
 from agents.runtime.providers.base import (
@@ -14,7 +15,9 @@ from agents.runtime.providers.base import (
     OnToken,
     estimate_messages,
     estimate_tokens,
+    malformed_stream,
     post_chat,
+    token_count,
 )
 from agents.runtime.types import ChatRequest, ChatResponse, Deployment, ToolCall, ToolChoice, Usage
 
@@ -96,19 +99,34 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     return body
 
 
+def usage_of(data: Any) -> Usage | None:
+    """A message's ``usage``, when it holds both token counts."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    input_tokens = token_count(usage.get("input_tokens"))
+    output_tokens = token_count(usage.get("output_tokens"))
+    if input_tokens is None or output_tokens is None:
+        return None
+    return Usage(input_tokens, output_tokens)
+
+
 def parse_response(data: Any, request: ChatRequest) -> ChatResponse:
     try:
         blocks = data["content"]
         texts = [b["text"] for b in blocks if b.get("type") == "text"]
         calls = tuple(
-            ToolCall(b["id"], b["name"], json.dumps(b.get("input") or {}))
+            ToolCall(str(b["id"]), str(b["name"]), json.dumps(b.get("input") or {}))
             for b in blocks
             if b.get("type") == "tool_use"
         )
-        usage_data = data["usage"]
-        usage = Usage(int(usage_data["input_tokens"]), int(usage_data["output_tokens"]))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProviderError(f"malformed response: missing {exc}") from None
+    if not all(isinstance(text, str) for text in texts):
+        raise ProviderError("malformed response: a text block is not text")
+    usage = usage_of(data)
+    if usage is None:
+        raise ProviderError("malformed response: missing 'usage'")
     finish = _STOP.get(str(data.get("stop_reason")), str(data.get("stop_reason") or "stop"))
     return ChatResponse("".join(texts), calls, usage, finish)
 
@@ -121,6 +139,10 @@ class _Stream:
     output_tokens: int | None = None
     stop_reason: str | None = None
     done: bool = False
+    final_usage: bool = False  # message_delta reported the output tokens
+    # Why the stream is unusable (an event that is not JSON in UTF-8, or of the wrong shape).
+    # The rest is still read, for the usage at its end, but no longer handed over.
+    broken: str | None = None
 
     def estimated(self, request: ChatRequest) -> tuple[int, int]:
         text = "".join(self.parts) + "".join(b.get("json", "") for b in self.blocks.values())
@@ -157,6 +179,7 @@ class AnthropicProvider:
             timeout_s=timeout_s,
             on_token=on_token,
             parse=parse_response,
+            usage_of=usage_of,
             state=_Stream(),
             read_stream=_read_stream,
             finish_stream=_finish,
@@ -164,6 +187,10 @@ class AnthropicProvider:
 
 
 def _finish(stream: _Stream, request: ChatRequest) -> ChatResponse:
+    if stream.broken is not None:
+        reported = stream.final_usage and stream.input_tokens is not None
+        usage = Usage(stream.input_tokens or 0, stream.output_tokens or 0) if reported else None
+        raise malformed_stream(stream.broken, usage)
     if not stream.done or stream.output_tokens is None or stream.input_tokens is None:
         raise ProviderError("stream ended without message_stop and usage")
     calls = tuple(
@@ -185,46 +212,66 @@ async def _read_stream(
         if not line.startswith(b"data:"):
             continue  # "event:" lines repeat the type that the data carries
         try:
-            event = json.loads(line[5:].strip())
+            event = orjson.loads(line[5:].strip())  # strict: invalid UTF-8 or lone surrogates
         except ValueError:
-            raise ProviderError("malformed stream: a data line is not JSON") from None
+            stream.broken = stream.broken or "a data line is not JSON in UTF-8"
+            continue
         if not isinstance(event, dict):
-            raise ProviderError("malformed stream: an event is not an object")
-        kind = event.get("type")
-        if kind == "message_start":
-            usage = (event.get("message") or {}).get("usage") or {}
-            stream.input_tokens = int(usage.get("input_tokens") or 0)
-            if usage.get("output_tokens") is not None:
-                stream.output_tokens = int(usage["output_tokens"])
-        elif kind == "content_block_start":
-            block = event.get("content_block") or {}
-            slot = stream.blocks.setdefault(int(event.get("index", 0)), {})
-            slot["type"] = str(block.get("type", "text"))
-            if block.get("type") == "tool_use":
-                slot["id"] = str(block.get("id", ""))
-                slot["name"] = str(block.get("name", ""))
-        elif kind == "content_block_delta":
-            delta = event.get("delta") or {}
-            if delta.get("type") == "text_delta" and delta.get("text"):
-                stream.parts.append(delta["text"])
-                await on_token(delta["text"])
-            elif delta.get("type") == "input_json_delta":
-                slot = stream.blocks.setdefault(int(event.get("index", 0)), {"type": "tool_use"})
-                slot["json"] = slot.get("json", "") + str(delta.get("partial_json", ""))
-        elif kind == "message_delta":
-            usage = event.get("usage") or {}
-            if usage.get("output_tokens") is not None:
-                stream.output_tokens = int(usage["output_tokens"])
-            stop = (event.get("delta") or {}).get("stop_reason")
-            if stop:
-                stream.stop_reason = str(stop)
-        elif kind == "message_stop":
-            stream.done = True
+            stream.broken = stream.broken or "an event is not an object"
+            continue
+        try:
+            text = _read_event(event, stream)
+        except (AttributeError, TypeError, ValueError):
+            stream.broken = stream.broken or "an event has the wrong shape"
+            continue
+        if stream.done:
             return
-        elif kind == "error":
-            error = event.get("error") or {}
-            cls = classify_http(
-                529 if error.get("type") == "overloaded_error" else 500,
-                error_type=str(error.get("type") or ""),
-            )
-            raise cls(f"stream error: {error.get('message', error)}")
+        if text is not None and stream.broken is None:
+            await on_token(text)
+
+
+def _read_event(event: dict[str, Any], stream: _Stream) -> str | None:
+    """Take one event into ``stream``; the text to hand over, if it carries some. A stream
+    error event raises its failure."""
+    kind = event.get("type")
+    if kind == "content_block_delta":
+        delta = event.get("delta") or {}
+        if delta.get("type") == "text_delta" and delta.get("text"):
+            text = delta["text"]
+            if not isinstance(text, str):
+                raise TypeError("text is not text")
+            stream.parts.append(text)
+            return text
+        if delta.get("type") == "input_json_delta":
+            slot = stream.blocks.setdefault(int(event.get("index", 0)), {"type": "tool_use"})
+            slot["json"] = slot.get("json", "") + str(delta.get("partial_json", ""))
+    elif kind == "message_start":
+        usage = (event.get("message") or {}).get("usage") or {}
+        stream.input_tokens = int(usage.get("input_tokens") or 0)
+        if usage.get("output_tokens") is not None:
+            stream.output_tokens = int(usage["output_tokens"])
+    elif kind == "content_block_start":
+        block = event.get("content_block") or {}
+        slot = stream.blocks.setdefault(int(event.get("index", 0)), {})
+        slot["type"] = str(block.get("type", "text"))
+        if block.get("type") == "tool_use":
+            slot["id"] = str(block.get("id", ""))
+            slot["name"] = str(block.get("name", ""))
+    elif kind == "message_delta":
+        usage = event.get("usage") or {}
+        if usage.get("output_tokens") is not None:
+            stream.output_tokens = int(usage["output_tokens"])
+            stream.final_usage = True
+        stop = (event.get("delta") or {}).get("stop_reason")
+        if stop:
+            stream.stop_reason = str(stop)
+    elif kind == "message_stop":
+        stream.done = True
+    elif kind == "error":
+        error = event.get("error") or {}
+        cls = classify_http(
+            529 if error.get("type") == "overloaded_error" else 500,
+            error_type=str(error.get("type") or ""),
+        )
+        raise cls(f"stream error: {error.get('message', error)}")
+    return None

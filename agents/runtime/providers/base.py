@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -12,8 +13,14 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import orjson
 
-from agents.runtime.errors import ProviderError, ProviderFailure, Timeout, classify_http
-from agents.runtime.types import ChatRequest, ChatResponse, Deployment, Message
+from agents.runtime.errors import (
+    MalformedReply,
+    ProviderError,
+    ProviderFailure,
+    Timeout,
+    classify_http,
+)
+from agents.runtime.types import ChatRequest, ChatResponse, Deployment, Message, Usage
 
 OnToken = Callable[[str], Awaitable[None]]
 
@@ -127,6 +134,95 @@ def transport_failure(exc: BaseException) -> ProviderFailure:
     return ProviderError(f"transport error: {type(exc).__name__}: {exc}")
 
 
+def token_count(value: Any) -> int | None:
+    """A token count as a provider reports it: a non-negative integer, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+UsageOf = Callable[[Any], Usage | None]
+
+# Where a usage object starts in a body that does not parse as a whole (cut short, or broken).
+_USAGE_KEY = re.compile(r'"usage"\s*:\s*(?=\{)')
+_LENIENT = json.JSONDecoder()  # the stdlib parser: lone surrogates pass, trailing text ignored
+
+
+def salvaged_usage(raw: bytes, usage_of: UsageOf) -> tuple[Usage | None, str]:
+    """The usage a broken body still reports, and the body as text (invalid bytes replaced).
+
+    Invalid UTF-8 and lone surrogates break the strict parser but not the document: parsed
+    leniently, it still says what the call cost. A cut body may still hold its usage object.
+    The salvaged document is only read for its usage, never answered: its text is broken.
+    """
+    text = raw.decode("utf-8", "replace")
+    try:
+        data: Any = _LENIENT.decode(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return usage_of(data), text
+    for match in _USAGE_KEY.finditer(text):
+        try:
+            found, _ = _LENIENT.raw_decode(text, match.end())
+        except ValueError:
+            continue  # cut inside the usage object itself
+        usage = usage_of({"usage": found})
+        if usage is not None:
+            return usage, text
+    return None, text
+
+
+def malformed(
+    message: str, usage: Usage | None, request: ChatRequest, received: str
+) -> ProviderError:
+    """A 200 reply that cannot be answered. With the usage it reported: a
+    :class:`MalformedReply` charged for that usage. Without: a :class:`ProviderError` charged an
+    estimate, the prompt plus what arrived (as a cut stream is), never a free call."""
+    if usage is not None:
+        return MalformedReply(
+            message, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+        )
+    return ProviderError(
+        message,
+        input_tokens=estimate_messages(request.messages),
+        output_tokens=estimate_tokens(received),
+    )
+
+
+def malformed_stream(broken: str, usage: Usage | None) -> ProviderError:
+    """A stream that carried a broken event: a :class:`MalformedReply` when it still ended with
+    its usage; else a :class:`ProviderError` that :func:`post_chat` charges the estimate of."""
+    message = f"malformed stream: {broken}"
+    if usage is None:
+        return ProviderError(message)
+    return MalformedReply(
+        message, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+    )
+
+
+def decode_body(
+    raw: bytes,
+    request: ChatRequest,
+    parse: Callable[[Any, ChatRequest], ChatResponse],
+    usage_of: UsageOf,
+) -> ChatResponse:
+    """A non-streamed reply: strict JSON (orjson refuses invalid UTF-8 and lone surrogates),
+    then the provider's own parse; a failure of either is :func:`malformed`, charged."""
+    try:
+        data = orjson.loads(raw)
+    except ValueError:
+        usage, text = salvaged_usage(raw, usage_of)
+        raise malformed(
+            "malformed response: body is not valid JSON in UTF-8", usage, request, text
+        ) from None
+    try:
+        return parse(data, request)
+    except ProviderError as failure:  # the wrong shape (parse raises nothing else)
+        usage = usage_of(data) if isinstance(data, dict) else None
+        raise malformed(failure.message, usage, request, raw.decode("utf-8", "replace")) from None
+
+
 class StreamState(Protocol):
     def estimated(self, request: ChatRequest) -> tuple[int, int]:
         """(input, output) tokens so far: reported where the stream said, else estimated."""
@@ -139,7 +235,7 @@ S = TypeVar("S", bound=StreamState)
 
 
 def _charge(failure: ProviderFailure, state: StreamState, request: ChatRequest) -> ProviderFailure:
-    if not failure.output_tokens:
+    if not failure.input_tokens and not failure.output_tokens:  # not told: estimate
         failure.input_tokens, failure.output_tokens = state.estimated(request)
     return failure
 
@@ -154,6 +250,7 @@ async def post_chat(
     timeout_s: float,
     on_token: OnToken | None,
     parse: Callable[[Any, ChatRequest], ChatResponse],
+    usage_of: UsageOf,
     state: S,
     read_stream: Callable[[aiohttp.ClientResponse, S, OnToken], Awaitable[None]],
     finish_stream: Callable[[S, ChatRequest], ChatResponse],
@@ -167,11 +264,7 @@ async def post_chat(
             ) as response:
                 await raise_for_status(response)
                 if on_token is None:
-                    try:
-                        data = orjson.loads(await response.read())
-                    except ValueError:
-                        raise ProviderError("malformed response: body is not JSON") from None
-                    return parse(data, request)
+                    return decode_body(await response.read(), request, parse, usage_of)
                 await read_stream(response, state, on_token)
     except ProviderFailure as failure:
         raise (_charge(failure, state, request) if on_token is not None else failure) from None

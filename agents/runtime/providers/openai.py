@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from agents.runtime.errors import ProviderError
 from agents.runtime.providers.base import (
@@ -14,7 +14,9 @@ from agents.runtime.providers.base import (
     OnToken,
     estimate_messages,
     estimate_tokens,
+    malformed_stream,
     post_chat,
+    token_count,
 )
 from agents.runtime.types import (
     ChatRequest,
@@ -76,6 +78,18 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     return body
 
 
+def usage_of(data: Any) -> Usage | None:
+    """``usage`` of a completion or a stream chunk, when it holds usable token counts."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+        return None
+    prompt = token_count(usage.get("prompt_tokens") or 0)
+    completion = token_count(usage.get("completion_tokens") or 0)
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion)
+
+
 def parse_response(data: Any, request: ChatRequest) -> ChatResponse:
     try:
         choice = data["choices"][0]
@@ -86,20 +100,20 @@ def parse_response(data: Any, request: ChatRequest) -> ChatResponse:
             for c in message.get("tool_calls") or ()
         )
         finish = choice.get("finish_reason") or "stop"
-    except (KeyError, IndexError, TypeError) as exc:
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ProviderError(f"malformed response: missing {exc}") from None
-    usage_data = data.get("usage") if isinstance(data, dict) else None
-    if isinstance(usage_data, dict) and "prompt_tokens" in usage_data:
-        usage = Usage(
-            int(usage_data.get("prompt_tokens") or 0),
-            int(usage_data.get("completion_tokens") or 0),
-        )
-    else:  # some compatible servers omit usage: estimate, never book a free call
+    if not isinstance(content, str) or not all(
+        isinstance(c.id, str) and isinstance(c.name, str) and isinstance(c.arguments, str)
+        for c in calls
+    ):
+        raise ProviderError("malformed response: content or a tool call is not text")
+    usage = usage_of(data)
+    if usage is None:  # some compatible servers omit usage: estimate, never book a free call
         usage = Usage(
             estimate_messages(request.messages),
             estimate_tokens(content + "".join(c.arguments for c in calls)),
         )
-    return ChatResponse(content, calls, usage, finish)
+    return ChatResponse(content, calls, usage, str(finish))
 
 
 @dataclass
@@ -109,6 +123,9 @@ class _Stream:
     usage: Usage | None = None
     finish: str | None = None
     done: bool = False
+    # Why the stream is unusable (a data line that is not JSON in UTF-8, or not an object). The
+    # rest is still read, for the usage that ends it, but no longer handed over.
+    broken: str | None = None
 
     def estimated(self, request: ChatRequest) -> tuple[int, int]:
         if self.usage is not None:
@@ -142,6 +159,7 @@ class OpenAIProvider:
             timeout_s=timeout_s,
             on_token=on_token,
             parse=parse_response,
+            usage_of=usage_of,
             state=_Stream(),
             read_stream=_read_stream,
             finish_stream=_finish,
@@ -149,6 +167,9 @@ class OpenAIProvider:
 
 
 def _finish(stream: _Stream, request: ChatRequest) -> ChatResponse:
+    if stream.broken is not None:
+        # Charged for the usage the stream ended with, else for post_chat's estimate.
+        raise malformed_stream(stream.broken, stream.usage)
     if not stream.done or stream.usage is None:
         raise ProviderError(f"stream ended without {'[DONE]' if not stream.done else 'usage'}")
     calls = tuple(
@@ -170,33 +191,42 @@ async def _read_stream(
             stream.done = True
             return
         try:
-            chunk = json.loads(payload)
+            chunk = orjson.loads(payload)  # strict: invalid UTF-8 or a lone surrogate is broken
         except ValueError:
-            raise ProviderError("malformed stream: a data line is not JSON") from None
+            stream.broken = stream.broken or "a data line is not JSON in UTF-8"
+            continue
         if not isinstance(chunk, dict):
-            raise ProviderError("malformed stream: a chunk is not an object")
+            stream.broken = stream.broken or "a chunk is not an object"
+            continue
         if "error" in chunk:
             error = chunk["error"] if isinstance(chunk["error"], dict) else {}
             raise ProviderError(f"stream error: {error.get('message', chunk['error'])}")
-        usage = chunk.get("usage")
-        if isinstance(usage, dict) and "prompt_tokens" in usage:
-            stream.usage = Usage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            )
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                stream.parts.append(text)
-                await on_token(text)
-            for call in delta.get("tool_calls") or ():
-                slot = stream.calls.setdefault(int(call.get("index", 0)), {})
-                if call.get("id"):
-                    slot["id"] = call["id"]
-                function = call.get("function") or {}
-                if function.get("name"):
-                    slot["name"] = function["name"]
-                if function.get("arguments"):
-                    slot["arguments"] = slot.get("arguments", "") + function["arguments"]
-            if choice.get("finish_reason"):
-                stream.finish = choice["finish_reason"]
+        usage = usage_of(chunk)
+        if usage is not None:
+            stream.usage = usage
+        text: str | None = None  # handed over once the chunk has been read whole
+        try:
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                piece = delta.get("content")
+                if piece:
+                    if not isinstance(piece, str):
+                        raise TypeError("content is not text")
+                    stream.parts.append(piece)
+                    text = piece if text is None else text + piece
+                for call in delta.get("tool_calls") or ():
+                    slot = stream.calls.setdefault(int(call.get("index", 0)), {})
+                    if call.get("id"):
+                        slot["id"] = str(call["id"])
+                    function = call.get("function") or {}
+                    if function.get("name"):
+                        slot["name"] = str(function["name"])
+                    if function.get("arguments"):
+                        slot["arguments"] = slot.get("arguments", "") + str(function["arguments"])
+                if choice.get("finish_reason"):
+                    stream.finish = str(choice["finish_reason"])
+        except (AttributeError, TypeError, ValueError):
+            stream.broken = stream.broken or "a chunk has the wrong shape"
+            continue
+        if text is not None and stream.broken is None:
+            await on_token(text)

@@ -119,6 +119,7 @@ agents:
     cheap_model: small
     system_prompt: "Be brief."
     timeout_s: 12.5
+    attempt_timeout_s: 4.5
     max_retries: 0
     max_tokens: 100
     breaker: {{failure_threshold: 2, recovery_timeout_s: 0.5, half_open_max_calls: 3}}
@@ -149,6 +150,7 @@ budgets:
     assert agent.tools[0]["parameters"]["required"] == ["id"]
     assert agent.tools[1]["max_response_bytes"] == 65_536
     assert agent.rate_limit_tpm == 2_147_483_647
+    assert agent.attempt_timeout_s == 4.5
     assert Provider.objects.get(name="claude").base_url == "https://anthropic.example.com"
     assert Provider.objects.get(name="openai-main").base_url == "https://api.openai.com/v1"
     assert Budget.objects.get(agent=agent, window="daily").limit_usd == Decimal("12.345678")
@@ -159,7 +161,9 @@ def test_the_largest_values_the_schema_accepts_fit_the_database(demo_yaml: str) 
     def edit(doc: dict[str, Any]) -> None:
         doc["providers"][0]["simulation"]["seed"] = 2**63 - 1
         doc["models"][0]["input_usd_per_mtok"] = 100_000  # PRICE_MAX
-        doc["agents"][0].update(timeout_s=3600, daily_budget_usd=99_999_999.999999)
+        doc["agents"][0].update(
+            timeout_s=3600, attempt_timeout_s=3600, daily_budget_usd=99_999_999.999999
+        )
         doc["agents"][0]["rate_limit"] = {"rpm": 10_000_000, "tpm": 2_147_483_647}
         doc["budgets"][0]["monthly_limit_usd"] = 99_999_999.999999
 
@@ -167,6 +171,7 @@ def test_the_largest_values_the_schema_accepts_fit_the_database(demo_yaml: str) 
 
     support = Agent.objects.get(name="customer-support")
     assert support.rate_limit_tpm == 2_147_483_647
+    assert support.attempt_timeout_s == 3600
     assert Budget.objects.get(agent=support).limit_usd == Decimal("99999999.999999")
     monthly = Budget.objects.get(scope=BudgetScope.GLOBAL, window=BudgetWindow.MONTHLY)
     assert monthly.limit_usd == Decimal("99999999.999999")
@@ -462,6 +467,22 @@ def test_changing_one_field_updates_only_that_agent_and_audits_only_that_field(
         "system:apply",
     )
     assert (event.before, event.after) == ({"max_tokens": 512}, {"max_tokens": 600})
+
+
+def test_removing_attempt_timeout_s_restores_the_derived_default_and_is_audited(
+    demo_yaml: str,
+) -> None:
+    _apply(demo_yaml)
+    support = Agent.objects.get(name="customer-support")
+    assert support.attempt_timeout_s == 4
+
+    _apply(_edit(demo_yaml, lambda doc: doc["agents"][0].pop("attempt_timeout_s")))
+
+    support.refresh_from_db()
+    assert support.attempt_timeout_s is None
+    event = AuditEvent.objects.order_by("-id").first()
+    assert event is not None
+    assert (event.before, event.after) == ({"attempt_timeout_s": 4.0}, {"attempt_timeout_s": None})
 
 
 def test_changing_a_nested_and_a_list_field_audits_both(demo_yaml: str) -> None:

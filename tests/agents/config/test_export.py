@@ -91,6 +91,9 @@ def test_the_export_is_ordered_and_readable(demo_yaml: str) -> None:
     assert support["daily_budget_usd"] == 800
     assert support["rate_limit"] == {"rpm": 1200, "tpm": 600000}
     assert "cheap_model" not in support
+    assert support["attempt_timeout_s"] == 4
+    review = next(a for a in data["agents"] if a["name"] == "code-review")
+    assert "attempt_timeout_s" not in review  # unset: derived, so left out
     assert data["budgets"] == [
         {
             "scope": "global",

@@ -88,6 +88,7 @@ def test_defaults_fill_what_an_agent_leaves_out() -> None:
         1024,
         0,
     )
+    assert agent.attempt_timeout_s is None  # derived from the deadline and the chain
     assert (agent.breaker.failure_threshold, agent.breaker.recovery_timeout_s) == (5, 60)
     assert agent.fallback_models == []
     assert agent.daily_budget_usd is None
@@ -116,6 +117,14 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ("agents[0].timeout_s", 3601, "agents[0].timeout_s: must be <= 3600"),
     ("agents[0].timeout_s", math.inf, "agents[0].timeout_s: must be a finite number"),
     ("agents[0].timeout_s", math.nan, "agents[0].timeout_s: must be a finite number"),
+    # attempt_timeout_s: a sane minimum, a number, finite, within the deadline
+    ("agents[0].attempt_timeout_s", 0.05, "agents[0].attempt_timeout_s: must be >= 0.1"),
+    ("agents[0].attempt_timeout_s", 1e-300, "agents[0].attempt_timeout_s: must be >= 0.1"),
+    ("agents[0].attempt_timeout_s", True, "agents[0].attempt_timeout_s: must be a number"),
+    ("agents[0].attempt_timeout_s", "4", "agents[0].attempt_timeout_s: must be a number"),
+    ("agents[0].attempt_timeout_s", math.nan, "agents[0].attempt_timeout_s: must be a finite number"),
+    ("agents[0].attempt_timeout_s", 3601, "agents[0].attempt_timeout_s: must be <= 3600"),
+    ("agents[0].attempt_timeout_s", 10.5, "agents[0].attempt_timeout_s: must be <= timeout_s (10), got 10.5"),
     # money and prices: NaN, infinities, negatives, too large, too precise
     ("models[0].input_usd_per_mtok", math.nan, "models[0].input_usd_per_mtok: must be a finite number"),
     ("models[0].input_usd_per_mtok", math.inf, "models[0].input_usd_per_mtok: must be a finite number"),

@@ -629,6 +629,58 @@ async def test_malformed_answers_fail_to_parse(start: Start) -> None:
     assert broken
 
 
+async def test_invalid_utf8_answers_are_whole_with_usage_but_not_utf8_in_both_formats(
+    start: Start,
+) -> None:
+    _, client = await start(malformed_rate=1, malformed_mode="invalid_utf8")
+    async with client.post("/v1/chat/completions", json=chat()) as r:
+        assert r.status == 200
+        raw = await r.read()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    body = json.loads(raw.decode("utf-8", "replace"))  # complete: only its text is broken
+    assert body["usage"]["completion_tokens"] == 16
+    assert body["choices"][0]["message"]["content"].startswith("echo:\ufffd\ufffd What")
+
+    async with client.post("/v1/messages", json=message(), headers=ANTHROPIC_HEADERS) as r:
+        raw = await r.read()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    assert json.loads(raw.decode("utf-8", "replace"))["usage"]["output_tokens"] == 16
+
+    streamed = chat(stream=True, stream_options={"include_usage": True})
+    async with client.post("/v1/chat/completions", json=streamed) as r:
+        raw = await r.read()
+    events = sse_events(raw.replace(b"\xff\xfe", b""))  # every event there, usage included
+    assert events[-1][1] == "[DONE]"
+    assert json.loads(events[-2][1])["usage"]["completion_tokens"] == 16
+    broken = [line for line in raw.split(b"\n\n") if b"\xff\xfe" in line]
+    assert len(broken) == 1
+    assert b'"content":"echo:' in broken[0]
+
+
+async def test_the_override_header_picks_the_malformed_mode(
+    client: aiohttp.ClientSession,
+) -> None:
+    headers = {"x-fakellm-fault": "malformed=invalid-utf8"}
+    async with client.post("/v1/chat/completions", json=chat(), headers=headers) as r:
+        raw = await r.read()
+    assert b"\xff\xfe" in raw
+    assert json.loads(raw.decode("utf-8", "replace"))["usage"]["completion_tokens"] == 16
+    headers = {"x-fakellm-fault": "malformed=truncated"}
+    async with client.post("/v1/chat/completions", json=chat(), headers=headers) as r:
+        assert not _parses(await r.text())
+    headers = {"x-fakellm-fault": "malformed=garbage"}
+    async with client.post("/v1/chat/completions", json=chat(), headers=headers) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["param"] == "x-fakellm-fault malformed"
+
+
+def test_a_bad_malformed_mode_is_refused_naming_the_field() -> None:
+    with pytest.raises(FaultConfigError, match=r"^--malformed-mode: must be one of truncated"):
+        config_from_options({"malformed_mode": "sometimes"})
+
+
 def _parses(data: str) -> bool:
     try:
         json.loads(data)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from agents.runtime.errors import Capacity, ClientError, QuotaExhausted, RateLimited
-from agents.runtime.executor import UnknownAgent
+from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER, RetryPolicy, UnknownAgent
 from agents.runtime.fallbacks import DEFAULT_FALLBACK_MESSAGES
 from agents.runtime.state import RateLimit
 from agents.runtime.types import AgentConfig, ChatResponse, ExecutionStatus, RateLimits
@@ -114,6 +114,118 @@ async def test_a_hang_is_cut_at_the_deadline() -> None:
     assert result.fallback_reason == "timeout"
     assert result.output == DEFAULT_FALLBACK_MESSAGES["timeout"]
     assert 2700 <= result.latency_ms <= 3300
+
+
+# --- attempt timeouts: a hang leaves time for the fallback ----------------------------------
+
+
+async def test_a_hang_on_the_primary_leaves_the_fallback_its_share_of_the_deadline() -> None:
+    h = harness([agent(timeout_s=10.0, max_retries=2)])  # attempt_timeout_s unset
+    h.provider.scripts["primary"] = [60.0]
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert (result.model, result.fallback_reason) == ("backup", "timeout")
+    # Two models: the primary may use half the deadline, and no retry eats the other half.
+    assert h.provider.calls == [("primary", 1, 5.0), ("backup", 2, 5.0)]
+    assert [(s.kind, s.outcome) for s in result.steps] == [
+        ("attempt", "Timeout"),
+        ("fallback", "timeout"),
+        ("attempt", "ok"),
+    ]
+    assert result.latency_ms == 5000.0
+
+
+async def test_attempt_timeout_s_bounds_each_attempt_and_retries_keep_the_fallbacks_share() -> None:
+    no_backoff = RetryPolicy(base_s=0.0)
+    h = harness([agent(timeout_s=10.0, attempt_timeout_s=3.0, max_retries=3)], retry=no_backoff)
+    h.provider.scripts["primary"] = [60.0] * 4
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert result.model == "backup"
+    # 3 s an attempt; 3 s (one attempt) kept for the backup: retries get 3 s, then the 1 s
+    # left before the backup's share, and no third retry; the backup gets its 3 s.
+    assert h.provider.calls == [
+        ("primary", 1, 3.0),
+        ("primary", 1, 3.0),
+        ("primary", 1, 1.0),
+        ("backup", 2, 3.0),
+    ]
+    assert result.latency_ms == 7000.0
+
+
+async def test_each_later_model_keeps_an_equal_share_of_the_deadline() -> None:
+    chain = agent(timeout_s=9.0, fallback_models=("backup", "spare"), max_retries=1)
+    h = harness(
+        [chain],
+        [deployment(1, "primary"), deployment(2, "backup"), deployment(3, "spare")],
+    )
+    h.provider.scripts["primary"] = [60.0, 60.0]
+    h.provider.scripts["backup"] = [60.0, 60.0]
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert result.model == "spare"
+    assert [(model, timeout) for model, _, timeout in h.provider.calls] == [
+        ("primary", 3.0),
+        ("backup", 3.0),
+        ("spare", 3.0),
+    ]
+    assert result.latency_ms <= 9000.0
+
+
+async def test_attempt_timeout_s_alone_bounds_the_attempts_of_a_single_model() -> None:
+    no_backoff = RetryPolicy(base_s=0.0)
+    h = harness(
+        [agent(timeout_s=10.0, attempt_timeout_s=4.0, fallback_models=())], retry=no_backoff
+    )
+    h.provider.scripts["primary"] = [60.0, 60.0, "ok"]
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert result.attempts == 3  # a hang leaves time for retries too
+    assert [timeout for _, _, timeout in h.provider.calls] == [4.0, 4.0, 2.0]
+
+
+async def test_without_fallbacks_or_attempt_timeout_an_attempt_may_use_the_whole_deadline() -> None:
+    h = harness([agent(timeout_s=3.0, fallback_models=())])
+    h.provider.scripts["primary"] = [60.0]
+    await h.run()
+    assert h.provider.calls == [("primary", 1, 3.0)]
+
+
+async def test_no_time_left_for_the_primary_moves_on_and_counts_for_no_breaker() -> None:
+    from agents.runtime.tools import ToolRunner
+    from agents.runtime.types import ToolSpec
+
+    clock_tool = ToolSpec(
+        name="current_time",
+        kind="python",
+        description="UTC time",
+        parameters={"type": "object", "properties": {}},
+        function="agents.tools_builtin:current_time",
+    )
+    h = harness([agent(timeout_s=10.0, tools=(clock_tool,))])
+    h.executor._tools = ToolRunner(
+        python_allow_list=frozenset({"agents.tools_builtin:current_time"}), clock=h.clock
+    )
+    # The primary's tool call takes all but 0.01 s of its 5 s: no time for its next call.
+    h.provider.scripts["primary"] = [4.99, _tool_call_response()]
+    h.provider.scripts["backup"] = ["It is noon."]
+    result = await h.run()
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert (result.model, result.output, result.fallback_reason) == (
+        "backup",
+        "It is noon.",
+        "timeout",
+    )
+    assert [(s.kind, s.outcome) for s in result.steps] == [
+        ("attempt", "ok"),
+        ("tool", "ok"),
+        ("attempt", "DeadlineReached"),
+        ("fallback", "timeout"),
+        ("attempt", "ok"),
+    ]
+    assert [c[0] for c in h.provider.calls] == ["primary", "backup"]  # nothing sent meanwhile
+    snap = await h.state.inner.breaker_snapshot("deployment:1", DEFAULT_DEPLOYMENT_BREAKER)
+    assert snap.consecutive_failures == 0
 
 
 async def test_the_deployment_breaker_opens_at_its_threshold_and_then_skips_the_model() -> None:

@@ -324,6 +324,80 @@ async def test_a_hang_is_cut_at_the_agent_deadline(
     assert (await r.breaker(deployment_breaker_key(1))).consecutive_failures == 1
 
 
+@pytest.mark.parametrize("attempt_timeout_s", [None, 0.5], ids=["derived", "explicit"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_a_hang_on_the_primary_leaves_the_fallback_time_to_answer_within_the_deadline(
+    stream: bool,
+    attempt_timeout_s: float | None,
+    start_fakellm: StartUpstream,
+    router: ProviderRouter,
+    memory_state: MemoryState,
+) -> None:
+    hung = await start_fakellm(hang_rate=1)
+    spare = await start_fakellm()
+    timeout_s = 2.0
+    r = rig(
+        memory_state,
+        router,
+        [hung.deployment(1, "primary"), spare.deployment(2, "backup")],
+        fallback_models=("backup",),
+        timeout_s=timeout_s,
+        attempt_timeout_s=attempt_timeout_s,
+        max_retries=2,
+    )
+    tokens = Tokens()
+
+    started = time.monotonic()
+    result = await r.run(on_token=tokens if stream else None)
+    elapsed = time.monotonic() - started
+
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert (result.model, result.fallback_used, result.fallback_reason) == (
+        "backup",
+        True,
+        "timeout",
+    )
+    assert result.output.startswith("echo: hello there")
+    if stream:
+        assert tokens.text == result.output
+    assert elapsed < timeout_s  # the chain answered within the agent's deadline
+    # The backup kept its share (half the deadline, or one attempt_timeout_s) for itself.
+    hung_for = timeout_s / 2 if attempt_timeout_s is None else attempt_timeout_s
+    assert elapsed >= hung_for * 0.9
+    hangs = [s for s in result.steps if s.kind == "attempt" and s.model == "primary"]
+    assert {s.outcome for s in hangs} == {"Timeout"}
+    assert all(s.latency_ms <= (timeout_s / 2) * 1000 * 1.1 for s in hangs)
+    assert (await hung.stats())["endpoints"]["/v1/chat/completions"]["outcomes"] == {
+        "hang": len(hangs)
+    }
+
+
+async def test_a_stream_that_has_started_is_not_cut_by_the_attempt_timeout(
+    start_fakellm: StartUpstream, router: ProviderRouter, memory_state: MemoryState
+) -> None:
+    # 16 tokens 100 ms apart: about 1.6 s, longer than the primary's 1 s share of the deadline.
+    slow = await start_fakellm(token_ms=100)
+    spare = await start_fakellm()
+    r = rig(
+        memory_state,
+        router,
+        [slow.deployment(1, "primary"), spare.deployment(2, "backup")],
+        fallback_models=("backup",),
+        timeout_s=2.0,
+        attempt_timeout_s=0.5,
+    )
+    tokens = Tokens()
+
+    result = await r.run(on_token=tokens)
+
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert (result.model, result.fallback_used) == ("primary", False)
+    assert len(tokens.items) == 16
+    assert tokens.text == result.output
+    assert result.latency_ms > 1000  # longer than the attempt timeout and than the share
+    assert await spare.total() == 0
+
+
 # --- 3e: cut stream -------------------------------------------------------------------------
 
 
@@ -376,6 +450,66 @@ async def test_what_the_caller_was_streamed_is_the_answer_it_gets(
         assert tokens.text == result.output
     else:
         assert await fakellm.total() == 1
+
+
+# --- malformed replies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_reply_whose_text_cannot_be_decoded_is_charged_its_usage_and_no_breaker_counts_it(
+    kind: Kind, stream: bool, fakellm: Upstream, router: ProviderRouter, memory_state: MemoryState
+) -> None:
+    await fakellm.set_faults(malformed_rate=1, malformed_mode="invalid_utf8")
+    deployment = fakellm.deployment(1, "primary", kind=kind)
+    r = rig(memory_state, router, [deployment])
+    usage = Usage(fake_input_tokens(MESSAGES), 16)  # what fakellm reported (and billed)
+    threshold = DEFAULT_DEPLOYMENT_BREAKER.failure_threshold
+
+    for _ in range(threshold + 1):
+        result = await r.run(on_token=Tokens() if stream else None)
+        assert result.status == ExecutionStatus.DEGRADED
+        assert result.fallback_reason == "llm_error"
+        assert result.usage == usage
+        assert result.cost_usd == price(deployment, usage) > 0
+        [step] = result.steps
+        assert (step.outcome, step.input_tokens, step.output_tokens) == (
+            "MalformedReply",
+            usage.input_tokens,
+            usage.output_tokens,
+        )
+    # The upstream answered every time: broken text is not an outage, no breaker opened.
+    assert (await r.breaker(deployment_breaker_key(1))).state == BreakerState.CLOSED
+    assert (await r.breaker(deployment_breaker_key(1))).consecutive_failures == 0
+    agent_breaker = await r.breaker(agent_breaker_key("support"), QUIET_AGENT_BREAKER)
+    assert agent_breaker.consecutive_failures == 0
+    assert r.events.seen == []
+
+
+async def test_a_reply_with_broken_text_falls_back_to_the_next_model(
+    start_fakellm: StartUpstream, router: ProviderRouter, memory_state: MemoryState
+) -> None:
+    broken = await start_fakellm(malformed_rate=1, malformed_mode="invalid_utf8")
+    spare = await start_fakellm()
+    primary = broken.deployment(1, "primary")
+    r = rig(
+        memory_state, router, [primary, spare.deployment(2, "backup")], fallback_models=("backup",)
+    )
+
+    result = await r.run()
+
+    assert result.status == ExecutionStatus.SUCCEEDED
+    assert (result.model, result.fallback_used, result.fallback_reason) == (
+        "backup",
+        True,
+        "llm_error",
+    )
+    broken_usage = Usage(fake_input_tokens(MESSAGES), 16)
+    assert result.steps[0].outcome == "MalformedReply"
+    assert result.usage == broken_usage + Usage(fake_input_tokens(MESSAGES), 16)
+    assert result.cost_usd == price(primary, broken_usage) + price(
+        spare.deployment(2, "backup"), Usage(fake_input_tokens(MESSAGES), 16)
+    )
 
 
 # --- 3f: Retry-After beyond the deadline ----------------------------------------------------

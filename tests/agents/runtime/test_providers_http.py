@@ -16,6 +16,7 @@ import pytest
 from agents.runtime.errors import (
     AuthFailed,
     Capacity,
+    MalformedReply,
     ProviderError,
     ProviderFailure,
     QuotaExhausted,
@@ -336,18 +337,49 @@ async def test_exhausted_quota_is_told_apart_from_a_rate_limit(
     ]["outcomes"] == {"quota": 1}
 
 
+async def test_a_body_cut_before_its_usage_is_a_provider_error_charged_an_estimate(
+    kind: Kind, fakellm: Upstream, router: ProviderRouter
+) -> None:
+    await fakellm.set_faults(malformed_rate=1)  # half a JSON body: the usage is in the lost half
+
+    failure, _ = await failure_of(router, fakellm.deployment(1, "m", kind=kind), chat_request(kind))
+
+    assert type(failure) is ProviderError  # not even a whole reply: the provider's fault
+    assert failure.message.startswith("malformed")
+    # Never a free call: the prompt, plus an estimate of what arrived.
+    assert failure.input_tokens == estimate_messages(MESSAGES)
+    assert failure.output_tokens > 0
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
-async def test_a_malformed_answer_is_a_provider_error(
+async def test_an_answer_whose_text_is_not_utf8_is_charged_the_usage_it_reports(
     kind: Kind, stream: bool, fakellm: Upstream, router: ProviderRouter
 ) -> None:
-    await fakellm.set_faults(malformed_rate=1)
+    await fakellm.set_faults(malformed_rate=1, malformed_mode="invalid_utf8")
 
-    failure, _ = await failure_of(
+    failure, tokens = await failure_of(
         router, fakellm.deployment(1, "m", kind=kind), chat_request(kind), stream=stream
     )
 
-    assert type(failure) is ProviderError
+    assert type(failure) is MalformedReply
     assert failure.message.startswith("malformed")
+    assert (failure.input_tokens, failure.output_tokens) == (fake_input_tokens(MESSAGES), 16)
+    assert tokens.items == []  # the broken text is never handed over, nor what follows it
+
+
+async def test_a_stream_with_a_broken_event_is_charged_the_usage_it_ends_with(
+    kind: Kind, fakellm: Upstream, router: ProviderRouter
+) -> None:
+    await fakellm.set_faults(malformed_rate=1)  # one cut event, then the usage and the end
+
+    failure, tokens = await failure_of(
+        router, fakellm.deployment(1, "m", kind=kind), chat_request(kind), stream=True
+    )
+
+    assert type(failure) is MalformedReply
+    assert failure.message.startswith("malformed stream")
+    assert (failure.input_tokens, failure.output_tokens) == (fake_input_tokens(MESSAGES), 16)
+    assert tokens.items == []
 
 
 async def test_a_cut_stream_is_a_provider_error_that_still_costs_tokens(

@@ -277,6 +277,58 @@ async def test_probes_with_no_answer_within_probe_timeout_reopen_it(
     assert (snap.state, snap.open_until) == (OPEN, clock.now() + 60.0)
 
 
+async def test_an_open_breaker_always_says_until_when_it_is_open(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await open_breaker(store)
+    opened_until = clock.now() + 60.0
+    for wait in (0.0, 30.0, 29.5):
+        clock.advance(wait)
+        snap = await store.breaker_snapshot(KEY, CFG)
+        assert (snap.state, snap.open_until) == (OPEN, opened_until)
+
+
+async def test_past_its_recovery_time_an_open_breaker_reads_half_open_without_moving(
+    store: StateStore, clock: FakeClock
+) -> None:
+    await open_breaker(store)
+    clock.advance(60.0)
+    for _ in range(2):  # a read changes nothing: the second one says the same
+        snap = await store.breaker_snapshot(KEY, CFG)
+        assert (snap.state, snap.open_until, snap.probes_in_flight) == (HALF_OPEN, None, 0)
+    clock.advance(3600.0)  # however long nobody calls
+    assert (await store.breaker_snapshot(KEY, CFG)).state == HALF_OPEN
+    # The store itself still moves on the next acquire, which takes the first probe.
+    assert await store.breaker_acquire(KEY, CFG) == (
+        True,
+        True,
+        0.0,
+        (moved(clock, OPEN, HALF_OPEN, "recovery timeout"),),
+    )
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.open_until, snap.probes_in_flight) == (HALF_OPEN, None, 1)
+
+
+@pytest.mark.parametrize(
+    ("action", "state"),
+    [
+        ("force_open", BreakerState.FORCED_OPEN),
+        ("force_close", BreakerState.FORCED_CLOSED),
+        ("disable", BreakerState.DISABLED),
+    ],
+)
+async def test_an_operator_mode_reads_the_same_past_the_recovery_time(
+    store: StateStore, clock: FakeClock, action: Any, state: BreakerState
+) -> None:
+    await open_breaker(store)
+    await store.breaker_command(KEY, action)
+    clock.advance(61.0)
+    snap = await store.breaker_snapshot(KEY, CFG)
+    assert (snap.state, snap.open_until, snap.probes_in_flight) == (state, None, 0)
+    await store.breaker_command(KEY, "reset")
+    assert (await store.breaker_snapshot(KEY, CFG)).state == CLOSED
+
+
 async def test_late_results_while_open_change_nothing(store: StateStore, clock: FakeClock) -> None:
     await open_breaker(store)
     before = await store.breaker_snapshot(KEY, CFG)

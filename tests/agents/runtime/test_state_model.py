@@ -214,6 +214,9 @@ class BreakerModel:
 
     def snapshot(self, now: float) -> BreakerSnapshot:
         shown = self.shown()
+        probes = self.probes_issued - self.probes_ok if shown is BreakerState.HALF_OPEN else 0
+        if shown is BreakerState.OPEN and self.open_until <= now:
+            shown, probes = BreakerState.HALF_OPEN, 0  # probe-able: the next acquire moves it
         return BreakerSnapshot(
             key=KEY,
             state=shown,
@@ -221,12 +224,8 @@ class BreakerModel:
             window_calls=len(self.outcomes),
             window_failures=sum(f for f, _ in self.outcomes),
             window_slow=sum(s for _, s in self.outcomes),
-            open_until=self.open_until
-            if shown is BreakerState.OPEN and self.open_until > now
-            else None,
-            probes_in_flight=self.probes_issued - self.probes_ok
-            if shown is BreakerState.HALF_OPEN
-            else 0,
+            open_until=self.open_until if shown is BreakerState.OPEN else None,
+            probes_in_flight=probes,
         )
 
 
