@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('agents', '0005_execution_model_choice_saved'),
+        ('agents', '0006_agent_attempt_timeout_s'),
     ]
 
     operations = [
