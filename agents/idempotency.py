@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from django.conf import settings
 
+from console.redis import unavailable_on_redis_errors
+
 TTL_S = 24 * 3600
 RUNNING_TTL_S = 3700  # a claim outlives the longest execution, then frees itself
 MAX_KEY_LEN = 255
@@ -84,6 +86,10 @@ class RedisIdempotency:
         return f"{self._prefix}:idem:{key}"
 
     async def claim(self, key: str, print_: str) -> Claim:
+        with unavailable_on_redis_errors():
+            return await self._claim(key, print_)
+
+    async def _claim(self, key: str, print_: str) -> Claim:
         running = json.dumps({"fp": print_, "state": "running"})
         if await self._redis.set(self._key(key), running, nx=True, ex=RUNNING_TTL_S):
             return Claim("started")
@@ -96,10 +102,12 @@ class RedisIdempotency:
 
     async def finish(self, key: str, print_: str, status: int, body: Any) -> None:
         record = {"fp": print_, "state": "done", "status": status, "body": body}
-        await self._redis.set(self._key(key), json.dumps(record), ex=TTL_S)
+        with unavailable_on_redis_errors():
+            await self._redis.set(self._key(key), json.dumps(record), ex=TTL_S)
 
     async def release(self, key: str) -> None:
-        await self._redis.delete(self._key(key))
+        with unavailable_on_redis_errors():
+            await self._redis.delete(self._key(key))
 
 
 def _judge(record: dict[str, Any], print_: str) -> Claim:

@@ -23,6 +23,7 @@ from asgiref.sync import sync_to_async
 
 from agents.models import Execution, ExecutionStatus
 from agents.runtime.types import Message
+from console.redis import unavailable_on_redis_errors
 
 MAX_KEPT = 100  # messages kept per session (agents window further)
 TTL_S = 7 * 86_400
@@ -125,7 +126,8 @@ class RedisSessions:
         self, agent: str, session_id: str, *, api_key_id: int | None
     ) -> tuple[Message, ...]:
         key = self.key(agent, session_id, api_key_id)
-        raw = await self._redis.lrange(key, 0, -1)
+        with unavailable_on_redis_errors():
+            raw = await self._redis.lrange(key, 0, -1)
         if raw:
             return tuple(_decode(item) for item in raw)
         loaded = await sync_to_async(_from_records, thread_sensitive=False)(
@@ -146,6 +148,10 @@ class RedisSessions:
         await self._push(self.key(agent, session_id, api_key_id), messages)
 
     async def _push(self, key: str, messages: tuple[Message, ...]) -> None:
+        with unavailable_on_redis_errors():
+            await self._push_now(key, messages)
+
+    async def _push_now(self, key: str, messages: tuple[Message, ...]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, *(_encode(m) for m in messages))
             pipe.ltrim(key, -MAX_KEPT, -1)

@@ -16,6 +16,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import BaseModel
 
+from agents.runtime.state import DependencyUnavailable
 from console.errors import ApplicationError, ServiceUnavailable, ValidationFailed
 
 logger = logging.getLogger("breakwater.api")
@@ -88,6 +89,13 @@ def _no_nul(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 api.add_decorator(_no_nul, mode="operation")  # wraps each operation's validated call
+
+
+@api.exception_handler(DependencyUnavailable)
+def _dependency_unavailable(request: HttpRequest, exc: DependencyUnavailable) -> HttpResponse:
+    """Redis or the journal did not answer (an idempotency record, a session): nothing was
+    done, retry soon."""
+    return _application_error(request, ServiceUnavailable(str(exc), type=exc.kind))
 
 
 @api.exception_handler(ApplicationError)

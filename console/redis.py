@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
+from collections.abc import Iterator
 from functools import lru_cache
 
 import redis
@@ -11,11 +13,22 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from agents.runtime.redis_wire import RedisWire
+from agents.runtime.state import StateUnavailable
 
 # Keyed by the loop object (weakly): a new loop may reuse a dead loop's id().
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
     weakref.WeakKeyDictionary()
 )
+
+
+@contextlib.contextmanager
+def unavailable_on_redis_errors() -> Iterator[None]:
+    """Redis down or stalled, in an adapter the hot path uses: the runtime's typed
+    StateUnavailable (a 503 to the caller), not an untyped error."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateUnavailable(f"Redis: {exc}") from exc
 
 
 def get_async_redis() -> aioredis.Redis:
@@ -31,10 +44,10 @@ def get_async_redis() -> aioredis.Redis:
             settings.REDIS_URL,
             max_connections=settings.BREAKWATER_REDIS_MAX_CONNECTIONS,
             timeout=5,
-            socket_connect_timeout=max(1.0, settings.BREAKWATER_REDIS_TIMEOUT_S),
+            socket_connect_timeout=settings.BREAKWATER_REDIS_TIMEOUT_S,
             # No command of ours blocks in Redis: one unanswered this long means Redis is
             # stalled, and the caller gets an error instead of waiting for ever.
-            socket_timeout=max(1.0, 4 * settings.BREAKWATER_REDIS_TIMEOUT_S),
+            socket_timeout=settings.BREAKWATER_REDIS_TIMEOUT_S,
             health_check_interval=30,
         )
         client = aioredis.Redis(connection_pool=pool)

@@ -32,26 +32,32 @@ agents:
 """
 
 
-def call(url: str, key: str, body: bytes) -> tuple[int, str, dict[str, Any], float, str]:
+def call(
+    url: str, key: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, str, dict[str, Any], float, str]:
     """(status, content type, JSON body, seconds, Retry-After)."""
     request = urllib.request.Request(
         url,
         data=body,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            **(headers or {}),
+        },
     )
     started = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            status, headers, raw = response.status, response.headers, response.read()
+            status, answer, raw = response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        status, headers, raw = error.code, error.headers, error.read()
+        status, answer, raw = error.code, error.headers, error.read()
     elapsed = time.monotonic() - started
     return (
         status,
-        headers.get("Content-Type", ""),
+        answer.get("Content-Type", ""),
         json.loads(raw),
         elapsed,
-        headers.get("Retry-After", ""),
+        answer.get("Retry-After", ""),
     )
 
 
@@ -78,7 +84,10 @@ def test_a_stalled_redis_gets_typed_503s_fast_and_nothing_applied_after_it(tmp_p
             assert call(rest, key, b'{"input": "hi"}')[0] == 200
 
             redis_proc.send_signal(signal.SIGSTOP)
-            stalled = [call(rest, key, b'{"input": "hi"}') for _ in range(6)]
+            stalled = [call(rest, key, b'{"input": "hi"}') for _ in range(4)]
+            # A conversation (its history is in Redis) and an Idempotency-Key (its record is).
+            stalled.append(call(rest, key, b'{"input": "hi", "session_id": "s1"}'))
+            stalled.append(call(rest, key, b'{"input": "hi"}', {"Idempotency-Key": "k1"}))
             stalled_v1 = [call(v1, key, chat.encode()) for _ in range(3)]
             redis_proc.send_signal(signal.SIGCONT)
 
