@@ -61,6 +61,36 @@ async def require_redis_7() -> None:
         )
 
 
+_durability_checked = False
+
+
+async def warn_redis_durability() -> list[str]:
+    """What in this Redis's configuration can lose Breakwater's data: evicting keys (a budget
+    window: rebuilt, but a journal entry: lost) and no persistence (a restart loses the journal
+    entries not yet drained). Logged at start-up; returns the warnings."""
+    from console.redis import get_async_redis
+
+    client = get_async_redis()
+    memory = await client.info("memory")
+    persistence = await client.info("persistence")
+    warnings = []
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction" and int(memory.get("maxmemory", 0) or 0) > 0:
+        warnings.append(
+            f"REDIS_URL: maxmemory-policy is {policy}: Redis may evict Breakwater's keys "
+            "(budget windows are rebuilt from the ledger, journal entries not yet drained are "
+            "lost); use noeviction"
+        )
+    if not int(persistence.get("aof_enabled", 0) or 0):
+        warnings.append(
+            "REDIS_URL: AOF persistence is off: a Redis restart loses the execution journal "
+            "entries not yet drained into the database (appendonly yes, appendfsync everysec)"
+        )
+    for warning in warnings:
+        log.warning(warning)
+    return warnings
+
+
 class Engine:
     def __init__(self) -> None:
         from agents.events import CompositeEvents
@@ -133,6 +163,10 @@ class Engine:
         await asyncio.to_thread(self.config.reload_in_thread)
         if not settings.EMBEDDED:
             await require_redis_7()
+            global _durability_checked
+            if not _durability_checked:  # once per process (a Celery task starts an engine)
+                _durability_checked = True
+                await warn_redis_durability()
         await self._recover()
         # Any change (an operator's breaker command bumps the version too) drops what this
         # process believes about open breakers: the shared state is asked again.

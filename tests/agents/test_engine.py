@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from agents.engine import MIN_REDIS, Engine, redis_version, require_redis_7
+from agents.engine import (
+    MIN_REDIS,
+    Engine,
+    redis_version,
+    require_redis_7,
+    warn_redis_durability,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,3 +45,18 @@ def test_an_embedded_serve_always_drains_its_journal(settings: Any, tmp_path: Pa
     engine = Engine()
     assert engine.drainer is not None
     engine.records.close()
+
+
+async def test_a_redis_without_persistence_or_with_eviction_is_warned_about(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from console.redis import get_async_redis
+
+    client = get_async_redis()
+    persistence = await client.info("persistence")
+    warnings = await warn_redis_durability()
+    # The test Redis keeps nothing on disk (CI starts it with --appendonly no).
+    assert any("AOF persistence is off" in w for w in warnings) is (
+        not int(persistence.get("aof_enabled", 0))
+    )
+    assert all(w in caplog.text for w in warnings)
