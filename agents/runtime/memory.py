@@ -714,6 +714,8 @@ class MemoryState:
         with self._lock:
             now = self._clock.now()
             held: dict[str, int] = {}
+            if len(self._gone) > 10_000:  # tombstones are looked up by id only: prune them
+                self._gone = {k: until for k, until in self._gone.items() if until > now}
             for lease_id in request.lease_ids:
                 self._gone[lease_id] = now + request.tombstone_ttl_s
                 for deployment_id in request.deployment_ids:

@@ -350,3 +350,74 @@ async def test_a_deleted_agent_takes_its_budget_with_it(ctx: dict[str, Any]) -> 
     await Agent.objects.filter(name="billing").adelete()
     response = await call("get", "/api/v1/budgets", ctx["read"])
     assert ("agent", "billing") not in {(i["scope"], i["target"]) for i in response.json()["items"]}
+
+
+TINY = """
+providers:
+  - {name: sim, kind: simulated, simulation: {latency_ms: 0, error_rate: 0}}
+models:
+  - {name: m, provider: sim, upstream_model: m-1, input_usd_per_mtok: 1000, output_usd_per_mtok: 1000}
+agents:
+  - {name: pricey, model: m, max_tokens: 50, max_retries: 0, daily_budget_usd: 0.001}
+"""
+
+
+async def test_a_budget_that_cannot_admit_the_agents_worst_case_call_is_exceeded_and_counts_refusals() -> (
+    None
+):
+    """Issue: every call refused under a $0.001 limit, yet the API said spent 0, state "ok"."""
+    from agents.engine import get_engine
+    from agents.runtime.types import ExecutionRequest, ExecutionStatus, Message
+
+    await sync_to_async(config_apply)(document=config_parse(TINY))
+    key = (await sync_to_async(api_key_create)(name="r", scopes=["read"])).plaintext
+    await get_engine().start()
+
+    async def item() -> dict[str, Any]:
+        (budget,) = (await call("get", "/api/v1/budgets", key)).json()["items"]
+        return budget  # type: ignore[no-any-return]
+
+    before = await item()
+    assert (before["spent_usd"], before["state"], before["refused"]) == (0.0, "exceeded", 0)
+    assert before["floor_usd"] > before["limit_usd"]  # its worst-case call: over the limit
+    for _ in range(3):
+        result = await get_engine().execute(
+            ExecutionRequest(
+                agent="pricey", messages=(Message("user", "hi"),), execution_id=str(uuid.uuid4())
+            )
+        )
+        assert (result.status, result.fallback_reason) == (
+            ExecutionStatus.DEGRADED,
+            "budget_exceeded",
+        )
+    after = await item()
+    assert (after["state"], after["refused"]) == ("exceeded", 3)
+    await engine_shutdown()
+
+
+async def test_a_budget_below_100_percent_that_refused_a_call_that_size_is_exceeded(
+    ctx: dict[str, Any],
+) -> None:
+    """Issue: at 99.4% used, with every call refused, it said "warning"."""
+    response = await call("get", "/api/v1/budgets", ctx["read"])
+    (item,) = [i for i in response.json()["items"] if i["target"] == "billing"]
+    key = f"budget:{item['id']}:{item['window_id']}"
+    store = await state_for_jobs()
+    await store.budget_prepare((WindowInit(key, 0, 86_400.0),))
+    spent = str(uuid.uuid4())  # 99.4% of $20 spent
+    assert (
+        await store.budget_reserve((BudgetHold(key, 10**9, 19_880_000, 86_400.0),), spent, 60.0)
+    )[0]
+    await store.complete(
+        Completion(
+            attempt=None,
+            deployment_breaker=BreakerConfig(),
+            entry_id=spent,
+            budget_settlements=((key, 19_880_000),),
+        )
+    )
+    hold = BudgetHold(key, 20_000_000, 150_000, 86_400.0)  # asks $0.15: $0.12 left
+    assert (await store.budget_reserve((hold,), str(uuid.uuid4()), 60.0))[0] is False
+    response = await call("get", "/api/v1/budgets", ctx["read"])
+    (item,) = [i for i in response.json()["items"] if i["target"] == "billing"]
+    assert (item["state"], item["refused"], item["floor_usd"]) == ("exceeded", 1, 0.15)
