@@ -24,7 +24,7 @@ from agents.schemas import ExecuteIn
 from console.errors import NotFound, ServiceUnavailable, ValidationFailed
 
 # Executions refused because a dependency did not answer (DependencyUnavailable.kind).
-UNAVAILABLE = frozenset({"state_unavailable", "recording_unavailable"})
+UNAVAILABLE = frozenset({"state_unavailable", "recording_unavailable", "budgets_unavailable"})
 
 
 def execute_messages(payload: ExecuteIn) -> tuple[Message, ...]:

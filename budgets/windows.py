@@ -36,7 +36,13 @@ from django.utils import timezone
 
 from agents.models import Agent, Execution, ExecutionStatus
 from agents.runtime.budgets import SLACK_S, to_micros, window_span
-from agents.runtime.state import BudgetHold, StateStore, StateUnavailable, WindowInit
+from agents.runtime.state import (
+    BudgetHold,
+    BudgetsUnavailable,
+    StateStore,
+    StateUnavailable,
+    WindowInit,
+)
 from budgets.models import Budget, BudgetScope
 from budgets.selectors import BudgetSpan, budget_list, budget_spans, ledger_micros
 
@@ -175,10 +181,10 @@ class LedgerBudgetWindows:
             self._running = asyncio.ensure_future(self._rebuild(wanted))
         try:
             await asyncio.shield(self._running)
-        except StateUnavailable:
+        except (StateUnavailable, BudgetsUnavailable):
             raise
-        except Exception as exc:
-            raise StateUnavailable(f"budget windows could not be rebuilt: {exc}") from exc
+        except Exception as exc:  # the database, most likely
+            raise BudgetsUnavailable(f"budget windows could not be rebuilt: {exc}") from exc
         if self._wanted & {h.key for h in holds}:
             # Asked for while another rebuild ran: one more, with what it did not cover.
             await self.prepare(holds)
@@ -188,6 +194,6 @@ class LedgerBudgetWindows:
             async with asyncio.timeout(REBUILD_TIMEOUT_S):
                 return await budget_windows_rebuild(store=self._store, keys=keys)
         except TimeoutError:
-            raise StateUnavailable(
+            raise BudgetsUnavailable(
                 f"budget windows could not be rebuilt within {REBUILD_TIMEOUT_S:g} s"
             ) from None

@@ -75,6 +75,8 @@ def transition_to_incident(transition: Transition) -> None:
 _DEPENDENCIES = {
     "state_unavailable": "Shared state (Redis) unreachable: executions are refused",
     "recording_unavailable": "Execution journal unavailable: executions are refused",
+    "budgets_unavailable": "Budget windows cannot be rebuilt from the ledger: budgeted "
+    "executions are refused",
 }
 
 

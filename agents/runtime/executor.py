@@ -71,6 +71,7 @@ from agents.runtime.state import (
     BreakerConfig,
     BreakerState,
     BudgetHold,
+    BudgetsUnavailable,
     Candidate,
     Completion,
     DependencyUnavailable,
@@ -433,7 +434,7 @@ class Executor:
                 self._answering(StateUnavailable.kind, "the shared state answered an admission")
             if admission.refusal == "budget_unknown":
                 if prepared:
-                    raise StateUnavailable(
+                    raise BudgetsUnavailable(
                         "budget windows could not be rebuilt: "
                         + ", ".join(admission.unknown_budgets)
                     )
@@ -442,6 +443,8 @@ class Executor:
                 prepared = True
                 unknown = set(admission.unknown_budgets)
                 await self._windows.prepare(tuple(h for h in holds if h.key in unknown))
+                if self._down:
+                    self._answering(BudgetsUnavailable.kind, "budget windows were rebuilt")
                 continue
             if admission.refusal == "late":  # a fresh lease id was abandoned: never, in fact
                 raise StateUnavailable(f"lease {admit.lease_id} was abandoned")

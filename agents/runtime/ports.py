@@ -78,7 +78,8 @@ class BudgetWindows(Protocol):
 
     async def prepare(self, holds: tuple[BudgetHold, ...]) -> None:
         """Make the windows of ``holds`` known to the store; raises
-        :class:`~agents.runtime.state.StateUnavailable` when that cannot be done now."""
+        :class:`~agents.runtime.state.BudgetsUnavailable` (or ``StateUnavailable``) when that
+        cannot be done now."""
         ...
 
 

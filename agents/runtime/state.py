@@ -143,6 +143,13 @@ class StateUnavailable(DependencyUnavailable):
     kind = "state_unavailable"
 
 
+class BudgetsUnavailable(DependencyUnavailable):
+    """A budget window the store does not know could not be rebuilt from the durable ledger
+    (the database is unreachable): budgets fail closed, nothing under them is admitted."""
+
+    kind = "budgets_unavailable"
+
+
 class RecordingUnavailable(DependencyUnavailable):
     """The journal could not make an event durable (Redis down, a full disk): nothing is sent
     upstream that could not be recorded."""
