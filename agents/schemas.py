@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_v
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from agents.config.schema import AgentSpec
+from agents.config.schema import AgentSpec, BreakerSpec, ToolSpec
 
 MAX_MESSAGES = 200
 MAX_TEXT = 200_000
@@ -270,10 +270,30 @@ class AgentPatchIn(AgentIn):
         return schema
 
 
-class AgentOut(AgentSpec):
-    # What is stored is shown as it is: the input's strict types are for what clients send.
+# What is stored is shown as it is. The input's strict types and floors (MIN_TIMEOUT_S, ...)
+# are for what clients send: an agent stored before a floor existed still reads back (and a
+# PATCH then names the field to fix), so the output keeps only the columns' own bounds (> 0).
+class AgentBreakerOut(BreakerSpec):
     model_config = ConfigDict(strict=False)
 
+    recovery_timeout_s: float = Field(default=60, gt=0, le=86_400)
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    slow_call_s: float | None = Field(default=None, gt=0, le=3600)
+    slow_call_rate_threshold: float = Field(default=1.0, gt=0, le=1)
+
+
+class AgentToolOut(ToolSpec):
+    model_config = ConfigDict(strict=False)
+
+    timeout_s: float = Field(default=10, gt=0, le=300)
+
+
+class AgentOut(AgentSpec):
+    model_config = ConfigDict(strict=False)
+
+    timeout_s: float = Field(default=30, gt=0, le=3600)
+    breaker: AgentBreakerOut = Field(default_factory=AgentBreakerOut)
+    tools: list[AgentToolOut] = Field(default_factory=list)  # type: ignore[assignment]
     daily_budget_usd: float | None = None  # type: ignore[assignment]  # money is a JSON number
     created_at: datetime
     updated_at: datetime

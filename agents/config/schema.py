@@ -44,10 +44,11 @@ Price = Annotated[
 # Sane minimums (docs/OPERATIONS.md, "Config as code"): a positive float as small as 1e-300 is
 # no deadline at all (every call times out at once, or a breaker never stays open), so each
 # duration and rate has a floor a real deployment never goes under.
-MIN_TIMEOUT_S = 0.1  # an execution's deadline, a tool call's
+MIN_TIMEOUT_S = 0.1  # an execution's deadline: no provider call finishes sooner
+MIN_TOOL_TIMEOUT_S = 0.01  # a tool call's (a Python tool may take microseconds)
 MIN_RECOVERY_S = 0.1  # a breaker's open period
 MIN_SLOW_CALL_S = 0.01  # what counts as a slow call
-MIN_RATE = 0.01  # a breaker's failure / slow-call rate threshold (1%)
+MIN_RATE = 0.001  # a breaker rate threshold: one call in the largest window (1000)
 Seconds = Annotated[float, Field(ge=MIN_TIMEOUT_S, allow_inf_nan=False)]
 
 DEFAULT_BASE_URLS = {
@@ -190,7 +191,7 @@ class ToolSpec(Spec):
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     function: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     url: str | None = None
-    timeout_s: float = Field(default=10, ge=MIN_TIMEOUT_S, le=300, allow_inf_nan=False)
+    timeout_s: float = Field(default=10, ge=MIN_TOOL_TIMEOUT_S, le=300, allow_inf_nan=False)
     max_response_bytes: int = Field(default=65_536, ge=1, le=10 * 1024 * 1024)
 
     @field_validator("url")

@@ -316,6 +316,27 @@ async def test_an_unpriced_model_is_refused_under_a_budget_and_allowed_without(
     assert _error(response, 422, "validation_error").startswith("cheap_model: model 'free'")
 
 
+async def test_an_agent_stored_under_todays_floors_reads_back_and_a_patch_names_the_field(
+    keys: dict[str, str],
+) -> None:
+    # Values the columns allow and the schema now refuses (stored before the floors existed).
+    await Agent.objects.filter(name="other").aupdate(timeout_s=0.05, breaker_failure_rate=0.0005)
+    got = await call("GET", "/api/v1/agents/other", keys["admin"])
+    assert got.status_code == 200, got.content
+    assert (got.json()["timeout_s"], got.json()["breaker"]["failure_rate_threshold"]) == (
+        0.05,
+        0.0005,
+    )
+    listed = await call("GET", "/api/v1/agents", keys["admin"])
+    assert listed.status_code == 200
+
+    response = await call("PATCH", "/api/v1/agents/other", keys["admin"], {"max_retries": 1})
+
+    assert _error(response, 422, "validation_error") == (
+        "timeout_s: must be >= 0.1; breaker.failure_rate_threshold: must be >= 0.001"
+    )
+
+
 async def test_a_patch_cannot_rename_an_agent(keys: dict[str, str]) -> None:
     response = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"name": "renamed"})
     assert _error(response, 422, "validation_error").startswith("name: cannot be changed")

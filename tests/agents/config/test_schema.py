@@ -187,9 +187,9 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ("agents[0].timeout_s", 0.09, "agents[0].timeout_s: must be >= 0.1"),
     ("agents[0].breaker.recovery_timeout_s", 1e-300, "agents[0].breaker.recovery_timeout_s: must be >= 0.1"),
     ("agents[0].breaker.slow_call_s", 1e-300, "agents[0].breaker.slow_call_s: must be >= 0.01"),
-    ("agents[0].breaker.failure_rate_threshold", 1e-300, "agents[0].breaker.failure_rate_threshold: must be >= 0.01"),
-    ("agents[0].breaker.slow_call_rate_threshold", 0.001, "agents[0].breaker.slow_call_rate_threshold: must be >= 0.01"),
-    ("agents[0].tools", [{"name": "t", "kind": "webhook", "url": "https://hooks.example/x", "timeout_s": 1e-300}], "agents[0].tools[0].timeout_s: must be >= 0.1"),
+    ("agents[0].breaker.failure_rate_threshold", 1e-300, "agents[0].breaker.failure_rate_threshold: must be >= 0.001"),
+    ("agents[0].breaker.slow_call_rate_threshold", 0.0001, "agents[0].breaker.slow_call_rate_threshold: must be >= 0.001"),
+    ("agents[0].tools", [{"name": "t", "kind": "webhook", "url": "https://hooks.example/x", "timeout_s": 1e-300}], "agents[0].tools[0].timeout_s: must be >= 0.01"),
     # bools are not ints (nor numbers), strings are not numbers or flags: nothing is coerced
     ("agents[0].max_tokens", True, "agents[0].max_tokens: must be an integer"),
     ("agents[0].max_tokens", "10", "agents[0].max_tokens: must be an integer"),
