@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
+from agents.config.schema import base_url_refusal
 from agents.crypto import encrypt_secret
 from agents.models import Agent, ApiKey, Execution, ModelDeployment, Provider
 from console.services import audit_record
@@ -27,6 +28,13 @@ class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
         fields = ["name", "kind", "base_url", "api_key_env", "simulation"]
+
+    def clean_base_url(self) -> str:
+        value = str(self.cleaned_data.get("base_url") or "")
+        refusal = base_url_refusal(value) if value else None
+        if refusal is not None:
+            raise forms.ValidationError(refusal)  # as apply and the API refuse it
+        return value
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

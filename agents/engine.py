@@ -112,7 +112,9 @@ class Engine:
             from console.redis import get_async_wire
 
             self.state = RedisState(get_async_wire(), prefix="bw")
-        self.providers = ProviderRouter(clock=self.clock)
+        self.providers = ProviderRouter(
+            clock=self.clock, allow_hosts=settings.BREAKWATER_PROVIDER_ALLOW_HOSTS
+        )
         self.sessions: SessionStore
         if settings.EMBEDDED:
             self.sessions = LocalSessions()

@@ -24,6 +24,7 @@ The rules are in docs/OPENAI_TOOLS.md.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from typing import Any, Literal
 
 import orjson
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.asgi_common import Receive, Scope, Send
 from agents.asgi_common import Responder as _Responder
@@ -53,6 +54,7 @@ from agents.runtime.types import (
     ToolChoice,
     ToolSpec,
 )
+from agents.schemas import metadata_problem, text_problems
 
 log = logging.getLogger("breakwater.openai")
 
@@ -101,7 +103,7 @@ class _MessageIn(BaseModel):
 
 class _StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: bool = Field(default=False, strict=True)
 
 
 class _FunctionIn(BaseModel):
@@ -125,17 +127,44 @@ class ChatCompletionIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1, max_length=64)
     messages: list[_MessageIn] = Field(min_length=1, max_length=200)
-    stream: bool = False
+    # Numbers and flags are strict, as on OpenAI and the REST door: "10", 10.0 and true are
+    # refused rather than coerced (pydantic's lax mode would take them).
+    stream: bool = Field(default=False, strict=True)
     stream_options: _StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1, le=1)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    n: int = Field(default=1, ge=1, le=1, strict=True)
     tools: list[_ToolIn] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Any = None  # checked against the tools by _client_tools
     functions: Any = None  # the legacy functions API: refused with a pointer to tools
     function_call: Any = None
     user: str | None = Field(default=None, max_length=256)
     metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        problem = None if value is None else metadata_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+def _bad_text(raw: bytes) -> tuple[str, str] | None:
+    """(param, message) for the first NUL or lone surrogate in the body, or None.
+
+    Only called when a cheap test hints at one: a ``\\u0000`` escape in the bytes (NUL can
+    only be written so in JSON), or a body jiter refused as invalid JSON (it refuses lone
+    surrogates that way, with a position but no field). The stdlib parser keeps such text, so
+    the field can be named."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None  # really not JSON: jiter's own message stands
+    for loc, problem, in_key in text_problems(body):
+        where = ".".join(str(part) for part in loc) or "body"
+        return where, f"{where}: {'keys ' if in_key else ''}{problem}"
+    return None
 
 
 def _error(
@@ -373,6 +402,12 @@ def result_error(result: ExecutionResult, *, full: bool) -> tuple[int, bytes, di
         return (*_error(503, error["message"], "service_unavailable", error["type"]), headers)
     if error.get("type") == "client_error":
         return (*_error(400, error.get("message", "bad request"), "invalid_request_error"), headers)
+    if error.get("type") == "price_unknown":
+        # The agent's configuration, not the server, is at fault: an unpriced model under a
+        # budget is refused (fail closed) until an operator sets its prices. apply and the API
+        # refuse such a configuration; this is for one that got in another way (the admin, SQL).
+        message = error.get("message", "the model has no price and a budget applies")
+        return (*_error(503, message, "service_unavailable", "price_unknown"), headers)
     return (*_error(500, error.get("message", "internal error"), "server_error"), headers)
 
 
@@ -472,9 +507,13 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        await out.json(
-            *_error(400, f"{where}: {first['msg']}", "invalid_request_error", param=where)
-        )
+        message = f"{where}: {first['msg']}"
+        if first["type"] == "json_invalid" and (found := _bad_text(raw)) is not None:
+            where, message = found
+        await out.json(*_error(400, message, "invalid_request_error", param=where))
+        return
+    if b"\\u0000" in raw and (found := _bad_text(raw)) is not None:
+        await out.json(*_error(400, found[1], "invalid_request_error", param=found[0]))
         return
     engine = get_engine()
     agent = engine.config.agent(payload.model)

@@ -17,6 +17,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import BaseModel
 
 from agents.runtime.state import DependencyUnavailable
+from agents.schemas import SURROGATE_REFUSED, dotted, text_problems
 from console.errors import ApplicationError, ServiceUnavailable, ValidationFailed
 
 logger = logging.getLogger("breakwater.api")
@@ -34,29 +35,21 @@ def error_body(type_: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"type": type_, "message": message}}
 
 
-# --- no NUL characters -------------------------------------------------------------------------
-# JSON allows "\u0000" in strings; PostgreSQL text and jsonb columns refuse it. Refused here, for
-# every operation, after authentication and validation and before the handler runs: a clear 422
-# naming the field, instead of a 500 on write (or an execution that runs, costs money and then
-# cannot be stored). SQLite would store it; the API answers the same on both.
+# --- no NUL characters, no lone surrogates -----------------------------------------------------
+# JSON allows "\u0000" and lone surrogates ("\ud800") in strings; PostgreSQL text and jsonb
+# columns refuse NUL, and a surrogate cannot be encoded as UTF-8 at all (not stored, not sent
+# upstream). Refused here, for every operation, after authentication and validation and before
+# the handler runs: a clear 422 naming the field, instead of a 500 on write (or an execution that
+# runs, costs money and then cannot be stored). SQLite would store NUL; the API answers the same
+# on both. (The execute body is also checked by its schema: execute is served without ninja.)
 
 
 def _nul_paths(value: Any, path: str) -> Iterator[str]:
     if isinstance(value, BaseModel):
         value = value.model_dump()
-    if isinstance(value, str):
-        if "\x00" in value:
-            yield f"{path or 'body'}: must not contain the NUL character (\\u0000)"
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            name = str(key)
-            if "\x00" in name:
-                yield f"{path or 'body'}: keys must not contain the NUL character (\\u0000)"
-                name = name.replace("\x00", "\\u0000")
-            yield from _nul_paths(item, f"{path}.{name}" if path else name)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from _nul_paths(item, f"{path}[{index}]")
+    for loc, problem, in_key in text_problems(value, (path,) if path else ()):
+        where = dotted(loc) or "body"
+        yield f"{where}: keys {problem}" if in_key else f"{where}: {problem}"
 
 
 def _refuse_nul(values: dict[str, Any]) -> None:
@@ -133,6 +126,10 @@ def validation_message(errors: list[Any]) -> str:
                     del found[key]
         messages = found.setdefault(loc, [])
         message = str(err.get("msg", "invalid"))
+        if err.get("type") == "string_unicode":
+            # pydantic's own words for a lone surrogate in a constrained string ("unable to
+            # parse raw data as a unicode string"): say it as every other door does.
+            message = SURROGATE_REFUSED
         if message not in messages:
             messages.append(message)
     return "; ".join(f"{loc}: {' or '.join(messages)}" for loc, messages in found.items())

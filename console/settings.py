@@ -72,6 +72,9 @@ BREAKWATER_TOOL_ALLOW_LIST = env_list(
     ["agents.tools_builtin:current_time", "agents.tools_builtin:calculator"],
 )
 BREAKWATER_WEBHOOK_ALLOW_HOSTS = env_list("BREAKWATER_WEBHOOK_ALLOW_HOSTS", [])
+# Provider base_url hosts allowed to be (or resolve to) a cloud metadata address: link-local
+# 169.254.0.0/16 and fe80::/10, fd00:ec2::254. Loopback and private addresses need no entry.
+BREAKWATER_PROVIDER_ALLOW_HOSTS = env_list("BREAKWATER_PROVIDER_ALLOW_HOSTS", [])
 BREAKWATER_REDIS_MAX_CONNECTIONS = env_int(
     "BREAKWATER_REDIS_MAX_CONNECTIONS", 200, min_value=1, max_value=10_000
 )

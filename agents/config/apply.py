@@ -18,8 +18,10 @@ from django.conf import settings
 from django.db import models, transaction
 from pydantic import ValidationError
 
+from agents.config.pricing import unpriced_errors
 from agents.config.schema import AgentSpec, BudgetSpec, ConfigDocument, format_errors
 from agents.models import Agent, ApiKey, ModelDeployment, Provider
+from agents.schemas import dotted, text_problems
 from budgets.models import Budget, BudgetScope, BudgetWindow
 from console.errors import ValidationFailed
 from console.services import audit_record
@@ -47,19 +49,96 @@ class ApplyResult:
         )
 
 
+# Deep enough for any real document (a tool's JSON Schema nests a few levels per level of its
+# arguments), shallow enough that PyYAML's recursive composer never nears Python's recursion
+# limit: 10,000 levels would otherwise be a RecursionError traceback, not an error message.
+MAX_YAML_DEPTH = 100
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses nesting deeper than :data:`MAX_YAML_DEPTH`, as it reads
+    (the parser is iterative; only composing and constructing recurse)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_YAML_DEPTH} levels",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _duplicate_keys(root: yaml.Node) -> list[str]:
+    """``path: duplicate key`` for every key repeated in its mapping. YAML requires keys to be
+    unique; PyYAML keeps the last one silently, so a pasted block could override a setting
+    unnoticed."""
+    errors: list[str] = []
+    seen: set[int] = set()  # anchors and aliases may share (even cycle through) nodes
+    todo: list[tuple[yaml.Node, str]] = [(root, "")]
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], yaml.Node] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                where = f"{path}.{key.value}" if path else str(key.value)
+                if key.tag != _MERGE_TAG:
+                    earlier = first.setdefault((key.tag, key.value), key)
+                    if earlier is not key:
+                        errors.append(
+                            f"{where}: duplicate key (first on line {earlier.start_mark.line + 1}"
+                            f", again on line {key.start_mark.line + 1})"
+                        )
+                todo.append((value, where))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+    return sorted(errors, key=lambda line: line.split(": ", 1)[0])
+
+
 def config_parse(text: str) -> ConfigDocument:
     """YAML text to a validated document, or :class:`ConfigError` listing every problem."""
+    loader = _Loader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node) if node is not None else []
+        if duplicates:
+            raise ConfigError(duplicates)
+        raw = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}invalid YAML: {problem}"]) from None
+    finally:
+        loader.dispose()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["document: must be a mapping with providers, models, agents, budgets"])
+    # YAML escapes can write NUL and lone surrogates too ("\x00", "\ud800"); the database (and
+    # a provider call) could not take them.
+    bad_text = [
+        f"{dotted(loc) or 'document'}: {'keys ' if in_key else ''}{problem}"
+        for loc, problem, in_key in text_problems(raw)
+    ]
+    if bad_text:
+        raise ConfigError(bad_text)
     try:
         return ConfigDocument.model_validate(raw)
     except ValidationError as exc:
@@ -80,6 +159,10 @@ def config_apply(
         if errors:
             raise ConfigError(errors)
         result.run(document)
+        # On the database as the document left it (merged with what it does not mention).
+        errors = unpriced_errors(document)
+        if errors:
+            raise ConfigError(errors)  # rolls back everything written above
         if dry_run:
             transaction.set_rollback(True)
     return result.result

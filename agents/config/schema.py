@@ -30,6 +30,7 @@ from agents.models import (
     PRICE_MAX,
     SLUG_RE,
 )
+from agents.runtime.addresses import provider_host_refusal
 from agents.runtime.fallbacks import FALLBACK_KINDS
 
 Slug = Annotated[str, StringConstraints(pattern=SLUG_RE)]
@@ -38,9 +39,24 @@ EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE)]
 ToolName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")]
 # Money columns are DecimalField(max_digits=14, decimal_places=6): MONEY_MAX itself (10^8) does
 # not fit (PostgreSQL: "numeric field overflow"), so the bound is strict.
-Money = Annotated[Decimal, Field(ge=0, lt=MONEY_MAX, allow_inf_nan=False, decimal_places=6)]
-Price = Annotated[Decimal, Field(ge=0, le=PRICE_MAX, allow_inf_nan=False, decimal_places=6)]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Lax where every other field is strict (Spec): YAML and JSON give money as a float, an int or
+# a string, never a Decimal. A bool is still refused (pydantic's Decimal never takes one).
+Money = Annotated[
+    Decimal, Field(ge=0, lt=MONEY_MAX, allow_inf_nan=False, decimal_places=6, strict=False)
+]
+Price = Annotated[
+    Decimal, Field(ge=0, le=PRICE_MAX, allow_inf_nan=False, decimal_places=6, strict=False)
+]
+
+# Sane minimums (docs/OPERATIONS.md, "Config as code"): a positive float as small as 1e-300 is
+# no deadline at all (every call times out at once, or a breaker never stays open), so each
+# duration and rate has a floor a real deployment never goes under.
+MIN_TIMEOUT_S = 0.1  # an execution's deadline: no provider call finishes sooner
+MIN_TOOL_TIMEOUT_S = 0.01  # a tool call's (a Python tool may take microseconds)
+MIN_RECOVERY_S = 0.1  # a breaker's open period
+MIN_SLOW_CALL_S = 0.01  # what counts as a slow call
+MIN_RATE = 0.001  # a breaker rate threshold: one call in the largest window (1000)
+Seconds = Annotated[float, Field(ge=MIN_TIMEOUT_S, allow_inf_nan=False)]
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -49,7 +65,9 @@ DEFAULT_BASE_URLS = {
 
 
 class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+    # Strict: an integer field takes an integer, not true (bools are ints in Python), 10.0 or
+    # "10"; a number field a number; a flag true or false. Money alone is lax (above).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True, strict=True)
 
 
 URL_MAX = 500  # Provider.base_url is a varchar(500); PostgreSQL refuses longer values
@@ -67,6 +85,21 @@ def _http_url(value: str) -> str:
     if len(value) > URL_MAX:
         raise ValueError(f"must be at most {URL_MAX} characters")
     return value
+
+
+def base_url_refusal(url: str) -> str | None:
+    """Why a provider may not use ``url`` (None: it may): a literal cloud metadata address,
+    unless its host is in ``BREAKWATER_PROVIDER_ALLOW_HOSTS``. A name that resolves to one is
+    refused when it is resolved (agents/runtime/addresses.py); apply, the API and the admin all
+    ask this."""
+    from django.conf import settings
+
+    reason = provider_host_refusal(
+        urlsplit(url).hostname or "", settings.BREAKWATER_PROVIDER_ALLOW_HOSTS
+    )
+    if reason is None:
+        return None
+    return f"{reason}; refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"
 
 
 class SimulationSpec(Spec):
@@ -88,7 +121,13 @@ class ProviderSpec(Spec):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value)
+        if value is None:
+            return None
+        value = _http_url(value)
+        refusal = base_url_refusal(value)
+        if refusal is not None:
+            raise ValueError(refusal)
+        return value
 
     @model_validator(mode="after")
     def _kind_rules(self) -> ProviderSpec:
@@ -128,13 +167,15 @@ class BreakerSpec(Spec):
     ``slow_call_rate_threshold``."""
 
     failure_threshold: int = Field(default=5, ge=1, le=10_000)
-    recovery_timeout_s: float = Field(default=60, gt=0, le=86_400, allow_inf_nan=False)
+    recovery_timeout_s: float = Field(default=60, ge=MIN_RECOVERY_S, le=86_400, allow_inf_nan=False)
     half_open_max_calls: int = Field(default=1, ge=1, le=1000)
     window_size: int = Field(default=20, ge=1, le=1000)
     minimum_calls: int = Field(default=10, ge=1, le=1000)
-    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
-    slow_call_s: float | None = Field(default=None, gt=0, le=3600, allow_inf_nan=False)
-    slow_call_rate_threshold: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
+    failure_rate_threshold: float = Field(default=0.5, ge=MIN_RATE, le=1, allow_inf_nan=False)
+    slow_call_s: float | None = Field(
+        default=None, ge=MIN_SLOW_CALL_S, le=3600, allow_inf_nan=False
+    )
+    slow_call_rate_threshold: float = Field(default=1.0, ge=MIN_RATE, le=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _window(self) -> BreakerSpec:
@@ -157,7 +198,7 @@ class ToolSpec(Spec):
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     function: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     url: str | None = None
-    timeout_s: float = Field(default=10, gt=0, le=300, allow_inf_nan=False)
+    timeout_s: float = Field(default=10, ge=MIN_TOOL_TIMEOUT_S, le=300, allow_inf_nan=False)
     max_response_bytes: int = Field(default=65_536, ge=1, le=10 * 1024 * 1024)
 
     @field_validator("url")

@@ -37,6 +37,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from agents.runtime.addresses import IPAddress, address_refusal
+from agents.runtime.addresses import normal_host as _normal_host
 from agents.runtime.clock import Clock, SystemClock
 from agents.runtime.errors import ToolFailed
 from agents.runtime.providers.base import HttpSession
@@ -46,11 +48,9 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """``(host, port) -> IP address strings``; raises ``OSError`` when the name does not resolve."""
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 USER_AGENT = "Breakwater-Tools/1"
 _DETAIL_CHARS = 300
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -195,42 +195,6 @@ def schema_error(value: Any, schema: Mapping[str, Any], path: str = "arguments")
                 if error:
                     return error
     return None
-
-
-def address_refusal(address: IPAddress) -> str | None:
-    """Why a webhook may not connect to ``address`` (None: it is a public unicast address)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:  # the socket talks to that IPv4 address
-            reason = address_refusal(address.ipv4_mapped)
-            return None if reason is None else f"{reason} (embedded in {address})"
-        embedded: ipaddress.IPv4Address | None = address.sixtofour
-        if embedded is None and address.teredo is not None:
-            embedded = address.teredo[1]
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            reason = address_refusal(embedded)
-            if reason is not None:
-                return f"{reason} (embedded in {address})"
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_multicast:
-        return "multicast"
-    if address.is_private:
-        return "private"
-    if address.is_reserved:
-        return "reserved"
-    if not address.is_global:
-        return "not globally routable"
-    return None
-
-
-def _normal_host(host: str) -> str:
-    return host.strip().strip("[]").rstrip(".").lower()
 
 
 def _text(result: Any) -> str:

@@ -161,6 +161,26 @@ def test_an_openai_provider_without_base_url_is_a_form_error(
     assert "base_url is required for openai and anthropic providers" in response.content.decode()
 
 
+def test_a_provider_at_a_cloud_metadata_address_is_a_form_error(
+    admin_client: Client, keys: None
+) -> None:
+    response = admin_client.post(f"{PROVIDERS}add/", _form(base_url="http://169.254.169.254/v1"))
+    assert response.status_code == 200
+    assert "169.254.169.254 is link-local" in response.content.decode()
+    assert "BREAKWATER_PROVIDER_ALLOW_HOSTS" in response.content.decode()
+    assert not Provider.objects.filter(name="openai-main").exists()
+
+
+def test_a_provider_on_loopback_or_an_allowed_metadata_host_is_saved(
+    admin_client: Client, keys: None, settings: Settings
+) -> None:
+    settings.BREAKWATER_PROVIDER_ALLOW_HOSTS = ["169.254.10.1"]
+    for name, url in [("loop", "http://127.0.0.1:9000/v1"), ("meta", "http://169.254.10.1/v1")]:
+        response = admin_client.post(f"{PROVIDERS}add/", _form(name=name, base_url=url))
+        assert response.status_code == 302, response.content.decode()
+    assert Provider.objects.filter(name__in=["loop", "meta"]).count() == 2
+
+
 def test_the_api_key_admin_hides_the_hash_and_cannot_add_keys(admin_client: Client) -> None:
     new = generate_api_key()
     key = ApiKey.objects.create(

@@ -26,6 +26,7 @@ providers:
 models:
   - {name: m, provider: sim, upstream_model: m-1, input_usd_per_mtok: 1, output_usd_per_mtok: 2}
   - {name: m2, provider: sim, upstream_model: m-2, input_usd_per_mtok: 1, output_usd_per_mtok: 2}
+  - {name: free, provider: sim, upstream_model: f-1}  # no price: usable only without a budget
 agents:
   - name: helper
     model: m
@@ -217,6 +218,10 @@ async def test_every_problem_is_reported_as_a_path_and_a_message(keys: dict[str,
             },
             "tools[0].function: 'os:system' is not in BREAKWATER_TOOL_ALLOW_LIST",
         ),
+        (
+            {"name": "x", "model": "free", "daily_budget_usd": 5},
+            "model: model 'free' has no price (deployment ",
+        ),
     ],
 )
 async def test_the_api_refuses_what_apply_refuses_with_the_same_message(
@@ -331,6 +336,44 @@ async def test_a_patch_is_validated_as_a_whole_agent(keys: dict[str, str]) -> No
     assert message == "fallback_models: must not contain the agent's own model"
     unchanged = await sync_to_async(Agent.objects.get)(name="helper")
     assert unchanged.model == "m"
+
+
+async def test_an_unpriced_model_is_refused_under_a_budget_and_allowed_without(
+    keys: dict[str, str],
+) -> None:
+    created = await call("POST", "/api/v1/agents", keys["admin"], {"name": "x", "model": "free"})
+    assert created.status_code == 201, created.content
+
+    response = await call("PATCH", "/api/v1/agents/x", keys["admin"], {"daily_budget_usd": 5})
+    message = _error(response, 422, "validation_error")
+
+    assert message.startswith("model: model 'free' has no price (deployment ")
+    assert "agent 'x' is under its daily budget" in message
+    assert "set input_usd_per_mtok and output_usd_per_mtok on the model" in message
+    assert not await sync_to_async(Budget.objects.filter(agent__name="x").exists)()
+    response = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"cheap_model": "free"})
+    assert _error(response, 422, "validation_error").startswith("cheap_model: model 'free'")
+
+
+async def test_an_agent_stored_under_todays_floors_reads_back_and_a_patch_names_the_field(
+    keys: dict[str, str],
+) -> None:
+    # Values the columns allow and the schema now refuses (stored before the floors existed).
+    await Agent.objects.filter(name="other").aupdate(timeout_s=0.05, breaker_failure_rate=0.0005)
+    got = await call("GET", "/api/v1/agents/other", keys["admin"])
+    assert got.status_code == 200, got.content
+    assert (got.json()["timeout_s"], got.json()["breaker"]["failure_rate_threshold"]) == (
+        0.05,
+        0.0005,
+    )
+    listed = await call("GET", "/api/v1/agents", keys["admin"])
+    assert listed.status_code == 200
+
+    response = await call("PATCH", "/api/v1/agents/other", keys["admin"], {"max_retries": 1})
+
+    assert _error(response, 422, "validation_error") == (
+        "timeout_s: must be >= 0.1; breaker.failure_rate_threshold: must be >= 0.001"
+    )
 
 
 async def test_a_patch_cannot_rename_an_agent(keys: dict[str, str]) -> None:

@@ -174,6 +174,15 @@ BAD_BODIES = {
     "metadata over 8 KiB": json.dumps({"input": "hi", "metadata": {"k": "v" * 9000}}).encode(),
     "metadata not an object": b'{"input": "hi", "metadata": [1]}',
     "two problems at once": b'{"input": "", "colour": "red", "max_tokens": -1}',
+    "a lone surrogate in input": b'{"input": "a\\ud800b"}',
+    "a lone surrogate as raw bytes": b'{"input": "a\xed\xa0\x80b"}',
+    "a lone surrogate in a message": b'{"input": [{"role": "user", "content": "\\udc00"}]}',
+    "a lone surrogate in metadata": b'{"input": "hi", "metadata": {"k": ["\\ud800"]}}',
+    "a lone surrogate in a metadata key": b'{"input": "hi", "metadata": {"\\ud800": 1}}',
+    "a lone surrogate in the session id": b'{"input": "hi", "session_id": "\\ud800"}',
+    "max_tokens as a string": b'{"input": "hi", "max_tokens": "10"}',
+    "max_tokens true": b'{"input": "hi", "max_tokens": true}',
+    "max_tokens 10.0": b'{"input": "hi", "max_tokens": 10.0}',
 }
 
 

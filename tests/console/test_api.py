@@ -1,7 +1,8 @@
 """The one NinjaAPI (console/api.py): what every operation shares. Errors in one format and
 declared in the OpenAPI document; bodies that are missing or not JSON named as such; and text
 with a NUL character refused (JSON allows it, PostgreSQL stores none) before anything is
-written, run or charged, on SQLite as on PostgreSQL."""
+written, run or charged, on SQLite as on PostgreSQL; so is a lone surrogate (UTF-8 cannot
+encode it: neither the upstream call nor the record could carry it)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,68 @@ async def test_an_execution_with_a_nul_character_is_refused_before_it_runs_or_co
     assert f"{named}: Value error, must not contain the NUL character" in message
     assert not await Execution.objects.aexists()
     assert not await SpendEntry.objects.aexists()
+
+
+LONE = "\ud800"  # a lone (high) surrogate: JSON can write it, UTF-8 cannot encode it
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "named"),
+    [
+        ("post", "/api/v1/incidents", {"title": f"down{LONE}"}, "title"),
+        ("patch", "/api/v1/agents/api-helper", {"description": "\udfff"}, "description"),
+        ("post", "/api/v1/agents", {"name": "x", "model": "m", "system_prompt": LONE}, "system_prompt"),
+        ("post", "/api/v1/agents/api-helper/breaker", {"action": "reset", "reason": LONE}, "reason"),
+    ],
+)  # fmt: skip
+async def test_a_lone_surrogate_is_refused_with_a_422_that_names_the_field(
+    key: str, method: str, path: str, body: Any, named: str
+) -> None:
+    response = await call(method, path, key, body)
+    assert response.status_code == 422, response.content
+    error = response.json()["error"]
+    assert error["type"] == "validation_error"
+    assert error["message"].startswith(f"{named}: ")
+    assert "lone surrogate" in error["message"]
+    assert not await Incident.objects.aexists()
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        (b'{"input": "a\\ud800b"}', "input"),
+        (b'{"input": "a\\udc00"}', "input"),
+        (b'{"input": "a\xed\xa0\x80b"}', "input"),  # the surrogate's raw UTF-8 bytes
+        (b'{"input": [{"role": "system", "content": "ok"}, {"role": "user", "content": "\\ud800"}]}', "input.1.content"),
+        (b'{"input": "hi", "metadata": {"ticket": "\\ud800"}}', "metadata"),
+        (b'{"input": "hi", "metadata": {"tags": ["ok", "\\ud800"]}}', "metadata"),
+        (b'{"input": "hi", "metadata": {"k\\ud800": 1}}', "metadata"),
+        (b'{"input": "hi", "session_id": "s\\ud800"}', "session_id"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("served", [False, True], ids=["django", "application"])
+@pytest.mark.parametrize("path", ["execute", "executions"])
+async def test_an_execution_with_a_lone_surrogate_is_refused_before_it_runs_or_costs(
+    key: str, path: str, served: bool, raw: bytes, named: str
+) -> None:
+    response = await call("post", f"/api/v1/agents/api-helper/{path}", key, raw=raw, served=served)
+    assert response.status_code == 422, response.content
+    error = response.json()["error"]
+    assert error["type"] == "validation_error"
+    assert error["message"].startswith(f"{named}: ")
+    if named != "session_id":  # its pattern refuses it first: [A-Za-z0-9._:-]
+        assert "must not contain a lone surrogate" in error["message"]
+    assert not await Execution.objects.aexists()
+    assert not await SpendEntry.objects.aexists()
+
+
+async def test_a_lone_surrogate_in_metadata_is_located_inside_it(key: str) -> None:
+    raw = b'{"input": "hi", "metadata": {"tags": ["ok", "\\ud800"], "k\\udc00": 1}}'
+    response = await call("post", "/api/v1/agents/api-helper/execute", key, raw=raw, served=True)
+    assert response.json()["error"]["message"] == (
+        "metadata: Value error, must not contain a lone surrogate (\\ud800-\\udfff): "
+        "text must be valid Unicode, in metadata.tags[1]"
+    )
 
 
 async def test_a_missing_body_is_named_as_the_body(key: str) -> None:

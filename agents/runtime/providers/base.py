@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 
 from agents.runtime.errors import (
     MalformedReply,
@@ -96,9 +97,16 @@ async def raise_for_status(response: aiohttp.ClientResponse) -> None:
 class HttpSession:
     """One pooled aiohttp session per event loop (keep-alive, no per-call set-up)."""
 
-    def __init__(self, *, limit: int = 512, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int = 512,
+        connect_timeout_s: float = 5.0,
+        resolver: Callable[[], AbstractResolver] | None = None,
+    ) -> None:
         self._limit = limit
         self._connect_timeout_s = connect_timeout_s
+        self._resolver = resolver  # built per loop, as aiohttp's own resolvers must be
         self._sessions: dict[int, aiohttp.ClientSession] = {}
 
     def get(self) -> aiohttp.ClientSession:
@@ -106,7 +114,10 @@ class HttpSession:
         session = self._sessions.get(id(loop))
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._limit, ttl_dns_cache=300, enable_cleanup_closed=True
+                limit=self._limit,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+                resolver=self._resolver() if self._resolver is not None else None,
             )
             session = aiohttp.ClientSession(
                 connector=connector,

@@ -93,7 +93,7 @@ def test_error_lines_on_stderr_name_the_file_and_the_path(tmp_path: Path) -> Non
         call_command("apply", file=str(path), stdout=io.StringIO(), stderr=err)
 
     assert err.getvalue().splitlines() == [
-        f"{path}: agents[0].timeout_s: must be > 0",
+        f"{path}: agents[0].timeout_s: must be >= 0.1",
         f"{path}: agents[0].colour: unknown field",
     ]
 

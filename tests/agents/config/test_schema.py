@@ -98,7 +98,7 @@ def test_defaults_fill_what_an_agent_leaves_out() -> None:
 MUTATIONS: list[tuple[str, Any, str]] = [
     # ranges, with the contract's own example
     ("agents[2].breaker.failure_threshold", 0, "agents[2].breaker.failure_threshold: must be >= 1"),
-    ("agents[0].breaker.recovery_timeout_s", 0, "agents[0].breaker.recovery_timeout_s: must be > 0"),
+    ("agents[0].breaker.recovery_timeout_s", 0, "agents[0].breaker.recovery_timeout_s: must be >= 0.1"),
     ("agents[0].breaker.half_open_max_calls", 0, "agents[0].breaker.half_open_max_calls: must be >= 1"),
     ("agents[0].breaker.failure_rate_threshold", 1.5, "agents[0].breaker.failure_rate_threshold: must be <= 1"),
     ("agents[0].breaker.slow_call_s", float("nan"), "agents[0].breaker.slow_call_s: must be a finite number"),
@@ -112,8 +112,8 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     # A PositiveIntegerField is 32-bit on PostgreSQL: the schema must stop what the column would.
     ("agents[0].rate_limit.tpm", INT32_MAX + 1, f"agents[0].rate_limit.tpm: must be <= {INT32_MAX}"),
     # timeout_s: zero, negative, too large, not finite
-    ("agents[0].timeout_s", 0, "agents[0].timeout_s: must be > 0"),
-    ("agents[0].timeout_s", -5, "agents[0].timeout_s: must be > 0"),
+    ("agents[0].timeout_s", 0, "agents[0].timeout_s: must be >= 0.1"),
+    ("agents[0].timeout_s", -5, "agents[0].timeout_s: must be >= 0.1"),
     ("agents[0].timeout_s", 3601, "agents[0].timeout_s: must be <= 3600"),
     ("agents[0].timeout_s", math.inf, "agents[0].timeout_s: must be a finite number"),
     ("agents[0].timeout_s", math.nan, "agents[0].timeout_s: must be a finite number"),
@@ -174,6 +174,14 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ("providers[0].api_key_env", "openai_api_key", "providers[0].api_key_env: invalid format (must match ^[A-Z_][A-Z0-9_]{0,127}$)"),
     ("providers[0].api_key_env", "1KEY", "providers[0].api_key_env: invalid format (must match ^[A-Z_][A-Z0-9_]{0,127}$)"),
     ("providers[0].simulation.error_rate", 1.5, "providers[0].simulation.error_rate: must be <= 1"),
+    # cloud metadata addresses, however they are written (loopback and private stay allowed)
+    ("providers[1].base_url", "http://169.254.169.254/latest", "providers[1].base_url: 169.254.169.254 is link-local, where cloud metadata services live; refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"),
+    ("providers[1].base_url", "http://169.254.0.1:8080/v1", "providers[1].base_url: 169.254.0.1 is link-local, where cloud metadata services live; refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"),
+    ("providers[1].base_url", "http://2852039166/v1", "providers[1].base_url: 169.254.169.254 is link-local, where cloud metadata services live; refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"),
+    ("providers[1].base_url", "http://0xa9.0xfe.0xa9.0xfe/v1", "providers[1].base_url: 169.254.169.254 is link-local, where cloud metadata services live; refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"),
+    ("providers[1].base_url", "http://[fd00:ec2::254]/v1", "providers[1].base_url: fd00:ec2::254 is a cloud metadata address; refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"),
+    ("providers[1].base_url", "http://[fe80::a9fe:a9fe]/v1", "providers[1].base_url: fe80::a9fe:a9fe is link-local, where cloud metadata services live; refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"),
+    ("providers[1].base_url", "http://[::ffff:169.254.169.254]/v1", "providers[1].base_url: ::ffff:a9fe:a9fe is link-local, where cloud metadata services live (it carries 169.254.169.254); refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"),
     # budgets
     ("budgets[0].target", "customer-support", "budgets[0].target: not allowed for a global budget"),
     ("budgets[0]", {"scope": "agent", "monthly_limit_usd": 5}, "budgets[0].target: required for scope agent"),
@@ -183,7 +191,46 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ("budgets[0].warn_at_pct", 95, "budgets[0].warn_at_pct: must be below alert_at_pct"),
     ("budgets[0].alert_at_pct", 101, "budgets[0].alert_at_pct: must be <= 100"),
     ("budgets[0].timezone", "Mars/Olympus_Mons", "budgets[0].timezone: unknown time zone 'Mars/Olympus_Mons'"),
+    # sane minimums: a positive number as small as 1e-300 is no duration at all
+    ("agents[0].timeout_s", 1e-300, "agents[0].timeout_s: must be >= 0.1"),
+    ("agents[0].timeout_s", 0.09, "agents[0].timeout_s: must be >= 0.1"),
+    ("agents[0].breaker.recovery_timeout_s", 1e-300, "agents[0].breaker.recovery_timeout_s: must be >= 0.1"),
+    ("agents[0].breaker.slow_call_s", 1e-300, "agents[0].breaker.slow_call_s: must be >= 0.01"),
+    ("agents[0].breaker.failure_rate_threshold", 1e-300, "agents[0].breaker.failure_rate_threshold: must be >= 0.001"),
+    ("agents[0].breaker.slow_call_rate_threshold", 0.0001, "agents[0].breaker.slow_call_rate_threshold: must be >= 0.001"),
+    ("agents[0].tools", [{"name": "t", "kind": "webhook", "url": "https://hooks.example/x", "timeout_s": 1e-300}], "agents[0].tools[0].timeout_s: must be >= 0.01"),
+    # bools are not ints (nor numbers), strings are not numbers or flags: nothing is coerced
+    ("agents[0].max_tokens", True, "agents[0].max_tokens: must be an integer"),
+    ("agents[0].max_tokens", "10", "agents[0].max_tokens: must be an integer"),
+    ("agents[0].max_tokens", 10.0, "agents[0].max_tokens: must be an integer"),
+    ("agents[0].max_retries", False, "agents[0].max_retries: must be an integer"),
+    ("agents[0].cache_ttl_s", True, "agents[0].cache_ttl_s: must be an integer"),
+    ("agents[0].breaker.failure_threshold", True, "agents[0].breaker.failure_threshold: must be an integer"),
+    ("agents[0].rate_limit.rpm", True, "agents[0].rate_limit.rpm: must be an integer"),
+    ("agents[0].timeout_s", True, "agents[0].timeout_s: must be a number"),
+    ("agents[0].timeout_s", "10", "agents[0].timeout_s: must be a number"),
+    ("agents[0].enabled", "yes", "agents[0].enabled: must be true or false"),
+    ("agents[0].enabled", 1, "agents[0].enabled: must be true or false"),
+    ("agents[0].daily_budget_usd", True, "agents[0].daily_budget_usd: must be a number"),
+    ("models[0].weight", True, "models[0].weight: must be an integer"),
+    ("models[0].input_usd_per_mtok", True, "models[0].input_usd_per_mtok: must be a number"),
+    ("budgets[0].warn_at_pct", True, "budgets[0].warn_at_pct: must be an integer"),
+    ("providers[0].simulation.seed", True, "providers[0].simulation.seed: must be an integer"),
 ]  # fmt: skip
+
+
+def test_numbers_stay_numbers_where_they_are_valid() -> None:
+    """Strict types refuse coercions, not valid values: ints where a float goes, money as a
+    float, an int or a string."""
+    doc = config_parse(
+        "models: [{name: m, provider: p, upstream_model: u, input_usd_per_mtok: '0.15', "
+        "output_usd_per_mtok: 1}]\n"
+        "agents: [{name: a, model: m, timeout_s: 10, max_tokens: 512, daily_budget_usd: 2.5, "
+        "breaker: {recovery_timeout_s: 0.1, failure_rate_threshold: 1}}]"
+    )
+    agent = doc.agents[0]
+    assert (agent.timeout_s, agent.max_tokens, str(agent.daily_budget_usd)) == (10.0, 512, "2.5")
+    assert str(doc.models[0].input_usd_per_mtok) == "0.15"
 
 
 @pytest.mark.parametrize(
@@ -210,12 +257,58 @@ RAW: list[tuple[str, list[str]]] = [
     ("agents: [{name: a, model: m, timeout_s: -.inf}]", ["agents[0].timeout_s: must be a finite number"]),
     ("agents: [{name: a, model: m, daily_budget_usd: 1e400}]", ["agents[0].daily_budget_usd: must be < 100000000"]),
     ("agents: [{name: a, model: m, null: 1}]", ["agents[0].None: keys must be strings"]),
+    # text the database cannot store, written with YAML escapes
+    ('agents: [{name: a, model: m, system_prompt: "x\\ud800"}]',
+     ["agents[0].system_prompt: must not contain a lone surrogate (\\ud800-\\udfff): text must be valid Unicode"]),
+    ('agents: [{name: a, model: m, description: "\\x00"}]',
+     ["agents[0].description: must not contain the NUL character (\\u0000)"]),
+    # duplicate keys: YAML says a key is unique in its mapping; PyYAML would keep the last
+    ("agents:\n  - name: a\n    model: m\n    timeout_s: 5\n    timeout_s: 50\n",
+     ["agents[0].timeout_s: duplicate key (first on line 4, again on line 5)"]),
+    ("agents: [{name: a, model: m}]\nbudgets: []\nagents: []\n",
+     ["agents: duplicate key (first on line 1, again on line 3)"]),
+    ("agents:\n  - {name: a, model: m, breaker: {failure_threshold: 1, failure_threshold: 2}}\n"
+     "  - {name: b, model: m, name: c}\n",
+     ["agents[0].breaker.failure_threshold: duplicate key (first on line 2, again on line 2)",
+      "agents[1].name: duplicate key (first on line 3, again on line 3)"]),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("text", "expected"), RAW, ids=[text[:40] for text, _ in RAW])
 def test_each_malformed_document_is_reported(text: str, expected: list[str]) -> None:
     assert _errors(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "agents: " + "[" * 10_000 + "]" * 10_000,
+        "agents: " + "{a: " * 10_000 + "1" + "}" * 10_000,
+        "agents:\n" + "".join("  " * depth + "- k:\n" for depth in range(1, 10_000)),
+    ],
+    ids=["flow lists", "flow mappings", "block style"],
+)
+def test_a_document_nested_10000_deep_is_an_error_naming_the_problem(text: str) -> None:
+    (error,) = _errors(text)
+    assert error.endswith("invalid YAML: nested deeper than 100 levels")
+    assert error.startswith("line ")
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    parameters = "{type: object, properties: " * 40 + "{}" + "}" * 40
+    doc = config_parse(
+        "agents: [{name: a, model: m, tools: [{name: t, kind: webhook, "
+        f"url: 'https://hooks.example/x', parameters: {parameters}}}]}}]"
+    )
+    assert doc.agents[0].tools[0].parameters["type"] == "object"
+
+
+def test_anchors_and_aliases_still_work() -> None:
+    doc = config_parse(
+        "agents:\n  - &base {name: a, model: m, breaker: {failure_threshold: 2}}\n"
+        "  - {<<: *base, name: b}\n"
+    )
+    assert [(a.name, a.breaker.failure_threshold) for a in doc.agents] == [("a", 2), ("b", 2)]
 
 
 def test_every_error_in_a_document_is_reported_in_document_order(demo_yaml: str) -> None:
@@ -243,7 +336,8 @@ def test_the_error_message_joins_every_line() -> None:
 
     assert caught.value.status == 422
     assert (
-        caught.value.message == "agents[0].timeout_s: must be > 0; agents[0].colour: unknown field"
+        caught.value.message
+        == "agents[0].timeout_s: must be >= 0.1; agents[0].colour: unknown field"
     )
 
 
@@ -257,6 +351,39 @@ def test_a_provider_without_base_url_gets_its_kinds_default() -> None:
         "https://api.anthropic.com",
         "",
     ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/v1",  # fakellm
+        "http://[::1]:9000/v1",
+        "http://10.0.3.7/v1",  # in-cluster providers
+        "http://192.168.1.20:8000/v1",
+        "http://[fd00::17]/v1",
+        "http://llm.svc.cluster.local/v1",  # a name: checked when it is resolved
+        "https://api.openai.com/v1",
+    ],
+)
+def test_loopback_private_and_public_base_urls_are_allowed(url: str) -> None:
+    doc = config_parse(f"providers: [{{name: o, kind: openai, base_url: '{url}'}}]")
+
+    assert doc.providers[0].base_url == url
+
+
+def test_a_metadata_host_in_the_allow_list_is_allowed(settings: Any) -> None:
+    settings.BREAKWATER_PROVIDER_ALLOW_HOSTS = ["169.254.10.1", "FD00:EC2::254"]
+    doc = config_parse(
+        "providers: [{name: a, kind: openai, base_url: 'http://169.254.10.1/v1'},"
+        " {name: b, kind: openai, base_url: 'http://[fd00:ec2::254]/v1'}]"
+    )
+
+    assert [p.base_url for p in doc.providers] == [
+        "http://169.254.10.1/v1",
+        "http://[fd00:ec2::254]/v1",
+    ]
+    with pytest.raises(ConfigError):
+        config_parse("providers: [{name: a, kind: openai, base_url: 'http://169.254.10.2/v1'}]")
 
 
 def test_a_trailing_slash_on_base_url_is_dropped() -> None:
