@@ -62,6 +62,19 @@ BREAKWATER_ENCRYPTION_KEYS = env_list("BREAKWATER_ENCRYPTION_KEYS", [])
 # --- Limits ------------------------------------------------------------------------------
 BREAKWATER_MAX_BODY_BYTES = env_int("BREAKWATER_MAX_BODY_BYTES", 1 << 20, min_value=1024)
 BREAKWATER_REQUIRE_SERVICES = env_bool("BREAKWATER_REQUIRE_SERVICES", False)
+# Slow clients (`manage.py serve`, console/http_protocol.py): a request's headers must arrive
+# within HEADER_TIMEOUT of its first byte (or of the connection opening), its whole body within
+# BODY_TIMEOUT of the headers; past MAX_CONNECTIONS open connections per process, requests are
+# answered 503.
+BREAKWATER_HEADER_TIMEOUT_S = env_float(
+    "BREAKWATER_HEADER_TIMEOUT_S", 10.0, min_value=0.1, max_value=600
+)
+BREAKWATER_BODY_TIMEOUT_S = env_float(
+    "BREAKWATER_BODY_TIMEOUT_S", 10.0, min_value=0.1, max_value=3600
+)
+BREAKWATER_MAX_CONNECTIONS = env_int(
+    "BREAKWATER_MAX_CONNECTIONS", 1000, min_value=1, max_value=1_000_000
+)
 BREAKWATER_STALE_EXECUTION_S = env_int(
     "BREAKWATER_STALE_EXECUTION_S", 3900, min_value=60
 )  # > the longest agent deadline (3600 s)
