@@ -34,7 +34,7 @@ import orjson
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.asgi_common import Receive, Scope, Send
+from agents.asgi_common import Receive, Scope, Send, is_secure, security_headers
 from agents.asgi_common import Responder as _Responder
 from agents.asgi_common import header as _header
 from agents.asgi_common import read_body as _read_body
@@ -420,7 +420,7 @@ async def _authenticate(scope: Scope) -> Principal | None:
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """ASGI entry for ``/v1/...``."""
-    out = _Responder(send)
+    out = _Responder(send, security_headers(is_secure(scope)))  # the headers Django sends
     path = scope["path"]
     method = scope["method"]
     principal = await _authenticate(scope)
