@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -111,6 +112,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "channels",
     "csp",
+    "axes",
     # Not for models: with it installed, /api/v1/docs serves Swagger UI from our static files
     # with its init script in a file (ninja's CDN page has an inline script the CSP refuses).
     "ninja",
@@ -132,6 +134,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into the lockout page (429)
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -233,8 +236,29 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+# Login throttling (django-axes), for every login form (the console's /login/ and the admin's):
+# 5 failures for one username from one IP address lock that pair out for 15 minutes, counted
+# from the failure that locked it (tries during the cool-off do not extend it). Other usernames
+# from that address, and that username from elsewhere, are not affected. A success resets the
+# count. Each lockout is audited (console/login_throttle.py). The client address is the
+# connection's (behind BREAKWATER_BEHIND_PROXY, `serve` takes it from X-Forwarded-For).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("BREAKWATER_LOGIN_FAILURE_LIMIT", 5, min_value=1, max_value=1000)
+AXES_COOLOFF_TIME = timedelta(
+    minutes=env_float("BREAKWATER_LOGIN_COOLOFF_MINUTES", 15.0, min_value=0.1, max_value=10080)
+)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_TEMPLATE = "console/locked_out.html"
+AXES_VERBOSE = False  # no start-up banner; its log lines name only the lockout parameters
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

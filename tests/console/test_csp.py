@@ -100,8 +100,10 @@ def test_console_pages_carry_a_strict_policy_and_nothing_it_would_refuse(
     assert _refused_inline(response.content.decode()) == []
 
 
-def test_the_login_page_carries_the_policy_too(client: Client) -> None:
-    response = client.get("/admin/login/")
+@pytest.mark.parametrize("path", ["/login/", "/admin/login/"])
+def test_the_login_pages_carry_the_policy_too(client: Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
     assert "'unsafe-inline'" not in response["Content-Security-Policy"]
     assert _refused_inline(response.content.decode()) == []
 

@@ -213,6 +213,7 @@ def _visit(tools: DevTools, url: str, ready: str) -> tuple[Any, list[str], list[
     ("path", "ready"),
     [
         ("/", "document.querySelector('table.grid') !== null"),
+        ("/login/", "document.querySelector('form') !== null"),  # logged in: redirected home
         ("/admin/", "document.querySelector('#content-main') !== null"),
         ("/admin/agents/agent/", "document.querySelector('#result_list') !== null"),
         # The change form's JavaScript: collapsible fieldsets, related-object widgets.
