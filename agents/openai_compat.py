@@ -472,6 +472,10 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
         return
     engine = get_engine()
     agent = engine.config.agent(payload.model)
+    problem = engine.config.unavailable(payload.model)
+    if problem is not None and principal.may_use(payload.model):
+        await out.json(*_error(503, problem, "service_unavailable", "agent_unavailable"))
+        return
     if agent is None or not principal.may_use(payload.model):
         await out.json(
             *_error(
