@@ -251,8 +251,9 @@ def snapshot_build(version: int) -> Snapshot:
     for row in ModelDeployment.objects.filter(enabled=True).order_by("name", "id"):
         provider = provider_configs.get(row.provider_id)
         if provider is None:
-            left_out.setdefault(row.name, set()).add(providers[row.provider_id].name)
-            continue
+            if row.provider_id in providers:  # else committed after the providers were read:
+                left_out.setdefault(row.name, set()).add(providers[row.provider_id].name)
+            continue  # the version moved with it, so the next poll has both
         deployment = Deployment(
             id=row.pk,
             model=row.name,
