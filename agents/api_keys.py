@@ -15,12 +15,14 @@ from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
+from django.utils import timezone
 from ninja import Field, Query, Router, Schema, Status
 
 from agents import selectors, services
 from agents.auth import ApiKeyAuth, PermissionDenied, Principal
 from agents.engine import get_engine
 from agents.schemas import ERRORS, PageQuery, StrictSchema
+from console.errors import ValidationFailed
 
 router = Router(auth=ApiKeyAuth(), tags=["keys"])
 
@@ -106,6 +108,10 @@ async def api_key_create(request: HttpRequest, payload: ApiKeyIn) -> Status:
     """A new key; the answer's ``key`` is the only time it is shown (only its SHA-256 is
     stored). 422 names every wrong field (unknown agents, a past or offset-less expiry)."""
     principal = _admin(request)
+    expires_at = payload.expires_at
+    if expires_at is not None and expires_at.tzinfo is not None and expires_at <= timezone.now():
+        # Here, not in the service: tests and tools may make an expired key on purpose.
+        raise ValidationFailed(["expires_at: must be in the future"])
 
     def create() -> dict[str, Any]:
         created = services.api_key_create(

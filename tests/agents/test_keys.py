@@ -208,6 +208,11 @@ def test_create_api_key_without_agents_allows_all_agents(two_agents: list[Agent]
             "--expires-at: expected ISO 8601 with a UTC offset",
             id="naive-expiry",
         ),
+        pytest.param(
+            ["--scopes", "read", "--expires-at", "2001-01-01T00:00:00Z"],
+            "--expires-at: must be in the future",
+            id="past-expiry",
+        ),
     ],
 )
 def test_create_api_key_explains_what_is_wrong(
