@@ -3,13 +3,14 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 from agents.config.schema import base_url_refusal
 from agents.crypto import encrypt_secret
 from agents.models import Agent, ApiKey, Execution, ModelDeployment, Provider
+from agents.services import api_key_revoke
 from console.services import audit_record
 
 
@@ -117,12 +118,32 @@ class AgentAdmin(admin.ModelAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["name", "prefix", "scopes", "expires_at", "revoked_at", "last_used_at"]
-    readonly_fields = ["prefix", "created_at", "last_used_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    # Revocation is the audited service (the action below), not a date typed into a field.
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
     exclude = ["secret_hash"]
     search_fields = ["name", "prefix"]
+    actions = ["revoke"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are created by create_api_key / the API, which show them once
+
+    @admin.action(description="Revoke the selected API keys", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        revoked = 0
+        for key_id in list(queryset.filter(revoked_at__isnull=True).values_list("pk", flat=True)):
+            _, now = api_key_revoke(
+                key_id=key_id,
+                actor=f"user:{request.user.get_username()}",
+                reason="revoked in the admin",
+            )
+            revoked += now
+        self.message_user(
+            request,
+            f"Revoked {revoked} API key(s); every serving process refuses them within about a "
+            "second.",
+            messages.SUCCESS,
+        )
 
 
 @admin.register(Execution)

@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
+from django.core.signals import setting_changed
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -18,8 +20,12 @@ T = TypeVar("T")
 
 
 class Responder:
-    def __init__(self, send: Send) -> None:
+    """Sends one response; every response start also carries ``extra`` (the security headers
+    of :func:`security_headers`, already encoded)."""
+
+    def __init__(self, send: Send, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         self._send = send
+        self._extra = extra or []
         self.started = False
 
     async def start(self, status: int, headers: dict[str, str]) -> None:
@@ -28,7 +34,7 @@ class Responder:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()] + self._extra,
             }
         )
 
@@ -63,6 +69,81 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+# --- the security headers: what Django's middleware adds, on the lean doors too ----------------
+
+# The middleware whose only work on a response is headers. Whichever of them settings.MIDDLEWARE
+# lists is run once (per secure/insecure) on an empty response, and the headers it added are what
+# the lean doors send: Django's own code decides, from Django's settings, so the doors and
+# Django's routes cannot drift apart (tests/agents/test_asgi_common.py compares them).
+SECURITY_HEADER_MIDDLEWARE = (
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+)
+_security: dict[bool, list[tuple[bytes, bytes]]] = {}
+
+
+def security_headers(secure: bool) -> list[tuple[bytes, bytes]]:
+    """The security headers of a response to a request over HTTPS (``secure``) or not, encoded.
+    Built on first use (and again after a settings change); a dict look-up afterwards."""
+    found = _security.get(secure)
+    if found is None:
+        found = _security[secure] = _security_headers_from_django(secure)
+    return found
+
+
+def _security_headers_from_django(secure: bool) -> list[tuple[bytes, bytes]]:
+    from django.conf import settings
+    from django.http import HttpRequest, HttpResponse
+    from django.utils.module_loading import import_string
+
+    class Probe(HttpRequest):
+        def _get_scheme(self) -> str:
+            return "https" if secure else "http"
+
+    request = Probe()
+    request.method = "POST"
+    request.path = request.path_info = "/api/v1/"
+    response = HttpResponse(content_type="application/json")
+    before = {name.lower() for name in response.headers}
+    chain = [
+        import_string(dotted)(lambda request: response)
+        for dotted in settings.MIDDLEWARE
+        if dotted in SECURITY_HEADER_MIDDLEWARE
+    ]
+    for middleware in chain:
+        if hasattr(middleware, "process_request"):
+            middleware.process_request(request)  # a redirect it may answer is Django's business
+    for middleware in reversed(chain):  # responses go back up the chain
+        response = middleware.process_response(request, response)
+    return [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in response.items()
+        if name.lower() not in before
+    ]
+
+
+def _forget_security_headers(**kwargs: object) -> None:
+    _security.clear()
+
+
+setting_changed.connect(_forget_security_headers, dispatch_uid="bw-lean-security-headers")
+
+
+def is_secure(scope: Scope) -> bool:
+    """``HttpRequest.is_secure()`` for an ASGI scope, ``SECURE_PROXY_SSL_HEADER`` included
+    (a repeated header counts by its first value, as Django's joined one does)."""
+    from django.conf import settings
+
+    proxy = settings.SECURE_PROXY_SSL_HEADER
+    if proxy:
+        meta_name, secure_value = proxy
+        value = header(scope, meta_name.removeprefix("HTTP_").lower().replace("_", "-").encode())
+        if value is not None:
+            return value.split(",", 1)[0].strip() == secure_value
+    return bool(scope.get("scheme") == "https")
 
 
 def header(scope: Scope, name: bytes) -> str | None:

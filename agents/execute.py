@@ -19,6 +19,7 @@ from agents.auth import Principal
 from agents.disclosure import render_execution, sees_provider_text
 from agents.engine import get_engine
 from agents.idempotency import run_idempotently
+from agents.live_config import AgentUnavailable
 from agents.runtime.types import AgentConfig, ExecutionRequest, Message
 from agents.schemas import ExecuteIn
 from console.errors import NotFound, ServiceUnavailable, ValidationFailed
@@ -35,10 +36,15 @@ def execute_messages(payload: ExecuteIn) -> tuple[Message, ...]:
 
 def executable_agent(principal: Principal, name: str, payload: ExecuteIn) -> AgentConfig:
     """The agent ``principal`` may run now with ``payload``, or the refusal: 403 without the
-    execute scope, 404 for an agent it may not see, 422 for ``max_tokens`` over the agent's cap.
+    execute scope, 404 for an agent it may not see, 503 for one that cannot run with this
+    process's configuration (a provider's key does not decrypt), 422 for ``max_tokens`` over the
+    agent's cap.
     The checks every execute and enqueue request passes before anything is reserved or stored."""
     principal.require("execute")
-    agent = get_engine().config.agent(name)
+    config = get_engine().config
+    agent = config.agent(name)
+    if principal.may_use(name) and (problem := config.unavailable(name)) is not None:
+        raise AgentUnavailable(problem)  # 503: it exists, but cannot run here now
     if agent is None or not principal.may_use(name):
         raise NotFound(f"agent {name!r} does not exist")
     if payload.max_tokens is not None and payload.max_tokens > agent.max_tokens:

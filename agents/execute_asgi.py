@@ -16,7 +16,9 @@ by construction rather than by copy:
   ``{"error": {"type", "message"}}`` body, status and headers (``WWW-Authenticate`` on 401);
 * the checks run in the route's order: key (401), body size (413), JSON (400), schema (422),
   then scope (403), agent (404), ``max_tokens`` cap (422) and ``Idempotency-Key`` (409/422);
-* what Django's middleware would add is added: the security headers and ``Content-Length``.
+* what Django's middleware would add is added: the security headers (one source for both lean
+  doors, ``agents.asgi_common.security_headers``, built by Django's own middleware) and
+  ``Content-Length``.
   A request that middleware would answer itself (a host outside ``ALLOWED_HOSTS``, plain HTTP
   when HTTPS is required, a script prefix, a query string that is not UTF-8) goes to Django.
 
@@ -42,7 +44,16 @@ from ninja.errors import AuthenticationError, ValidationErrorContext
 from ninja.responses import NinjaJSONEncoder
 from pydantic import ValidationError
 
-from agents.asgi_common import Receive, Responder, Scope, Send, read_body, until_done_or_disconnect
+from agents.asgi_common import (
+    Receive,
+    Responder,
+    Scope,
+    Send,
+    is_secure,
+    read_body,
+    security_headers,
+    until_done_or_disconnect,
+)
 from agents.auth import Principal, principal_for
 from agents.execute import execute_now
 from agents.schemas import ExecuteIn, ExecutionOut
@@ -94,17 +105,6 @@ def _headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
-def _is_secure(scope: Scope, headers: dict[bytes, str]) -> bool:
-    """``HttpRequest.is_secure()``, with ``SECURE_PROXY_SSL_HEADER``."""
-    proxy = settings.SECURE_PROXY_SSL_HEADER
-    if proxy:
-        meta_name, secure_value = proxy
-        value = headers.get(meta_name.removeprefix("HTTP_").lower().replace("_", "-").encode())
-        if value is not None:
-            return value.split(",", 1)[0].strip() == secure_value
-    return bool(scope.get("scheme") == "https")
-
-
 def _django_answers_itself(scope: Scope, headers: dict[bytes, str], secure: bool) -> bool:
     """Requests Django (or its middleware) answers before the route: leave them to it."""
     if scope.get("root_path") or settings.FORCE_SCRIPT_NAME or settings.USE_X_FORWARDED_HOST:
@@ -127,35 +127,9 @@ def _django_answers_itself(scope: Scope, headers: dict[bytes, str], secure: bool
     return not (domain and validate_host(domain, allowed))  # CommonMiddleware: 400
 
 
-def _response_headers(secure: bool) -> dict[str, str]:
-    """What SecurityMiddleware and XFrameOptionsMiddleware add to an API response."""
-    added: dict[str, str] = {}
-    if settings.SECURE_HSTS_SECONDS and secure:
-        sts = f"max-age={settings.SECURE_HSTS_SECONDS}"
-        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
-            sts += "; includeSubDomains"
-        if settings.SECURE_HSTS_PRELOAD:
-            sts += "; preload"
-        added["strict-transport-security"] = sts
-    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
-        added["x-content-type-options"] = "nosniff"
-    policy = settings.SECURE_REFERRER_POLICY
-    if policy:
-        added["referrer-policy"] = ",".join(
-            [v.strip() for v in policy.split(",")] if isinstance(policy, str) else policy
-        )
-    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
-        added["cross-origin-opener-policy"] = settings.SECURE_CROSS_ORIGIN_OPENER_POLICY
-    added["x-frame-options"] = settings.X_FRAME_OPTIONS.upper()
-    return added
-
-
-async def _answer(
-    out: Responder, status: int, body: bytes, headers: dict[str, str], secure: bool
-) -> None:
-    await out.start(
-        status, {**headers, **_response_headers(secure), "content-length": str(len(body))}
-    )
+async def _answer(out: Responder, status: int, body: bytes, headers: dict[str, str]) -> None:
+    # The security headers come with ``out`` (asgi_common.security_headers).
+    await out.start(status, {**headers, "content-length": str(len(body))})
     await out.body(body)
 
 
@@ -168,11 +142,11 @@ def _result_body(result: dict[str, object]) -> bytes:
     return json.dumps(data, cls=NinjaJSONEncoder).encode()
 
 
-async def _refuse(out: Responder, scope: Scope, raw: bytes, exc: Exception, secure: bool) -> None:
+async def _refuse(out: Responder, scope: Scope, raw: bytes, exc: Exception) -> None:
     """Render ``exc`` with the API's exception handlers (``console/api.py``)."""
     response = api.on_exception(ASGIRequest(scope, io.BytesIO(raw)), exc)
     headers = {name.lower(): value for name, value in response.items()}
-    await _answer(out, response.status_code, response.content, headers, secure)
+    await _answer(out, response.status_code, response.content, headers)
 
 
 async def _authenticate(headers: dict[bytes, str]) -> Principal | None:
@@ -196,11 +170,12 @@ def lean_app(fallback: Any) -> Any:
             await fallback(scope, receive, send)
             return
         headers = _headers(scope)
-        secure = _is_secure(scope, headers)
+        secure = is_secure(scope)
         if _django_answers_itself(scope, headers, secure):
             await fallback(scope, receive, send)
             return
-        await _execute(scope, receive, Responder(send), match.group(1), headers, secure)
+        out = Responder(send, security_headers(secure))
+        await _execute(scope, receive, out, match.group(1), headers)
 
     return app
 
@@ -211,7 +186,6 @@ async def _execute(
     out: Responder,
     name: str,
     headers: dict[bytes, str],
-    secure: bool,
 ) -> None:
     raw = b""
     try:
@@ -249,6 +223,6 @@ async def _execute(
             return  # the client left: the execution was cancelled and settled
         answer = _result_body(result)
     except Exception as exc:  # rendered exactly as the route renders it
-        await _refuse(out, scope, raw, exc, secure)
+        await _refuse(out, scope, raw, exc)
         return
-    await _answer(out, 200, answer, _JSON, secure)
+    await _answer(out, 200, answer, _JSON)

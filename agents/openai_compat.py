@@ -35,7 +35,7 @@ import orjson
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agents.asgi_common import Receive, Scope, Send
+from agents.asgi_common import Receive, Scope, Send, is_secure, security_headers
 from agents.asgi_common import Responder as _Responder
 from agents.asgi_common import header as _header
 from agents.asgi_common import read_body as _read_body
@@ -461,7 +461,7 @@ async def _authenticate(scope: Scope) -> Principal | None:
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """ASGI entry for ``/v1/...``."""
-    out = _Responder(send)
+    out = _Responder(send, security_headers(is_secure(scope)))  # the headers Django sends
     path = scope["path"]
     method = scope["method"]
     principal = await _authenticate(scope)
@@ -517,6 +517,10 @@ async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Resp
         return
     engine = get_engine()
     agent = engine.config.agent(payload.model)
+    problem = engine.config.unavailable(payload.model)
+    if problem is not None and principal.may_use(payload.model):
+        await out.json(*_error(503, problem, "service_unavailable", "agent_unavailable"))
+        return
     if agent is None or not principal.may_use(payload.model):
         await out.json(
             *_error(

@@ -219,7 +219,7 @@ class ErrorOut(Schema):
 # Declared on every operation, so the OpenAPI document shows the error format and every status
 # the API may answer with: 400 a body that is not JSON, 401 no valid key, 403 a missing scope,
 # 404 an unknown (or hidden) object, 409 a conflict, 413 a body over the size limit, 422 invalid
-# input.
+# input, 503 something it needs is unavailable (e.g. an agent whose provider key does not decrypt).
 ERRORS: dict[int, type[Schema]] = {
     400: ErrorOut,
     401: ErrorOut,
@@ -228,6 +228,7 @@ ERRORS: dict[int, type[Schema]] = {
     409: ErrorOut,
     413: ErrorOut,
     422: ErrorOut,
+    503: ErrorOut,
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db.models import Q
 
-from agents.models import Agent, Execution, ModelDeployment
+from agents.models import Agent, ApiKey, Execution, ModelDeployment
 from agents.runtime.state import BreakerConfig
 from budgets.models import Budget, BudgetScope, BudgetWindow
 from console.errors import ValidationFailed
@@ -298,4 +298,45 @@ def execution_page(
     return {
         "items": [execution_out(row) for row in page],
         "next": cursor_encode(page[-1].created_at.isoformat(), str(page[-1].id)) if more else None,
+    }
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+def api_key_out(key: ApiKey) -> dict[str, Any]:
+    """A key as the API shows it: everything but its hash (the plaintext is never stored)."""
+    return {
+        "id": key.pk,
+        "prefix": key.prefix,
+        "name": key.name,
+        "scopes": key.scopes.split(","),
+        # Prefetched by api_key_page; sorted here so that one query serves the whole page.
+        "agents": sorted(agent.name for agent in key.agents.all()),
+        "rate_limit_rpm": key.rate_limit_rpm,
+        "rate_limit_tpm": key.rate_limit_tpm,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+        "last_used_at": key.last_used_at,
+        "created_at": key.created_at,
+    }
+
+
+def api_key_page(*, after: str | None, limit: int) -> dict[str, Any]:
+    """Every key, revoked and expired ones included, newest first; keyset-paginated on
+    ``(created_at, id)``. Two queries per page (the keys, their allowed agents)."""
+    rows = ApiKey.objects.order_by("-created_at", "-id").prefetch_related("agents")
+    if after is not None:
+        at, ident = _time_cursor(after)
+        if not (ident.isascii() and ident.isdigit() and len(ident) <= 18):
+            raise ValidationFailed(["after: invalid cursor"])
+        rows = rows.filter(created_at__lte=at).filter(
+            Q(created_at__lt=at) | Q(created_at=at, id__lt=int(ident))
+        )
+    page = list(rows[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "items": [api_key_out(key) for key in page],
+        "next": cursor_encode(page[-1].created_at.isoformat(), str(page[-1].pk)) if more else None,
     }

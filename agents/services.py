@@ -11,6 +11,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.db.models import Count
+from django.utils import timezone
 
 from agents.crypto import SecretUnavailable, encrypt_secret, rotate_secret
 from agents.keys import generate_key
@@ -20,11 +21,16 @@ from budgets.models import Budget, BudgetScope, BudgetWindow
 from console.errors import Conflict, NotFound, ValidationFailed
 from console.services import audit_record
 
+# --- API keys (the API, the CLI and the admin all come here) ---------------------------------
+
 
 @dataclass(frozen=True)
 class CreatedKey:
     api_key: ApiKey
     plaintext: str  # shown once, never stored
+
+
+MAX_KEY_AGENTS = 1000
 
 
 def api_key_create(
@@ -36,17 +42,24 @@ def api_key_create(
     rate_limit_rpm: int | None = None,
     rate_limit_tpm: int | None = None,
     actor: str = "system",
+    request_id: str = "",
 ) -> CreatedKey:
+    """A new key; its plaintext is in the answer only (the database keeps its SHA-256). Audited;
+    every serving process knows it within about a second (the config version moves)."""
     requested = set(scopes)  # read once: ``scopes`` may be a one-shot iterator
     errors = []
     if not name.strip():
         errors.append("name: must not be empty")
+    elif len(name.strip()) > 100:
+        errors.append("name: must be at most 100 characters")
     for field_name, value in (
         ("rate_limit_rpm", rate_limit_rpm),
         ("rate_limit_tpm", rate_limit_tpm),
     ):
         if value is not None and not 1 <= value <= 2_147_483_647:
             errors.append(f"{field_name}: must be between 1 and 2147483647")
+    if expires_at is not None and expires_at.tzinfo is None:
+        errors.append("expires_at: must include a UTC offset")
     unknown = sorted(requested - set(Scope.values))
     if unknown:
         errors.append(f"scopes: unknown scope {unknown[0]!r}; expected {', '.join(Scope.values)}")
@@ -54,6 +67,9 @@ def api_key_create(
         errors.append("scopes: at least one scope is required")
     scope_list = [scope for scope in Scope.values if scope in requested]  # canonical order
     agent_names = sorted(set(agents))
+    if len(agent_names) > MAX_KEY_AGENTS:
+        errors.append(f"agents: at most {MAX_KEY_AGENTS} agents")
+        agent_names = []
     found = list(Agent.objects.filter(name__in=agent_names))
     missing = sorted(set(agent_names) - {agent.name for agent in found})
     if missing:
@@ -78,9 +94,63 @@ def api_key_create(
             action="apikey_create",
             target_type="apikey",
             target_id=key.prefix,
-            after={"name": key.name, "scopes": scope_list, "agents": agent_names},
+            after=_key_state(key, agent_names),
+            request_id=request_id,
         )
     return CreatedKey(api_key=key, plaintext=new.plaintext)
+
+
+def _key_state(key: ApiKey, agents: list[str]) -> dict[str, Any]:
+    """What the audit trail keeps of a key (never its hash)."""
+    return {
+        "id": key.pk,
+        "name": key.name,
+        "scopes": key.scopes.split(","),
+        "agents": agents,
+        "expires_at": key.expires_at,
+        "rate_limit_rpm": key.rate_limit_rpm,
+        "rate_limit_tpm": key.rate_limit_tpm,
+        "revoked_at": key.revoked_at,
+    }
+
+
+def api_key_revoke(
+    *,
+    key_id: int | None = None,
+    prefix: str | None = None,
+    actor: str,
+    reason: str = "",
+    request_id: str = "",
+) -> tuple[ApiKey, bool]:
+    """Revoke the key with ``key_id`` (or ``prefix``): ``(key, revoked now)``.
+
+    The row and its audit event are one transaction, which also moves the config version
+    (``agents.live_config`` signals): every serving process drops the key at its next poll,
+    within about a second. Revoking a revoked key changes nothing and audits nothing."""
+    if (key_id is None) == (prefix is None):
+        raise ValueError("give key_id or prefix")
+    with transaction.atomic():
+        rows = ApiKey.objects.select_for_update()
+        key = (rows.filter(pk=key_id) if key_id is not None else rows.filter(prefix=prefix)).first()
+        if key is None:
+            raise NotFound(f"API key {key_id if key_id is not None else prefix!r} does not exist")
+        if key.revoked_at is not None:
+            return key, False
+        agents = sorted(key.agents.values_list("name", flat=True))
+        before = _key_state(key, agents)
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit_record(
+            actor=actor,
+            action="apikey_revoke",
+            target_type="apikey",
+            target_id=key.prefix,
+            before=before,
+            after=_key_state(key, agents),
+            reason=reason,
+            request_id=request_id,
+        )
+    return key, True
 
 
 def provider_secret_set(*, provider_name: str, secret: str, actor: str = "system") -> Provider:
@@ -306,9 +376,6 @@ def apikeys_revoke_orphaned_by(*, agent: Agent, actor: str = "system") -> int:
 
     An empty allow-list means "every agent", so deleting a key's last allowed agent would
     silently widen the key to all agents. Such keys are revoked instead (fail closed)."""
-    from django.db.models import Count
-    from django.utils import timezone
-
     revoked = 0
     # Count over each key's whole allow-list (filtering the join by agent first would count 1).
     candidates = (
@@ -318,15 +385,11 @@ def apikeys_revoke_orphaned_by(*, agent: Agent, actor: str = "system") -> int:
         .annotate(allowed=Count("agents"))
         .filter(allowed=1)
     )
-    for key in candidates:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-        audit_record(
+    for key_id in list(candidates.values_list("pk", flat=True)):
+        _, now = api_key_revoke(
+            key_id=key_id,
             actor=actor,
-            action="apikey_revoke",
-            target_type="apikey",
-            target_id=key.prefix,
             reason=f"its only allowed agent {agent.name!r} was deleted",
         )
-        revoked += 1
+        revoked += now
     return revoked

@@ -178,11 +178,13 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 def _mount() -> None:
     from agents.api import router as agents_router
     from agents.api_async import router as agents_async_router
+    from agents.api_keys import router as keys_router
     from budgets.api import router as budgets_router
     from incidents.api import router as incidents_router
 
     api.add_router("/", agents_router)
     api.add_router("/", agents_async_router)
+    api.add_router("/", keys_router)
     api.add_router("/", budgets_router)
     api.add_router("/", incidents_router)
 

@@ -10,5 +10,7 @@ class ConsoleConfig(AppConfig):
 
     def ready(self) -> None:
         from console.db import on_post_migrate
+        from console.login_throttle import connect_signals
 
         post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="bw-append-only")
+        connect_signals()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
@@ -62,6 +64,19 @@ BREAKWATER_ENCRYPTION_KEYS = env_list("BREAKWATER_ENCRYPTION_KEYS", [])
 # --- Limits ------------------------------------------------------------------------------
 BREAKWATER_MAX_BODY_BYTES = env_int("BREAKWATER_MAX_BODY_BYTES", 1 << 20, min_value=1024)
 BREAKWATER_REQUIRE_SERVICES = env_bool("BREAKWATER_REQUIRE_SERVICES", False)
+# Slow clients (`manage.py serve`, console/http_protocol.py): a request's headers must arrive
+# within HEADER_TIMEOUT of its first byte (or of the connection opening), its whole body within
+# BODY_TIMEOUT of the headers; past MAX_CONNECTIONS open connections per process, requests are
+# answered 503.
+BREAKWATER_HEADER_TIMEOUT_S = env_float(
+    "BREAKWATER_HEADER_TIMEOUT_S", 10.0, min_value=0.1, max_value=600
+)
+BREAKWATER_BODY_TIMEOUT_S = env_float(
+    "BREAKWATER_BODY_TIMEOUT_S", 10.0, min_value=0.1, max_value=3600
+)
+BREAKWATER_MAX_CONNECTIONS = env_int(
+    "BREAKWATER_MAX_CONNECTIONS", 1000, min_value=1, max_value=1_000_000
+)
 BREAKWATER_STALE_EXECUTION_S = env_int(
     "BREAKWATER_STALE_EXECUTION_S", 3900, min_value=60
 )  # > the longest agent deadline (3600 s)
@@ -114,6 +129,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "channels",
+    "csp",
+    "axes",
+    # Not for models: with it installed, /api/v1/docs serves Swagger UI from our static files
+    # with its init script in a file (ninja's CDN page has an inline script the CSP refuses).
+    "ninja",
     "console",
     "agents",
     "budgets",
@@ -124,6 +144,7 @@ if DEBUG:
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -131,6 +152,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into the lockout page (429)
 ]
 
 ROOT_URLCONF = "console.urls"
@@ -147,6 +169,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",  # {{ CSP_NONCE }} for a script that needs one
             ],
         },
     },
@@ -231,8 +254,29 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+# Login throttling (django-axes), for every login form (the console's /login/ and the admin's):
+# 5 failures for one username from one IP address lock that pair out for 15 minutes, counted
+# from the failure that locked it (tries during the cool-off do not extend it). Other usernames
+# from that address, and that username from elsewhere, are not affected. A success resets the
+# count. Each lockout is audited (console/login_throttle.py). The client address is the
+# connection's (behind BREAKWATER_BEHIND_PROXY, `serve` takes it from X-Forwarded-For).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair before any check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("BREAKWATER_LOGIN_FAILURE_LIMIT", 5, min_value=1, max_value=1000)
+AXES_COOLOFF_TIME = timedelta(
+    minutes=env_float("BREAKWATER_LOGIN_COOLOFF_MINUTES", 15.0, min_value=0.1, max_value=10080)
+)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_TEMPLATE = "console/locked_out.html"
+AXES_VERBOSE = False  # no start-up banner; its log lines name only the lockout parameters
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -267,6 +311,26 @@ CSRF_COOKIE_HTTPONLY = False  # htmx reads it to send X-CSRFToken
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy (django-csp) on every Django response; the lean doors send the same
+# (agents/asgi_common.security_headers). Scripts and styles come from our own static files only:
+# no inline script or style, no eval. A script that must be inline carries
+# nonce="{{ CSP_NONCE }}" (the nonce is made, and added to the header, only when used).
+# data: images are Swagger UI's icons (/api/v1/docs).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+        "upgrade-insecure-requests": BREAKWATER_HTTPS,
+    }
+}
 
 # --- Logging -----------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

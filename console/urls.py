@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from console import metrics_view, views
@@ -10,6 +11,15 @@ from console.api import api
 
 urlpatterns = [
     path("", views.home, name="home"),
+    # Django's auth views (CONTRACT "Console"); django-axes throttles every login form.
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            template_name="console/login.html", redirect_authenticated_user=True
+        ),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("metrics", metrics_view.metrics, name="metrics"),

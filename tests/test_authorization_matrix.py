@@ -62,6 +62,7 @@ class World:
     deployment: int
     helper_budget: int
     incident: int
+    key: int  # a key nobody here authenticates with (the producer's): revoking it is harmless
 
 
 def _setup() -> World:
@@ -100,6 +101,7 @@ def _setup() -> World:
         deployment=ModelDeployment.objects.get(name="m").pk,
         helper_budget=Budget.objects.get(agent__name="helper").pk,
         incident=incident.pk,
+        key=producer.api_key.pk,
     )
 
 
@@ -261,7 +263,7 @@ def _row(
     path: Callable[[World, str], str] | None = None,
 ) -> Row:
     """``expected`` in PERSONAS order; ``template`` names what it targets as {agent} (helper),
-    {execution} (another key's), {deployment}, {helper-budget}, {incident}."""
+    {execution} (another key's), {deployment}, {helper-budget}, {incident}, {key}."""
     values = dict(zip(PERSONAS, expected, strict=True))
 
     def fill(world: World, persona: str) -> str:
@@ -271,6 +273,7 @@ def _row(
             .replace("{deployment}", str(world.deployment))
             .replace("{helper-budget}", str(world.helper_budget))
             .replace("{incident}", str(world.incident))
+            .replace("{key}", str(world.key))
         )
 
     return Row(name, method, path or fill, _template(template), values, body)
@@ -308,6 +311,11 @@ ROWS = [
     _row("declare incident", "POST", "/api/v1/incidents", (CREATED, CREATED, DENIED, DENIED, INVALID, N), {"title": "x", "agent": "helper"}),
     _row("incident", "GET", "/api/v1/incidents/{incident}", (OK, OK, OK, DENIED, HIDDEN, N)),
     _row("change incident", "PATCH", "/api/v1/incidents/{incident}", (OK, OK, DENIED, DENIED, HIDDEN, N), {"comment": "looking"}),
+    # Keys are managed by an unrestricted admin key only: a restricted one could mint itself an
+    # unrestricted key.
+    _row("keys", "GET", "/api/v1/keys", (OK, DENIED, DENIED, DENIED, DENIED, N)),
+    _row("create key", "POST", "/api/v1/keys", (CREATED, DENIED, DENIED, DENIED, DENIED, N), {"name": "new", "scopes": ["read"]}),
+    _row("revoke key", "POST", "/api/v1/keys/{key}/revoke", (OK, DENIED, DENIED, DENIED, DENIED, N), {"reason": "drill"}),
     _row("chat completions", "POST", "/v1/chat/completions", (OK, DENIED, DENIED, OK, HIDDEN, N), CHAT),
     _row("models", "GET", "/v1/models", (OK, OK, OK, OK, OK, N)),
     _row("metrics", "GET", "/metrics", (OK, OK, OK, OK, OK, OK)),

@@ -194,6 +194,34 @@ def test_the_api_key_admin_hides_the_hash_and_cannot_add_keys(admin_client: Clie
     assert admin_client.get("/admin/agents/apikey/add/").status_code == 403
 
 
+def test_the_api_key_admin_revokes_through_the_audited_service(admin_client: Client) -> None:
+    from agents.services import api_key_create
+
+    keep = api_key_create(name="keep", scopes=["read"]).api_key
+    leak = api_key_create(name="leak", scopes=["read"]).api_key
+    response = admin_client.post(
+        "/admin/agents/apikey/",
+        {"action": "revoke", "_selected_action": [leak.pk]},
+        follow=True,
+    )
+    assert "Revoked 1 API key(s)" in response.content.decode()
+    leak.refresh_from_db()
+    keep.refresh_from_db()
+    assert leak.revoked_at is not None
+    assert keep.revoked_at is None
+    event = AuditEvent.objects.get(action="apikey_revoke")
+    assert (event.actor, event.target_id) == ("user:admin", leak.prefix)
+    assert event.reason == "revoked in the admin"
+
+
+def test_the_api_key_admin_does_not_take_a_typed_revocation_date(admin_client: Client) -> None:
+    from agents.services import api_key_create
+
+    key = api_key_create(name="k", scopes=["read"]).api_key
+    page = admin_client.get(f"/admin/agents/apikey/{key.pk}/change/").content.decode()
+    assert 'name="revoked_at' not in page  # read-only: revoking is the audited action
+
+
 def test_executions_are_read_only_in_the_admin(admin_client: Client) -> None:
     execution = Execution.objects.create(agent_name="support", status="succeeded")
     url = f"/admin/agents/execution/{execution.pk}/change/"

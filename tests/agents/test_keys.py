@@ -167,7 +167,16 @@ def test_create_api_key_audits_the_creation_without_the_key(two_agents: list[Age
     event = AuditEvent.objects.get(action="apikey_create")
     assert event.actor == "system:create_api_key"
     assert event.target_id == prefix_of(out.strip())
-    assert event.after == {"name": "ci", "scopes": ["read", "execute"], "agents": ["a", "b"]}
+    assert event.after == {
+        "id": ApiKey.objects.get().pk,
+        "name": "ci",
+        "scopes": ["read", "execute"],
+        "agents": ["a", "b"],
+        "expires_at": None,
+        "rate_limit_rpm": None,
+        "rate_limit_tpm": None,
+        "revoked_at": None,
+    }
 
 
 @pytest.mark.django_db
@@ -199,6 +208,11 @@ def test_create_api_key_without_agents_allows_all_agents(two_agents: list[Agent]
             "--expires-at: expected ISO 8601 with a UTC offset",
             id="naive-expiry",
         ),
+        pytest.param(
+            ["--scopes", "read", "--expires-at", "2001-01-01T00:00:00Z"],
+            "--expires-at: must be in the future",
+            id="past-expiry",
+        ),
     ],
 )
 def test_create_api_key_explains_what_is_wrong(
@@ -226,3 +240,73 @@ def test_create_api_key_accepts_an_expiry_with_an_offset() -> None:
     expires_at = ApiKey.objects.get().expires_at
     assert expires_at is not None
     assert expires_at.isoformat() == "2030-01-01T00:00:00+00:00"
+
+
+# --- revoke_api_key ------------------------------------------------------------------------
+
+
+def _revoke_api_key(*args: str) -> str:
+    out = io.StringIO()
+    call_command("revoke_api_key", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_revoke_api_key_revokes_by_prefix_and_audits_it(two_agents: list[Agent]) -> None:
+    out, _ = _create_api_key("--name", "leaky", "--scopes", "execute", "--agents", "a")
+    prefix = prefix_of(out.strip())
+    printed = _revoke_api_key(prefix, "--reason", "found in a log")
+    assert f"Revoked {prefix} (leaky)" in printed
+    key = ApiKey.objects.get()
+    assert key.revoked_at is not None
+    event = AuditEvent.objects.get(action="apikey_revoke")
+    assert event.actor == "system:revoke_api_key"
+    assert (event.target_type, event.target_id) == ("apikey", prefix)
+    assert event.reason == "found in a log"
+    assert event.before is not None
+    assert event.after is not None
+    assert event.before["revoked_at"] is None
+    assert event.after["revoked_at"] == key.revoked_at.isoformat()
+    assert event.after["agents"] == ["a"]
+
+
+@pytest.mark.django_db
+def test_revoke_api_key_moves_the_config_version_every_process_polls() -> None:
+    from agents.live_config import config_version_current
+
+    out, _ = _create_api_key("--name", "k", "--scopes", "read")
+    before = config_version_current()
+    _revoke_api_key(prefix_of(out.strip()))
+    assert config_version_current() > before
+
+
+@pytest.mark.django_db
+def test_revoke_api_key_takes_the_whole_key_too() -> None:
+    out, _ = _create_api_key("--name", "k", "--scopes", "read")
+    printed = _revoke_api_key(out.strip())
+    assert "Revoked" in printed
+    assert out.strip() not in printed  # the secret is not echoed
+    assert ApiKey.objects.get().revoked_at is not None
+
+
+@pytest.mark.django_db
+def test_revoking_a_revoked_key_says_so_and_audits_nothing_more() -> None:
+    out, _ = _create_api_key("--name", "k", "--scopes", "read")
+    _revoke_api_key(prefix_of(out.strip()))
+    again = _revoke_api_key(prefix_of(out.strip()))
+    assert "already revoked" in again
+    assert AuditEvent.objects.filter(action="apikey_revoke").count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("bw_nothere", "no API key has the prefix 'bw_nothere'"),
+        ("sk-something", "PREFIX: expected bw_ followed by 8 characters"),
+    ],
+)
+def test_revoke_api_key_explains_an_unknown_prefix(given: str, message: str) -> None:
+    with pytest.raises(CommandError) as info:
+        _revoke_api_key(given)
+    assert message in str(info.value)

@@ -38,7 +38,7 @@ from schemathesis.python import asgi as schemathesis_asgi
 from agents import engine as engine_module
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
-from agents.models import Execution, ModelDeployment
+from agents.models import ApiKey, Execution, ModelDeployment
 from agents.services import api_key_create
 from budgets.models import Budget
 from console.embedded import EmbeddedWorker
@@ -77,6 +77,7 @@ budgets:
 DEPLOYMENTS = [1, 2]
 BUDGETS = [1, 2, 3, 4, 5]  # main, spare, global daily and monthly, the key's
 INCIDENTS = [1, 2]
+KEYS = [2]  # a spare key: revoking the admin key (1) would leave the rest of the run at 401
 FINISHED = ["00000000-0000-4000-8000-00000000f001", "00000000-0000-4000-8000-00000000f002"]
 QUEUED = ["00000000-0000-4000-8000-00000000c001", "00000000-0000-4000-8000-00000000c002"]
 RUNNING = ["00000000-0000-4000-8000-00000000a001"]
@@ -85,6 +86,7 @@ RUNNING = ["00000000-0000-4000-8000-00000000a001"]
 def _seed() -> str:
     """The world every operation's test starts from; returns the admin key."""
     created = api_key_create(name="fuzz-admin", scopes=["admin"])
+    api_key_create(name="fuzz-spare", scopes=["read"], agents=[])
     config_apply(
         document=config_parse(
             DOCUMENT
@@ -168,6 +170,8 @@ def _seed() -> str:
     assert sorted(ModelDeployment.objects.values_list("pk", flat=True)) == DEPLOYMENTS
     assert sorted(Budget.objects.values_list("pk", flat=True)) == BUDGETS
     assert sorted(Incident.objects.values_list("pk", flat=True)) == INCIDENTS
+    assert created.api_key.pk == 1
+    assert sorted(ApiKey.objects.values_list("pk", flat=True)) == [1, *KEYS]
     return created.plaintext
 
 
@@ -275,6 +279,7 @@ CONFIG = schemathesis.Config.from_dict(
             "deployments": {"values": DEPLOYMENTS},
             "budgets": {"values": BUDGETS},
             "incidents": {"values": INCIDENTS},
+            "keys": {"values": KEYS},
             "executions": {"values": FINISHED + QUEUED + RUNNING},
             "cancellable": {"values": QUEUED + RUNNING},
         },
@@ -283,6 +288,7 @@ CONFIG = schemathesis.Config.from_dict(
             "path.deployment_id": {"dictionary": "deployments", "probability": 0.8},
             "path.budget_id": {"dictionary": "budgets", "probability": 0.8},
             "path.incident_id": {"dictionary": "incidents", "probability": 0.8},
+            "path.key_id": {"dictionary": "keys", "probability": 0.8},
             "path.execution_id": {"dictionary": "executions", "probability": 0.8},
             "query.agent": {"dictionary": "agents", "probability": 0.5},
             # Agent and incident bodies that name real models and agents get past "unknown".
@@ -290,6 +296,7 @@ CONFIG = schemathesis.Config.from_dict(
             "body.cheap_model": {"dictionary": "models", "probability": 0.5},
             "body.fallback_models[*]": {"dictionary": "models", "probability": 0.5},
             "body.agent": {"dictionary": "agents", "probability": 0.8},
+            "body.agents[*]": {"dictionary": "agents", "probability": 0.5},
             # Now and then, text that SQLite stores and PostgreSQL refuses (and friends), in
             # the fields that end up in a text or jsonb column.
             **{

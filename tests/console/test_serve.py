@@ -192,11 +192,11 @@ def test_serve_stops_cleanly_on_a_signal_leaving_nothing_behind(
 def test_serve_sends_anonymous_visitors_to_log_in(shared_server: Server) -> None:
     status, location = _get(f"{shared_server.url}/")
     assert status == 302
-    assert location == "/admin/login/?next=/"
+    assert location == "/login/?next=/"
 
 
 def test_serve_renders_the_login_page_on_a_fresh_install(shared_server: Server) -> None:
-    status, body = _get(f"{shared_server.url}/admin/login/")
+    status, body = _get(f"{shared_server.url}/login/")
     assert status == 200
     assert "csrfmiddlewaretoken" in body
     # And the stylesheet the console pages link to is served, without `collectstatic`.

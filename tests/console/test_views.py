@@ -115,7 +115,7 @@ def test_the_database_probe_recovers_after_its_connection_breaks(postgres: None)
 def test_the_home_page_sends_anonymous_visitors_to_log_in(client: Client) -> None:
     response = client.get("/")
     assert response.status_code == 302
-    assert response["Location"] == "/admin/login/?next=/"
+    assert response["Location"] == "/login/?next=/"
 
 
 @pytest.mark.django_db

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from agents.services import api_key_create
@@ -34,6 +35,8 @@ class Command(BaseCommand):
             expires_at = parse_datetime(options["expires_at"])
             if expires_at is None or expires_at.tzinfo is None:
                 raise CommandError("--expires-at: expected ISO 8601 with a UTC offset")
+            if expires_at <= timezone.now():
+                raise CommandError("--expires-at: must be in the future")
         try:
             created = api_key_create(
                 name=options["name"],

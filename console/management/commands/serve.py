@@ -46,12 +46,21 @@ class Command(BaseCommand):
         if not 0 < options["port"] < 65536:
             self.stderr.write(f"--port: must be between 1 and 65535, got {options['port']}")
             raise SystemExit(2)
+        from console.http_protocol import protocol_with_deadlines
+
         config = uvicorn.Config(
             "console.asgi:application",
             host=options["host"],
             port=options["port"],
             loop="uvloop",
-            http="httptools",
+            # httptools with header and body read deadlines (slow clients are cut off).
+            http=protocol_with_deadlines(
+                header_timeout_s=settings.BREAKWATER_HEADER_TIMEOUT_S,
+                body_timeout_s=settings.BREAKWATER_BODY_TIMEOUT_S,
+            ),
+            # Past this many open connections (sockets, websockets included) a request is
+            # answered 503; the deadlines above free the slots that slow clients hold.
+            limit_concurrency=settings.BREAKWATER_MAX_CONNECTIONS,
             ws="websockets-sansio",
             lifespan="off",
             access_log=options["access_log"],
