@@ -51,7 +51,6 @@ from agents.schemas import (
     BreakerActionIn,
     BreakerOut,
     DeploymentListOut,
-    ErrorOut,
     ExecuteIn,
     ExecutionDetailOut,
     ExecutionListOut,
@@ -96,8 +95,7 @@ async def _reload_config() -> None:
 
 @router.post(
     "/agents/{name}/execute",
-    # 503: the shared state or the journal did not answer (nothing was admitted; Retry-After).
-    response={200: ExecutionOut, **ERRORS, 503: ErrorOut},
+    response={200: ExecutionOut, **ERRORS},
     summary="Run an agent now",
     tags=["executions"],
 )

@@ -394,7 +394,20 @@ def result_error(result: ExecutionResult, *, full: bool) -> tuple[int, bytes, di
             result.fallback_reason or "llm_error", _DEGRADED["llm_error"]
         )
         if status == 429:
-            headers["retry-after"] = str(max(1, math.ceil(result.retry_after or 1)))
+            wait = result.retry_after or 1.0
+            if not math.isfinite(wait):
+                # More tokens than the tokens-per-minute limit admits in any minute: waiting
+                # cannot help, so it is the request's fault, not a rate to back off from.
+                return (
+                    *_error(
+                        400,
+                        "this request needs more tokens than the tokens-per-minute limit admits",
+                        "invalid_request_error",
+                        "rate_limit_exceeded",
+                    ),
+                    headers,
+                )
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
         return (*_error(status, result.output, type_, code), headers)
     error = render_error(result.error, full=full) or {}
     if error.get("type") in UNAVAILABLE:  # nothing was admitted: retry soon

@@ -21,6 +21,7 @@ models:
 agents:
   - {name: helper, model: m, max_tokens: 64, system_prompt: "Be brief."}
   - {name: scarce, model: m, rate_limit: {rpm: 1}}
+  - {name: narrow, model: m, max_tokens: 64, rate_limit: {tpm: 10}}
   - {name: failing, model: broken, max_retries: 0}
 """
 
@@ -50,7 +51,7 @@ def _client(server: tuple[str, str, str], key: str | None = None) -> openai.Open
 
 def test_models_lists_the_agents(server: tuple[str, str, str]) -> None:
     names = sorted(model.id for model in _client(server).models.list())
-    assert names == ["failing", "helper", "scarce"]
+    assert names == ["failing", "helper", "narrow", "scarce"]
 
 
 def test_a_completion_answers_with_content_and_usage(server: tuple[str, str, str]) -> None:
@@ -124,6 +125,17 @@ def test_a_rate_limited_agent_answers_429_with_retry_after(server: tuple[str, st
         client.chat.completions.create(model="scarce", messages=[{"role": "user", "content": "2"}])
     assert caught.value.code == "rate_limit_exceeded"
     assert 1 <= int(caught.value.response.headers["retry-after"]) <= 60
+
+
+def test_a_request_larger_than_the_tokens_per_minute_limit_is_a_400_not_a_500(
+    server: tuple[str, str, str],
+) -> None:
+    """No minute could ever admit it: backing off cannot help (it crashed on Retry-After: inf)."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        _client(server).chat.completions.create(
+            model="narrow", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "rate_limit_exceeded"
 
 
 def test_a_failing_upstream_degrades_to_a_503(server: tuple[str, str, str]) -> None:
