@@ -103,8 +103,13 @@ def _running(owner: str, *, reserved: str, queued: bool = False) -> Execution:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
-    me: Heartbeat, settings: Any
+    me: Heartbeat, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    dispatched: list[str] = []  # (a worker running it would outlive the test)
+    monkeypatch.setattr(
+        "agents.executions.execution_dispatch",
+        lambda *, execution_id, **_: dispatched.append(execution_id),
+    )
     settings.EMBEDDED = True
     settings.REDIS_URL = None
     config_apply(
@@ -155,6 +160,7 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     )
     queued.refresh_from_db()
     assert (queued.status, queued.owner) == ("queued", "")
+    assert dispatched == [str(queued.pk)]  # handed to a worker again
     other.refresh_from_db()
     assert other.status == "running"  # a live process's execution is its own
     assert asyncio.run(store.in_flight((deployment_id,))) == {deployment_id: 0}
