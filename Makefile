@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # setuptools warns on every editable install about same-named folders; that is our layout on purpose.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-sqlite lint format typecheck check bench clean
+.PHONY: run test test-sqlite lint format typecheck check bench chaos clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Breakwater needs Python 3.11+, found " + sys.version.split()[0])'
@@ -55,6 +55,13 @@ check: lint typecheck test
 
 bench: $(VENV)/.test-stamp
 	$(PY) bench/run.py
+
+# Every fault scenario against real processes, then the table of figures; exits non-zero when a
+# target is missed (docs/RELIABILITY.md). Needs redis-server (private servers on 6391-6399) and,
+# for pg-refusing, PostgreSQL via DATABASE_URL or CHAOS_DATABASE_URL; about 10 minutes.
+# CHAOS_ARGS: e.g. --only poisoned,redis-stall, --quick, --env NAME=VALUE, --keep DIR.
+chaos: $(VENV)/.test-stamp
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.sqlite3* .pytest_cache .mypy_cache .ruff_cache
