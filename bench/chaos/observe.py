@@ -90,20 +90,17 @@ def ledger_vs_budgets(stack: Stack) -> list[BudgetSpend]:
     )
     out = []
     for scope, window, limit, agent, key_id in budgets:
+        # Summed here, in Decimal: SQLite's SUM of a decimal column is a float (1.0000000000000002).
         if scope == "agent":
-            sql = "SELECT COALESCE(SUM(cost_usd), 0) FROM budgets_spendentry WHERE agent_name = %s"
+            sql = "SELECT cost_usd FROM budgets_spendentry WHERE agent_name = %s"
             params: tuple[Any, ...] = (agent,)
             label = f"agent:{agent} {window}"
         elif scope == "api_key":
-            sql = "SELECT COALESCE(SUM(cost_usd), 0) FROM budgets_spendentry WHERE api_key_id = %s"
+            sql = "SELECT cost_usd FROM budgets_spendentry WHERE api_key_id = %s"
             params, label = (key_id,), f"api_key:{key_id} {window}"
         else:
-            sql, params, label = (
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM budgets_spendentry",
-                (),
-                (f"global {window}"),
-            )
-        spent = Decimal(str(stack.db.query(sql, params)[0][0]))
+            sql, params, label = ("SELECT cost_usd FROM budgets_spendentry", (), f"global {window}")
+        spent = sum((Decimal(str(row[0])) for row in stack.db.query(sql, params)), Decimal(0))
         out.append(BudgetSpend(label, Decimal(str(limit)), spent))
     return out
 
