@@ -11,6 +11,8 @@ from functools import lru_cache
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from agents.runtime.redis_wire import RedisWire
 from agents.runtime.state import StateUnavailable
@@ -43,6 +45,10 @@ def get_async_redis() -> aioredis.Redis:
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             max_connections=settings.BREAKWATER_REDIS_MAX_CONNECTIONS,
+            # A pooled connection that died with a restarted Redis fails its next command:
+            # that command is sent once more on a new connection (a timeout is not retried).
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.ConnectionError],
             timeout=5,
             socket_connect_timeout=settings.BREAKWATER_REDIS_TIMEOUT_S,
             # No command of ours blocks in Redis: one unanswered this long means Redis is
