@@ -17,10 +17,12 @@ lost, and reported as such; size the cap to outlast a drainer outage.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -44,12 +46,30 @@ MAXLEN = 1_000_000
 FIELD = "e"
 
 
+REPLAY_S = 60.0  # how long a writer keeps the events it wrote, to write them again (see below)
+KEPT_MAX = 50_000  # events kept for a replay or a resend, at most (each a few hundred bytes)
+
+
 class RedisJournal:
     """A :class:`~agents.runtime.ports.RecordSink` doing one ``XADD`` per event.
 
     Returns once Redis acknowledged the entry: it then survives the death of this process. Its
     survival of a Redis restart is Redis's persistence setting (AOF ``everysec`` loses at most
     about a second). Errors (Redis unreachable) are raised, not swallowed.
+
+    Two more guards, run by :meth:`maintain` every second (the engine's loop):
+
+    * **an event that could not be written is written again** once Redis answers: a
+      ``finished`` whose ``XADD`` timed out in a stall (its caller already had the answer) is
+      not lost, and its row does not stay ``running``;
+    * **a Redis that lost its data gets this writer's recent events again.** The stream has an
+      epoch (a random value in ``<stream>:epoch``); when it is gone or changed, Redis lost the
+      stream and the entries not yet drained with it, so every event written in the last
+      ``REPLAY_S`` seconds is written again. Events are idempotent (the drainer upserts), so a
+      replay of events already stored changes nothing.
+
+    Events of a process that died together with Redis's data are lost: production Redis needs
+    AOF (docs/RELIABILITY.md).
     """
 
     def __init__(
@@ -59,14 +79,29 @@ class RedisJournal:
         *,
         maxlen: int = MAXLEN,
         owner: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.owner = owner  # the process identity written on "started" events
         self._client = client
         self.stream = stream
         self._maxlen = maxlen
+        self._clock = clock
+        self._recent: collections.deque[tuple[float, bytes]] = collections.deque(maxlen=KEPT_MAX)
+        self._unsent: collections.deque[bytes] = collections.deque(maxlen=KEPT_MAX)
+        self._epoch: bytes | None = None  # the stream's epoch as this writer last saw it
+        self._replay: tuple[Any, Any] | None = None  # the entry ids of the last replay
+        self.replayed = 0  # events written again (a Redis that lost its data, or unsent ones)
 
     async def _add(self, payload: bytes) -> None:
-        await self._client.execute_command(
+        try:
+            await self._xadd(payload)
+        except (RedisConnectionError, RedisTimeoutError):
+            self._unsent.append(payload)  # written again by maintain() once Redis answers
+            raise
+        self._recent.append((self._clock(), payload))
+
+    async def _xadd(self, payload: bytes) -> Any:
+        return await self._client.execute_command(
             "XADD", self.stream, "MAXLEN", "~", self._maxlen, "*", FIELD, payload
         )
 
@@ -89,6 +124,55 @@ class RedisJournal:
 
     async def finished(self, result: ExecutionResult) -> None:
         await self._add(encode_finished(result))
+
+    async def maintain(self) -> int:
+        """Write again what Redis did not take or lost (see the class doc); returns the events
+        written. Raises what Redis raises (still unreachable): call it again later."""
+        epoch_key = f"{self.stream}:epoch"
+        seen = await self._client.execute_command("GET", epoch_key)
+        if seen is None:
+            await self._client.execute_command(
+                "SET", epoch_key, secrets.token_hex(8).encode(), "NX"
+            )
+            seen = await self._client.execute_command("GET", epoch_key)
+        lost = self._epoch is not None and seen != self._epoch
+        self._epoch = seen
+        now = self._clock()
+        while self._recent and self._recent[0][0] < now - REPLAY_S:
+            self._recent.popleft()
+        again: list[bytes] = list(self._unsent)
+        if lost:
+            again += [payload for _, payload in self._recent]
+            log.warning(
+                "Redis lost the journal stream %s (its epoch changed): writing the last %d "
+                "event(s) of this process again",
+                self.stream,
+                len(self._recent),
+            )
+        if not again:
+            return 0
+        unsent = len(self._unsent)
+        ids = await asyncio.gather(*(self._xadd(payload) for payload in again))  # one write
+        for _ in range(min(unsent, len(self._unsent))):
+            self._recent.append((now, self._unsent.popleft()))
+        self._replay = (ids[0], ids[-1])
+        self.replayed += len(again)
+        return len(again)
+
+    async def wait_replay_stored(self, timeout_s: float = 2.0) -> bool:
+        """Wait until the drainers stored (and deleted) what the last :meth:`maintain` wrote
+        again; False if they had not within ``timeout_s``. A budget window rebuilt from the
+        database after Redis lost its data must see those executions' records."""
+        if self._replay is None:
+            return True
+        first, last = self._replay
+        give_up = self._clock() + timeout_s
+        while await self._client.execute_command("XRANGE", self.stream, first, last, "COUNT", 1):
+            if self._clock() > give_up:
+                return False
+            await asyncio.sleep(0.02)
+        self._replay = None
+        return True
 
     def close(self) -> None:
         """Nothing to release: the client is shared (``console.redis``). For symmetry with
