@@ -21,6 +21,7 @@ from django.db.models import Q
 from agents.live_config import LiveConfig
 from agents.models import ApiKey
 from agents.recording.drainer import RecordDrainer
+from agents.recording.streams import RedisJournal
 from agents.runtime.cache import MemoryCache, RedisCache, ResponseCache
 from agents.runtime.clock import SystemClock
 from agents.runtime.executor import Executor
@@ -35,6 +36,7 @@ from agents.sessions import LocalSessions, RedisSessions
 
 log = logging.getLogger("breakwater.engine")
 LAST_USED_FLUSH_S = 30.0
+JOURNAL_MAINTAIN_S = 1.0
 
 
 MIN_REDIS = (7, 0)
@@ -152,7 +154,7 @@ class Engine:
             tools=self.tools,
             sessions=self.sessions,
             cache=self.cache,
-            windows=LedgerBudgetWindows(self.state),
+            windows=LedgerBudgetWindows(self.state, before=self._records_synced),
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = False
@@ -175,6 +177,8 @@ class Engine:
         watch = self.config.watch(on_change=self.executor.forget_open_breakers)
         self._tasks.append(asyncio.create_task(watch, name="bw-config-watch"))
         self._tasks.append(asyncio.create_task(self._flush_last_used_loop(), name="bw-last-used"))
+        if isinstance(self.records, RedisJournal):
+            self._tasks.append(asyncio.create_task(self._journal_loop(), name="bw-journal"))
         if self.drainer is not None:
             self.drainer.start()
         self.started = True
@@ -187,6 +191,11 @@ class Engine:
         fails later: by the drainer, the settle job, and admission itself."""
         from budgets.windows import budget_windows_rebuild
 
+        if isinstance(self.records, RedisJournal):
+            try:
+                await self.records.maintain()  # learn the stream's epoch before any event
+            except Exception:
+                log.exception("could not read the journal's epoch at start-up")
         if self.drainer is not None:
             try:
                 for _ in range(20):  # the rest drains in the background
@@ -205,6 +214,36 @@ class Engine:
             await budget_windows_rebuild(store=self.state)
         except Exception:
             log.exception("could not rebuild the budget windows at start-up")
+
+    async def _records_synced(self) -> None:
+        """Before a budget window is rebuilt from the database: the journal's events are
+        there. A Redis that lost its data gets this process's recent events again, then one
+        drain stores what the journal holds (this process's drainer, or a drain of its own where
+        `drain_records` runs elsewhere)."""
+        if isinstance(self.records, RedisJournal):
+            await self.records.maintain()
+        try:
+            if self.drainer is not None:
+                await self.drainer.drain_now()
+            elif not settings.EMBEDDED:
+                from agents.recording import redis_drain
+                from console.redis import get_async_redis
+
+                await redis_drain(get_async_redis())()
+        except Exception:  # another drainer may store them: wait for that below
+            log.warning("could not drain the journal before a budget rebuild", exc_info=True)
+        if isinstance(self.records, RedisJournal) and not await self.records.wait_replay_stored():
+            log.warning("the journal's replayed events were not all stored before the rebuild")
+
+    async def _journal_loop(self) -> None:
+        """Every second: what the Redis journal did not take, or lost, is written again."""
+        assert isinstance(self.records, RedisJournal)
+        while True:
+            try:
+                await self.records.maintain()
+            except Exception:  # Redis still unreachable: the next turn tries again
+                log.debug("journal maintenance failed", exc_info=True)
+            await asyncio.sleep(JOURNAL_MAINTAIN_S)
 
     def key_used(self, key_id: int, at: datetime) -> None:
         self._last_used[key_id] = at

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -169,8 +169,13 @@ class LedgerBudgetWindows:
     from the ledger, one rebuild at a time per process (concurrent admissions that met unknown
     windows share it)."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(
+        self, store: StateStore, *, before: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """``before``: run ahead of each rebuild, so that the records it reads are complete
+        (the engine's: the journal written again if Redis lost it, then drained)."""
         self._store = store
+        self._before = before
         self._running: asyncio.Task[tuple[str, ...]] | None = None
         self._wanted: set[str] = set()
 
@@ -192,6 +197,11 @@ class LedgerBudgetWindows:
     async def _rebuild(self, keys: tuple[str, ...]) -> tuple[str, ...]:
         try:
             async with asyncio.timeout(REBUILD_TIMEOUT_S):
+                if self._before is not None:
+                    try:
+                        await self._before()
+                    except Exception:  # the rebuild still counts what the database has
+                        log.warning("could not bring the records up to date", exc_info=True)
                 return await budget_windows_rebuild(store=self._store, keys=keys)
         except TimeoutError:
             raise BudgetsUnavailable(

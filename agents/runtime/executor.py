@@ -415,9 +415,10 @@ class Executor:
             )
             try:
                 admission = await self._state.admit(admit)
-            except StateUnavailable:
-                # The admission may still reach the store later (stuck behind a stall) while
-                # the caller is answered now: make sure it takes nothing then.
+            except (StateUnavailable, asyncio.CancelledError):
+                # The admission may have been applied, or may still be (stuck behind a stall),
+                # while the caller is answered now or gone (a client disconnect): make sure it
+                # holds nothing then.
                 self._abandon_later(
                     Abandon(
                         lease_ids=(admit.lease_id,),
@@ -452,6 +453,8 @@ class Executor:
                 assert self._cache is not None  # a lookup comes from the cache
                 lookup = None  # found once: a value that does not parse is a miss
                 if hit := self._cache.answer(admission.cached):
+                    if prepared:
+                        self._forget_rebuilt(run)
                     return await self._cached_result(run, hit, on_token)
                 continue
             lookup = None  # the next model's admission (if any) need not look again
@@ -467,6 +470,8 @@ class Executor:
             if model_index >= len(chain):
                 break
         if not admission.ok:
+            if prepared:
+                self._forget_rebuilt(run)
             if admission.refusal == "budget_exceeded":
                 run.steps.append(Step("refused", outcome="budget_exceeded"))
                 return self._degraded(run, "budget_exceeded", "budget", None, None)
@@ -497,6 +502,21 @@ class Executor:
             if self._down:
                 self._answering(RecordingUnavailable.kind, "the journal recorded an execution")
         return None
+
+    def _forget_rebuilt(self, run: _Run) -> None:
+        """An execution that waited for its budget windows to be rebuilt, then was not
+        admitted: the rebuild may have counted its journaled reservation (its record said
+        "running"), which nothing will settle. Given back in the background."""
+        self._abandon_later(
+            Abandon(
+                lease_ids=(run.request.execution_id,),
+                deployment_ids=(),
+                budget_keys=tuple(h.key for h in run.holds),
+                charge=False,
+                tombstone_ttl_s=run.lease_ttl,
+            ),
+            give_up_after_s=run.lease_ttl,
+        )
 
     def _answering(self, kind: str, detail: str) -> None:
         if kind in self._down:
@@ -732,12 +752,27 @@ class Executor:
 
     async def _select(self, run: _Run) -> Selection:
         """A deployment of the current model for another attempt (a lease when one is free)."""
-        selection = await self._state.select(
-            lease_id=run.request.execution_id,
-            lease_ttl_s=run.lease_ttl,
-            candidates=self._candidates(run.chain[run.model_index]),
-            breaker=self._deployment_breaker,
-        )
+        candidates = self._candidates(run.chain[run.model_index])
+        try:
+            selection = await self._state.select(
+                lease_id=run.request.execution_id,
+                lease_ttl_s=run.lease_ttl,
+                candidates=candidates,
+                breaker=self._deployment_breaker,
+            )
+        except (StateUnavailable, asyncio.CancelledError):
+            # A lease it may have taken is not known to this run: drop it from every candidate.
+            self._abandon_later(
+                Abandon(
+                    lease_ids=(run.request.execution_id,),
+                    deployment_ids=tuple(c.deployment_id for c in candidates),
+                    budget_keys=(),
+                    charge=False,
+                    tombstone_ttl_s=run.lease_ttl,
+                ),
+                give_up_after_s=run.lease_ttl,
+            )
+            raise
         self._learn(selection.transitions, selection.open_until)
         return selection
 
@@ -1181,8 +1216,13 @@ class Executor:
                 raise
 
         async def journal() -> None:
-            if run.journaled is not None:
-                await run.journaled  # "started" before "finished"
+            started = run.journaled
+            if started is not None and not started.cancelled():
+                # "started" before "finished". Cancelled (a disconnect while it was awaited) or
+                # failed, it may still have been written: "finished" alone ends the row either
+                # way, so it is written whatever became of "started".
+                with contextlib.suppress(Exception):
+                    await started
             await self._records.finished(result)
 
         try:

@@ -242,6 +242,9 @@ class _Budget:
     ready: bool = False  # written by budget_prepare (a window created by a read is not)
     refused: int = 0
     min_refused: int = 0
+    # Settlements that came while the window was not ready (entry id -> actual): the rebuild
+    # counts them as spent instead of restoring their executions' reservations.
+    orphans: dict[str, int] = field(default_factory=dict)
 
     def reserved(self, now: float) -> int:
         # An expired reservation's process never said what it spent: it is spent.
@@ -258,6 +261,8 @@ class _Budget:
         # a settlement sent twice counts once.
         if self.reservations.pop(entry_id, None) is not None:
             self.spent += max(0, actual)
+        elif not self.ready:
+            self.orphans[entry_id] = max(0, actual)
 
     def refuse(self, amount: int) -> None:
         self.refused += 1
@@ -703,9 +708,12 @@ class MemoryState:
                 # keeps what it has where that is more: the rebuild never lowers spend.
                 cell.spent = max(cell.spent, init.spent)
                 for entry_id, amount, expires_at in init.reservations:
-                    if entry_id not in cell.reservations:
+                    if entry_id in cell.orphans:  # settled while the window was gone
+                        cell.spent += cell.orphans.pop(entry_id)
+                    elif entry_id not in cell.reservations:
                         cell.reservations[entry_id] = (amount, expires_at)
                 cell.reserved(now)  # the expired ones are spent
+                cell.orphans.clear()
                 cell.ready = True
                 written.append(init.key)
             return tuple(written)

@@ -20,6 +20,7 @@
 --                               wrote the window: its spend is complete), refused, rmin (the
 --                               smallest amount refused), "r:"..entry_id -> amount reserved
 --   P.."bg:"..key..":x"  zset   its reservations: member entry_id, score expiry
+--   P.."bg:"..key..":o"  hash   settlements that found the window gone: entry_id -> actual
 --   P.."gone:"..lease_id string an abandoned lease id (abandon.lua): admission under it takes
 --                               nothing
 --
@@ -733,13 +734,21 @@ end
 
 -- entry_id's reservation becomes spend: it is dropped and `actual` is added to spent. Without
 -- it (settled already, or expired into spend) nothing changes: a settlement sent twice counts
--- once, and a settlement never recreates a window that is gone.
+-- once, and a settlement never recreates a window that is gone. A settlement into a window that
+-- is gone (lost, not rebuilt yet) is remembered for ORPHAN_S in <window>:o, so that the rebuild
+-- counts it as spent rather than restoring the execution's reservation from a stale record.
+local ORPHAN_S = 3600
 local function bg_settle(key, entry_id, actual)
   local h, x = bg_keys(key)
   local field = 'r:' .. entry_id
-  local got = redis.call('HMGET', h, field, 'spent', 'reserved')
+  local got = redis.call('HMGET', h, field, 'spent', 'reserved', 'ep')
   local amount = tonumber(got[1])
   if amount == nil then
+    if got[4] == false then
+      local o = h .. ':o'
+      redis.call('HSET', o, entry_id, int(math.max(0, actual)))
+      redis.call('PEXPIRE', o, ttl_ms(ORPHAN_S))
+    end
     return
   end
   redis.call('HDEL', h, field)

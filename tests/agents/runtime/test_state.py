@@ -1031,6 +1031,26 @@ async def test_prepare_writes_spend_and_running_reservations_once(
     )
 
 
+async def test_a_settlement_while_the_window_was_gone_counts_instead_of_its_stale_reservation(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """Redis lost the window; an execution admitted before settles (nothing to settle into);
+    the rebuild, reading a record still "running", would restore its reservation: it counts
+    what it settled instead, and holds nothing."""
+    await store.complete(settle("settled-early", (DAY, 70)))
+    init = WindowInit(
+        DAY,
+        spent=400,
+        ttl_s=86_400.0,
+        reservations=(
+            ("settled-early", 300, clock.now() + 30.0),
+            ("still-running", 100, clock.now() + 30.0),
+        ),
+    )
+    assert await store.budget_prepare((init,)) == (DAY,)
+    assert await store.budget_usage((DAY,)) == {DAY: (470, 100)}
+
+
 async def test_refusals_are_counted_with_the_smallest_amount_refused(
     windows: None, store: StateStore
 ) -> None:
@@ -1223,14 +1243,16 @@ async def test_budget_windows_expire_after_their_ttl(redis_client: aioredis.Redi
         )
         assert admission.ok
         await state.complete(settle("exec-1", (DAY, 7)))
-        # a settlement into a window whose keys are gone (or never were) writes nothing
+        # a settlement into a window whose keys are gone (or never were) writes only a note of
+        # it for the window's rebuild, kept an hour
         await state.complete(settle("exec-1", ("budget:1:gone", 7)))
         ttls = {
             key.decode().removeprefix(prefix + ":"): await redis_client.pttl(key)
             async for key in redis_client.scan_iter(match=f"{prefix}:bg:*")
         }
         # the reservations' set emptied on settlement: Redis deleted it
-        assert set(ttls) == {f"bg:{DAY}"}
+        assert set(ttls) == {f"bg:{DAY}", "bg:budget:1:gone:o"}
+        assert 3_599_000 < ttls["bg:budget:1:gone:o"] <= 3_600_000
         assert 3_600_000 < ttls[f"bg:{DAY}"] <= 3_601_000  # its TTL and a second more
         assert await state.budget_reserve((hold(20, ttl_s=7_200.0),), "exec-2", 30.0) == (
             True,
