@@ -86,7 +86,10 @@ class RedisJournal:
         self.stream = stream
         self._maxlen = maxlen
         self._clock = clock
-        self._recent: collections.deque[tuple[float, bytes]] = collections.deque(maxlen=KEPT_MAX)
+        # (written at, entry id, event) not yet known to be drained: what a replay writes again
+        self._recent: collections.deque[tuple[float, bytes, bytes]] = collections.deque(
+            maxlen=KEPT_MAX
+        )
         self._unsent: collections.deque[bytes] = collections.deque(maxlen=KEPT_MAX)
         self._epoch: bytes | None = None  # the stream's epoch as this writer last saw it
         self._replay: tuple[Any, Any] | None = None  # the entry ids of the last replay
@@ -94,11 +97,11 @@ class RedisJournal:
 
     async def _add(self, payload: bytes) -> None:
         try:
-            await self._xadd(payload)
+            entry_id = await self._xadd(payload)
         except (RedisConnectionError, RedisTimeoutError):
             self._unsent.append(payload)  # written again by maintain() once Redis answers
             raise
-        self._recent.append((self._clock(), payload))
+        self._recent.append((self._clock(), _stream_id(entry_id), payload))
 
     async def _xadd(self, payload: bytes) -> Any:
         return await self._client.execute_command(
@@ -140,24 +143,40 @@ class RedisJournal:
         now = self._clock()
         while self._recent and self._recent[0][0] < now - REPLAY_S:
             self._recent.popleft()
+        if not lost:
+            await self._forget_drained()
         again: list[bytes] = list(self._unsent)
         if lost:
-            again += [payload for _, payload in self._recent]
+            again += [payload for _, _, payload in self._recent]
             log.warning(
                 "Redis lost the journal stream %s (its epoch changed): writing the last %d "
                 "event(s) of this process again",
                 self.stream,
                 len(self._recent),
             )
+            self._recent.clear()
         if not again:
             return 0
         unsent = len(self._unsent)
         ids = await asyncio.gather(*(self._xadd(payload) for payload in again))  # one write
         for _ in range(min(unsent, len(self._unsent))):
-            self._recent.append((now, self._unsent.popleft()))
+            self._unsent.popleft()
+        for entry_id, payload in zip(ids, again, strict=True):
+            self._recent.append((now, _stream_id(entry_id), payload))
         self._replay = (ids[0], ids[-1])
         self.replayed += len(again)
         return len(again)
+
+    async def _forget_drained(self) -> None:
+        """Drop the kept events that are drained: the stream holds only undrained entries (the
+        drainers delete what they stored), so everything older than its first entry is stored.
+        One round trip."""
+        if not self._recent:
+            return
+        first = await self._client.execute_command("XRANGE", self.stream, "-", "+", "COUNT", 1)
+        oldest = _stream_id(first[0][0]) if first else None
+        while self._recent and (oldest is None or _id_key(self._recent[0][1]) < _id_key(oldest)):
+            self._recent.popleft()
 
     async def wait_replay_stored(self, timeout_s: float = 2.0) -> bool:
         """Wait until the drainers stored (and deleted) what the last :meth:`maintain` wrote
@@ -177,6 +196,16 @@ class RedisJournal:
     def close(self) -> None:
         """Nothing to release: the client is shared (``console.redis``). For symmetry with
         :meth:`FileJournal.close <agents.recording.files.FileJournal.close>`."""
+
+
+def _stream_id(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``) as a sortable pair."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def consumer_name() -> str:

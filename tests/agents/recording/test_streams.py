@@ -102,3 +102,24 @@ async def test_only_the_last_minute_is_written_again(redis_server: tuple[str, ob
     assert await journal.maintain() == 1
     assert await ids_in_stream(url) == [recent.execution_id]
     await wire.aclose()
+
+
+async def test_events_the_drainers_stored_are_not_written_again(
+    redis_server: tuple[str, object],
+) -> None:
+    url, _ = redis_server
+    wire = RedisWire(url)
+    journal = RedisJournal(wire)
+    await journal.maintain()
+    written = [request() for _ in range(3)]
+    for item in written:
+        await journal.started(item, time.time())
+    client = aioredis.Redis.from_url(url)
+    entries: list[Any] = list(await client.xrange(STREAM) or [])
+    await client.xdel(STREAM, entries[0][0], entries[1][0])  # as a drainer does
+    assert await journal.maintain() == 0  # it learns that the first two are stored
+    await client.flushall()
+    await client.aclose()
+    assert await journal.maintain() == 1
+    assert await ids_in_stream(url) == [written[2].execution_id]
+    await wire.aclose()
