@@ -255,7 +255,12 @@ class Executor:
                 self._down.add(exc.kind)
                 self._events.dependency_changed(exc.kind, False, str(exc)[:500])
             result = self._unavailable(run, exc)
-            await self._finish_aborted(run, result)
+            # Answered now: its record and any settlement wait on the very dependency that did
+            # not answer, so they go in the background (the journal writes again what it could
+            # not write, the settlement is retried).
+            task = asyncio.ensure_future(self._finish_aborted(run, result))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             return result
         except Exception as exc:  # a bug or a broken dependency (the journal): record, re-raise
             error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:500]}
