@@ -305,13 +305,14 @@ def _outage_answers(
 ) -> None:
     """Answers to the requests sent during an outage of the shared state (from 0.5 s after it
     began, so that the requests already past admission are left out): each must be a typed 503
-    in the door's format within STALL_ANSWER_S, or a success answered once it is over."""
+    in the door's format within STALL_ANSWER_S, or a normal answer (a success, or a refusal
+    such as an exhausted budget's) given once it is over."""
     during = [a for a in answers if start + 0.5 <= a.sent < end]
     bad = [
         a
         for a in during
         if not (a.typed_error() and a.latency_s <= STALL_ANSWER_S)
-        and not (a.success and a.done >= end)
+        and not (a.done >= end and a.status is not None and a.status < 500)
     ]
     result.add(
         "bad_outage_answers",
