@@ -424,16 +424,11 @@ class Executor:
                 # The admission may have been applied, or may still be (stuck behind a stall),
                 # while the caller is answered now or gone (a client disconnect): make sure it
                 # holds nothing then.
-                self._abandon_later(
-                    Abandon(
-                        lease_ids=(admit.lease_id,),
-                        deployment_ids=tuple(c.deployment_id for c in admit.candidates),
-                        budget_keys=tuple(h.key for h in holds),
-                        rate_keys=tuple(limit.key for limit in limits),
-                        charge=False,
-                        tombstone_ttl_s=lease_ttl,
-                    ),
-                    give_up_after_s=lease_ttl,
+                self._give_back_later(
+                    run,
+                    candidates=admit.candidates,
+                    budget_keys=tuple(h.key for h in holds),
+                    rate_keys=tuple(limit.key for limit in limits),
                 )
                 raise
             if self._down:
@@ -512,16 +507,7 @@ class Executor:
         """An execution that waited for its budget windows to be rebuilt, then was not
         admitted: the rebuild may have counted its journaled reservation (its record said
         "running"), which nothing will settle. Given back in the background."""
-        self._abandon_later(
-            Abandon(
-                lease_ids=(run.request.execution_id,),
-                deployment_ids=(),
-                budget_keys=tuple(h.key for h in run.holds),
-                charge=False,
-                tombstone_ttl_s=run.lease_ttl,
-            ),
-            give_up_after_s=run.lease_ttl,
-        )
+        self._give_back_later(run, budget_keys=tuple(h.key for h in run.holds))
 
     def _answering(self, kind: str, detail: str) -> None:
         if kind in self._down:
@@ -767,16 +753,7 @@ class Executor:
             )
         except (StateUnavailable, asyncio.CancelledError):
             # A lease it may have taken is not known to this run: drop it from every candidate.
-            self._abandon_later(
-                Abandon(
-                    lease_ids=(run.request.execution_id,),
-                    deployment_ids=tuple(c.deployment_id for c in candidates),
-                    budget_keys=(),
-                    charge=False,
-                    tombstone_ttl_s=run.lease_ttl,
-                ),
-                give_up_after_s=run.lease_ttl,
-            )
+            self._give_back_later(run, candidates=candidates)
             raise
         self._learn(selection.transitions, selection.open_until)
         return selection
@@ -1006,8 +983,27 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _abandon_later(self, abandon: Abandon, *, give_up_after_s: float) -> None:
-        self._retry_later(lambda: self._state.abandon(abandon), "abandon", give_up_after_s)
+    def _give_back_later(
+        self,
+        run: _Run,
+        *,
+        candidates: tuple[Candidate, ...] = (),
+        budget_keys: tuple[str, ...] = (),
+        rate_keys: tuple[str, ...] = (),
+    ) -> None:
+        """Give back, in the background, what a state call whose answer this run never had
+        may have taken for it (its lease on ``candidates``, its reservations and rate-log
+        entries), nothing charged; its lease id is marked gone for the lease's lifetime, so the
+        call takes nothing if it lands later still."""
+        abandon = Abandon(
+            lease_ids=(run.request.execution_id,),
+            deployment_ids=tuple(c.deployment_id for c in candidates),
+            budget_keys=budget_keys,
+            rate_keys=rate_keys,
+            charge=False,
+            tombstone_ttl_s=run.lease_ttl,
+        )
+        self._retry_later(lambda: self._state.abandon(abandon), "abandon", run.lease_ttl)
 
     def _retry_later(
         self, call: Callable[[], Awaitable[object]], what: str, give_up_after_s: float
