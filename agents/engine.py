@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -37,6 +38,7 @@ from agents.sessions import LocalSessions, RedisSessions
 log = logging.getLogger("breakwater.engine")
 LAST_USED_FLUSH_S = 30.0
 JOURNAL_MAINTAIN_S = 1.0
+T = TypeVar("T")
 
 
 MIN_REDIS = (7, 0)
@@ -331,6 +333,28 @@ async def state_for_jobs() -> StateStore:
     from console.redis import get_async_redis
 
     return RedisState(get_async_redis(), prefix="bw")
+
+
+def on_state_sync(make: Callable[[StateStore], Awaitable[T]], store: StateStore | None = None) -> T:
+    """``await make(state)`` from sync code (a job's thread, a Celery task): on ``store`` when
+    given, else on :func:`state_for_jobs` (embedded: the process's ``MemoryState``, which is
+    thread-safe and fed by the serving loop beside; distributed: a Redis client opened and
+    closed here, since a client cannot outlive its loop). Runs its own short event loop: call
+    it from a thread without one."""
+
+    async def run() -> T:
+        if store is not None:
+            return await make(store)
+        state = await state_for_jobs()
+        try:
+            return await make(state)
+        finally:
+            if not settings.EMBEDDED:
+                from console.redis import get_async_redis
+
+                await get_async_redis().aclose()
+
+    return asyncio.run(run())
 
 
 def get_engine() -> Engine:

@@ -623,31 +623,6 @@ class SettleDead:
     charged_micros: int = 0  # what was charged for work whose usage is unknown
 
 
-def _with_state(make: Any, store: Any = None) -> Any:
-    """``await make(store)`` from sync code (a job's thread): on ``store`` when given (embedded
-    mode's process memory state is thread-safe), else on a shared-state client opened and
-    closed here."""
-    import asyncio
-
-    from django.conf import settings
-
-    async def run() -> Any:
-        if store is not None:
-            return await make(store)
-        from agents.engine import state_for_jobs
-
-        state = await state_for_jobs()
-        try:
-            return await make(state)
-        finally:
-            if not settings.EMBEDDED:
-                from console.redis import get_async_redis
-
-                await get_async_redis().aclose()
-
-    return asyncio.run(run())
-
-
 def _budget_keys(rows: list[Any]) -> dict[Any, tuple[str, ...]]:
     """The budget window keys each execution's admission held (the budgets that apply to its
     agent and key, in the windows of its ``created_at``)."""
@@ -724,7 +699,9 @@ def executions_settle_dead(
         return SettleDead()
     keys = _budget_keys(rows)
     deployments = tuple(ModelDeployment.objects.values_list("id", flat=True))
-    held: dict[str, int] = _with_state(
+    from agents.engine import on_state_sync
+
+    held: dict[str, int] = on_state_sync(
         lambda state: state.abandon(
             Abandon(
                 lease_ids=tuple(str(row.pk) for row in rows),

@@ -8,7 +8,6 @@ code) and pass them in, so the selectors themselves only query the database.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from django.conf import settings
 from django.db.models import Q, Sum
 
 from agents.auth import Principal
@@ -131,21 +129,11 @@ def budget_usage_read(keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     client opened and closed here (a client cannot outlive its loop).
     """
 
-    async def read() -> dict[str, tuple[int, int]]:
-        from agents.engine import state_for_jobs
-
-        store = await state_for_jobs()
-        try:
-            return await store.budget_usage(keys)
-        finally:
-            if not settings.EMBEDDED:
-                from console.redis import get_async_redis
-
-                await get_async_redis().aclose()
+    from agents.engine import on_state_sync
 
     if not keys:
         return {}
-    return asyncio.run(read())
+    return on_state_sync(lambda store: store.budget_usage(keys))
 
 
 def span_filter(span: BudgetSpan) -> Q:

@@ -34,7 +34,7 @@ def budgets_observe() -> int:
 @shared_task(name="budgets.tasks.budget_windows_prepare", acks_late=True, time_limit=60)
 def budget_windows_prepare() -> int:
     """Budget windows written (next windows ahead of time, any the shared state lost)."""
-    from agents.executions import _with_state
+    from agents.engine import on_state_sync
     from budgets.windows import budget_windows_rebuild
 
-    return len(_with_state(lambda state: budget_windows_rebuild(store=state)))
+    return len(on_state_sync(lambda state: budget_windows_rebuild(store=state)))

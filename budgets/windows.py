@@ -95,9 +95,11 @@ def _in_span(span: BudgetSpan, row: Mapping[str, Any]) -> bool:
     return True
 
 
-def _reservations(spans: list[BudgetSpan]) -> dict[str, list[tuple[str, int, float]]]:
+def _reservations(
+    spans: list[BudgetSpan], now: datetime
+) -> dict[str, list[tuple[str, int, float]]]:
     """The reservations of executions still running, per window key."""
-    begun = [span for span in spans if span.start <= timezone.now()]
+    begun = [span for span in spans if span.start <= now]
     if not begun:
         return {}
     earliest = min(span.counted_from for span in begun)
@@ -125,7 +127,7 @@ def _reservations(spans: list[BudgetSpan]) -> dict[str, list[tuple[str, int, flo
 
 def _inits(spans: list[BudgetSpan], now: datetime) -> tuple[WindowInit, ...]:
     ledger = _ledger(spans, now)
-    reservations = _reservations(spans)
+    reservations = _reservations(spans, now)
     return tuple(
         WindowInit(
             key=span.key,
