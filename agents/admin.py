@@ -7,11 +7,11 @@ from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
+from agents.access.crypto import encrypt_secret
 from agents.config.schema import base_url_refusal
-from agents.crypto import encrypt_secret
 from agents.models import Agent, ApiKey, Execution, ModelDeployment, Provider
 from agents.services import api_key_revoke
-from console.services import audit_record
+from core.audit import audit_record
 
 
 class ProviderForm(forms.ModelForm):

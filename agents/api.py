@@ -15,7 +15,7 @@ Who sees which execution (``GET /executions/{id}`` and ``GET /executions``):
 * anything else is 404, so a key cannot learn that another key's execution exists.
 
 What it shows: provider error text in ``steps[].detail`` and ``error`` only to ``operate`` and
-``admin`` keys; others get a typed summary (``agents.disclosure``).
+``admin`` keys; others get a typed summary (``agents.access.disclosure``).
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from django.http import HttpRequest
 from ninja import Query, Router, Status
 
 from agents import selectors, services
-from agents.auth import ApiKeyAuth, PermissionDenied, Principal
-from agents.disclosure import render_execution, sees_provider_text
+from agents.access.auth import PermissionDenied, Principal
+from agents.access.disclosure import render_execution, sees_provider_text
+from agents.doors.auth import ApiKeyAuth
+from agents.doors.execute import execute_now
 from agents.engine import get_engine
-from agents.execute import execute_now
 from agents.metrics import set_breaker_state
 from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER
 from agents.runtime.state import (
@@ -58,7 +59,7 @@ from agents.schemas import (
     ExecutionQuery,
     PageQuery,
 )
-from console.errors import NotFound
+from core.errors import NotFound
 
 router = Router(auth=ApiKeyAuth())
 
@@ -102,8 +103,8 @@ async def _reload_config() -> None:
 async def agent_execute(request: HttpRequest, name: str, payload: ExecuteIn) -> dict[str, object]:
     """Run the agent now through every safeguard. Degraded answers are 200 with the agent's
     fallback message as ``output`` (graceful degradation). ``Idempotency-Key`` is honoured."""
-    # Served by the lean ASGI app (agents/execute_asgi.py) in practice; this route documents the
-    # endpoint and answers what that app hands to Django. Both run agents.execute.execute_now.
+    # Served by the lean ASGI app (agents/doors/rest.py) in practice; this route documents the
+    # endpoint and answers what that app hands to Django. Both run agents.doors.execute.execute_now.
     return await execute_now(
         principal=_principal(request),
         name=name,
@@ -271,6 +272,7 @@ async def agent_breaker_command(
     principal.require("operate")
     config = await _agent_breaker(principal, name)
     snapshot = await services.breaker_command(
+        runtime=get_engine(),
         key=agent_breaker_key(name),
         action=payload.action,
         config=config,
@@ -328,6 +330,7 @@ async def deployment_breaker_command(
     if not await sync_to_async(selectors.deployment_exists)(deployment_id=deployment_id):
         raise NotFound(f"deployment {deployment_id} does not exist")
     snapshot = await services.breaker_command(
+        runtime=get_engine(),
         key=deployment_breaker_key(deployment_id),
         action=payload.action,
         config=DEFAULT_DEPLOYMENT_BREAKER,

@@ -8,8 +8,8 @@ class AgentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from agents.crypto import check_keys
-        from agents.live_config import connect_signals
+        from agents.access.crypto import check_keys
+        from agents.signals import connect_signals
 
         check_keys()  # a malformed BREAKWATER_ENCRYPTION_KEYS stops start-up, naming it
         connect_signals()

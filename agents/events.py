@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from agents.disclosure import log_failed_attempts
+from agents.access.disclosure import log_failed_attempts
 from agents.runtime.ports import EventSink
 from agents.runtime.state import Transition
 from agents.runtime.types import ExecutionResult
@@ -46,7 +46,7 @@ class CompositeEvents:
     def execution_finished(self, result: ExecutionResult) -> None:
         try:
             # Every finished execution passes here once: the log keeps the full text of its
-            # failed attempts, which execute-scoped callers see summarized (agents.disclosure).
+            # failed attempts, which execute-scoped callers see summarized (agents.access.disclosure).
             log_failed_attempts(result)
         except Exception:
             logger.exception("logging the failed attempts of %s failed", result.execution_id)

@@ -267,7 +267,7 @@ class ApiKey(models.Model):
     """An API key: the public ``prefix`` finds the row, the SHA-256 of the whole key proves it.
 
     Keys carry 190 bits of randomness, so a fast hash is safe (no offline guessing is feasible)
-    and keeps authentication cheap; comparison is constant-time (see ``agents.keys``).
+    and keeps authentication cheap; comparison is constant-time (see ``agents.access.keys``).
     """
 
     name = models.CharField(max_length=100)
@@ -362,7 +362,7 @@ class Execution(models.Model):
     error = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Recovery (agents.executions.executions_settle_dead): the process running it (a
+    # Recovery (agents.executions.queue.executions_settle_dead): the process running it (a
     # WorkerProcess id), what its admission reserved, and when it was queued (None: run now).
     owner = models.CharField(max_length=36, blank=True, default="")
     reserved_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
@@ -406,10 +406,10 @@ class Execution(models.Model):
 class WorkerProcess(models.Model):
     """A process that runs executions (``serve``, a Celery worker), with its heartbeat.
 
-    ``agents.processes`` inserts the row when the process starts running executions and moves
+    ``agents.executions.processes`` inserts the row when the process starts running executions and moves
     ``beat_at`` every few seconds; ``stopped_at`` is set on a clean stop. A process whose
     heartbeat stopped (or that stopped, or whose pid is gone on this host) is dead:
-    ``agents.executions.executions_settle_dead`` then settles the executions it left running and
+    ``agents.executions.queue.executions_settle_dead`` then settles the executions it left running and
     sets ``settled_at``.
     """
 

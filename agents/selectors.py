@@ -15,7 +15,7 @@ from django.db.models import Q
 from agents.models import Agent, ApiKey, Execution, ModelDeployment
 from agents.runtime.state import BreakerConfig
 from budgets.models import Budget, BudgetScope, BudgetWindow
-from console.errors import ValidationFailed
+from core.errors import ValidationFailed
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def agent_page(*, allowed: frozenset[str], after: str | None, limit: int) -> dic
 
 def agent_breaker_config(*, name: str) -> BreakerConfig | None:
     """The agent's breaker configuration as the runtime uses it (disabled agents included)."""
-    from agents.live_config import agent_config
+    from agents.config.live import agent_config
 
     agent = Agent.objects.filter(name=name).first()
     return None if agent is None else agent_config(agent).breaker

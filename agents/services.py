@@ -6,20 +6,21 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from agents.crypto import SecretUnavailable, encrypt_secret, rotate_secret
-from agents.keys import generate_key
+from agents.access.crypto import SecretUnavailable, encrypt_secret, rotate_secret
+from agents.access.keys import generate_key
 from agents.models import Agent, ApiKey, Provider, Scope
-from agents.runtime.state import BreakerAction, BreakerConfig, BreakerSnapshot
+from agents.runtime.ports import EventSink
+from agents.runtime.state import BreakerAction, BreakerConfig, BreakerSnapshot, StateStore
 from budgets.models import Budget, BudgetScope, BudgetWindow
-from console.errors import Conflict, NotFound, ValidationFailed
-from console.services import audit_record
+from core.audit import audit_record
+from core.errors import Conflict, NotFound, ValidationFailed
 
 # --- API keys (the API, the CLI and the admin all come here) ---------------------------------
 
@@ -125,7 +126,7 @@ def api_key_revoke(
     """Revoke the key with ``key_id`` (or ``prefix``): ``(key, revoked now)``.
 
     The row and its audit event are one transaction, which also moves the config version
-    (``agents.live_config`` signals): every serving process drops the key at its next poll,
+    (``agents.config.live`` signals): every serving process drops the key at its next poll,
     within about a second. Revoking a revoked key changes nothing and audits nothing."""
     if (key_id is None) == (prefix is None):
         raise ValueError("give key_id or prefix")
@@ -322,8 +323,24 @@ def agent_delete(*, name: str, actor: str) -> None:
 # --- breakers --------------------------------------------------------------------------------
 
 
+class _OpenBreakerCache(Protocol):
+    def forget_open_breakers(self) -> None: ...
+
+
+class BreakerRuntime(Protocol):
+    """What a breaker command acts on: the process's engine (``agents.engine.get_engine()``)."""
+
+    @property
+    def state(self) -> StateStore: ...
+    @property
+    def executor(self) -> _OpenBreakerCache: ...
+    @property
+    def events(self) -> EventSink: ...
+
+
 async def breaker_command(
     *,
+    runtime: BreakerRuntime,
     key: str,
     action: BreakerAction,
     config: BreakerConfig,
@@ -336,9 +353,7 @@ async def breaker_command(
     the resulting transitions go to the engine's events (metrics, incidents) like the runtime's
     own. Returns the breaker's state afterwards.
     """
-    from agents.engine import get_engine
-
-    engine = get_engine()
+    engine = runtime
     store = engine.state
     before = await store.breaker_snapshot(key, config)
     transitions = await store.breaker_command(key, action)
@@ -365,7 +380,7 @@ async def breaker_command(
 
 
 def _config_changed() -> None:
-    from agents.live_config import config_version_bump
+    from agents.config.live import config_version_bump
 
     with transaction.atomic():
         config_version_bump()

@@ -8,19 +8,18 @@ import redis.exceptions
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from agents import executions
-from agents.executions import executions_reap_stale as _reap
+from agents.executions import queue, runner, settle
 
 # Worth another delivery: the database, Redis or the network was unreachable before the run
 # started (the claim was given back). Anything else is a bug or bad data: retrying repeats it.
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, redis.exceptions.RedisError, OSError)
 MAX_AGENT_TIMEOUT_S = 3600.0  # the database's bound on Agent.timeout_s
-_SOFT, _HARD = executions.execution_time_limits(MAX_AGENT_TIMEOUT_S)
+_SOFT, _HARD = queue.execution_time_limits(MAX_AGENT_TIMEOUT_S)
 
 
 @shared_task(name="agents.tasks.executions_reap_stale", acks_late=True, time_limit=120)
 def executions_reap_stale() -> int:
-    return _reap()
+    return queue.executions_reap_stale()
 
 
 @shared_task(
@@ -31,7 +30,7 @@ def executions_reap_stale() -> int:
     ignore_result=True,  # the Execution row is the result
     max_retries=5,
     # Defaults for the longest agent; execution_dispatch sets each message's limits from its
-    # agent's timeout_s (executions.execution_time_limits).
+    # agent's timeout_s (queue.execution_time_limits).
     soft_time_limit=_SOFT,
     time_limit=_HARD,
 )
@@ -39,10 +38,10 @@ def execution_run(
     self: Any, execution_id: str, max_tokens: int | None = None, bypass_cache: bool = False
 ) -> str:
     """Run one queued execution, at most once whatever the deliveries (see
-    ``executions.execution_claim``)."""
+    ``queue.execution_claim``)."""
     delivery = self.request.delivery_info or {}
     try:
-        return executions.execution_run(
+        return runner.execution_run(
             execution_id=execution_id,
             max_tokens=max_tokens,
             bypass_cache=bypass_cache,
@@ -57,10 +56,10 @@ def execution_run(
 @shared_task(name="agents.tasks.executions_settle_dead", acks_late=True, time_limit=60)
 def executions_settle_dead() -> int:
     """Executions of dead processes settled (failed or queued again)."""
-    settled = executions.executions_settle_dead()
+    settled = settle.executions_settle_dead()
     return settled.failed + settled.requeued
 
 
 @shared_task(name="agents.tasks.executions_requeue_stale", acks_late=True, time_limit=120)
 def executions_requeue_stale() -> int:
-    return executions.executions_requeue_stale()
+    return queue.executions_requeue_stale()

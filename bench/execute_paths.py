@@ -1,5 +1,5 @@
 """The two front doors of ``POST /api/v1/agents/{name}/execute``, side by side: the ninja route
-(Django's request machinery) and the lean ASGI app (``agents/execute_asgi.py``), with
+(Django's request machinery) and the lean ASGI app (``agents/doors/rest.py``), with
 ``/v1/chat/completions`` as the reference. Figures and method: docs/DECISIONS.md #5.
 
 Every arm runs the same uvicorn launcher (uvloop, httptools, the engine started, as

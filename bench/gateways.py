@@ -1,6 +1,6 @@
 """Gateway comparison: direct vs Breakwater vs LiteLLM proxy vs Portkey gateway, one upstream.
 
-One zero-delay ``fakellm`` (``python -m agents.fakellm``, its own process) answers every arm;
+One zero-delay ``fakellm`` (``python -m agents.devtools.fakellm``, its own process) answers every arm;
 ``wrk`` sends OpenAI ``POST /v1/chat/completions`` requests on 127.0.0.1:
 
 * ``direct``: wrk -> fakellm, the floor any gateway adds to;
@@ -180,7 +180,17 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def start_fakellm(log: Path, source: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    argv = [str(PY), "-m", "agents.fakellm", "--host", HOST, "--port", str(port), "--seed", "1"]
+    argv = [
+        str(PY),
+        "-m",
+        "agents.devtools.fakellm",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--seed",
+        "1",
+    ]
     proc = _spawn(argv, log=log, env=_clean_env(), cwd=source)
     url = f"http://{HOST}:{port}"
     common.wait_ready(proc, f"{url}/_admin/stats", log)

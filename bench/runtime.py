@@ -1,6 +1,6 @@
 """Runtime overhead benchmark: what the executor's safeguards add to one provider call.
 
-A zero-latency ``fakellm`` (``python -m agents.fakellm --port 0``) runs in its own process. In
+A zero-latency ``fakellm`` (``python -m agents.devtools.fakellm --port 0``) runs in its own process. In
 this process, on uvloop, the arms call it one execution at a time (concurrency 1), side by side:
 
 * ``direct``: ``ProviderRouter.chat`` (the OpenAI wire format, the pooled aiohttp session) with the
@@ -136,7 +136,17 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def start_fakellm() -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.fakellm", "--host", HOST, "--port", "0", "--seed", "1"],
+        [
+            sys.executable,
+            "-m",
+            "agents.devtools.fakellm",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--seed",
+            "1",
+        ],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -371,8 +381,8 @@ async def build_arms(
     import redis.asyncio as aioredis
 
     from agents.events import CompositeEvents
+    from agents.executions.recording import FileJournal, RedisJournal
     from agents.metrics import MetricsEvents
-    from agents.recording import FileJournal, RedisJournal
     from agents.runtime.clock import SystemClock
     from agents.runtime.executor import Executor
     from agents.runtime.memory import MemoryState

@@ -12,8 +12,10 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import Query, Router
 
-from agents.auth import ApiKeyAuth, Principal
-from agents.engine import get_engine, state_for_jobs
+from agents.access.auth import Principal
+from agents.backends import state_for_jobs
+from agents.doors.auth import ApiKeyAuth
+from agents.engine import get_engine
 from agents.runtime.state import BudgetWindow
 from agents.schemas import ERRORS
 from budgets.models import Budget
@@ -36,7 +38,7 @@ from budgets.selectors import (
     stats_csv_value,
 )
 from budgets.services import budget_raise, budget_set_paused
-from console.errors import ValidationFailed
+from core.errors import ValidationFailed
 
 router = Router(tags=["budgets"], auth=ApiKeyAuth())
 

@@ -9,7 +9,7 @@ from django.db.models import Q
 from django.utils.timezone import now as _now
 
 from agents.models import MONEY_MAX, Agent, ApiKey
-from console.models import AppendOnlyModel
+from core.models import AppendOnlyModel
 
 
 class BudgetScope(models.TextChoices):
@@ -113,7 +113,7 @@ class Budget(models.Model):
 class SpendEntry(AppendOnlyModel):
     """One charged execution. Append-only and unique per execution, so recording is idempotent.
 
-    Written by the record drainer (``agents.recording.store``) for every finished execution that
+    Written by the record drainer (``agents.executions.recording.store``) for every finished execution that
     cost something or was answered from the cache. ``at`` is the execution's ``created_at``: the
     moment its budget windows were chosen, so an entry lands in the same window as the counter
     it was settled against. ``cost_usd`` is the execution's cost rounded *up* to 8 places and

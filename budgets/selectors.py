@@ -17,14 +17,15 @@ from typing import Any, Literal
 
 from django.db.models import Q, Sum
 
-from agents.auth import Principal
-from agents.live_config import budget_rule
+from agents.access.auth import Principal
+from agents.backends import on_state_sync
 from agents.runtime.budgets import MICROS, agent_call_floor_micros, window_bounds
 from agents.runtime.ports import ConfigSource
 from agents.runtime.state import BudgetWindow
 from agents.runtime.types import BudgetRule
 from budgets.models import LATENCY_BUCKETS_MS, Budget, BudgetScope, SpendEntry, SpendRollup
-from console.errors import NotFound
+from budgets.rules import budget_rule
+from core.errors import NotFound
 
 BudgetState = Literal["ok", "warning", "exceeded", "paused"]
 RATE_LOOKBACK = timedelta(minutes=60)  # the forecast's "recent rate"
@@ -128,8 +129,6 @@ def budget_usage_read(keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     in the serve process, beside the traffic that fills it); distributed mode reads Redis with a
     client opened and closed here (a client cannot outlive its loop).
     """
-
-    from agents.engine import on_state_sync
 
     if not keys:
         return {}

@@ -1,7 +1,7 @@
 """Writes for budgets and cost control: pause, resume and raise a budget; refresh the daily
 rollups; reconcile the budget counters with the ledger; detect cost spikes; publish the budget
 gauges. Budget writes are audited and bump the config version through the model's save signal
-(``agents.live_config``), so every serving process enforces them within about a second.
+(``agents.config.live``), so every serving process enforces them within about a second.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from budgets.selectors import (
     ledger_micros,
     micros_to_usd,
 )
-from console.errors import NotFound, ValidationFailed
-from console.services import audit_record
+from core.audit import audit_record
+from core.errors import NotFound, ValidationFailed
 from incidents.models import Incident, IncidentStatus, Severity
 from incidents.services import incident_open, incident_resolve_by_key
 
@@ -180,7 +180,7 @@ def budget_raise(
 
 
 def _rule(budget: Budget) -> Any:
-    from agents.live_config import budget_rule
+    from budgets.rules import budget_rule
 
     return budget_rule(budget)
 

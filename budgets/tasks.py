@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from agents.backends import on_state_sync
 from budgets import services
+from budgets.windows import budget_windows_rebuild
 
 
 @shared_task(name="budgets.tasks.rollups_refresh", acks_late=True, time_limit=120)
@@ -34,7 +36,4 @@ def budgets_observe() -> int:
 @shared_task(name="budgets.tasks.budget_windows_prepare", acks_late=True, time_limit=60)
 def budget_windows_prepare() -> int:
     """Budget windows written (next windows ahead of time, any the shared state lost)."""
-    from agents.engine import on_state_sync
-    from budgets.windows import budget_windows_rebuild
-
     return len(on_state_sync(lambda state: budget_windows_rebuild(store=state)))

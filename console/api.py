@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from agents.runtime.state import DependencyUnavailable
 from agents.schemas import SURROGATE_REFUSED, dotted, text_problems
-from console.errors import ApplicationError, ServiceUnavailable, ValidationFailed
+from core.errors import ApplicationError, ServiceUnavailable, ValidationFailed
 
 logger = logging.getLogger("breakwater.api")
 
@@ -176,9 +176,9 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 
 def _mount() -> None:
+    from agents.access.api import router as keys_router
     from agents.api import router as agents_router
-    from agents.api_async import router as agents_async_router
-    from agents.api_keys import router as keys_router
+    from agents.executions.api import router as agents_async_router
     from budgets.api import router as budgets_router
     from incidents.api import router as incidents_router
 

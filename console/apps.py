@@ -9,8 +9,8 @@ class ConsoleConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from console.db import on_post_migrate
         from console.login_throttle import connect_signals
+        from core.db import on_post_migrate
 
         post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="bw-append-only")
         connect_signals()

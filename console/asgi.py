@@ -15,8 +15,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from agents import execute_asgi, openai_compat  # noqa: E402
-from agents.credentials import presented_key  # noqa: E402
+from agents.access.credentials import presented_key  # noqa: E402
+from agents.doors import openai as openai_compat  # noqa: E402
+from agents.doors import rest as execute_asgi  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
 
 _django_http = ASGIStaticFilesHandler(django_asgi_app)
@@ -49,7 +50,7 @@ _browser_websockets = AllowedHostsOriginValidator(
 
 async def websocket_app(scope: Any, receive: Any, send: Any) -> None:
     """Key sockets to the key-only router, every other socket through the origin check and the
-    session (``agents/credentials.py`` decides what presents a key)."""
+    session (``agents/access/credentials.py`` decides what presents a key)."""
     if presented_key(scope) is not None:
         await _key_websockets(scope, receive, send)
     else:

@@ -32,8 +32,8 @@ def _install_schedule(sender: Celery, **_: object) -> None:
 def _heartbeat_start(**_: object) -> None:
     """Each worker process (a prefork child; the main process, which runs the tasks of a solo
     or threads pool) holds a heartbeat: if it dies, the executions it claimed are settled or
-    queued again within about a minute (agents.processes)."""
-    from agents.processes import current_process
+    queued again within about a minute (agents.executions.processes)."""
+    from agents.executions.processes import current_process
 
     current_process("worker").start()
 
@@ -42,7 +42,7 @@ def _heartbeat_start(**_: object) -> None:
 @worker_shutdown.connect
 def _heartbeat_stop(**_: object) -> None:
     """A worker process that stops cleanly says so: what it still owned is settled at once."""
-    from agents import processes
+    from agents.executions import processes
 
     heartbeat = processes._heartbeat
     if heartbeat is not None and heartbeat.identity.pid == os.getpid():

@@ -22,8 +22,9 @@ import logging
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from agents.auth import PermissionDenied, Principal, principal_for
-from agents.credentials import presented_key
+from agents.access.auth import PermissionDenied, Principal
+from agents.access.credentials import presented_key
+from agents.doors.auth import authenticate
 from console.dashboard import DashboardTicker, Subscription, Visible, dashboard_ticker
 
 log = logging.getLogger("breakwater.dashboard")
@@ -67,7 +68,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 self.visible = None
                 return None
             return UNAUTHENTICATED
-        principal = await principal_for(token)
+        principal = await authenticate(token)
         if principal is None:
             return UNAUTHENTICATED
         if not _reads(principal):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from agents.keys import hash_key, prefix_of
+from agents.access.keys import hash_key, prefix_of
 from agents.models import ApiKey
 
 

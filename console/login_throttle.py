@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 
-from console.services import audit_record
+from core.audit import audit_record
 
 
 def audit_lockout(

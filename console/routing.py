@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from agents.consumers import ExecutionConsumer
+from agents.doors.consumers import ExecutionConsumer
 from console.consumers import DashboardConsumer
 
 websocket_urlpatterns: list[URLPattern] = [

@@ -25,7 +25,7 @@ from typing import Any
 
 from django.db.models import BooleanField, Case, Count, IntegerField, Max, Sum, Value, When
 
-from agents.live_config import agent_config
+from agents.config.live import agent_config
 from agents.models import Agent, Execution
 from agents.runtime.types import AgentConfig
 from agents.selectors import deployment_rows

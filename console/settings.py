@@ -18,7 +18,7 @@ from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from console.env import env_bool, env_float, env_int, env_list, env_str, env_url
+from core.env import env_bool, env_float, env_int, env_list, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env", override=False)
@@ -58,7 +58,7 @@ CELERY_BROKER_URL = env_url(
 
 # --- Secrets at rest ---------------------------------------------------------------------
 # Comma-separated Fernet keys: the first encrypts, all decrypt (rotation). Validated in
-# agents.crypto at start-up so a malformed key names the variable.
+# agents.access.crypto at start-up so a malformed key names the variable.
 BREAKWATER_ENCRYPTION_KEYS = env_list("BREAKWATER_ENCRYPTION_KEYS", [])
 
 # --- Limits ------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ BREAKWATER_SERVE_DRAINS = env_bool("BREAKWATER_SERVE_DRAINS", True)
 BREAKWATER_READYZ_TIMEOUT_S = env_float(
     "BREAKWATER_READYZ_TIMEOUT_S", 2.0, min_value=0.05, max_value=30
 )
-# Process liveness (agents.processes): a process running executions writes a heartbeat every
+# Process liveness (agents.executions.processes): a process running executions writes a heartbeat every
 # HEARTBEAT_S; one silent for DEAD_AFTER_S is dead, and the executions it left running are
 # settled (failed and charged their reservation, or re-queued) within about a minute.
 BREAKWATER_HEARTBEAT_S = env_float("BREAKWATER_HEARTBEAT_S", 5.0, min_value=0.1, max_value=60)
@@ -341,7 +341,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     # API keys never reach the logs, whichever logger writes them (a referer, a path, a message).
-    "filters": {"redact_keys": {"()": "console.log_redaction.RedactKeyParams"}},
+    "filters": {"redact_keys": {"()": "core.log_redaction.RedactKeyParams"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",

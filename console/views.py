@@ -14,6 +14,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from agents import backends
 from agents.selectors import agent_list_with_models
 
 
@@ -43,7 +44,7 @@ def _check_database() -> None:
 
 
 async def _check_redis() -> None:
-    from console.redis import get_async_redis
+    from core.redis import get_async_redis
 
     await get_async_redis().ping()
 
@@ -67,7 +68,7 @@ async def readyz(request: HttpRequest) -> HttpResponse:
             checks[name] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
 
     probes = [run("database", sync_to_async(_check_database, thread_sensitive=False)())]
-    if not settings.EMBEDDED:
+    if not backends.embedded():
         probes.append(run("redis", _check_redis()))
     await asyncio.gather(*probes)
     ready = all(bool(check["ok"]) for check in checks.values())

@@ -18,11 +18,12 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Query, Router, Status
 
-from agents.auth import ApiKeyAuth, PermissionDenied, Principal
+from agents.access.auth import PermissionDenied, Principal
+from agents.doors.auth import ApiKeyAuth
 from agents.models import Agent
 from agents.schemas import ERRORS
-from console.errors import Conflict, NotFound, ValidationFailed
-from console.services import audit_record
+from core.audit import audit_record
+from core.errors import Conflict, NotFound, ValidationFailed
 from incidents import selectors
 from incidents.models import Incident, IncidentStatus
 from incidents.schemas import (

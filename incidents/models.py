@@ -6,7 +6,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from console.models import AppendOnlyModel
+from core.models import AppendOnlyModel
 
 
 class IncidentStatus(models.TextChoices):

@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Prefetch, Q, QuerySet
 
 from agents.selectors import cursor_decode, cursor_encode
-from console.errors import ValidationFailed
+from core.errors import ValidationFailed
 from incidents.models import Incident, IncidentEvent
 
 

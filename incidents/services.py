@@ -7,7 +7,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from console.services import audit_record
+from core.audit import audit_record
 from incidents.models import Incident, IncidentEvent, IncidentStatus, Severity
 
 

@@ -181,10 +181,9 @@ async def websocket(path: str, key: str | None) -> bool:
 async def _quiet() -> None:
     """Let queued work finish: in embedded mode a queued execution runs on an in-process worker,
     whose writes would otherwise meet the next request's in SQLite's one-writer test database."""
-    from console import embedded
+    from core.worker import current_worker
 
-    current = getattr(embedded, "current_worker", None)
-    worker = current() if current is not None else None
+    worker = current_worker()
     if worker is not None:
         await worker.stop()
 

@@ -23,8 +23,8 @@ from agents.config.schema import AgentSpec, BudgetSpec, ConfigDocument, format_e
 from agents.models import Agent, ApiKey, ModelDeployment, Provider
 from agents.schemas import dotted, text_problems
 from budgets.models import Budget, BudgetScope, BudgetWindow
-from console.errors import ValidationFailed
-from console.services import audit_record
+from core.audit import audit_record
+from core.errors import ValidationFailed
 
 
 class ConfigError(ValidationFailed):

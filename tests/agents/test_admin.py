@@ -10,11 +10,11 @@ from django.db import connection
 from django.test import Client
 from pytest_django.fixtures import Settings
 
-from agents.crypto import decrypt_secret, generate_key
-from agents.keys import generate_key as generate_api_key
+from agents.access.crypto import decrypt_secret, generate_key
+from agents.access.keys import generate_key as generate_api_key
 from agents.models import ApiKey, Execution, Provider
 from agents.services import provider_secret_set
-from console.models import AuditEvent
+from core.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -232,7 +232,7 @@ def test_executions_are_read_only_in_the_admin(admin_client: Client) -> None:
 
 
 def test_the_audit_trail_cannot_be_edited_in_the_admin(admin_client: Client) -> None:
-    from console.services import audit_record
+    from core.audit import audit_record
 
     event = audit_record(actor="user:a", action="agent_update", target_type="agent", target_id="x")
     assert admin_client.get("/admin/console/auditevent/add/").status_code == 403

@@ -18,7 +18,7 @@ from agents.engine import engine_shutdown, get_engine
 from agents.models import Agent, ApiKey, Execution
 from agents.services import api_key_create
 from budgets.models import Budget
-from console.models import AuditEvent
+from core.models import AuditEvent
 
 DOC = """
 providers:

@@ -22,12 +22,12 @@ from django.test import AsyncClient
 from prometheus_client import REGISTRY
 
 from agents.config.apply import config_apply, config_parse
+from agents.config.live import config_version_current
 from agents.engine import engine_shutdown, get_engine
-from agents.live_config import config_version_current
 from agents.models import ModelDeployment
 from agents.runtime.state import BreakerConfig, Outcome
 from agents.services import api_key_create
-from console.models import AuditEvent
+from core.models import AuditEvent
 from incidents.models import Incident
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,7 +14,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from agents.keys import generate_key
+from agents.access.keys import generate_key
 from agents.models import Agent, ApiKey, Execution, ModelDeployment, Provider
 
 pytestmark = [pytest.mark.dbmatrix, pytest.mark.django_db]

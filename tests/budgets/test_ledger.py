@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from agents.executions.recording import FileJournal, drain_files_once
+from agents.executions.recording.events import encode_finished, row_from_event
+from agents.executions.recording.store import store_rows
 from agents.models import Execution
-from agents.recording import FileJournal, drain_files_once
-from agents.recording.events import encode_finished, row_from_event
-from agents.recording.store import store_rows
 from agents.runtime.budgets import to_micros
 from agents.runtime.types import ExecutionResult, ExecutionStatus, Step, Usage
 from budgets.models import PriceVersion, SpendEntry

@@ -11,10 +11,10 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from agents.keys import generate_key
+from agents.access.keys import generate_key
 from agents.models import Agent, ApiKey
 from budgets.models import Budget, SpendEntry
-from console.models import AppendOnlyError
+from core.models import AppendOnlyError
 
 TABLE = SpendEntry._meta.db_table
 

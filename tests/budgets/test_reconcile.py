@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.live_config import budget_rule
+from agents.executions.recording.events import encode_finished, row_from_event
+from agents.executions.recording.store import store_rows
 from agents.models import Agent
-from agents.recording.events import encode_finished, row_from_event
-from agents.recording.store import store_rows
 from agents.runtime.types import ExecutionStatus
 from budgets.models import Budget, SpendEntry
+from budgets.rules import budget_rule
 from budgets.selectors import budget_spans
 from budgets.services import budgets_reconcile
 from budgets.windows import budget_windows_rebuild

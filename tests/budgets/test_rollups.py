@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agents.keys import generate_key
+from agents.access.keys import generate_key
 from agents.models import ApiKey, Execution
 from budgets.models import LATENCY_BUCKETS_MS, SpendRollup
 from budgets.selectors import agent_stats_by_window, latency_percentile, merge_buckets

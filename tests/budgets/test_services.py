@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from agents.live_config import config_version_current
+from agents.config.live import config_version_current
 from budgets.models import Budget
 from budgets.services import budget_pause, budget_raise, budget_resume, budget_set_paused
-from console.errors import NotFound, ValidationFailed
-from console.models import AuditEvent
+from core.errors import NotFound, ValidationFailed
+from core.models import AuditEvent
 from tests.budgets.conftest import NOW, budget
 
 pytestmark = pytest.mark.django_db

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from agents.keys import generate_key
+from agents.access.keys import generate_key
 from agents.models import Agent, ApiKey
 from budgets.selectors import (
     budget_get,
@@ -20,7 +20,7 @@ from budgets.selectors import (
     budget_statuses,
 )
 from budgets.services import budgets_observe
-from console.errors import NotFound
+from core.errors import NotFound
 from tests.budgets.conftest import NOW, Counters, budget, spend
 
 
@@ -205,7 +205,7 @@ def test_a_budget_covers_only_its_agents_or_keys_ledger(django_assert_num_querie
 
 @pytest.mark.django_db
 def test_a_restricted_key_sees_its_agents_budgets_and_its_own() -> None:
-    from agents.auth import Principal
+    from agents.access.auth import Principal
 
     support = Agent.objects.create(name="support", model="m")
     billing = Agent.objects.create(name="billing", model="m")
@@ -282,7 +282,7 @@ def test_a_job_in_embedded_mode_reads_the_process_counters(settings: Any) -> Non
     import asyncio
     import uuid
 
-    from agents.engine import process_memory_state
+    from agents.backends import process_memory_state
     from budgets.selectors import budget_usage_read
 
     settings.EMBEDDED = True

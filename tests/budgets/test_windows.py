@@ -66,15 +66,15 @@ async def new_engine() -> Any:
 def embedded(settings: Any) -> None:
     settings.REDIS_URL = None
     settings.EMBEDDED = True
-    from agents import engine as engines
+    from agents import backends
 
-    engines._memory_state = None  # this "process" starts with empty counters
+    backends._memory_state = None  # this "process" starts with empty counters
 
 
 async def test_an_embedded_restart_on_the_day_the_budget_was_created_does_not_reset_it(
     embedded: None,
 ) -> None:
-    from agents import engine as engines
+    from agents import backends
 
     await sync_to_async(config_apply)(document=config_parse(DOC))
     first = await new_engine()
@@ -84,7 +84,7 @@ async def test_an_embedded_restart_on_the_day_the_budget_was_created_does_not_re
     spent = await sync_to_async(charged)()
     assert Decimal("0.9") < spent <= LIMIT
 
-    engines._memory_state = None  # a restart: the process's counters are gone
+    backends._memory_state = None  # a restart: the process's counters are gone
     second = await new_engine()
     after = await spend_until_refused(second, 40)
     await second.stop()
@@ -96,7 +96,7 @@ async def test_an_embedded_restart_on_the_day_the_budget_was_created_does_not_re
 async def test_a_shared_state_that_lost_its_data_rebuilds_the_window_from_the_ledger(
     redis_url: str,
 ) -> None:
-    from console.redis import get_async_redis
+    from core.redis import get_async_redis
 
     await sync_to_async(config_apply)(document=config_parse(DOC))
     budget_id = await sync_to_async(lambda: Budget.objects.get().pk)()

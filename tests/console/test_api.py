@@ -56,7 +56,7 @@ async def call(
     served: bool = False,
 ) -> Any:
     """Through Django's handler, or (``served``) through the application as ``serve`` runs it,
-    where execute has a lean path of its own (agents/execute_asgi.py)."""
+    where execute has a lean path of its own (agents/doors/rest.py)."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     if served:
         from console.asgi import application

@@ -14,7 +14,7 @@ their 404s: each operation's test seeds the same world, with the same ids (seque
 Bounded and reproducible: a fixed seed, deterministic generation, a few examples per operation and
 phase, no example database. Agents answer through the ``simulated`` provider (no network, no
 money). Queued executions stay queued (a holding worker in embedded mode, a private Celery queue
-nobody consumes in distributed mode): running them is tests/agents/test_api_async.py's business.
+nobody consumes in distributed mode): running them is tests/agents/executions/test_api.py's business.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from agents.engine import engine_shutdown
 from agents.models import ApiKey, Execution, ModelDeployment
 from agents.services import api_key_create
 from budgets.models import Budget
-from console.embedded import EmbeddedWorker
+from core.worker import EmbeddedWorker
 from incidents.models import Incident
 from incidents.services import incident_event_add, incident_open
 
@@ -192,7 +192,7 @@ def queues(settings: Any) -> Iterator[None]:
         yield
         async_to_sync(holding.stop)()
         return
-    from console.redis import get_redis
+    from core.redis import get_redis
 
     queue = f"bwtest-fuzz-{uuid.uuid4().hex[:12]}"
     settings.BREAKWATER_EXECUTION_QUEUE = queue
@@ -210,7 +210,7 @@ def shared_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     if django_settings.EMBEDDED:
         yield
         return
-    from console.redis import get_redis
+    from core.redis import get_redis
 
     redis = get_redis()
     before = {

@@ -29,7 +29,7 @@ from budgets.selectors import budget_spans
 from console.asgi import application
 from console.dashboard import dashboard_ticker
 from incidents.services import incident_open
-from tests.agents.test_api_async import _post, drain_journal
+from tests.agents.executions.test_api import _post, drain_journal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -358,7 +358,11 @@ async def test_a_breaker_command_shows_on_the_next_snapshots(keys: dict[str, str
     config = get_engine().config.agent("helper")
     assert config is not None
     await services.breaker_command(
-        key=agent_breaker_key("helper"), action="force_open", config=config.breaker, actor="test"
+        runtime=get_engine(),
+        key=agent_breaker_key("helper"),
+        action="force_open",
+        config=config.breaker,
+        actor="test",
     )
     for _ in range(5):  # one snapshot may have been computed before the command
         state = _agent(await _snapshot(socket), "helper")["breaker"]["state"]

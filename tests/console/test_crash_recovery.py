@@ -88,7 +88,7 @@ def test_a_process_killed_mid_execution_loses_no_record(tmp_path: Path) -> None:
     # Once stale, the reaper fails it as lost: every accepted execution ends somewhere.
     reap = (
         "from datetime import timedelta; from django.utils import timezone;"
-        "from agents.executions import executions_reap_stale;"
+        "from agents.executions.queue import executions_reap_stale;"
         "print(executions_reap_stale(now=timezone.now() + timedelta(hours=2)))"
     )
     assert manage(tmp_path, "shell", "-c", reap).strip().splitlines()[-1] == "1"

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from celery import current_app
 
-from console.embedded import EmbeddedScheduler, EmbeddedWorker
+from console.embedded import EmbeddedScheduler
 from console.schedule import JOBS, Job, beat_schedule
+from core.worker import EmbeddedWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = threading.Event()
@@ -271,7 +272,7 @@ def test_a_fresh_process_registers_every_scheduled_task_when_the_worker_starts(
     code = (
         "import django; django.setup()\n"
         "from celery import current_app\n"
-        "from console.embedded import EmbeddedWorker\n"
+        "from core.worker import EmbeddedWorker\n"
         "from console.schedule import JOBS\n"
         "EmbeddedWorker()\n"
         "missing = [job.task for job in JOBS if job.task not in current_app.tasks]\n"

@@ -251,7 +251,7 @@ def test_serve_logs_no_form_of_an_api_key_in_a_sockets_query_string(
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
-    from agents.keys import generate_key
+    from agents.access.keys import generate_key
 
     key = generate_key().plaintext  # the real format; unknown to the server, so refused
     query = form.format(key=key, encoded=_encoded(key))
@@ -265,7 +265,7 @@ def test_serve_logs_no_form_of_an_api_key_in_a_sockets_query_string(
 
 
 def test_serve_access_log_carries_no_key_in_a_path_or_query(var_dir: Path, tmp_path: Path) -> None:
-    from agents.keys import generate_key
+    from agents.access.keys import generate_key
 
     key = generate_key().plaintext
     running = Server(var_dir, tmp_path, "--access-log")

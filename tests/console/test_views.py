@@ -11,7 +11,7 @@ import pytest
 from django.test import AsyncClient, Client
 from pytest_django.fixtures import Settings
 
-import console.redis
+import core.redis
 from agents.models import Agent, ModelDeployment, Provider
 from budgets.models import Budget
 
@@ -19,7 +19,7 @@ from budgets.models import Budget
 @pytest.fixture
 def fresh_redis_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget pooled clients so the overridden REDIS_URL is the one used (restored after)."""
-    monkeypatch.setattr(console.redis, "_async_clients", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(core.redis, "_async_clients", weakref.WeakKeyDictionary())
 
 
 async def test_healthz_answers_without_touching_anything(async_client: AsyncClient) -> None:

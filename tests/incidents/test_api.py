@@ -17,7 +17,7 @@ from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.selectors import cursor_encode
 from agents.services import api_key_create
-from console.models import AuditEvent
+from core.models import AuditEvent
 from incidents.models import Incident
 from incidents.services import incident_open
 

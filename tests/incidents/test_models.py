@@ -6,7 +6,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from console.models import AppendOnlyError
+from core.models import AppendOnlyError
 from incidents.models import Incident, IncidentEvent
 
 TABLE = IncidentEvent._meta.db_table

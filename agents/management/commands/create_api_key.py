@@ -7,7 +7,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from agents.services import api_key_create
-from console.errors import ValidationFailed
+from core.errors import ValidationFailed
 
 
 def _csv(value: str) -> list[str]:

@@ -11,16 +11,10 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from agents.recording import (
-    DrainResult,
-    RecordDrainer,
-    file_drain,
-    journal_directory,
-    redis_drain,
-)
+from agents.backends import journal_drain
+from agents.executions.recording import DrainResult, RecordDrainer
 
 
 class Command(BaseCommand):
@@ -39,11 +33,7 @@ class Command(BaseCommand):
         asyncio.run(self._run(once=options["once"], interval_s=options["interval"]))
 
     def _drain(self) -> Callable[[], Awaitable[DrainResult]]:
-        if settings.EMBEDDED:
-            return file_drain(journal_directory())
-        from console.redis import get_async_redis
-
-        return redis_drain(get_async_redis())
+        return journal_drain()
 
     async def _run(self, *, once: bool, interval_s: float) -> None:
         drain = self._drain()

@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.fakellm.faults import FaultConfigError, add_arguments, config_from_options
-from agents.fakellm.server import run
+from agents.devtools.fakellm.faults import FaultConfigError, add_arguments, config_from_options
+from agents.devtools.fakellm.server import run
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from agents.crypto import generate_key
+from agents.access.crypto import generate_key
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.loadgen import LoadStats, run_load
+from agents.devtools.loadgen import LoadStats, run_load
 
 
 def ensure_loadgen_key() -> str:

@@ -6,9 +6,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.keys import KEY_PREFIX, looks_like_key, prefix_of
+from agents.access.keys import KEY_PREFIX, looks_like_key, prefix_of
 from agents.services import api_key_revoke
-from console.errors import NotFound
+from core.errors import NotFound
 
 
 class Command(BaseCommand):

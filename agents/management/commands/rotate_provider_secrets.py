@@ -5,7 +5,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from agents.crypto import SecretUnavailable
+from agents.access.crypto import SecretUnavailable
 from agents.services import provider_secrets_rotate
 
 

@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.services import provider_secret_set
-from console.errors import ApplicationError
+from core.errors import ApplicationError
 
 
 class Command(BaseCommand):

@@ -19,6 +19,8 @@ import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from agents import backends
+
 log = logging.getLogger("breakwater.serve")
 
 
@@ -71,10 +73,10 @@ class Command(BaseCommand):
         )
         # uvicorn.Config has configured uvicorn's loggers by now; keys in query strings
         # (websockets' ?key=bw_...) must not reach them.
-        from console.log_redaction import redact_keys_in_server_logs
+        from core.log_redaction import redact_keys_in_server_logs
 
         redact_keys_in_server_logs()
-        embedded = settings.EMBEDDED and not options["no_embedded"]
+        embedded = backends.embedded() and not options["no_embedded"]
         if options["loadgen_rate"] < 0 or options["loadgen_rate"] > 1000:
             self.stderr.write("--loadgen-rate: must be between 0 and 1000")
             raise SystemExit(2)
@@ -92,7 +94,7 @@ class Command(BaseCommand):
 
 async def _loadgen(server: uvicorn.Server, rate: float, key: str) -> None:
     """Demo traffic against this very server, stopped as soon as shutdown begins."""
-    from agents.loadgen import run_load
+    from agents.devtools.loadgen import run_load
 
     while not server.started:
         if server.should_exit:
@@ -121,17 +123,18 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
 
     worker = scheduler = None
     if embedded:
-        from console.embedded import EmbeddedScheduler, EmbeddedWorker
+        from console.embedded import EmbeddedScheduler
+        from core.worker import EmbeddedWorker
 
         worker = EmbeddedWorker()
         scheduler = EmbeddedScheduler(worker=worker)
         scheduler.start()
         log.info("embedded mode: in-process worker and scheduler running")
     from agents.engine import engine_shutdown, get_engine
-    from agents.processes import current_process
+    from agents.executions.processes import current_process
 
     # This process's heartbeat, before any execution: if it dies, the executions it leaves
-    # running are settled within about a minute (agents.processes).
+    # running are settled within about a minute (agents.executions.processes).
     await asyncio.to_thread(current_process("serve").start)
     load = None
     if loadgen_rate > 0:

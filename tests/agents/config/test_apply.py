@@ -13,7 +13,7 @@ from agents.config.apply import ApplyResult, ConfigError, config_apply, config_p
 from agents.models import Agent, ModelDeployment, Provider
 from agents.services import api_key_create
 from budgets.models import Budget, BudgetScope, BudgetWindow
-from console.models import AuditEvent
+from core.models import AuditEvent
 
 pytestmark = [pytest.mark.dbmatrix, pytest.mark.django_db]
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from agents.config.export import config_export_yaml
 from agents.models import Agent, ModelDeployment, Provider
 from budgets.models import Budget
-from console.models import AuditEvent
+from core.models import AuditEvent
 
 pytestmark = [pytest.mark.dbmatrix, pytest.mark.django_db]
 

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from agents.fakellm import FakeLLM, FaultConfig
-from agents.fakellm.faults import FaultModel
+from agents.devtools.fakellm import FakeLLM, FaultConfig
+from agents.devtools.fakellm.faults import FaultModel
 from agents.runtime.clock import SystemClock
 from agents.runtime.providers.registry import ProviderRouter
 from agents.runtime.types import Deployment, Message, ProviderConfig

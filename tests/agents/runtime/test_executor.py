@@ -410,7 +410,7 @@ def test_the_memory_window_keeps_the_latest_messages_within_both_limits() -> Non
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_session_remembers_earlier_turns() -> None:
-    from agents.sessions import LocalSessions
+    from agents.executions.sessions import LocalSessions
 
     h = harness()
     h.executor._sessions = LocalSessions()

@@ -1,0 +1,700 @@
+"""The OpenAI-compatible endpoint (``/v1/chat/completions``, ``/v1/models``) as a lean ASGI app.
+
+It is the hot path, so it does not go through Django's request/response machinery or its
+middleware (which cost about 3 ms of CPU per request on this machine; docs/DECISIONS.md): the
+ASGI router in ``console/asgi.py`` hands ``/v1/`` straight here. Authentication, agent configs
+and budgets come from the engine's in-memory snapshot; the only I/O is the shared-state round
+trips and the provider call.
+
+The agent's name is the ``model``; its system prompt and every safeguard apply. Degraded
+executions come back as OpenAI-format errors (429 with ``Retry-After``, 503), so SDK retry logic
+works; ``stream: true`` answers with OpenAI's server-sent events. A client that disconnects
+cancels the execution, which settles its budget for what was produced.
+
+Client tools pass through as on any OpenAI-compatible gateway: ``tools`` and ``tool_choice`` go
+to the provider next to the agent's own tools; when the model calls a client tool the execution
+ends there and the answer carries ``tool_calls`` (``finish_reason: "tool_calls"``); the caller
+runs the tools and sends the results as ``tool`` messages in its next request. Every bad shape
+(tool definitions, ``tool_choice``, a result that answers no call, a call left unanswered, a
+name that collides with one of the agent's tools) is a 400 naming the field, before any
+reservation or upstream call. A request without tools pays one cheap test for all of this.
+The rules are in docs/OPENAI_TOOLS.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from typing import Any, Literal
+
+import orjson
+from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agents.access.auth import Principal
+from agents.access.disclosure import render_error, sees_provider_text
+from agents.doors.auth import authenticate
+from agents.doors.execute import UNAVAILABLE
+from agents.doors.shell import Receive, Scope, Send, is_secure, security_headers
+from agents.doors.shell import Responder as _Responder
+from agents.doors.shell import header as _header
+from agents.doors.shell import read_body as _read_body
+from agents.doors.shell import until_done_or_disconnect as _until_done_or_disconnect
+from agents.engine import get_engine
+from agents.runtime.types import (
+    AgentConfig,
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutionStatus,
+    Message,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
+from agents.schemas import metadata_problem, text_problems
+
+log = logging.getLogger("breakwater.openai")
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+MAX_TOOLS = 128  # OpenAI's own limit
+MAX_SCHEMA_DEPTH = 32
+_TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+_ARGUMENT_FRAGMENT_CHARS = 64  # tool-call arguments are streamed in pieces of this size
+_EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
+class _CalledFunctionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=_TOOL_NAME)
+    arguments: str
+
+
+class _ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: _CalledFunctionIn
+
+
+class _MessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_TextPart] | None = None
+    tool_calls: list[_ToolCallIn] | None = None  # assistant turns that called client tools
+    tool_call_id: str | None = Field(default=None, max_length=256)  # tool results
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = Field(default=False, strict=True)
+
+
+class _FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=_TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _ToolIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: _FunctionIn
+
+
+class ChatCompletionIn(BaseModel):
+    """The request fields Breakwater honours; other OpenAI fields (``temperature``,
+    ``parallel_tool_calls``, ...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1, max_length=64)
+    messages: list[_MessageIn] = Field(min_length=1, max_length=200)
+    # Numbers and flags are strict, as on OpenAI and the REST door: "10", 10.0 and true are
+    # refused rather than coerced (pydantic's lax mode would take them).
+    stream: bool = Field(default=False, strict=True)
+    stream_options: _StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    n: int = Field(default=1, ge=1, le=1, strict=True)
+    tools: list[_ToolIn] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Any = None  # checked against the tools by _client_tools
+    functions: Any = None  # the legacy functions API: refused with a pointer to tools
+    function_call: Any = None
+    user: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        problem = None if value is None else metadata_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+def _bad_text(raw: bytes) -> tuple[str, str] | None:
+    """(param, message) for the first NUL or lone surrogate in the body, or None.
+
+    Only called when a cheap test hints at one: a ``\\u0000`` escape in the bytes (NUL can
+    only be written so in JSON), or a body jiter refused as invalid JSON (it refuses lone
+    surrogates that way, with a position but no field). The stdlib parser keeps such text, so
+    the field can be named."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None  # really not JSON: jiter's own message stands
+    for loc, problem, in_key in text_problems(body):
+        where = ".".join(str(part) for part in loc) or "body"
+        return where, f"{where}: {'keys ' if in_key else ''}{problem}"
+    return None
+
+
+def _error(
+    status: int, message: str, type_: str, code: str | None = None, param: str | None = None
+) -> tuple[int, bytes]:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return status, orjson.dumps(body)
+
+
+class _Invalid(Exception):
+    """A request field that is wrong: answered 400 with ``param`` naming it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+# --- client tools and their turns --------------------------------------------------------------
+
+
+def _messages(items: list[_MessageIn]) -> tuple[Message, ...]:
+    """The runtime's messages. A conversation with tool turns (rare) takes the checked path."""
+    out = []
+    for m in items:
+        if m.tool_calls or m.role == "tool":
+            return _tool_transcript(items)
+        out.append(Message("system" if m.role == "developer" else m.role, m.text()))
+    return tuple(out)
+
+
+def _tool_transcript(items: list[_MessageIn]) -> tuple[Message, ...]:
+    """Messages with tool calls and results, checked as OpenAI checks them: the ``tool``
+    messages right after an assistant message with ``tool_calls`` answer those calls, one
+    result per call id, and no call is left without its result."""
+    out: list[Message] = []
+    waiting: dict[str, str] = {}  # call id -> tool name, still without a result
+    asked_at = -1
+    for index, m in enumerate(items):
+        if m.role == "tool":
+            where = f"messages.{index}.tool_call_id"
+            if not m.tool_call_id:
+                raise _Invalid(where, "required on a message with role 'tool'")
+            name = waiting.pop(m.tool_call_id, None)
+            if name is None:
+                raise _Invalid(
+                    where,
+                    f"{m.tool_call_id!r} answers no tool call of the assistant message before it",
+                )
+            out.append(Message("tool", m.text(), tool_call_id=m.tool_call_id, name=name))
+            continue
+        if waiting:
+            raise _Invalid(
+                f"messages.{asked_at}.tool_calls",
+                f"no tool message answers {', '.join(sorted(waiting))} (tool results must "
+                "follow the assistant message that called the tools)",
+            )
+        if not m.tool_calls:
+            out.append(Message("system" if m.role == "developer" else m.role, m.text()))
+            continue
+        if m.role != "assistant":
+            raise _Invalid(f"messages.{index}.tool_calls", "only assistant messages carry them")
+        calls = []
+        for position, call in enumerate(m.tool_calls):
+            if call.id in waiting:
+                raise _Invalid(
+                    f"messages.{index}.tool_calls.{position}.id", f"duplicate id {call.id!r}"
+                )
+            waiting[call.id] = call.function.name
+            calls.append(ToolCall(call.id, call.function.name, call.function.arguments))
+        asked_at = index
+        out.append(Message("assistant", m.text(), tool_calls=tuple(calls)))
+    if waiting:
+        raise _Invalid(
+            f"messages.{asked_at}.tool_calls",
+            f"no tool message answers {', '.join(sorted(waiting))}",
+        )
+    return tuple(out)
+
+
+def _schema_problem(schema: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """(field, message) for the first thing in a JSON Schema no provider would accept.
+
+    The structure only: types are JSON type names, ``properties``/``$defs`` map names to
+    schemas, ``items``/``anyOf``/... hold schemas, ``required`` lists names, ``enum`` is a
+    non-empty list. Other keywords pass through to the provider, which checks the rest."""
+    if isinstance(schema, bool):
+        return None
+    if not isinstance(schema, dict):
+        return path, "must be a JSON Schema object"
+    if depth > MAX_SCHEMA_DEPTH:
+        return path, f"nested deeper than {MAX_SCHEMA_DEPTH} levels"
+    kind = schema.get("type")
+    if kind is not None:
+        kinds = kind if isinstance(kind, list) else [kind]
+        if not kinds or any(not isinstance(k, str) or k not in _JSON_TYPES for k in kinds):
+            return f"{path}.type", f"must be one of {', '.join(sorted(_JSON_TYPES))} (or a list)"
+    for keyword in ("properties", "$defs", "definitions", "patternProperties"):
+        members = schema.get(keyword)
+        if members is None:
+            continue
+        if not isinstance(members, dict):
+            return f"{path}.{keyword}", "must be an object of schemas"
+        for name, sub in members.items():
+            problem = _schema_problem(sub, f"{path}.{keyword}.{name}", depth + 1)
+            if problem:
+                return problem
+    for keyword in ("items", "additionalProperties", "not"):
+        if keyword in schema:
+            items = schema[keyword]
+            subs = items if keyword == "items" and isinstance(items, list) else [items]
+            for sub in subs:
+                problem = _schema_problem(sub, f"{path}.{keyword}", depth + 1)
+                if problem:
+                    return problem
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        if keyword in schema:
+            options = schema[keyword]
+            if not isinstance(options, list) or not options:
+                return f"{path}.{keyword}", "must be a non-empty array of schemas"
+            for position, sub in enumerate(options):
+                problem = _schema_problem(sub, f"{path}.{keyword}.{position}", depth + 1)
+                if problem:
+                    return problem
+    required = schema.get("required")
+    if required is not None and (
+        not isinstance(required, list) or not all(isinstance(n, str) for n in required)
+    ):
+        return f"{path}.required", "must be an array of property names"
+    enum = schema.get("enum")
+    if enum is not None and (not isinstance(enum, list) or not enum):
+        return f"{path}.enum", "must be a non-empty array"
+    return None
+
+
+def _client_tools(
+    payload: ChatCompletionIn, agent: AgentConfig
+) -> tuple[tuple[ToolSpec, ...], ToolChoice | None]:
+    """The request's tools as client :class:`ToolSpec` and its ``tool_choice``; raises
+    :class:`_Invalid` naming the first bad field."""
+    if payload.functions is not None or payload.function_call is not None:
+        field = "functions" if payload.functions is not None else "function_call"
+        raise _Invalid(
+            field, "the legacy functions API is not supported; use tools and tool_choice"
+        )
+    own = {tool.name for tool in agent.tools}
+    names: set[str] = set()
+    specs = []
+    for index, tool in enumerate(payload.tools or ()):
+        function = tool.function
+        where = f"tools.{index}.function"
+        if function.name in names:
+            raise _Invalid(f"{where}.name", f"duplicate tool name {function.name!r}")
+        if function.name in own:
+            raise _Invalid(
+                f"{where}.name",
+                f"{function.name!r} is already a tool of model {agent.name!r} (run "
+                "server-side); rename yours",
+            )
+        names.add(function.name)
+        parameters = function.parameters or _EMPTY_PARAMETERS
+        if parameters.get("type") != "object":
+            raise _Invalid(
+                f"{where}.parameters", 'must be a JSON Schema with "type": "object" at the top'
+            )
+        problem = _schema_problem(parameters, f"{where}.parameters")
+        if problem is not None:
+            raise _Invalid(*problem)
+        specs.append(
+            ToolSpec(
+                name=function.name,
+                kind="client",
+                description=function.description or "",
+                parameters=parameters,
+                strict=function.strict,
+            )
+        )
+    return tuple(specs), _tool_choice(payload.tool_choice, names)
+
+
+def _tool_choice(value: Any, names: set[str]) -> ToolChoice | None:
+    if value is None:
+        return None
+    if value in ("auto", "none", "required"):
+        if names:
+            return ToolChoice(value)
+        if value == "required":
+            raise _Invalid("tool_choice", "'required' is only allowed when tools are given")
+        return None  # auto / none without tools: nothing to choose from
+    if isinstance(value, dict) and value.get("type") == "function":
+        function = value.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise _Invalid("tool_choice.function.name", "required")
+        if name not in names:
+            raise _Invalid("tool_choice.function.name", f"{name!r} is not one of the tools given")
+        return ToolChoice("function", name)
+    raise _Invalid(
+        "tool_choice",
+        'must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+    )
+
+
+def _tool_calls_out(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
+
+
+# Degraded executions as OpenAI errors: (HTTP status, error type, code).
+_DEGRADED: dict[str, tuple[int, str, str]] = {
+    "rate_limited": (429, "rate_limit_error", "rate_limit_exceeded"),
+    "budget_exceeded": (429, "insufficient_quota", "insufficient_quota"),
+    "circuit_open": (503, "service_unavailable", "circuit_open"),
+    "timeout": (503, "service_unavailable", "timeout"),
+    "llm_error": (503, "service_unavailable", "upstream_error"),
+    "tool_error": (503, "service_unavailable", "tool_error"),
+}
+
+
+def result_error(result: ExecutionResult, *, full: bool) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, extra headers) for an execution that did not succeed. ``full``: the
+    caller may read provider error text (``agents.access.disclosure``); else a typed summary."""
+    headers: dict[str, str] = {}
+    if result.status == ExecutionStatus.DEGRADED:
+        status, type_, code = _DEGRADED.get(
+            result.fallback_reason or "llm_error", _DEGRADED["llm_error"]
+        )
+        if status == 429:
+            wait = result.retry_after or 1.0
+            if not math.isfinite(wait):
+                # More tokens than the tokens-per-minute limit admits in any minute: waiting
+                # cannot help, so it is the request's fault, not a rate to back off from.
+                return (
+                    *_error(
+                        400,
+                        "this request needs more tokens than the tokens-per-minute limit admits",
+                        "invalid_request_error",
+                        "rate_limit_exceeded",
+                    ),
+                    headers,
+                )
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+        return (*_error(status, result.output, type_, code), headers)
+    error = render_error(result.error, full=full) or {}
+    if error.get("type") in UNAVAILABLE:  # nothing was admitted: retry soon
+        headers["retry-after"] = str(max(1, math.ceil(result.retry_after or 1)))
+        return (*_error(503, error["message"], "service_unavailable", error["type"]), headers)
+    if error.get("type") == "client_error":
+        return (*_error(400, error.get("message", "bad request"), "invalid_request_error"), headers)
+    if error.get("type") == "price_unknown":
+        # The agent's configuration, not the server, is at fault: an unpriced model under a
+        # budget is refused (fail closed) until an operator sets its prices. apply and the API
+        # refuse such a configuration; this is for one that got in another way (the admin, SQL).
+        message = error.get("message", "the model has no price and a budget applies")
+        return (*_error(503, message, "service_unavailable", "price_unknown"), headers)
+    return (*_error(500, error.get("message", "internal error"), "server_error"), headers)
+
+
+def completion_body(result: ExecutionResult, model: str) -> dict[str, Any]:
+    usage = result.usage
+    return {
+        "id": f"chatcmpl-{result.execution_id}",
+        "object": "chat.completion",
+        "created": int(result.created_at),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": (
+                    {
+                        "role": "assistant",
+                        "content": result.output or None,
+                        "refusal": None,
+                        "tool_calls": _tool_calls_out(result.tool_calls),
+                    }
+                    if result.tool_calls
+                    else {"role": "assistant", "content": result.output, "refusal": None}
+                ),
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+        },
+        "system_fingerprint": None,
+        "breakwater": {
+            "execution_id": result.execution_id,
+            "cached": result.cached,
+            "fallback_used": result.fallback_used,
+            "fallback_reason": result.fallback_reason,
+            "cost_usd": float(result.cost_usd),
+        },
+    }
+
+
+async def _authenticate(scope: Scope) -> Principal | None:
+    value = _header(scope, b"authorization") or ""
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return await authenticate(token.strip())
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """ASGI entry for ``/v1/...``."""
+    out = _Responder(send, security_headers(is_secure(scope)))  # the headers Django sends
+    path = scope["path"]
+    method = scope["method"]
+    principal = await _authenticate(scope)
+    if principal is None:
+        await out.json(
+            *_error(
+                401, "Incorrect or missing API key.", "invalid_request_error", "invalid_api_key"
+            ),
+            {"www-authenticate": "Bearer"},
+        )
+        return
+    if path == "/v1/models" and method == "GET":
+        await _models(principal, out)
+    elif path == "/v1/chat/completions" and method == "POST":
+        await _chat(scope, receive, principal, out)
+    elif path in ("/v1/models", "/v1/chat/completions"):
+        await out.json(*_error(405, f"{method} not allowed", "invalid_request_error"))
+    else:
+        await out.json(*_error(404, f"unknown endpoint {path}", "invalid_request_error"))
+
+
+async def _models(principal: Principal, out: _Responder) -> None:
+    try:
+        principal.require("read")
+    except Exception:
+        principal.require("execute")  # executing keys may list what they can call
+    engine = get_engine()
+    names = sorted(n for n in engine.config.snapshot.agents if principal.may_use(n))
+    data = [{"id": n, "object": "model", "created": 0, "owned_by": "breakwater"} for n in names]
+    await out.json(200, orjson.dumps({"object": "list", "data": data}))
+
+
+async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Responder) -> None:
+    if "execute" not in principal.scopes and "admin" not in principal.scopes:
+        await out.json(*_error(403, "this API key lacks the 'execute' scope", "permission_error"))
+        return
+    raw = await _read_body(receive, settings.BREAKWATER_MAX_BODY_BYTES)
+    if raw is None:
+        await out.json(*_error(413, "request body exceeds the size limit", "invalid_request_error"))
+        return
+    try:
+        payload = ChatCompletionIn.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        message = f"{where}: {first['msg']}"
+        if first["type"] == "json_invalid" and (found := _bad_text(raw)) is not None:
+            where, message = found
+        await out.json(*_error(400, message, "invalid_request_error", param=where))
+        return
+    if b"\\u0000" in raw and (found := _bad_text(raw)) is not None:
+        await out.json(*_error(400, found[1], "invalid_request_error", param=found[0]))
+        return
+    engine = get_engine()
+    agent = engine.config.agent(payload.model)
+    problem = engine.config.unavailable(payload.model)
+    if problem is not None and principal.may_use(payload.model):
+        await out.json(*_error(503, problem, "service_unavailable", "agent_unavailable"))
+        return
+    if agent is None or not principal.may_use(payload.model):
+        await out.json(
+            *_error(
+                404,
+                f"The model '{payload.model}' does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        )
+        return
+    max_tokens = payload.max_completion_tokens or payload.max_tokens
+    if max_tokens is not None and max_tokens > agent.max_tokens:
+        await out.json(
+            *_error(
+                400,
+                f"max_tokens: must be <= {agent.max_tokens} for model {payload.model}",
+                "invalid_request_error",
+                param="max_tokens",
+            )
+        )
+        return
+    client_tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    try:
+        if (
+            payload.tools
+            or payload.tool_choice is not None
+            or payload.functions is not None
+            or payload.function_call is not None
+        ):
+            client_tools, tool_choice = _client_tools(payload, agent)
+        messages = _messages(payload.messages)
+    except _Invalid as exc:
+        await out.json(*_error(400, str(exc), "invalid_request_error", param=exc.param))
+        return
+    cache_control = (_header(scope, b"cache-control") or "").lower()
+    request = ExecutionRequest(
+        agent=payload.model,
+        messages=messages,
+        execution_id=str(uuid.uuid4()),
+        max_tokens=max_tokens,
+        metadata={**(payload.metadata or {}), **({"user": payload.user} if payload.user else {})},
+        api_key_id=principal.key_id,
+        api_key_limits=principal.limits,
+        bypass_cache="no-cache" in cache_control or "no-store" in cache_control,
+        tools=client_tools,
+        tool_choice=tool_choice,
+    )
+    if payload.stream:
+        include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
+        full = sees_provider_text(principal.scopes)
+        await _stream(receive, out, engine, request, include_usage, full=full)
+        return
+    task = asyncio.ensure_future(engine.execute(request))
+    result = await _until_done_or_disconnect(task, receive)
+    if result is None:
+        return  # the client left; the execution was cancelled and settled
+    if result.status == ExecutionStatus.SUCCEEDED:
+        await out.json(200, orjson.dumps(completion_body(result, payload.model)))
+    else:
+        status, body, headers = result_error(result, full=sees_provider_text(principal.scopes))
+        await out.json(status, body, headers)
+
+
+def _chunk(
+    request: ExecutionRequest, created: int, delta: dict[str, Any], finish: str | None
+) -> bytes:
+    payload = {
+        "id": f"chatcmpl-{request.execution_id}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": request.agent,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _tool_call_chunks(
+    request: ExecutionRequest, created: int, calls: tuple[ToolCall, ...]
+) -> bytes:
+    """Tool calls as OpenAI streams them: per call, a delta with its index, id and name, then
+    its arguments in pieces (the SDK joins them by index)."""
+    events = []
+    for index, call in enumerate(calls):
+        head = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        events.append(_chunk(request, created, {"tool_calls": [head]}, None))
+        text = call.arguments
+        for start in range(0, len(text), _ARGUMENT_FRAGMENT_CHARS):
+            piece = {
+                "index": index,
+                "function": {"arguments": text[start : start + _ARGUMENT_FRAGMENT_CHARS]},
+            }
+            events.append(_chunk(request, created, {"tool_calls": [piece]}, None))
+    return b"".join(events)
+
+
+async def _stream(
+    receive: Receive,
+    out: _Responder,
+    engine: Any,
+    request: ExecutionRequest,
+    include_usage: bool,
+    *,
+    full: bool,
+) -> None:
+    """OpenAI server-sent events. Headers wait for the first token, so an execution that is
+    refused or degraded before producing anything still answers with a real HTTP error."""
+    created = int(time.time())
+    sse_headers = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+
+    async def on_token(text: str) -> None:
+        if not out.started:
+            await out.start(200, sse_headers)
+            await out.body(
+                _chunk(request, created, {"role": "assistant", "content": ""}, None), more=True
+            )
+        await out.body(_chunk(request, created, {"content": text}, None), more=True)
+
+    task = asyncio.ensure_future(engine.execute(request, on_token=on_token))
+    result = await _until_done_or_disconnect(task, receive)
+    if result is None:
+        return
+    if not out.started:
+        if result.status != ExecutionStatus.SUCCEEDED:
+            status, body, headers = result_error(result, full=full)
+            await out.json(status, body, headers)
+            return
+        # Succeeded without streaming tokens (a cached answer, only tool calls): one delta.
+        await out.start(200, sse_headers)
+        content = "" if result.output or not result.tool_calls else None
+        await out.body(
+            _chunk(request, created, {"role": "assistant", "content": content}, None), more=True
+        )
+        if result.output:
+            await out.body(_chunk(request, created, {"content": result.output}, None), more=True)
+    if result.status == ExecutionStatus.SUCCEEDED:
+        if result.tool_calls:
+            await out.body(_tool_call_chunks(request, created, result.tool_calls), more=True)
+        await out.body(_chunk(request, created, {}, result.finish_reason), more=True)
+    else:
+        # Part of an answer was already sent: end the stream with an error event.
+        status, body, _ = result_error(result, full=full)
+        await out.body(b"data: " + body + b"\n\n", more=True)
+    if include_usage:
+        usage = {
+            "id": f"chatcmpl-{request.execution_id}",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": request.agent,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": result.usage.input_tokens,
+                "completion_tokens": result.usage.output_tokens,
+                "total_tokens": result.usage.input_tokens + result.usage.output_tokens,
+            },
+        }
+        await out.body(b"data: " + orjson.dumps(usage) + b"\n\n", more=True)
+    await out.body(b"data: [DONE]\n\n")

@@ -1,0 +1,157 @@
+"""``Idempotency-Key`` with Stripe's semantics, for execute and enqueue.
+
+* The same key with the same request replays the stored response: no second execution, no
+  second charge.
+* The same key with a different request is refused (422).
+* The same key while the first request is still running is refused (409).
+* Keys are kept 24 hours, per API key (one client's keys never collide with another's).
+
+Distributed mode stores records in Redis (``SET NX`` claims the key atomically across processes);
+embedded mode keeps them in process memory (a restart forgets them: documented in
+docs/OPERATIONS.md). A request that fails with an unexpected error releases its claim so the
+client can retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from core.redis import unavailable_on_redis_errors
+
+TTL_S = 24 * 3600
+RUNNING_TTL_S = 3700  # a claim outlives the longest execution, then frees itself
+MAX_KEY_LEN = 255
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: Literal["started", "replay", "mismatch", "in_progress"]
+    status: int = 0
+    body: Any = None
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+
+
+class MemoryIdempotency:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def _get(self, key: str, now: float) -> dict[str, Any] | None:
+        item = self._records.get(key)
+        if item is None or item[0] <= now:
+            self._records.pop(key, None)
+            return None
+        return item[1]
+
+    async def claim(self, key: str, print_: str) -> Claim:
+        now = time.time()
+        with self._lock:
+            if len(self._records) > 100_000:  # bound memory: drop expired records
+                for stale in [k for k, (exp, _) in self._records.items() if exp <= now]:
+                    del self._records[stale]
+            record = self._get(key, now)
+            if record is None:
+                self._records[key] = (now + RUNNING_TTL_S, {"fp": print_, "state": "running"})
+                return Claim("started")
+            return _judge(record, print_)
+
+    async def finish(self, key: str, print_: str, status: int, body: Any) -> None:
+        with self._lock:
+            self._records[key] = (
+                time.time() + TTL_S,
+                {"fp": print_, "state": "done", "status": status, "body": body},
+            )
+
+    async def release(self, key: str) -> None:
+        with self._lock:
+            self._records.pop(key, None)
+
+
+class RedisIdempotency:
+    def __init__(self, client: Any, *, prefix: str = "bw") -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}:idem:{key}"
+
+    async def claim(self, key: str, print_: str) -> Claim:
+        with unavailable_on_redis_errors():
+            return await self._claim(key, print_)
+
+    async def _claim(self, key: str, print_: str) -> Claim:
+        running = json.dumps({"fp": print_, "state": "running"})
+        if await self._redis.set(self._key(key), running, nx=True, ex=RUNNING_TTL_S):
+            return Claim("started")
+        raw = await self._redis.get(self._key(key))
+        if raw is None:  # expired between the two calls: try once more
+            if await self._redis.set(self._key(key), running, nx=True, ex=RUNNING_TTL_S):
+                return Claim("started")
+            raw = await self._redis.get(self._key(key))
+        return _judge(json.loads(raw), print_) if raw else Claim("in_progress")
+
+    async def finish(self, key: str, print_: str, status: int, body: Any) -> None:
+        record = {"fp": print_, "state": "done", "status": status, "body": body}
+        with unavailable_on_redis_errors():
+            await self._redis.set(self._key(key), json.dumps(record), ex=TTL_S)
+
+    async def release(self, key: str) -> None:
+        with unavailable_on_redis_errors():
+            await self._redis.delete(self._key(key))
+
+
+def _judge(record: dict[str, Any], print_: str) -> Claim:
+    if record.get("fp") != print_:
+        return Claim("mismatch")
+    if record.get("state") != "done":
+        return Claim("in_progress")
+    return Claim("replay", int(record["status"]), record["body"])
+
+
+async def run_idempotently(
+    *,
+    store: MemoryIdempotency | RedisIdempotency,
+    header: str | None,
+    key_id: int,
+    method: str,
+    path: str,
+    body: bytes,
+    produce: Any,
+) -> Any:
+    """Run ``produce()`` (a coroutine function returning a JSON-able body) at most once per
+    ``Idempotency-Key`` header value; without the header it simply runs."""
+    from core.errors import ApplicationError, Conflict, ValidationFailed
+
+    if header is None:
+        return await produce()
+    key = header.strip()
+    if not key or len(key) > MAX_KEY_LEN:
+        raise ValidationFailed([f"Idempotency-Key: must be 1 to {MAX_KEY_LEN} characters"])
+    scoped = f"{key_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+    print_ = fingerprint(method, path, body)
+    claim = await store.claim(scoped, print_)
+    if claim.outcome == "replay":
+        return claim.body
+    if claim.outcome == "mismatch":
+        raise ApplicationError(
+            "Idempotency-Key was already used with a different request",
+            status=422,
+            type="idempotency_mismatch",
+        )
+    if claim.outcome == "in_progress":
+        raise Conflict("a request with this Idempotency-Key is still being processed")
+    try:
+        result = await produce()
+    except BaseException:
+        await store.release(scoped)
+        raise
+    await store.finish(scoped, print_, 200, result)
+    return result

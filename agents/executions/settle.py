@@ -1,0 +1,162 @@
+"""Executions that dead processes left ``running``: settled, so nothing stays stuck and no
+reservation is held for ever (``agents.executions.processes`` decides who is dead)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.backends import on_state_sync
+from agents.executions.processes import processes_mark_dead
+from agents.executions.queue import execution_dispatch, journal_drain_once
+from agents.models import Agent, Execution, ExecutionStatus, ModelDeployment, WorkerProcess
+from agents.runtime.budgets import to_micros, window_bounds
+from agents.runtime.state import Abandon
+from budgets.models import Budget, BudgetScope, SpendEntry
+from budgets.rules import budget_rule
+
+log = logging.getLogger("breakwater.executions")
+
+
+@dataclass(frozen=True)
+class SettleDead:
+    failed: int = 0  # run-now executions: failed, charged their reservation
+    requeued: int = 0  # queued executions: queued again
+    charged_micros: int = 0  # what was charged for work whose usage is unknown
+
+
+def _budget_keys(rows: list[Any]) -> dict[Any, tuple[str, ...]]:
+    """The budget window keys each execution's admission held (the budgets that apply to its
+    agent and key, in the windows of its ``created_at``)."""
+    budgets = list(Budget.objects.select_related("agent"))
+    keys: dict[Any, tuple[str, ...]] = {}
+    for row in rows:
+        found = []
+        for budget in budgets:
+            if budget.scope == BudgetScope.AGENT and (
+                budget.agent is None or budget.agent.name != row.agent_name
+            ):
+                continue
+            if budget.scope == BudgetScope.API_KEY and budget.api_key_id != row.api_key_id:
+                continue
+            rule = budget_rule(budget)
+            window, _, _ = window_bounds(rule, row.created_at.timestamp())
+            found.append(f"budget:{rule.id}:{window}")
+        keys[row.pk] = tuple(found)
+    return keys
+
+
+def executions_settle_dead(
+    *, store: Any = None, now: datetime | None = None, batch: int = 500
+) -> SettleDead:
+    """Settle the executions that dead processes left ``running`` (``agents.executions.processes``).
+
+    The journal is drained first, so what a process recorded before it died is stored rather
+    than settled. Then, per execution:
+
+    * in the shared state its leases and rate-log entries are dropped and its reservations
+      become spend (:class:`~agents.runtime.state.Abandon`): the call may have gone upstream,
+      and its usage is unknown, so it is charged conservatively, at its reservation (the
+      larger of what the store held and what its ``started`` event journaled);
+    * a queued execution is queued again (and dispatched): the abandoned attempt's charge is a
+      ledger entry of its own (id ``uuid5(execution id, owner)``), since the execution's own
+      entry is its next run's;
+    * any other is failed (``error.type`` ``process_died``), its cost and ledger entry that
+      charge.
+
+    Each row changes with a conditional UPDATE (still ``running``, same owner): concurrent
+    settlers, and a late ``finished`` from a process that was not dead after all, each change
+    it once (a late ``finished`` still overwrites the row: it is the truth; the ledger keeps
+    the first charge). Runs at start-up in embedded mode and every 10 s as a job.
+    """
+    now = now or timezone.now()
+    dead = processes_mark_dead(now=now)
+    if not dead:
+        return SettleDead()
+    running = Execution.objects.filter(status=ExecutionStatus.RUNNING, owner__in=dead)
+    if not running.exists():
+        return SettleDead()
+    journal_drain_once()  # what they recorded before dying is the truth
+    rows = list(
+        running.only(
+            "id", "agent_name", "api_key_id", "owner", "reserved_usd", "queued_at", "created_at"
+        ).order_by("created_at")[:batch]
+    )
+    if not rows:
+        return SettleDead()
+    keys = _budget_keys(rows)
+    deployments = tuple(ModelDeployment.objects.values_list("id", flat=True))
+    held: dict[str, int] = on_state_sync(
+        lambda state: state.abandon(
+            Abandon(
+                lease_ids=tuple(str(row.pk) for row in rows),
+                deployment_ids=deployments,
+                budget_keys=tuple(sorted({k for ks in keys.values() for k in ks})),
+                charge=True,
+            )
+        ),
+        store,
+    )
+    owners = {p.id: p for p in WorkerProcess.objects.filter(id__in={row.owner for row in rows})}
+    failed = requeued = charged = 0
+    dispatch: list[tuple[str, str]] = []
+    for row in rows:
+        micros = max(held.get(str(row.pk), 0), to_micros(row.reserved_usd, up=True))
+        cost = Decimal(micros) / Decimal(1_000_000)
+        owner = owners.get(row.owner)
+        who = f"{owner.kind} pid {owner.pid} on {owner.host}" if owner else row.owner
+        still = Execution.objects.filter(pk=row.pk, status=ExecutionStatus.RUNNING, owner=row.owner)
+        entry = SpendEntry(
+            execution_id=row.pk,
+            at=row.created_at,
+            agent_name=row.agent_name,
+            api_key_id=row.api_key_id,
+            model="",
+            cost_usd=cost,
+            charged_micros=micros,
+        )
+        with transaction.atomic():
+            if row.queued_at is not None:
+                if not still.update(status=ExecutionStatus.QUEUED, owner=""):
+                    continue
+                requeued += 1
+                dispatch.append((str(row.pk), row.agent_name))
+                entry.execution_id = uuid.uuid5(row.pk, f"abandoned:{row.owner}")
+            else:
+                message = f"the process running it ({who}) died"
+                if micros:
+                    message += f"; its usage is unknown, so it is charged its reservation (${cost})"
+                if not still.update(
+                    status=ExecutionStatus.FAILED,
+                    finished_at=now,
+                    cost_usd=cost,
+                    error={"type": "process_died", "message": message},
+                ):
+                    continue
+                failed += 1
+            if micros:
+                SpendEntry.objects.bulk_create([entry], ignore_conflicts=True)
+                charged += micros
+    if dispatch:
+        timeouts = dict(Agent.objects.values_list("name", "timeout_s"))
+        for execution_id, agent_name in dispatch:
+            execution_dispatch(
+                execution_id=execution_id, timeout_s=float(timeouts.get(agent_name, 30.0))
+            )
+    if failed or requeued:
+        log.warning(
+            "settled %d execution(s) of dead processes: %d failed, %d queued again, "
+            "%d micro-USD charged at their reservations",
+            failed + requeued,
+            failed,
+            requeued,
+            charged,
+        )
+    return SettleDead(failed, requeued, charged)

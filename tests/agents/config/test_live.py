@@ -1,0 +1,212 @@
+"""agents/config/live.py: the in-memory config snapshot follows the database's version."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import transaction
+
+from agents.config.live import LiveConfig, config_version_bump, config_version_current
+from tests.asgi_client import Answer, asgi_request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _bump() -> None:
+    with transaction.atomic():
+        config_version_bump()
+
+
+async def test_the_watcher_reloads_and_tells_its_engine_when_the_version_moves() -> None:
+    config = LiveConfig()
+    await asyncio.to_thread(config.reload_in_thread)
+    changed = asyncio.Event()
+    watcher = asyncio.create_task(config.watch(interval_s=0.05, on_change=changed.set))
+    try:
+        await asyncio.sleep(0.2)
+        assert not changed.is_set()  # nothing moved: nothing reloaded
+        await sync_to_async(_bump)()
+        await asyncio.wait_for(changed.wait(), timeout=5)
+        assert config.snapshot.version == await sync_to_async(config_version_current)()
+    finally:
+        watcher.cancel()
+
+
+# --- one bad object does not freeze the reloads (issue 10, point 10) ---------------------------
+
+DOC = """
+providers:
+  - {name: vault, kind: openai, base_url: "http://127.0.0.1:9/v1"}
+  - {name: sim, kind: simulated, simulation: {latency_ms: 0, error_rate: 0, seed: 1}}
+models:
+  - {name: locked-m, provider: vault, upstream_model: gpt-x}
+  - {name: free-m, provider: sim, upstream_model: s-1}
+agents:
+  - {name: locked, model: locked-m}
+  - {name: free, model: free-m}
+  - {name: mixed, model: locked-m, fallback_models: [free-m]}
+"""
+CHAT = b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+def _world() -> dict[str, str]:
+    from agents.config.apply import config_apply, config_parse
+    from agents.services import api_key_create, provider_secret_set
+
+    config_apply(document=config_parse(DOC))
+    provider_secret_set(provider_name="vault", secret="sk-stored-in-the-database")
+    return {
+        "victim": api_key_create(name="victim", scopes=["execute"]).plaintext,
+        "other": api_key_create(name="other", scopes=["execute"]).plaintext,
+    }
+
+
+@pytest.fixture
+async def world(settings: Any, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """The stored secret was encrypted with a key this process no longer has."""
+    from agents.access.crypto import generate_key
+    from agents.engine import engine_shutdown
+
+    settings.VAR_DIR = tmp_path
+    settings.BREAKWATER_ENCRYPTION_KEYS = [generate_key()]
+    keys = await sync_to_async(_world)()
+    settings.BREAKWATER_ENCRYPTION_KEYS = []  # unset: the secret cannot be decrypted
+    yield keys
+    await engine_shutdown()
+
+
+async def _post(path: str, key: str, body: bytes) -> Answer:
+    from console.asgi import application
+
+    headers = [("Authorization", f"Bearer {key}"), ("Content-Type", "application/json")]
+    return await asgi_request(application, "POST", path, headers=headers, body=body)
+
+
+async def test_a_revocation_is_in_force_while_a_providers_secret_cannot_be_decrypted(
+    world: dict[str, str],
+) -> None:
+    from agents.engine import get_engine
+    from agents.models import ApiKey
+    from agents.services import api_key_revoke
+
+    engine = get_engine()
+    await engine.start()  # loads the config and polls its version every second
+    victim = world["victim"]
+    assert (await _post("/v1/chat/completions", victim, CHAT % b"free")).status_code == 200
+    key_id = await sync_to_async(lambda: ApiKey.objects.get(name="victim").pk)()
+    # Revoked elsewhere (another process, the CLI): this engine learns it from its poll.
+    await sync_to_async(api_key_revoke)(key_id=key_id, actor="test", reason="leaked")
+    revoked_at = time.monotonic()
+    while (await _post("/v1/chat/completions", victim, CHAT % b"free")).status_code != 401:
+        # One poll interval (1 s), with generous slack for a loaded machine; before the fix
+        # every reload failed and the key was answered for as long as anyone watched.
+        assert time.monotonic() - revoked_at < 1.0 + 9.0, "the revoked key is still answered"
+        await asyncio.sleep(0.05)
+    # The other key, and the agents that do not need the broken provider, work as before.
+    assert (await _post("/v1/chat/completions", world["other"], CHAT % b"free")).status_code == 200
+    mixed = await _post("/v1/chat/completions", world["other"], CHAT % b"mixed")
+    assert mixed.status_code == 200  # its fallback is on a provider that works
+
+
+async def test_the_providers_agents_answer_a_clear_error_on_every_door(
+    world: dict[str, str],
+) -> None:
+    from agents.engine import get_engine
+    from agents.models import Execution
+
+    await sync_to_async(get_engine().config.reload)()
+    chat = await _post("/v1/chat/completions", world["other"], CHAT % b"locked")
+    assert chat.status_code == 503
+    error = chat.json()["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable", "agent_unavailable")
+    assert "provider 'vault'" in error["message"]
+    assert "cannot be decrypted" in error["message"]
+    assert "BREAKWATER_ENCRYPTION_KEYS" in error["message"]
+    assert "sk-stored" not in chat.content.decode()
+    for path in ("/api/v1/agents/locked/execute", "/api/v1/agents/locked/executions"):
+        answer = await _post(path, world["other"], b'{"input": "hi"}')
+        assert answer.status_code == 503, (path, answer.content)
+        assert answer.json()["error"]["type"] == "agent_unavailable"
+        assert "provider 'vault'" in answer.json()["error"]["message"]
+    # Refused before anything was stored or reserved.
+    assert await sync_to_async(Execution.objects.filter(agent_name="locked").count)() == 0
+
+
+async def test_an_incident_is_opened_for_the_provider_and_resolved_when_it_decrypts_again(
+    world: dict[str, str], settings: Any
+) -> None:
+    from agents.access.crypto import generate_key
+    from agents.engine import get_engine
+    from agents.services import provider_secret_set
+    from incidents.models import Incident
+
+    config = get_engine().config
+    await sync_to_async(config.reload)()
+    await sync_to_async(config.reload)(force=True)  # a second process, or a second reload
+    incidents = await sync_to_async(lambda: list(Incident.objects.filter(kind="provider_secret")))()
+    assert len(incidents) == 1  # one per provider, whoever reloads how often
+    incident = incidents[0]
+    assert incident.dedup_key == "provider_secret:vault"
+    assert incident.status == "open"
+    assert "vault" in incident.title
+    # The operator fixes it: keys back and the secret stored again under them.
+    settings.BREAKWATER_ENCRYPTION_KEYS = [generate_key()]
+    await sync_to_async(provider_secret_set)(provider_name="vault", secret="sk-new")
+    await sync_to_async(config.reload)()
+    assert config.unavailable("locked") is None
+    assert config.deployments("locked-m")
+    await sync_to_async(incident.refresh_from_db)()
+    assert incident.status == "resolved"
+
+
+async def test_an_agent_whose_row_cannot_be_read_is_refused_and_the_rest_loads(
+    world: dict[str, str], settings: Any
+) -> None:
+    from agents.engine import get_engine
+    from agents.models import Agent
+
+    settings.BREAKWATER_ENCRYPTION_KEYS = []
+    # A tool without a name: agent_config cannot build it (a row written around the checks).
+    await sync_to_async(Agent.objects.filter(name="free").update)(tools=[{"kind": "python"}])
+    config = get_engine().config
+    await sync_to_async(config.reload)()
+    assert config.agent("mixed") is not None
+    problem = config.unavailable("free")
+    assert problem is not None
+    assert "configuration cannot be loaded" in problem
+    answer = await _post("/api/v1/agents/free/execute", world["other"], b'{"input": "hi"}')
+    assert answer.status_code == 503
+
+
+async def test_the_keys_reload_even_when_the_rest_of_the_build_fails(
+    world: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agents.config.live
+    from agents.models import ApiKey
+    from agents.services import api_key_revoke
+    from budgets.models import Budget
+
+    config = LiveConfig()
+    await sync_to_async(config.reload)()
+    loaded = config.snapshot.version
+    assert config.key(world["victim"][:11]) is not None
+
+    def unreadable(budget: object) -> None:
+        raise RuntimeError("an unforeseen bad row")
+
+    # A budget row the build cannot read (a fault injected where nothing is isolated).
+    monkeypatch.setattr(agents.config.live, "budget_rule", unreadable)
+    await sync_to_async(Budget.objects.create)(scope="global", window="daily", limit_usd=1)
+    key_id = await sync_to_async(lambda: ApiKey.objects.get(name="victim").pk)()
+    await sync_to_async(api_key_revoke)(key_id=key_id, actor="test")
+    assert await sync_to_async(config.reload)() is True
+    assert config.key(world["victim"][:11]) is None  # the revocation is in force
+    assert config.key(world["other"][:11]) is not None
+    assert config.agent("free") is not None  # the rest is the last good config
+    assert config.snapshot.version == loaded  # and the next poll tries the whole build again

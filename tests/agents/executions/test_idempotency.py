@@ -1,0 +1,96 @@
+"""Idempotency-Key on execute: replay, mismatch, concurrent duplicate (Stripe semantics)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+
+from agents.engine import engine_shutdown
+from agents.executions.idempotency import Claim, MemoryIdempotency, RedisIdempotency
+from tests.agents.test_api import _setup
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def key() -> AsyncIterator[str]:
+    keys = await sync_to_async(_setup)()
+    yield keys["execute"]
+    await engine_shutdown()
+
+
+async def _post(key: str, body: dict[str, Any], idem: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {key}"}
+    if idem is not None:
+        headers["Idempotency-Key"] = idem
+    return await AsyncClient().post(
+        "/api/v1/agents/helper/execute",
+        data=json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def test_the_same_key_and_body_replays_without_a_second_execution(key: str) -> None:
+    first = await _post(key, {"input": "once"}, "k-1")
+    second = await _post(key, {"input": "once"}, "k-1")
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+
+    assert len({first.json()["execution_id"], second.json()["execution_id"]}) == 1
+
+
+async def test_the_same_key_with_another_body_is_422(key: str) -> None:
+    await _post(key, {"input": "one"}, "k-2")
+    response = await _post(key, {"input": "two"}, "k-2")
+    assert response.status_code == 422
+    assert response.json()["error"]["type"] == "idempotency_mismatch"
+
+
+async def test_without_the_header_every_request_executes(key: str) -> None:
+    first = await _post(key, {"input": "x"}, None)
+    second = await _post(key, {"input": "x"}, None)
+    assert first.json()["execution_id"] != second.json()["execution_id"]
+
+
+async def test_an_oversized_key_is_refused(key: str) -> None:
+    response = await _post(key, {"input": "x"}, "k" * 300)
+    assert response.status_code == 422
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        yield MemoryIdempotency()
+        return
+    url = request.getfixturevalue("redis_url")
+    client = aioredis.Redis.from_url(url)
+    yield RedisIdempotency(client, prefix=f"bwtest-{uuid.uuid4().hex[:8]}")
+    await client.aclose()
+
+
+async def test_a_concurrent_duplicate_is_in_progress_then_replays(store: Any) -> None:
+    assert await store.claim("k", "fp") == Claim("started")
+    assert await store.claim("k", "fp") == Claim("in_progress")
+    assert await store.claim("k", "other") == Claim("mismatch")
+    await store.finish("k", "fp", 200, {"ok": True})
+    assert await store.claim("k", "fp") == Claim("replay", 200, {"ok": True})
+
+
+async def test_a_failed_request_releases_its_claim(store: Any) -> None:
+    assert (await store.claim("k", "fp")).outcome == "started"
+    await store.release("k")
+    assert (await store.claim("k", "fp")).outcome == "started"
+
+
+async def test_only_one_of_many_racing_claims_starts(store: Any) -> None:
+    outcomes = await asyncio.gather(*(store.claim("race", "fp") for _ in range(20)))
+    assert [c.outcome for c in outcomes].count("started") == 1
