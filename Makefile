@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # setuptools warns on every editable install about same-named folders; that is our layout on purpose.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-sqlite lint format typecheck check bench chaos clean
+.PHONY: run test test-sqlite lint format typecheck imports check bench chaos clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Breakwater needs Python 3.11+, found " + sys.version.split()[0])'
@@ -49,7 +49,11 @@ format: $(VENV)/.test-stamp
 typecheck: $(VENV)/.test-stamp
 	$(PY) -m mypy .
 
-check: lint typecheck test
+# The layers and independence contracts in pyproject.toml ([tool.importlinter]).
+imports: $(VENV)/.test-stamp
+	$(VENV)/bin/lint-imports
+
+check: lint typecheck imports test
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) manage.py check
 

@@ -176,15 +176,12 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 
 def _mount() -> None:
-    from agents.access.api import router as keys_router
-    from agents.api import router as agents_router
-    from agents.executions.api import router as agents_async_router
+    from agents.api import routers as agents_routers
     from budgets.api import router as budgets_router
     from incidents.api import router as incidents_router
 
-    api.add_router("/", agents_router)
-    api.add_router("/", agents_async_router)
-    api.add_router("/", keys_router)
+    for agents_router in agents_routers:
+        api.add_router("/", agents_router)
     api.add_router("/", budgets_router)
     api.add_router("/", incidents_router)
 

@@ -14,7 +14,7 @@ their 404s: each operation's test seeds the same world, with the same ids (seque
 Bounded and reproducible: a fixed seed, deterministic generation, a few examples per operation and
 phase, no example database. Agents answer through the ``simulated`` provider (no network, no
 money). Queued executions stay queued (a holding worker in embedded mode, a private Celery queue
-nobody consumes in distributed mode): running them is tests/agents/executions/test_api.py's business.
+nobody consumes in distributed mode): running them is tests/agents/api/test_queued.py's business.
 """
 
 from __future__ import annotations

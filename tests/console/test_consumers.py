@@ -29,7 +29,7 @@ from budgets.selectors import budget_spans
 from console.asgi import application
 from console.dashboard import dashboard_ticker
 from incidents.services import incident_open
-from tests.agents.executions.test_api import _post, drain_journal
+from tests.agents.api.test_queued import _post, drain_journal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -88,7 +88,7 @@ def _setup(fake: str, picky: str) -> World:
 
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
-    from tests.agents.executions.test_api import drain_journal
+    from tests.agents.api.test_queued import drain_journal
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _picky)
@@ -245,7 +245,7 @@ async def test_operate_and_admin_keys_see_the_providers_words(world: World, door
 async def test_the_record_keeps_the_full_text_and_the_executions_api_renders_it_by_scope(
     world: World,
 ) -> None:
-    from tests.agents.executions.test_api import drain_journal
+    from tests.agents.api.test_queued import drain_journal
 
     made = await _execute(lean, world.keys["execute"])
     await drain_journal()
@@ -266,7 +266,7 @@ async def test_the_record_keeps_the_full_text_and_the_executions_api_renders_it_
 
 
 async def test_a_failed_executions_error_is_summarized_too(world: World) -> None:
-    from tests.agents.executions.test_api import drain_journal
+    from tests.agents.api.test_queued import drain_journal
 
     made = await _execute(lean, world.keys["execute"], agent="picky")
     assert made["status"] == "failed"
@@ -300,7 +300,7 @@ async def test_v1_error_messages_carry_no_provider_text_for_an_execute_key(
 
 async def test_the_execution_socket_shows_each_key_what_its_scopes_allow(world: World) -> None:
     from console.asgi import application
-    from tests.agents.executions.test_api import drain_journal
+    from tests.agents.api.test_queued import drain_journal
 
     made = await _execute(lean, world.keys["execute"])
     await drain_journal()

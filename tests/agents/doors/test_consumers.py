@@ -17,8 +17,8 @@ from agents.executions.live import LiveEvents, group_name
 from agents.models import ApiKey, Execution
 from agents.services import api_key_create
 from console.asgi import application
-from tests.agents.executions import test_api as base
-from tests.agents.executions.test_api import FINAL, Worker, _post, _queued, wait_for
+from tests.agents.api import test_queued as base
+from tests.agents.api.test_queued import FINAL, Worker, _post, _queued, wait_for
 
 # The queued-execution fixtures (agents, keys, the in-process worker) are shared.
 agents_config, keys, worker = base.agents_config, base.keys, base.worker

@@ -15,7 +15,7 @@ from django.test import AsyncClient
 
 from agents.engine import engine_shutdown
 from agents.executions.idempotency import Claim, MemoryIdempotency, RedisIdempotency
-from tests.agents.test_api import _setup
+from tests.agents.api.test_api import _setup
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

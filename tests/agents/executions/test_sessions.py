@@ -216,7 +216,7 @@ async def new_store(
 async def test_a_second_key_with_the_same_session_id_sends_none_of_the_first_keys_messages(
     new_store: Callable[[], SessionStore],
 ) -> None:
-    from tests.agents.executions.test_api import drain_journal
+    from tests.agents.api.test_queued import drain_journal
 
     async with FakeLLM(FaultConfig(output_tokens=4)) as fake:
         keys = await sync_to_async(_setup)(fake.url)
