@@ -350,5 +350,10 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        # Django's own handlers on "django" (a console one under DEBUG) would write its records
+        # a second time, unfiltered: runserver's access log, with the query string, included.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.db.backends": {"level": "INFO"},
+    },
 }
