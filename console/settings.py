@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -139,8 +140,13 @@ INSTALLED_APPS = [
     "budgets",
     "incidents",
 ]
-if DEBUG:
-    INSTALLED_APPS.insert(0, "daphne")  # `runserver` serves websockets in development
+# `manage.py runserver` is daphne's (its documented integration: first in INSTALLED_APPS, ahead
+# of staticfiles, it replaces Django's runserver with one serving ASGI_APPLICATION, websockets
+# included), whatever DEBUG says. Only in that process: importing daphne installs Twisted's
+# reactor and costs about 14 MiB and 0.3 s at start-up, which `serve`, the Celery processes and
+# every other command do not need. Django reads the subcommand from argv[1] too.
+if sys.argv[1:2] == ["runserver"]:
+    INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -350,5 +356,10 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        # Django's own handlers on "django" (a console one under DEBUG) would write its records
+        # a second time, unfiltered: runserver's access log, with the query string, included.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.db.backends": {"level": "INFO"},
+    },
 }
