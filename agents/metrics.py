@@ -1,4 +1,4 @@
-"""Prometheus metrics of the agent runtime (CONTRACT section 5) and the sink that feeds them.
+"""Prometheus metrics of the agent runtime (docs/INTERFACES.md §5) and the sink that feeds them.
 
 Labels are bounded: agent name, status, token type, fallback reason, budget scope and the
 deployment id (bounded by configuration). Execution ids never become labels.

@@ -148,7 +148,7 @@ class ModelDeployment(models.Model):
 
 
 class Agent(models.Model):
-    """An agent config: the CONTRACT's config-as-code fields, one column per scalar."""
+    """An agent config: the config-as-code fields (docs/INTERFACES.md §2), one column per scalar."""
 
     name = models.CharField(max_length=64, unique=True, validators=[RegexValidator(SLUG_RE)])
     description = models.CharField(max_length=500, blank=True, default="")
@@ -331,7 +331,7 @@ class FallbackReason(models.TextChoices):
 
 
 class Execution(models.Model):
-    """One agent execution: the CONTRACT's execution result, as stored."""
+    """One agent execution: the execution result of docs/INTERFACES.md §4, as stored."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     agent_name = models.CharField(max_length=64)
@@ -343,7 +343,7 @@ class Execution(models.Model):
     deployment_id = models.BigIntegerField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     fallback_used = models.BooleanField(default=False)
-    fallback_reason = models.CharField(  # noqa: DJ001 - the contract says null, not ""
+    fallback_reason = models.CharField(  # noqa: DJ001 - docs/INTERFACES.md §4 says null, not ""
         max_length=32, choices=FallbackReason.choices, null=True, blank=True
     )
     cached = models.BooleanField(default=False)

@@ -226,7 +226,7 @@ def _epoch(value: datetime | None) -> float | None:
 
 
 def execution_out(row: Execution) -> dict[str, Any]:
-    """The CONTRACT's execution result for a stored execution."""
+    """The execution result of docs/INTERFACES.md §4, for a stored execution."""
     return {
         "execution_id": str(row.id),
         "agent": row.agent_name,

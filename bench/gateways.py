@@ -543,7 +543,7 @@ class Portkey(Arm):
 
 
 def breakwater_config(fake_url: str) -> str:
-    """Config as code (CONTRACT section 2) for an agent with every safeguard on."""
+    """Config as code (docs/INTERFACES.md §2) for an agent with every safeguard on."""
     providers = [
         {
             "name": name,

@@ -1,4 +1,4 @@
-"""Budgets and per-agent stats endpoints (CONTRACT section 4)."""
+"""Budgets and per-agent stats endpoints (docs/INTERFACES.md §4)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ class StrictSchema(Schema):
 
 
 class BudgetOut(Schema):
-    # The contract's fields:
+    # The fields of docs/INTERFACES.md §4:
     id: int
     scope: Literal["global", "agent", "api_key"]
     target: str = Field(description='"*", the agent name, or the API key prefix')

@@ -194,7 +194,7 @@ class BudgetStatus:
             "remaining_usd": money(self.remaining_usd),
             "forecast_usd": money(self.forecast_usd),
             "state": self.state,
-            # Beyond the contract's fields:
+            # Beyond the fields of docs/INTERFACES.md §4:
             "threshold": self.threshold,
             "base_limit_usd": money(self.base_limit_usd),
             "warn_at_pct": self.warn_at_pct,

@@ -11,7 +11,7 @@ from console.api import api
 
 urlpatterns = [
     path("", views.home, name="home"),
-    # Django's auth views (CONTRACT "Console"); django-axes throttles every login form.
+    # Django's auth views (docs/INTERFACES.md §4); django-axes throttles every login form.
     path(
         "login/",
         auth_views.LoginView.as_view(

@@ -1,4 +1,4 @@
-"""Incidents with their timelines (CONTRACT section 4): list, declare, read, and change
+"""Incidents with their timelines (docs/INTERFACES.md §4): list, declare, read, and change
 (acknowledge, resolve, severity, comments, postmortem fields).
 
 Reading needs ``read``; writing needs ``operate`` (``admin`` implies both). A key restricted to

@@ -1,4 +1,4 @@
-"""Who may do what: every endpoint of CONTRACT section 4 x every persona, through the real ASGI
+"""Who may do what: every endpoint of docs/INTERFACES.md §4 x every persona, through the real ASGI
 application (the API, ``/v1``, probes and websockets alike).
 
 Personas: owner (``admin``), operator (``operate``), viewer (``read``), executor (``execute``

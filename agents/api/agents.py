@@ -1,4 +1,4 @@
-"""Agents, their breakers, deployments and executions (CONTRACT section 4).
+"""Agents, their breakers, deployments and executions (docs/INTERFACES.md §4).
 
 Scopes: ``admin`` implies every scope and ``operate`` implies ``read`` (:class:`Principal`).
 A key restricted to some agents sees only those: any other agent is 404, as if it did not exist,

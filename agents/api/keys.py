@@ -1,4 +1,4 @@
-"""API keys over the API (CONTRACT v2): list, create (the key is shown once), revoke.
+"""API keys over the API (docs/INTERFACES.md §4): list, create (the key is shown once), revoke.
 
 ``admin`` scope, from a key that is not restricted to some agents: a restricted key managing
 keys could mint itself an unrestricted one. Every write is the service the CLI

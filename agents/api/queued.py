@@ -1,4 +1,4 @@
-"""Queued executions: enqueue and cancel (CONTRACT section 4; design in docs/ASYNC.md).
+"""Queued executions: enqueue and cancel (docs/INTERFACES.md §4; design in docs/ASYNC.md).
 
 Reading a queued execution is ``GET /executions/{id}`` (:mod:`agents.api`); following it live is
 the websocket ``/ws/executions/{id}/`` (:mod:`agents.doors.consumers`).

@@ -1,1 +1,1 @@
-"""Config as code: ``apply`` and ``export`` (CONTRACT section 2)."""
+"""Config as code: ``apply`` and ``export`` (docs/INTERFACES.md §2)."""

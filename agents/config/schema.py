@@ -1,4 +1,4 @@
-"""The config-as-code document (CONTRACT section 2), as pydantic models.
+"""The config-as-code document (docs/INTERFACES.md §2), as pydantic models.
 
 Shape, types and ranges are checked here; references between entries (an agent's model exists,
 a budget's target exists) are checked in :mod:`agents.config.apply` against the document plus

@@ -125,7 +125,8 @@ def agent_call_floor_micros(
     """The agent's worst-case call: what admission reserves for a call at its ``max_tokens``
     with its system prompt alone as input, over its models and fallbacks (None: a deployment
     has no price, or the agent has none). A budget with less than this left is exceeded for
-    the agent (CONTRACT: ``exceeded`` once it cannot admit the agent's worst-case call)."""
+    the agent (docs/INTERFACES.md §4: ``exceeded`` once it cannot admit the agent's worst-case
+    call)."""
     chain = tuple(d for model in (agent.model, *agent.fallback_models) for d in deployments(model))
     if not chain or not all(d.priced for d in chain):
         return None

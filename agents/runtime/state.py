@@ -38,7 +38,7 @@ class BreakerState(enum.StrEnum):
     DISABLED = "disabled"
 
 
-# Prometheus gauge values (CONTRACT section 5): 0 closed, 1 half-open, 2 open.
+# Prometheus gauge values (docs/INTERFACES.md §5): 0 closed, 1 half-open, 2 open.
 BREAKER_GAUGE: dict[BreakerState, int] = {
     BreakerState.CLOSED: 0,
     BreakerState.FORCED_CLOSED: 0,

@@ -253,7 +253,7 @@ class ExecutionResult:
     tool_calls: tuple[ToolCall, ...] = ()  # calls to client tools, for the caller to run
 
     def as_dict(self) -> dict[str, Any]:
-        """The CONTRACT's execution result."""
+        """The execution result of docs/INTERFACES.md §4."""
         return {
             "execution_id": self.execution_id,
             "agent": self.agent,

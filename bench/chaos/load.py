@@ -1,6 +1,6 @@
 """Traffic: requests on every door with each answer recorded, and raw sockets that misbehave.
 
-The doors (CONTRACT section 4): ``execute`` = ``POST /api/v1/agents/{name}/execute``, ``queue``
+The doors (docs/INTERFACES.md §4): ``execute`` = ``POST /api/v1/agents/{name}/execute``, ``queue``
 = ``POST /api/v1/agents/{name}/executions``, ``v1`` = ``POST /v1/chat/completions``, ``v1-stream``
 the same with ``stream: true``. An :class:`Answer` keeps what a client saw: status, content type,
 body, when it was sent and answered (``time.monotonic()``), or the transport error.
@@ -120,7 +120,7 @@ class Answer:
         return ident.removeprefix("chatcmpl-") or None
 
     def typed_error(self, statuses: Sequence[int] = (503,)) -> bool:
-        """A JSON error of the door's format with one of ``statuses``: CONTRACT's
+        """A JSON error of the door's format with one of ``statuses``: the API's
         ``{"error": {"type", "message"}}``; on /v1, OpenAI's (``message``, ``type``, ``param``,
         ``code``)."""
         if self.status not in statuses:

@@ -77,7 +77,7 @@ def config(
     max_concurrency: int = 1000,
     budgets: list[dict[str, Any]] | None = None,
 ) -> str:
-    """Config as code (CONTRACT section 2): one fakellm provider, one model, the agents."""
+    """Config as code (docs/INTERFACES.md §2): one fakellm provider, one model, the agents."""
     defaults = {
         "model": "m",
         "timeout_s": 20,

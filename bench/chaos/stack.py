@@ -485,7 +485,7 @@ class Stack:
     Embedded: ``serve`` alone (state, journal, worker and scheduler in its process).
     Distributed: ``serve`` with ``REDIS_URL`` and ``BREAKWATER_SERVE_DRAINS=0``, one
     ``drain_records`` and one Celery worker with beat (``-B``): what a deployment runs
-    (CONTRACT section 6), the reaper included.
+    (docs/INTERFACES.md §6), the reaper included.
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""The budgets and stats endpoints: auth, visibility, the contract's shapes, errors, CSV."""
+"""The budgets and stats endpoints: auth, visibility, the shapes of docs/INTERFACES.md §4, errors,
+CSV."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ budgets:
   - {scope: global, daily_limit_usd: 1000}
 """
 
-CONTRACT_FIELDS = {
+INTERFACE_FIELDS = {
     "id", "scope", "target", "window", "limit_usd", "spent_usd", "reserved_usd",
     "remaining_usd", "forecast_usd", "state",
 }  # fmt: skip
@@ -108,7 +109,7 @@ async def test_the_budget_list_has_the_contracts_items(ctx: dict[str, Any]) -> N
         ("api_key", ctx["limited_prefix"]),
     }
     support = items[("agent", "support")]
-    assert set(support) >= CONTRACT_FIELDS
+    assert set(support) >= INTERFACE_FIELDS
     assert support["window"] == "daily"
     assert support["limit_usd"] == 50.0
     assert support["state"] in {"ok", "warning", "exceeded"}

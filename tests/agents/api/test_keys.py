@@ -1,6 +1,7 @@
-"""API keys over the API (issue 10, point 17; CONTRACT v2): list without secrets, create (shown
-once), revoke; admin scope from an unrestricted key; every write audited with actor, before and
-after, reason and request id; a revocation in force in another process within about a second.
+"""API keys over the API (issue 10, point 17; docs/INTERFACES.md §4): list without secrets,
+create (shown once), revoke; admin scope from an unrestricted key; every write audited with actor,
+before and after, reason and request id; a revocation in force in another process within about a
+second.
 """
 
 from __future__ import annotations

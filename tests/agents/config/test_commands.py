@@ -1,4 +1,4 @@
-"""``manage.py apply -f FILE.yaml`` and ``manage.py export`` (CONTRACT section 2)."""
+"""``manage.py apply -f FILE.yaml`` and ``manage.py export`` (docs/INTERFACES.md §2)."""
 
 from __future__ import annotations
 

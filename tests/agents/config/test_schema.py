@@ -96,7 +96,7 @@ def test_defaults_fill_what_an_agent_leaves_out() -> None:
 
 
 MUTATIONS: list[tuple[str, Any, str]] = [
-    # ranges, with the contract's own example
+    # ranges, with the example of docs/INTERFACES.md §2
     ("agents[2].breaker.failure_threshold", 0, "agents[2].breaker.failure_threshold: must be >= 1"),
     ("agents[0].breaker.recovery_timeout_s", 0, "agents[0].breaker.recovery_timeout_s: must be >= 0.1"),
     ("agents[0].breaker.half_open_max_calls", 0, "agents[0].breaker.half_open_max_calls: must be >= 1"),
