@@ -1,4 +1,4 @@
-"""Breakwater settings: read from the environment only (CONTRACT section 2).
+"""Breakwater settings: read from the environment only (docs/INTERFACES.md §2).
 
 Zero configuration gives the embedded mode: SQLite under ``var/``, in-process state, an in-memory
 channel layer and an in-process worker and scheduler. ``DATABASE_URL`` switches to PostgreSQL and
