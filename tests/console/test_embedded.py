@@ -1,13 +1,9 @@
-"""The embedded scheduler and worker: Celery's roles, in-process."""
+"""The embedded scheduler: Celery beat's role, in-process (the worker: tests/core/test_worker.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import subprocess
-import sys
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -20,35 +16,6 @@ from console.schedule import JOBS, Job, beat_schedule
 from core.worker import EmbeddedWorker
 
 ROOT = Path(__file__).resolve().parents[2]
-RELEASE = threading.Event()
-CALLS: list[dict[str, Any]] = []
-
-
-@current_app.task(name="tests.embedded.record")
-def record(**kwargs: Any) -> str:
-    CALLS.append(kwargs)
-    return "recorded"
-
-
-@current_app.task(name="tests.embedded.wait_for_release")
-def wait_for_release() -> str:
-    if not RELEASE.wait(timeout=10):
-        raise TimeoutError("never released")
-    CALLS.append({"released": True})
-    return "finished"
-
-
-@current_app.task(name="tests.embedded.explode")
-def explode() -> None:
-    raise RuntimeError("boom")
-
-
-@pytest.fixture(autouse=True)
-def _clean_state() -> Any:
-    CALLS.clear()
-    RELEASE.clear()
-    yield
-    RELEASE.set()  # never leave a worker thread waiting
 
 
 class FakeWorker:
@@ -177,70 +144,6 @@ def test_beat_runs_the_same_schedule_as_the_embedded_scheduler() -> None:
         assert job.task in current_app.tasks, f"{job.task} is not a registered Celery task"
 
 
-# --- EmbeddedWorker ------------------------------------------------------------------------
-
-
-async def test_the_worker_runs_a_registered_celery_task_body() -> None:
-    worker = EmbeddedWorker(threads=2)
-    future = worker.submit("tests.embedded.record", agent="support", n=3)
-    assert await asyncio.wrap_future(future) == "recorded"
-    assert CALLS == [{"agent": "support", "n": 3}]
-    await worker.stop()
-
-
-async def test_stop_waits_for_running_tasks_to_finish() -> None:
-    worker = EmbeddedWorker(threads=2, grace_s=10)
-    future = worker.submit("tests.embedded.wait_for_release")
-    stopping = asyncio.create_task(worker.stop())
-    await asyncio.sleep(0.05)
-    assert not stopping.done()  # the task is blocked, so stop() must still be waiting
-    assert not future.done()
-
-    RELEASE.set()
-    await asyncio.wait_for(stopping, timeout=10)
-    assert future.result() == "finished"
-    assert CALLS == [{"released": True}]
-
-
-async def test_stop_gives_up_after_the_grace_period() -> None:
-    worker = EmbeddedWorker(threads=1, grace_s=0.1)
-    future = worker.submit("tests.embedded.wait_for_release")
-    await asyncio.wait_for(worker.stop(), timeout=5)
-    assert not future.done()  # still running: stop() returned without it
-    RELEASE.set()
-    assert await asyncio.wrap_future(future) == "finished"
-
-
-async def test_submit_after_stop_is_refused() -> None:
-    worker = EmbeddedWorker()
-    await worker.stop()
-    with pytest.raises(RuntimeError, match="embedded worker is shut down"):
-        worker.submit("tests.embedded.record")
-    assert CALLS == []
-
-
-async def test_a_failing_task_is_logged_and_the_worker_keeps_going(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    worker = EmbeddedWorker(threads=1)
-    with caplog.at_level(logging.ERROR, logger="breakwater.embedded"):
-        failed = worker.submit("tests.embedded.explode")
-        with pytest.raises(RuntimeError, match="boom"):
-            await asyncio.wrap_future(failed)
-        ok = worker.submit("tests.embedded.record", x=1)
-        assert await asyncio.wrap_future(ok) == "recorded"
-    await worker.stop()
-    assert "task tests.embedded.explode failed" in caplog.text
-
-
-async def test_an_unknown_task_fails_its_future() -> None:
-    worker = EmbeddedWorker(threads=1)
-    future = worker.submit("tests.embedded.no_such_task")
-    with pytest.raises(KeyError):
-        await asyncio.wrap_future(future)
-    await worker.stop()
-
-
 @pytest.mark.django_db(transaction=True)
 async def test_the_scheduler_drives_the_real_worker_through_a_real_job() -> None:
     from datetime import timedelta
@@ -263,31 +166,3 @@ async def test_the_scheduler_drives_the_real_worker_through_a_real_job() -> None
     await sync_to_async(execution.refresh_from_db)()
     await sync_to_async(lambda: connection.close())()  # that thread's own, before teardown
     assert execution.status == "failed"
-
-
-def test_a_fresh_process_registers_every_scheduled_task_when_the_worker_starts(
-    tmp_path: Path,
-) -> None:
-    # In a fresh process, as under `manage.py serve`: nothing else has imported the tasks.
-    code = (
-        "import django; django.setup()\n"
-        "from celery import current_app\n"
-        "from core.worker import EmbeddedWorker\n"
-        "from console.schedule import JOBS\n"
-        "EmbeddedWorker()\n"
-        "missing = [job.task for job in JOBS if job.task not in current_app.tasks]\n"
-        "print('missing:', missing)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(DJANGO_SETTINGS_MODULE="console.settings", BREAKWATER_VAR_DIR=str(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "missing: []"
