@@ -2,7 +2,7 @@
 -- as a function library: each entry point (agents/runtime/lua/<name>.lua) becomes a function
 -- that starts with begin(args), run by FCALL as one atomic unit. (Where Redis Functions are
 -- missing, each call is this file + begin(ARGV) + the entry point, run by EVALSHA.) The logic
--- mirrors agents/runtime/memory.py line for line; keep the two in step.
+-- mirrors agents/runtime/memory/ line for line; keep the two in step.
 --
 -- args[1] key prefix, args[2] now (epoch seconds as a string, or "" to read Redis TIME),
 -- args[3] extra TTL seconds (slack for an injected clock), args[4] the call as JSON.
@@ -515,7 +515,7 @@ local function lease_drop(deployment_id, lease_id)
 end
 
 -- A number in [0, 1) read from the lease id's first 8 hex digits (lease ids are execution ids,
--- random UUIDs); 0 for ids that do not start so. The same as memory.py's spread().
+-- random UUIDs); 0 for ids that do not start so. The same as memory/store.py's spread().
 local function spread(lease_id)
   local hex = string.match(lease_id, '^%x%x%x%x%x%x%x%x')
   if hex == nil then
@@ -543,7 +543,7 @@ local function select_deployment(lease_id, lease_ttl_s, candidates, cfg, out, op
     return a.c.id < b.c.id
   end)
   -- Equally loaded (always, at low traffic): pick by weight, with the lease id as the die, so
-  -- that weights hold at any concurrency. memory.py does exactly the same.
+  -- that weights hold at any concurrency. memory/store.py does exactly the same.
   local tied = 1
   while tied < #ranked and ranked[tied + 1].ratio == ranked[1].ratio do
     tied = tied + 1
