@@ -27,7 +27,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, transaction
 from django.db.models import F
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.utils import timezone
 
 from agents.crypto import SecretUnavailable, decrypt_secret
@@ -72,14 +72,7 @@ def _on_change(sender: type, instance: Any = None, **kwargs: Any) -> None:
     config_version_bump()
 
 
-def _revoke_orphaned_keys(sender: type, instance: Agent, **kwargs: Any) -> None:
-    from agents.services import apikeys_revoke_orphaned_by
-
-    apikeys_revoke_orphaned_by(agent=instance, actor="system:agent_delete")
-
-
 def connect_signals() -> None:
-    pre_delete.connect(_revoke_orphaned_keys, sender=Agent, dispatch_uid="bw-agent-orphan-keys")
     for model in (Provider, ModelDeployment, Agent, ApiKey, Budget):
         post_save.connect(_on_change, sender=model, dispatch_uid=f"bw-config-save-{model.__name__}")
         post_delete.connect(

@@ -10,7 +10,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
-from django.db.models import Count
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from agents.crypto import SecretUnavailable, encrypt_secret, rotate_secret
@@ -284,18 +284,9 @@ def agent_delete(*, name: str, actor: str) -> None:
         agent = Agent.objects.select_for_update().filter(name=name).first()
         if agent is None:
             raise NotFound(f"agent {name!r} does not exist")
-        holders = ApiKey.objects.filter(agents=agent, revoked_at__isnull=True).values("pk")
-        sole = sorted(
-            ApiKey.objects.filter(pk__in=holders)
-            .annotate(allowed=Count("agents"))
-            .filter(allowed=1)
-            .values_list("prefix", flat=True)
-        )
-        if sole:
-            raise Conflict(
-                f"API keys {', '.join(sole)} may use only agent {name!r}; revoke them or widen "
-                "their allow-list first"
-            )
+        refusal = agent_delete_refusal(agent)
+        if refusal is not None:
+            raise refusal
         budgets = list(Budget.objects.filter(agent=agent))
         daily = next((b.limit_usd for b in budgets if b.window == BudgetWindow.DAILY), None)
         for budget in budgets:
@@ -371,21 +362,38 @@ def _config_changed() -> None:
         config_version_bump()
 
 
-def apikeys_revoke_orphaned_by(*, agent: Agent, actor: str = "system") -> int:
-    """Before ``agent`` is deleted: revoke keys whose allow-list names only it.
-
-    An empty allow-list means "every agent", so deleting a key's last allowed agent would
-    silently widen the key to all agents. Such keys are revoked instead (fail closed)."""
-    revoked = 0
+def _keys_only_for(agent: Agent) -> QuerySet[ApiKey]:
+    """Active keys whose allow-list names only ``agent``."""
     # Count over each key's whole allow-list (filtering the join by agent first would count 1).
-    candidates = (
+    return (
         ApiKey.objects.filter(
             pk__in=ApiKey.objects.filter(agents=agent).values("pk"), revoked_at__isnull=True
         )
         .annotate(allowed=Count("agents"))
         .filter(allowed=1)
     )
-    for key_id in list(candidates.values_list("pk", flat=True)):
+
+
+def agent_delete_refusal(agent: Agent) -> Conflict | None:
+    """Why ``agent`` may not be deleted (None: it may): an active API key restricted to it alone.
+
+    An empty allow-list means "every agent", so deleting a key's last allowed agent would
+    silently widen the key to all agents. ``agent_delete`` answers this 409; a delete that
+    bypasses it (the ORM, a shell) is refused the same way (``agents.signals``)."""
+    sole = sorted(_keys_only_for(agent).values_list("prefix", flat=True))
+    if not sole:
+        return None
+    return Conflict(
+        f"API keys {', '.join(sole)} may use only agent {agent.name!r}; revoke them or widen "
+        "their allow-list first"
+    )
+
+
+def apikeys_revoke_orphaned_by(*, agent: Agent, actor: str = "system") -> int:
+    """Before ``agent`` is deleted by ``apply --prune``: revoke (audited) the keys whose
+    allow-list names only it, instead of widening them to every agent (fail closed)."""
+    revoked = 0
+    for key_id in list(_keys_only_for(agent).values_list("pk", flat=True)):
         _, now = api_key_revoke(
             key_id=key_id,
             actor=actor,

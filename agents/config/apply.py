@@ -22,6 +22,7 @@ from agents.config.pricing import unpriced_errors
 from agents.config.schema import AgentSpec, BudgetSpec, ConfigDocument, format_errors
 from agents.models import Agent, ApiKey, ModelDeployment, Provider
 from agents.schemas import dotted, text_problems
+from agents.services import apikeys_revoke_orphaned_by
 from budgets.models import Budget, BudgetScope, BudgetWindow
 from console.errors import ValidationFailed
 from console.services import audit_record
@@ -450,6 +451,9 @@ class _Applier:
             for budget in Budget.objects.exclude(pk__in=kept_budgets).select_related("agent"):
                 self.delete(budget, f"budget {budget.scope}:{budget.target} {budget.window}")
             for agent in Agent.objects.exclude(name__in=agents):
+                # A key restricted to this agent alone would be widened to every agent: the
+                # file dropped the agent, so the key goes too (revoked and audited), not refused.
+                apikeys_revoke_orphaned_by(agent=agent, actor=self.actor)
                 self.delete(agent, f"agent {agent.name}")
             for deployment in ModelDeployment.objects.exclude(pk__in=kept_deployments):
                 self.delete(deployment, f"model {deployment.name}")
