@@ -3,202 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
-from django.db.models import Count
-from django.utils import timezone
 
-from agents.access.crypto import SecretUnavailable, encrypt_secret, rotate_secret
-from agents.access.keys import generate_key
-from agents.models import Agent, ApiKey, Provider, Scope
+from agents.access.services import agent_delete_refusal
+from agents.models import Agent
 from agents.runtime.ports import EventSink
 from agents.runtime.state import BreakerAction, BreakerConfig, BreakerSnapshot, StateStore
 from budgets.models import Budget, BudgetScope, BudgetWindow
 from core.audit import audit_record
 from core.errors import Conflict, NotFound, ValidationFailed
-
-# --- API keys (the API, the CLI and the admin all come here) ---------------------------------
-
-
-@dataclass(frozen=True)
-class CreatedKey:
-    api_key: ApiKey
-    plaintext: str  # shown once, never stored
-
-
-MAX_KEY_AGENTS = 1000
-
-
-def api_key_create(
-    *,
-    name: str,
-    scopes: Iterable[str],
-    agents: Iterable[str] = (),
-    expires_at: datetime | None = None,
-    rate_limit_rpm: int | None = None,
-    rate_limit_tpm: int | None = None,
-    actor: str = "system",
-    request_id: str = "",
-) -> CreatedKey:
-    """A new key; its plaintext is in the answer only (the database keeps its SHA-256). Audited;
-    every serving process knows it within about a second (the config version moves)."""
-    requested = set(scopes)  # read once: ``scopes`` may be a one-shot iterator
-    errors = []
-    if not name.strip():
-        errors.append("name: must not be empty")
-    elif len(name.strip()) > 100:
-        errors.append("name: must be at most 100 characters")
-    for field_name, value in (
-        ("rate_limit_rpm", rate_limit_rpm),
-        ("rate_limit_tpm", rate_limit_tpm),
-    ):
-        if value is not None and not 1 <= value <= 2_147_483_647:
-            errors.append(f"{field_name}: must be between 1 and 2147483647")
-    if expires_at is not None and expires_at.tzinfo is None:
-        errors.append("expires_at: must include a UTC offset")
-    unknown = sorted(requested - set(Scope.values))
-    if unknown:
-        errors.append(f"scopes: unknown scope {unknown[0]!r}; expected {', '.join(Scope.values)}")
-    elif not requested:
-        errors.append("scopes: at least one scope is required")
-    scope_list = [scope for scope in Scope.values if scope in requested]  # canonical order
-    agent_names = sorted(set(agents))
-    if len(agent_names) > MAX_KEY_AGENTS:
-        errors.append(f"agents: at most {MAX_KEY_AGENTS} agents")
-        agent_names = []
-    found = list(Agent.objects.filter(name__in=agent_names))
-    missing = sorted(set(agent_names) - {agent.name for agent in found})
-    if missing:
-        errors.append(f"agents: unknown agent {missing[0]!r}")
-    if errors:
-        raise ValidationFailed(errors)
-
-    new = generate_key()
-    with transaction.atomic():
-        key = ApiKey.objects.create(
-            name=name.strip(),
-            prefix=new.prefix,
-            secret_hash=new.secret_hash,
-            scopes=",".join(scope_list),
-            expires_at=expires_at,
-            rate_limit_rpm=rate_limit_rpm,
-            rate_limit_tpm=rate_limit_tpm,
-        )
-        key.agents.set(found)
-        audit_record(
-            actor=actor,
-            action="apikey_create",
-            target_type="apikey",
-            target_id=key.prefix,
-            after=_key_state(key, agent_names),
-            request_id=request_id,
-        )
-    return CreatedKey(api_key=key, plaintext=new.plaintext)
-
-
-def _key_state(key: ApiKey, agents: list[str]) -> dict[str, Any]:
-    """What the audit trail keeps of a key (never its hash)."""
-    return {
-        "id": key.pk,
-        "name": key.name,
-        "scopes": key.scopes.split(","),
-        "agents": agents,
-        "expires_at": key.expires_at,
-        "rate_limit_rpm": key.rate_limit_rpm,
-        "rate_limit_tpm": key.rate_limit_tpm,
-        "revoked_at": key.revoked_at,
-    }
-
-
-def api_key_revoke(
-    *,
-    key_id: int | None = None,
-    prefix: str | None = None,
-    actor: str,
-    reason: str = "",
-    request_id: str = "",
-) -> tuple[ApiKey, bool]:
-    """Revoke the key with ``key_id`` (or ``prefix``): ``(key, revoked now)``.
-
-    The row and its audit event are one transaction, which also moves the config version
-    (``agents.config.live`` signals): every serving process drops the key at its next poll,
-    within about a second. Revoking a revoked key changes nothing and audits nothing."""
-    if (key_id is None) == (prefix is None):
-        raise ValueError("give key_id or prefix")
-    with transaction.atomic():
-        rows = ApiKey.objects.select_for_update()
-        key = (rows.filter(pk=key_id) if key_id is not None else rows.filter(prefix=prefix)).first()
-        if key is None:
-            raise NotFound(f"API key {key_id if key_id is not None else prefix!r} does not exist")
-        if key.revoked_at is not None:
-            return key, False
-        agents = sorted(key.agents.values_list("name", flat=True))
-        before = _key_state(key, agents)
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-        audit_record(
-            actor=actor,
-            action="apikey_revoke",
-            target_type="apikey",
-            target_id=key.prefix,
-            before=before,
-            after=_key_state(key, agents),
-            reason=reason,
-            request_id=request_id,
-        )
-    return key, True
-
-
-def provider_secret_set(*, provider_name: str, secret: str, actor: str = "system") -> Provider:
-    """Store ``secret`` encrypted (replacing any ``api_key_env`` reference)."""
-    if not secret.strip():
-        raise ValidationFailed(["secret: must not be empty"])
-    with transaction.atomic():
-        provider = Provider.objects.select_for_update().filter(name=provider_name).first()
-        if provider is None:
-            raise NotFound(f"provider {provider_name!r} does not exist")
-        provider.api_key_encrypted = encrypt_secret(secret.strip())
-        provider.api_key_env = ""
-        provider.save(update_fields=["api_key_encrypted", "api_key_env", "updated_at"])
-        audit_record(
-            actor=actor,
-            action="provider_secret_set",
-            target_type="provider",
-            target_id=str(provider.pk),
-            after={"secret": "stored (encrypted)"},
-        )
-    return provider
-
-
-def provider_secrets_rotate(*, actor: str = "system") -> int:
-    """Re-encrypt every stored secret under the first key of BREAKWATER_ENCRYPTION_KEYS.
-
-    All or nothing: one secret that no configured key can decrypt rolls the whole rotation back
-    and names its provider.
-    """
-    count = 0
-    with transaction.atomic():
-        for provider in Provider.objects.select_for_update().exclude(api_key_encrypted=""):
-            try:
-                provider.api_key_encrypted = rotate_secret(provider.api_key_encrypted)
-            except SecretUnavailable as exc:
-                raise SecretUnavailable(f"provider {provider.name!r}: {exc}") from None
-            provider.save(update_fields=["api_key_encrypted", "updated_at"])
-            count += 1
-        audit_record(
-            actor=actor,
-            action="provider_secrets_rotate",
-            target_type="provider",
-            target_id="*",
-            after={"rotated": count},
-        )
-    return count
-
 
 # --- agents (the API's writes; config as code's rules) ---------------------------------------
 
@@ -285,18 +103,9 @@ def agent_delete(*, name: str, actor: str) -> None:
         agent = Agent.objects.select_for_update().filter(name=name).first()
         if agent is None:
             raise NotFound(f"agent {name!r} does not exist")
-        holders = ApiKey.objects.filter(agents=agent, revoked_at__isnull=True).values("pk")
-        sole = sorted(
-            ApiKey.objects.filter(pk__in=holders)
-            .annotate(allowed=Count("agents"))
-            .filter(allowed=1)
-            .values_list("prefix", flat=True)
-        )
-        if sole:
-            raise Conflict(
-                f"API keys {', '.join(sole)} may use only agent {name!r}; revoke them or widen "
-                "their allow-list first"
-            )
+        refusal = agent_delete_refusal(agent)
+        if refusal is not None:
+            raise refusal
         budgets = list(Budget.objects.filter(agent=agent))
         daily = next((b.limit_usd for b in budgets if b.window == BudgetWindow.DAILY), None)
         for budget in budgets:
@@ -384,27 +193,3 @@ def _config_changed() -> None:
 
     with transaction.atomic():
         config_version_bump()
-
-
-def apikeys_revoke_orphaned_by(*, agent: Agent, actor: str = "system") -> int:
-    """Before ``agent`` is deleted: revoke keys whose allow-list names only it.
-
-    An empty allow-list means "every agent", so deleting a key's last allowed agent would
-    silently widen the key to all agents. Such keys are revoked instead (fail closed)."""
-    revoked = 0
-    # Count over each key's whole allow-list (filtering the join by agent first would count 1).
-    candidates = (
-        ApiKey.objects.filter(
-            pk__in=ApiKey.objects.filter(agents=agent).values("pk"), revoked_at__isnull=True
-        )
-        .annotate(allowed=Count("agents"))
-        .filter(allowed=1)
-    )
-    for key_id in list(candidates.values_list("pk", flat=True)):
-        _, now = api_key_revoke(
-            key_id=key_id,
-            actor=actor,
-            reason=f"its only allowed agent {agent.name!r} was deleted",
-        )
-        revoked += now
-    return revoked

@@ -1,5 +1,6 @@
-"""Signals: any write to a configuration row bumps the configuration version, so every
-process reloads its live configuration within about a second (``agents.config.live``)."""
+"""Signals: any write to a configuration row bumps the configuration version, so every process
+reloads its live configuration within about a second (``agents.config.live``); and deletes that
+would bypass the services' rules are refused, not patched up behind them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 
+from agents.access.services import agent_delete_refusal
 from agents.config.live import config_version_bump
 from agents.models import Agent, ApiKey, ModelDeployment, Provider
-from agents.services import apikeys_revoke_orphaned_by
 from budgets.models import Budget
 
 
@@ -20,12 +21,20 @@ def _on_change(sender: type, instance: Any = None, **kwargs: Any) -> None:
     config_version_bump()
 
 
-def _revoke_orphaned_keys(sender: type, instance: Agent, **kwargs: Any) -> None:
-    apikeys_revoke_orphaned_by(agent=instance, actor="system:agent_delete")
+def _refuse_widening_a_key(sender: type, instance: Agent, **kwargs: Any) -> None:
+    """An agent deleted outside ``agent_delete`` and ``apply --prune`` (the ORM, a shell) must
+    not leave a key restricted to it with an empty allow-list, which means *every* agent.
+
+    Refused with the service's 409 rather than revoking the key here: a revocation nobody asked
+    for would be a write outside the services. Both services settle such keys first (refuse,
+    or revoke with an audit event), so this never fires under them."""
+    refusal = agent_delete_refusal(instance)
+    if refusal is not None:
+        raise refusal
 
 
 def connect_signals() -> None:
-    pre_delete.connect(_revoke_orphaned_keys, sender=Agent, dispatch_uid="bw-agent-orphan-keys")
+    pre_delete.connect(_refuse_widening_a_key, sender=Agent, dispatch_uid="bw-agent-orphan-keys")
     for model in (Provider, ModelDeployment, Agent, ApiKey, Budget):
         post_save.connect(_on_change, sender=model, dispatch_uid=f"bw-config-save-{model.__name__}")
         post_delete.connect(

@@ -19,7 +19,7 @@ def _write_private(path: Path, text: str) -> None:
 
 def demo_loadgen_key() -> str:
     """The demo traffic's API key, kept in var/ so restarts reuse it instead of piling up keys."""
-    from agents.services import api_key_create
+    from agents.access.services import api_key_create
 
     path = Path(settings.VAR_DIR) / "demo-loadgen-key"
     if path.exists():

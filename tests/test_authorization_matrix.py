@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.models import Execution, ModelDeployment
-from agents.services import api_key_create
 from budgets.models import Budget
 from incidents.services import incident_open
 

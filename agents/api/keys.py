@@ -19,6 +19,7 @@ from django.utils import timezone
 from ninja import Field, Query, Router, Schema, Status
 
 from agents import selectors, services
+from agents.access import services as access_services
 from agents.access.auth import PermissionDenied, Principal
 from agents.doors.auth import ApiKeyAuth
 from agents.engine import get_engine
@@ -63,7 +64,7 @@ class ApiKeyIn(StrictSchema):
     )
     agents: list[str] = Field(
         default_factory=list,
-        max_length=services.MAX_KEY_AGENTS,
+        max_length=access_services.MAX_KEY_AGENTS,
         description="Agent names it may use; empty = every agent.",
     )
     expires_at: datetime | None = Field(default=None, description="With a UTC offset; future.")
@@ -115,7 +116,7 @@ async def api_key_create(request: HttpRequest, payload: ApiKeyIn) -> Status:
         raise ValidationFailed(["expires_at: must be in the future"])
 
     def create() -> dict[str, Any]:
-        created = services.api_key_create(
+        created = access_services.api_key_create(
             name=payload.name,
             scopes=payload.scopes,
             agents=payload.agents,
@@ -143,7 +144,7 @@ async def api_key_revoke(request: HttpRequest, key_id: int, payload: ApiKeyRevok
     principal = _admin(request)
 
     def revoke() -> dict[str, Any]:
-        key, _ = services.api_key_revoke(
+        key, _ = access_services.api_key_revoke(
             key_id=key_id,
             actor=f"apikey:{principal.prefix}",
             reason=payload.reason,

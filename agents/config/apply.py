@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import models, transaction
 from pydantic import ValidationError
 
+from agents.access.services import apikeys_revoke_orphaned_by
 from agents.config.pricing import unpriced_errors
 from agents.config.schema import AgentSpec, BudgetSpec, ConfigDocument, format_errors
 from agents.models import Agent, ApiKey, ModelDeployment, Provider
@@ -450,6 +451,9 @@ class _Applier:
             for budget in Budget.objects.exclude(pk__in=kept_budgets).select_related("agent"):
                 self.delete(budget, f"budget {budget.scope}:{budget.target} {budget.window}")
             for agent in Agent.objects.exclude(name__in=agents):
+                # A key restricted to this agent alone would be widened to every agent: the
+                # file dropped the agent, so the key goes too (revoked and audited), not refused.
+                apikeys_revoke_orphaned_by(agent=agent, actor=self.actor)
                 self.delete(agent, f"agent {agent.name}")
             for deployment in ModelDeployment.objects.exclude(pk__in=kept_deployments):
                 self.delete(deployment, f"model {deployment.name}")

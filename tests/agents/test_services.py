@@ -10,9 +10,9 @@ from pytest_django.fixtures import Settings
 
 from agents.access.crypto import generate_key
 from agents.access.keys import looks_like_key, verify_key
+from agents.access.services import api_key_create, provider_secret_set
 from agents.executions.queue import executions_reap_stale
 from agents.models import Agent, ApiKey, Execution, Provider
-from agents.services import api_key_create, provider_secret_set
 from core.errors import NotFound, ValidationFailed
 
 pytestmark = pytest.mark.django_db

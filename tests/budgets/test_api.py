@@ -16,12 +16,12 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from django.utils import timezone
 
+from agents.access.services import api_key_create
 from agents.backends import state_for_jobs
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.models import Agent
 from agents.runtime.state import BreakerConfig, BudgetHold, Completion, WindowInit
-from agents.services import api_key_create
 from budgets.models import Budget, SpendRollup
 from core.models import AuditEvent
 

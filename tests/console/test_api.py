@@ -15,10 +15,10 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.test import AsyncClient
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.models import Execution
-from agents.services import api_key_create
 from budgets.models import SpendEntry
 from incidents.models import Incident
 from tests.asgi_client import asgi_request

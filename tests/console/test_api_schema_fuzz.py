@@ -36,10 +36,10 @@ from hypothesis import HealthCheck, settings
 from schemathesis.python import asgi as schemathesis_asgi
 
 from agents import engine as engine_module
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.models import ApiKey, Execution, ModelDeployment
-from agents.services import api_key_create
 from budgets.models import Budget
 from core.worker import EmbeddedWorker
 from incidents.models import Incident

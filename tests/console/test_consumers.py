@@ -19,11 +19,11 @@ from django.db import connections
 from django.utils import timezone
 
 from agents import services
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
 from agents.models import ApiKey, ModelDeployment
 from agents.runtime.state import agent_breaker_key, deployment_breaker_key
-from agents.services import api_key_create
 from budgets.models import Budget
 from budgets.selectors import budget_spans
 from console.asgi import application

@@ -26,8 +26,8 @@ from django.db import connection
 from django.utils import timezone
 from websockets.sync.client import connect
 
+from agents.access.services import api_key_create
 from agents.models import Execution, ExecutionStatus
-from agents.services import api_key_create
 from tests.live import ROOT, embedded_env, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)

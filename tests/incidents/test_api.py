@@ -13,10 +13,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.selectors import cursor_encode
-from agents.services import api_key_create
 from core.models import AuditEvent
 from incidents.models import Incident
 from incidents.services import incident_open

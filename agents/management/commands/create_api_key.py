@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from agents.services import api_key_create
+from agents.access.services import api_key_create
 from core.errors import ValidationFailed
 
 

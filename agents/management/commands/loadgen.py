@@ -11,7 +11,7 @@ from agents.devtools.loadgen import LoadStats, run_load
 
 def ensure_loadgen_key() -> str:
     """A fresh execute-scope key for this run (keys are stored hashed; we cannot reuse one)."""
-    from agents.services import api_key_create
+    from agents.access.services import api_key_create
 
     return api_key_create(name="loadgen", scopes=["execute"], actor="system:loadgen").plaintext
 

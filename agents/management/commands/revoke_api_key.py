@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.access.keys import KEY_PREFIX, looks_like_key, prefix_of
-from agents.services import api_key_revoke
+from agents.access.services import api_key_revoke
 from core.errors import NotFound
 
 

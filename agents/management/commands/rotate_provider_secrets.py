@@ -6,7 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from agents.access.crypto import SecretUnavailable
-from agents.services import provider_secrets_rotate
+from agents.access.services import provider_secrets_rotate
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.services import provider_secret_set
+from agents.access.services import provider_secret_set
 from core.errors import ApplicationError
 
 

@@ -21,8 +21,8 @@ from agents.access.crypto import (
     generate_key,
     rotate_secret,
 )
+from agents.access.services import provider_secret_set, provider_secrets_rotate
 from agents.models import Provider
-from agents.services import provider_secret_set, provider_secrets_rotate
 from core.models import AuditEvent
 
 PLAINTEXT = "sk-live-Zq9fTopSecretValue1234567890"

@@ -27,11 +27,11 @@ from agents.access.disclosure import (
     sees_provider_text,
 )
 from agents.access.keys import generate_key
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.devtools.fakellm import FakeLLM, FaultConfig
 from agents.engine import engine_shutdown, get_engine
 from agents.models import Execution
-from agents.services import api_key_create
 from tests.asgi_client import Answer, asgi_request
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,10 +13,10 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from django.utils import timezone
 
+from agents.access.services import api_key_create
 from agents.config.apply import ConfigError, config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
 from agents.models import Agent, ApiKey, Execution
-from agents.services import api_key_create
 from budgets.models import Budget
 from core.models import AuditEvent
 

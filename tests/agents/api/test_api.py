@@ -14,10 +14,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.models import ApiKey
-from agents.services import api_key_create
 from tests.asgi_client import asgi_request
 
 DOC = """

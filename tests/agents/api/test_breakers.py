@@ -21,12 +21,12 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from prometheus_client import REGISTRY
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.config.live import config_version_current
 from agents.engine import engine_shutdown, get_engine
 from agents.models import ModelDeployment
 from agents.runtime.state import BreakerConfig, Outcome
-from agents.services import api_key_create
 from core.models import AuditEvent
 from incidents.models import Incident
 

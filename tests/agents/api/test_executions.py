@@ -15,12 +15,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.devtools.fakellm import FakeLLM, FaultConfig
 from agents.engine import engine_shutdown, get_engine
 from agents.models import Execution
 from agents.selectors import ExecutionAccess, cursor_encode, execution_page
-from agents.services import api_key_create
 from budgets.models import SpendEntry
 
 DOC = """

@@ -27,10 +27,10 @@ from django.db import connection
 from django.utils import timezone
 
 from agents.access.keys import hash_key, looks_like_key
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.models import ApiKey
-from agents.services import api_key_create
 from core.models import AuditEvent
 from tests.live import ROOT, embedded_env, free_port, wait_http
 

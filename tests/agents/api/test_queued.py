@@ -26,13 +26,13 @@ from django.db import OperationalError, connections
 from django.test import AsyncClient
 from django.utils import timezone
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
 from agents.executions import queue as executions
 from agents.executions import runner
 from agents.executions.recording import file_drain, journal_directory, redis_drain
 from agents.models import Execution
-from agents.services import api_key_create
 from budgets.models import SpendEntry
 from core.worker import EmbeddedWorker
 

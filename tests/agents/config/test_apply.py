@@ -9,9 +9,9 @@ import pytest
 import yaml
 from django.db import IntegrityError
 
+from agents.access.services import api_key_create
 from agents.config.apply import ApplyResult, ConfigError, config_apply, config_parse
 from agents.models import Agent, ModelDeployment, Provider
-from agents.services import api_key_create
 from budgets.models import Budget, BudgetScope, BudgetWindow
 from core.models import AuditEvent
 

@@ -10,10 +10,10 @@ from cryptography.fernet import Fernet
 from pytest_django.fixtures import Settings
 
 from agents.access.crypto import decrypt_secret
+from agents.access.services import api_key_create, provider_secret_set
 from agents.config.apply import ApplyResult, config_apply, config_parse
 from agents.config.export import config_export, config_export_yaml
 from agents.models import Agent, ModelDeployment, Provider
-from agents.services import api_key_create, provider_secret_set
 from budgets.models import Budget
 from core.models import AuditEvent
 

@@ -56,8 +56,8 @@ CHAT = b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}]}'
 
 
 def _world() -> dict[str, str]:
+    from agents.access.services import api_key_create, provider_secret_set
     from agents.config.apply import config_apply, config_parse
-    from agents.services import api_key_create, provider_secret_set
 
     config_apply(document=config_parse(DOC))
     provider_secret_set(provider_name="vault", secret="sk-stored-in-the-database")
@@ -91,9 +91,9 @@ async def _post(path: str, key: str, body: bytes) -> Answer:
 async def test_a_revocation_is_in_force_while_a_providers_secret_cannot_be_decrypted(
     world: dict[str, str],
 ) -> None:
+    from agents.access.services import api_key_revoke
     from agents.engine import get_engine
     from agents.models import ApiKey
-    from agents.services import api_key_revoke
 
     engine = get_engine()
     await engine.start()  # loads the config and polls its version every second
@@ -142,8 +142,8 @@ async def test_an_incident_is_opened_for_the_provider_and_resolved_when_it_decry
     world: dict[str, str], settings: Any
 ) -> None:
     from agents.access.crypto import generate_key
+    from agents.access.services import provider_secret_set
     from agents.engine import get_engine
-    from agents.services import provider_secret_set
     from incidents.models import Incident
 
     config = get_engine().config
@@ -188,8 +188,8 @@ async def test_the_keys_reload_even_when_the_rest_of_the_build_fails(
     world: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import agents.config.live
+    from agents.access.services import api_key_revoke
     from agents.models import ApiKey
-    from agents.services import api_key_revoke
     from budgets.models import Budget
 
     config = LiveConfig()

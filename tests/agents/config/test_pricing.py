@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from agents.access.services import api_key_create
 from agents.config.apply import ApplyResult, ConfigError, config_apply, config_parse
 from agents.models import Agent, ModelDeployment
-from agents.services import api_key_create
 from budgets.models import Budget
 
 pytestmark = pytest.mark.django_db

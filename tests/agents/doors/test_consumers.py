@@ -13,9 +13,9 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from agents.access.services import api_key_create
 from agents.executions.live import LiveEvents, group_name
 from agents.models import ApiKey, Execution
-from agents.services import api_key_create
 from console.asgi import application
 from tests.agents.api import test_queued as base
 from tests.agents.api.test_queued import FINAL, Worker, _post, _queued, wait_for

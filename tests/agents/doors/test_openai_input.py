@@ -16,10 +16,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
 from agents.models import Execution, ModelDeployment
-from agents.services import api_key_create
 from budgets.models import SpendEntry
 from tests.asgi_client import Answer, asgi_request
 

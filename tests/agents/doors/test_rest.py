@@ -22,10 +22,10 @@ from asgiref.sync import sync_to_async
 from django.core.signals import request_started
 from django.utils import timezone
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
 from agents.models import ApiKey, Execution
-from agents.services import api_key_create
 from tests.asgi_client import Answer, asgi_request
 
 DOC = """

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
-from agents.services import api_key_create
 from tests.asgi_client import FRAMING, Answer, asgi_request
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.db import connections
 
+from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.devtools.fakellm import FakeLLM, FaultConfig
 from agents.engine import engine_shutdown, get_engine
@@ -17,7 +18,6 @@ from agents.executions.sessions import MAX_KEPT, LocalSessions, RedisSessions
 from agents.models import ApiKey, Execution, ExecutionStatus
 from agents.runtime.ports import SessionStore
 from agents.runtime.types import Message
-from agents.services import api_key_create
 from tests.asgi_client import asgi_request
 
 
