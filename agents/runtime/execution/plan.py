@@ -32,13 +32,23 @@ class AdmissionPlan:
     unpriced: tuple[str, ...]  # deployments of the chain without a price while a budget applies
     rate_limits: tuple[RateLimit, ...]
     holds: tuple[BudgetHold, ...]  # one per budget window, each for the worst case
-    budget_keys: tuple[str, ...]  # the holds' keys (the journal's record of the reservation)
     reserved: int  # micro-USD: the worst case of one call on any deployment of the chain
-    settle: tuple[tuple[str, float], ...]  # (key, window_s) of the tpm limits to settle
+
+    # Derived, not stored: a field of a frozen dataclass costs ~1,200 instructions to set.
+    @property
+    def budget_keys(self) -> tuple[str, ...]:
+        return tuple(hold.key for hold in self.holds)
 
     @property
     def rate_keys(self) -> tuple[str, ...]:
         return tuple(limit.key for limit in self.rate_limits)
+
+    @property
+    def settle(self) -> tuple[tuple[str, float], ...]:
+        """(key, window_s) of the tpm limits, settled with the tokens actually used."""
+        return tuple(
+            (lim.key, lim.window_s) for lim in self.rate_limits if lim.key.startswith("tpm:")
+        )
 
     def request(
         self,
@@ -160,7 +170,5 @@ def plan_admission(
         unpriced=unpriced,
         rate_limits=tuple(limits),
         holds=holds,
-        budget_keys=tuple(h.key for h in holds),
         reserved=reserved,
-        settle=tuple((lim.key, lim.window_s) for lim in limits if lim.key.startswith("tpm:")),
     )

@@ -13,7 +13,7 @@ from agents.runtime.clock import FakeClock
 from agents.runtime.execution import results
 from agents.runtime.execution.context import Admitted, Execution, Progress
 from agents.runtime.execution.plan import AdmissionPlan
-from agents.runtime.state import BreakerConfig, BudgetHold, Outcome
+from agents.runtime.state import BreakerConfig, BudgetHold, Outcome, RateLimit
 from agents.runtime.types import ExecutionRequest, ExecutionStatus, Message, Step, Usage
 from tests.agents.runtime.support import agent, deployment
 
@@ -37,11 +37,12 @@ def admitted(**overrides: object) -> Admitted:
         cache_key=None,
         look_up=False,
         unpriced=(),
-        rate_limits=(),
+        rate_limits=(
+            RateLimit("rpm:agent:support", 10, 60.0, 1),
+            RateLimit("tpm:agent:support", 1000, 60.0, 600),
+        ),
         holds=(BudgetHold("budget:1:d", 10_000, 700, 60.0), BudgetHold("budget:2:m", 9, 700, 60)),
-        budget_keys=("budget:1:d", "budget:2:m"),
         reserved=700,
-        settle=(("tpm:agent:support", 60.0),),
     )
     fields: dict[str, object] = {
         "plan": plan,
