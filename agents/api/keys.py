@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Field, Query, Router, Schema, Status
 
-from agents import selectors, services
+from agents import selectors
 from agents.access import services as access_services
 from agents.access.auth import PermissionDenied, Principal
 from agents.doors.auth import ApiKeyAuth

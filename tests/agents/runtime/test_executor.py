@@ -203,7 +203,7 @@ async def test_no_time_left_for_the_primary_moves_on_and_counts_for_no_breaker()
         function="agents.tools_builtin:current_time",
     )
     h = harness([agent(timeout_s=10.0, tools=(clock_tool,))])
-    h.executor._tools = ToolRunner(
+    h.executor._attempts.tools = ToolRunner(
         python_allow_list=frozenset({"agents.tools_builtin:current_time"}), clock=h.clock
     )
     # The primary's tool call takes all but 0.01 s of its 5 s: no time for its next call.
@@ -359,7 +359,7 @@ async def test_tool_calls_run_and_their_results_go_back_to_the_model() -> None:
     from agents.runtime.tools import ToolRunner
 
     h = harness([_tool_agent()])
-    h.executor._tools = ToolRunner(
+    h.executor._attempts.tools = ToolRunner(
         python_allow_list=frozenset({"agents.tools_builtin:current_time"}), clock=h.clock
     )
     h.provider.scripts["primary"] = [_tool_call_response(), "It is noon."]
@@ -375,7 +375,7 @@ async def test_a_tool_not_on_the_allow_list_degrades_with_the_tool_message() -> 
     from agents.runtime.tools import ToolRunner
 
     h = harness([_tool_agent()])
-    h.executor._tools = ToolRunner(python_allow_list=frozenset(), clock=h.clock)
+    h.executor._attempts.tools = ToolRunner(python_allow_list=frozenset(), clock=h.clock)
     h.provider.scripts["primary"] = [_tool_call_response()]
     result = await h.run()
     assert result.status == ExecutionStatus.DEGRADED
@@ -387,7 +387,7 @@ async def test_the_tool_loop_stops_at_the_step_cap() -> None:
     from agents.runtime.tools import ToolRunner
 
     h = harness([_tool_agent(max_tool_steps=2)])
-    h.executor._tools = ToolRunner(
+    h.executor._attempts.tools = ToolRunner(
         python_allow_list=frozenset({"agents.tools_builtin:current_time"}), clock=h.clock
     )
     h.provider.scripts["primary"] = [_tool_call_response() for _ in range(5)]

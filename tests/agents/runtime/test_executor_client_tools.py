@@ -62,7 +62,7 @@ class RecordingProvider(ScriptedProvider):
 
 def recording(h: Harness) -> RecordingProvider:
     provider = RecordingProvider(h.clock)
-    h.executor._providers = provider
+    h.executor._attempts.providers = provider
     h.provider = provider
     return provider
 
@@ -99,7 +99,7 @@ async def run(
 
 
 def with_clock_tool(h: Harness) -> None:
-    h.executor._tools = ToolRunner(
+    h.executor._attempts.tools = ToolRunner(
         python_allow_list=frozenset({"agents.tools_builtin:current_time"}), clock=h.clock
     )
 

@@ -148,7 +148,7 @@ async def test_a_tool_runner_that_raises_something_unexpected_gives_everything_b
         async def run_named(self, *args: Any, **kwargs: Any) -> Any:
             raise Boom("tool")
 
-    h.executor._tools = Exploding()
+    h.executor._attempts.tools = Exploding()
     call = ToolCall(id="c1", name="lookup", arguments="{}")
     h.provider.scripts["primary"] = [ChatResponse("", (call,), Usage(10, 5), "tool_calls")]
     with pytest.raises(Boom):
