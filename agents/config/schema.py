@@ -32,6 +32,9 @@ from agents.models import (
 )
 from agents.runtime.addresses import provider_host_refusal
 from agents.runtime.fallbacks import FALLBACK_KINDS
+from agents.runtime.schemas import schema_problem
+
+_PARAMETERS_DEPTH = 100
 
 Slug = Annotated[str, StringConstraints(pattern=SLUG_RE)]
 ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_RE)]
@@ -214,6 +217,11 @@ class ToolSpec(Spec):
             raise ValueError("a webhook tool needs `url` and no `function`")
         if self.parameters.get("type") != "object":
             raise ValueError("parameters: must be a JSON schema of type object")
+        # The YAML reader's own depth limit (apply.MAX_YAML_DEPTH): only JSON from the REST API
+        # can come this deep.
+        problem = schema_problem(self.parameters, max_depth=_PARAMETERS_DEPTH)
+        if problem is not None:
+            raise ValueError(f"{problem.at('parameters')}: {problem.reason}")
         return self
 
 
@@ -370,8 +378,10 @@ def format_errors(exc: ValidationError) -> list[str]:
         ctx = {key: _plain(value) for key, value in (err.get("ctx") or {}).items()}
         if kind == "value_error":
             message = str(ctx.get("error", err["msg"]))
-            # A validator may prefix its message with the sub-field it is about.
-            if ": " in message and message.split(": ", 1)[0].isidentifier():
+            # A validator may prefix its message with the sub-field it is about (a dotted path
+            # into it, e.g. a tool's parameters.properties.city.type).
+            prefix = message.split(": ", 1)[0]
+            if ": " in message and " " not in prefix and prefix.split(".")[0].isidentifier():
                 field, message = message.split(": ", 1)
                 lines.append(f"{_path((*err['loc'], field))}: {message}")
                 continue

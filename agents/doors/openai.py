@@ -45,6 +45,7 @@ from agents.doors.shell import header as _header
 from agents.doors.shell import read_body as _read_body
 from agents.doors.shell import until_done_or_disconnect as _until_done_or_disconnect
 from agents.engine import get_engine
+from agents.runtime.schemas import schema_problem
 from agents.runtime.types import (
     AgentConfig,
     ExecutionRequest,
@@ -67,11 +68,9 @@ class _TextPart(BaseModel):
 
 
 MAX_TOOLS = 128  # OpenAI's own limit
-MAX_SCHEMA_DEPTH = 32
 _TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 _ARGUMENT_FRAGMENT_CHARS = 64  # tool-call arguments are streamed in pieces of this size
 _EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
-_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 
 
 class _CalledFunctionIn(BaseModel):
@@ -245,61 +244,6 @@ def _tool_transcript(items: list[_MessageIn]) -> tuple[Message, ...]:
     return tuple(out)
 
 
-def _schema_problem(schema: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
-    """(field, message) for the first thing in a JSON Schema no provider would accept.
-
-    The structure only: types are JSON type names, ``properties``/``$defs`` map names to
-    schemas, ``items``/``anyOf``/... hold schemas, ``required`` lists names, ``enum`` is a
-    non-empty list. Other keywords pass through to the provider, which checks the rest."""
-    if isinstance(schema, bool):
-        return None
-    if not isinstance(schema, dict):
-        return path, "must be a JSON Schema object"
-    if depth > MAX_SCHEMA_DEPTH:
-        return path, f"nested deeper than {MAX_SCHEMA_DEPTH} levels"
-    kind = schema.get("type")
-    if kind is not None:
-        kinds = kind if isinstance(kind, list) else [kind]
-        if not kinds or any(not isinstance(k, str) or k not in _JSON_TYPES for k in kinds):
-            return f"{path}.type", f"must be one of {', '.join(sorted(_JSON_TYPES))} (or a list)"
-    for keyword in ("properties", "$defs", "definitions", "patternProperties"):
-        members = schema.get(keyword)
-        if members is None:
-            continue
-        if not isinstance(members, dict):
-            return f"{path}.{keyword}", "must be an object of schemas"
-        for name, sub in members.items():
-            problem = _schema_problem(sub, f"{path}.{keyword}.{name}", depth + 1)
-            if problem:
-                return problem
-    for keyword in ("items", "additionalProperties", "not"):
-        if keyword in schema:
-            items = schema[keyword]
-            subs = items if keyword == "items" and isinstance(items, list) else [items]
-            for sub in subs:
-                problem = _schema_problem(sub, f"{path}.{keyword}", depth + 1)
-                if problem:
-                    return problem
-    for keyword in ("anyOf", "oneOf", "allOf"):
-        if keyword in schema:
-            options = schema[keyword]
-            if not isinstance(options, list) or not options:
-                return f"{path}.{keyword}", "must be a non-empty array of schemas"
-            for position, sub in enumerate(options):
-                problem = _schema_problem(sub, f"{path}.{keyword}.{position}", depth + 1)
-                if problem:
-                    return problem
-    required = schema.get("required")
-    if required is not None and (
-        not isinstance(required, list) or not all(isinstance(n, str) for n in required)
-    ):
-        return f"{path}.required", "must be an array of property names"
-    enum = schema.get("enum")
-    if enum is not None and (not isinstance(enum, list) or not enum):
-        return f"{path}.enum", "must be a non-empty array"
-    return None
-
-
 def _client_tools(
     payload: ChatCompletionIn, agent: AgentConfig
 ) -> tuple[tuple[ToolSpec, ...], ToolChoice | None]:
@@ -330,9 +274,9 @@ def _client_tools(
             raise _Invalid(
                 f"{where}.parameters", 'must be a JSON Schema with "type": "object" at the top'
             )
-        problem = _schema_problem(parameters, f"{where}.parameters")
+        problem = schema_problem(parameters)
         if problem is not None:
-            raise _Invalid(*problem)
+            raise _Invalid(problem.at(f"{where}.parameters", brackets=False), problem.reason)
         specs.append(
             ToolSpec(
                 name=function.name,

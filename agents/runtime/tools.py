@@ -30,7 +30,7 @@ import inspect
 import ipaddress
 import json
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from agents.runtime.addresses import normal_host as _normal_host
 from agents.runtime.clock import Clock, SystemClock
 from agents.runtime.errors import ToolFailed
 from agents.runtime.providers.base import HttpSession
+from agents.runtime.schemas import arguments_error, json_type
 from agents.runtime.types import Message, ToolCall, ToolChoice, ToolSpec
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -126,75 +127,8 @@ def parse_arguments(text: str) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise ToolFailed(f"arguments are not valid JSON: {exc}"[:_DETAIL_CHARS]) from None
     if not isinstance(value, dict):
-        raise ToolFailed(f"arguments must be a JSON object, not {_json_type(value)}")
+        raise ToolFailed(f"arguments must be a JSON object, not {json_type(value)}")
     return value
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def _is_type(value: Any, expected: str) -> bool:
-    actual = _json_type(value)
-    if expected == "number":
-        return actual in ("integer", "number")
-    if expected == "integer":
-        return actual == "integer" or (actual == "number" and float(value).is_integer())
-    return actual == expected
-
-
-def schema_error(value: Any, schema: Mapping[str, Any], path: str = "arguments") -> str | None:
-    """The first violation of a JSON schema's basics, or None.
-
-    A deliberately small subset (no dependency): ``type`` (a name or a list of names),
-    ``enum``, ``properties``, ``required``, ``additionalProperties: false`` and ``items``.
-    Other keywords are ignored, so a schema using them is checked less, never wrongly.
-    """
-    expected = schema.get("type")
-    if isinstance(expected, str | list):
-        names = [expected] if isinstance(expected, str) else [str(t) for t in expected]
-        if not any(_is_type(value, name) for name in names):
-            return f"{path}: expected {' or '.join(names)}, got {_json_type(value)}"
-    enum = schema.get("enum")
-    if isinstance(enum, list) and value not in enum:
-        return f"{path}: must be one of {json.dumps(enum)[:100]}"
-    if isinstance(value, dict):
-        properties = schema.get("properties")
-        properties = properties if isinstance(properties, Mapping) else {}
-        required = schema.get("required")
-        for name in required if isinstance(required, list) else ():
-            if name not in value:
-                return f"{path}: missing required property {name!r}"
-        for name, item in value.items():
-            sub = properties.get(name)
-            if isinstance(sub, Mapping):
-                error = schema_error(item, sub, f"{path}.{name}")
-                if error:
-                    return error
-            elif schema.get("additionalProperties") is False:
-                return f"{path}: unexpected property {name!r}"
-    if isinstance(value, list):
-        items = schema.get("items")
-        if isinstance(items, Mapping):
-            for index, item in enumerate(value):
-                error = schema_error(item, items, f"{path}[{index}]")
-                if error:
-                    return error
-    return None
 
 
 def _text(result: Any) -> str:
@@ -269,7 +203,7 @@ class ToolRunner:
         if limit <= 0:
             raise ToolFailed(f"tool {spec.name!r} not started: the execution deadline has passed")
         arguments = parse_arguments(call.arguments)
-        error = schema_error(arguments, spec.parameters)
+        error = arguments_error(arguments, spec.parameters)
         if error is not None:
             raise ToolFailed(f"tool {spec.name!r}: invalid arguments: {error}"[:_DETAIL_CHARS])
         started = self._clock.monotonic()
@@ -521,7 +455,6 @@ __all__ = [
     "effective_tool_choice",
     "find_tool",
     "parse_arguments",
-    "schema_error",
     "system_resolver",
     "tool_messages",
 ]

@@ -163,6 +163,9 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     # tools
     ("agents[0].tools", [{"name": "lookup", "kind": "python"}], "agents[0].tools[0]: a python tool needs `function` (module:callable) and no `url`"),
     ("agents[0].tools", [{"name": "hook", "kind": "webhook", "url": "https://hooks.example/x", "parameters": {"type": "array"}}], "agents[0].tools[0].parameters: must be a JSON schema of type object"),
+    ("agents[0].tools", [{"name": "hook", "kind": "webhook", "url": "https://hooks.example/x", "parameters": {"type": "object", "properties": {"city": {"type": "text"}}}}], "agents[0].tools[0].parameters.properties.city.type: must be one of array, boolean, integer, null, number, object, string (or a list of them)"),
+    ("agents[0].tools", [{"name": "hook", "kind": "webhook", "url": "https://hooks.example/x", "parameters": {"type": "object", "properties": {"code": {"pattern": "(["}}}}], 'agents[0].tools[0].parameters.properties.code.pattern: "([" is not a valid regex'),
+    ("agents[0].tools", [{"name": "hook", "kind": "webhook", "url": "https://hooks.example/x", "parameters": {"type": "object", "anyOf": [{"required": "a"}]}}], "agents[0].tools[0].parameters.anyOf[0].required: expected array, got string"),
     # providers
     ("providers[0].kind", "gemini", "providers[0].kind: must be one of 'openai', 'anthropic' or 'simulated'"),
     ("providers[0].kind", "openai", "providers[0].simulation: only allowed for kind simulated"),
@@ -295,7 +298,7 @@ def test_a_document_nested_10000_deep_is_an_error_naming_the_problem(text: str) 
 
 
 def test_nesting_up_to_the_limit_is_read() -> None:
-    parameters = "{type: object, properties: " * 40 + "{}" + "}" * 40
+    parameters = "{type: object, properties: {a: " * 40 + "{}" + "}}" * 40
     doc = config_parse(
         "agents: [{name: a, model: m, tools: [{name: t, kind: webhook, "
         f"url: 'https://hooks.example/x', parameters: {parameters}}}]}}]"

@@ -272,6 +272,26 @@ def test_agent_tools_keep_running_server_side_next_to_client_tools(live: Live) -
     assert second["body"]["messages"][-1]["role"] == "tool"
 
 
+def test_a_schema_using_the_whole_draft_goes_upstream_unchanged(live: Live) -> None:
+    parameters = {
+        "type": "object",
+        "$defs": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+        "properties": {
+            "currency": {"$ref": "#/$defs/code"},
+            "amount": {"type": "number", "minimum": 0},
+            "target": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
+            "rounding": {"enum": ["up", "down", None]},
+        },
+        "required": ["currency"],
+    }
+    tool: Any = {"type": "function", "function": {"name": "pay", "parameters": parameters}}
+
+    live.client().chat.completions.create(model="gpt", messages=ASK, tools=[tool])
+
+    [sent] = live.upstream_requests()[-1]["body"]["tools"]
+    assert sent["function"]["parameters"] == parameters
+
+
 MANY_TOOLS = [
     {"type": "function", "function": {"name": f"tool_{i}", "parameters": {"type": "object"}}}
     for i in range(129)
@@ -289,6 +309,15 @@ MANY_TOOLS = [
         ("gpt", {"tools": [{"type": "function", "function": {"name": "x", "parameters": {
             "type": "object", "properties": {"a": {"type": "text"}}}}}]},
          "tools.0.function.parameters.properties.a.type"),
+        ("gpt", {"tools": [{"type": "function", "function": {"name": "x", "parameters": {
+            "type": "object", "properties": {"a": {"type": "string", "pattern": "(["}}}}}]},
+         "tools.0.function.parameters.properties.a.pattern"),
+        ("gpt", {"tools": [{"type": "function", "function": {"name": "x", "parameters": {
+            "type": "object", "properties": {"a": {"oneOf": [{"minimum": "0"}]}}}}}]},
+         "tools.0.function.parameters.properties.a.oneOf.0.minimum"),
+        ("gpt", {"tools": [{"type": "function", "function": {"name": "x", "parameters": {
+            "type": "object", "properties": {"a": {"items": [{"type": "string"}]}}}}}]},
+         "tools.0.function.parameters.properties.a.items"),
         ("gpt", {"tools": MANY_TOOLS}, "tools"),
         ("gpt", {"tools": [WEATHER, WEATHER]}, "tools.1.function.name"),
         ("clocked", {"tools": [{"type": "function", "function": {"name": "current_time"}}]},
