@@ -143,6 +143,9 @@ if DEBUG:
     INSTALLED_APPS.insert(0, "daphne")  # `runserver` serves websockets in development
 
 MIDDLEWARE = [
+    # First: every answer carries X-Request-ID, and the audit names the request (the lean
+    # doors do the same in agents/doors/shell.py).
+    "core.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
