@@ -96,6 +96,44 @@ def metadata_problem(value: dict[str, Any]) -> str | None:
     return None
 
 
+# pydantic names the member of a union it tried in the location ("str", "list[function-wrap[
+# _run_root_validator()]]"): a client wants the field's path, not pydantic's type names.
+_UNION_MEMBER = re.compile(r"^[a-z-]+\[.*\]$|^(str|int|float|bool|dict|list|none)$")
+
+
+def validation_message(errors: list[Any]) -> str:
+    """pydantic's errors as the REST API words them (a 422's message, on the ninja routes and
+    the lean execute door alike): one line naming each wrong field and what is wrong with it,
+    e.g. ``input.0.content: Input should be a valid string``. Where a field may be one of
+    several shapes, only the errors of the shape that got furthest are kept ("input.0.role:
+    ...", not also "input: should be a valid string"), and those at the same place are joined
+    with "or"."""
+    found: dict[str, list[str]] = {}
+    depth: dict[str, int] = {}
+    for err in errors:
+        raw = [part for part in err.get("loc", ()) if part not in {"body", "payload"}]
+        parts = [str(part) for part in raw if not _UNION_MEMBER.match(str(part))]
+        # No location left: the error is about the body as a whole (e.g. it is missing).
+        loc = ".".join(parts) or "body"
+        root = parts[0] if parts else "body"
+        if len(parts) < depth.get(root, 0):
+            continue  # another shape of this field got further: its errors say more
+        if len(parts) > depth.get(root, 0):
+            depth[root] = len(parts)
+            for key in [k for k in found if k == root or k.startswith(root + ".")]:
+                if key.count(".") + 1 < len(parts):
+                    del found[key]
+        messages = found.setdefault(loc, [])
+        message = str(err.get("msg", "invalid"))
+        if err.get("type") == "string_unicode":
+            # pydantic's own words for a lone surrogate in a constrained string ("unable to
+            # parse raw data as a unicode string"): say it as every other door does.
+            message = SURROGATE_REFUSED
+        if message not in messages:
+            messages.append(message)
+    return "; ".join(f"{loc}: {' or '.join(messages)}" for loc, messages in found.items())
+
+
 class StrictSchema(Schema):
     model_config = ConfigDict(extra="forbid")
 

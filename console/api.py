@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,8 +16,15 @@ from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import BaseModel
 
 from agents.runtime.state import DependencyUnavailable
-from agents.schemas import SURROGATE_REFUSED, dotted, text_problems
-from core.errors import ApplicationError, ServiceUnavailable, ValidationFailed
+from agents.schemas import dotted, text_problems, validation_message
+from core.errors import (
+    ApplicationError,
+    BodyTooLarge,
+    ServiceUnavailable,
+    Unauthenticated,
+    ValidationFailed,
+    error_body,
+)
 
 logger = logging.getLogger("breakwater.api")
 
@@ -29,10 +35,6 @@ api = NinjaAPI(
     docs_url="/docs",
     openapi_url="/openapi.json",
 )
-
-
-def error_body(type_: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"type": type_, "message": message}}
 
 
 # --- no NUL characters, no lone surrogates -----------------------------------------------------
@@ -93,46 +95,13 @@ def _dependency_unavailable(request: HttpRequest, exc: DependencyUnavailable) ->
 
 @api.exception_handler(ApplicationError)
 def _application_error(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
+    # The lean execute door renders the same (agents.doors.rest.render).
     response = api.create_response(request, error_body(exc.type, exc.message), status=exc.status)
     if isinstance(exc, ServiceUnavailable):
         response["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, Unauthenticated):
+        response["WWW-Authenticate"] = "Bearer"
     return response
-
-
-# pydantic names the member of a union it tried in the location ("str", "list[function-wrap[
-# _run_root_validator()]]"): a client wants the field's path, not pydantic's type names.
-_UNION_MEMBER = re.compile(r"^[a-z-]+\[.*\]$|^(str|int|float|bool|dict|list|none)$")
-
-
-def validation_message(errors: list[Any]) -> str:
-    """One line naming each wrong field and what is wrong with it, e.g.
-    ``input.0.content: Input should be a valid string``. Where a field may be one of several
-    shapes, only the errors of the shape that got furthest are kept ("input.0.role: ...", not
-    also "input: should be a valid string"), and those at the same place are joined with "or"."""
-    found: dict[str, list[str]] = {}
-    depth: dict[str, int] = {}
-    for err in errors:
-        raw = [part for part in err.get("loc", ()) if part not in {"body", "payload"}]
-        parts = [str(part) for part in raw if not _UNION_MEMBER.match(str(part))]
-        # No location left: the error is about the body as a whole (e.g. it is missing).
-        loc = ".".join(parts) or "body"
-        root = parts[0] if parts else "body"
-        if len(parts) < depth.get(root, 0):
-            continue  # another shape of this field got further: its errors say more
-        if len(parts) > depth.get(root, 0):
-            depth[root] = len(parts)
-            for key in [k for k in found if k == root or k.startswith(root + ".")]:
-                if key.count(".") + 1 < len(parts):
-                    del found[key]
-        messages = found.setdefault(loc, [])
-        message = str(err.get("msg", "invalid"))
-        if err.get("type") == "string_unicode":
-            # pydantic's own words for a lone surrogate in a constrained string ("unable to
-            # parse raw data as a unicode string"): say it as every other door does.
-            message = SURROGATE_REFUSED
-        if message not in messages:
-            messages.append(message)
-    return "; ".join(f"{loc}: {' or '.join(messages)}" for loc, messages in found.items())
 
 
 @api.exception_handler(NinjaValidationError)
@@ -144,20 +113,12 @@ def _validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpRe
 
 @api.exception_handler(AuthenticationError)
 def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    response = api.create_response(
-        request,
-        error_body("authentication_error", "missing, invalid, expired or revoked API key"),
-        status=401,
-    )
-    response["WWW-Authenticate"] = "Bearer"
-    return response
+    return _application_error(request, Unauthenticated())
 
 
 @api.exception_handler(RequestDataTooBig)
 def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
-    return api.create_response(
-        request, error_body("request_too_large", "request body exceeds the size limit"), status=413
-    )
+    return _application_error(request, BodyTooLarge())
 
 
 @api.exception_handler(HttpError)

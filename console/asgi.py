@@ -21,16 +21,18 @@ from agents.doors import rest as execute_asgi  # noqa: E402
 from console.routing import websocket_urlpatterns  # noqa: E402
 
 _django_http = ASGIStaticFilesHandler(django_asgi_app)
+# Both lean doors hand Django what its middleware answers before any route (agents/doors/shell.py).
+_openai = openai_compat.lean_app(fallback=_django_http)
 _execute = execute_asgi.lean_app(fallback=_django_http)
 
 
 async def http_app(scope: Any, receive: Any, send: Any) -> None:
     """The hot paths skip Django's request machinery: the OpenAI-compatible /v1/ and
-    POST /api/v1/agents/{name}/execute (which hands Django what its middleware would answer);
+    POST /api/v1/agents/{name}/execute, through one shell (agents/doors/shell.py);
     /static/ is answered before Django's middleware; everything else is Django."""
     path = scope["path"]
     if path.startswith("/v1/"):
-        await openai_compat.app(scope, receive, send)
+        await _openai(scope, receive, send)
     elif scope["method"] == "POST" and execute_asgi.EXECUTE_PATH.fullmatch(path):
         await _execute(scope, receive, send)
     else:

@@ -149,6 +149,9 @@ if sys.argv[1:2] == ["runserver"]:
     INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [
+    # First: every answer carries X-Request-ID, and the audit names the request (the lean
+    # doors do the same in agents/doors/shell.py).
+    "core.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -318,7 +321,7 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 # Content-Security-Policy (django-csp) on every Django response; the lean doors send the same
-# (agents/asgi_common.security_headers). Scripts and styles come from our own static files only:
+# (agents/doors/shell.security_headers). Scripts and styles come from our own static files only:
 # no inline script or style, no eval. A script that must be inline carries
 # nonce="{{ CSP_NONCE }}" (the nonce is made, and added to the header, only when used).
 # data: images are Swagger UI's icons (/api/v1/docs).

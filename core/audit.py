@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from core.models import AuditEvent
+from core.request_id import current_request_id
 
 
 def jsonable(value: Any) -> Any:
@@ -35,6 +36,9 @@ def audit_record(
     reason: str = "",
     request_id: str = "",
 ) -> AuditEvent:
+    """One audit row. ``request_id`` defaults to the request being handled (every door binds
+    one, ``core.request_id``), so a write made for an API call, a console page or the admin
+    names the request that made it."""
     event = AuditEvent(
         actor=actor,
         action=action,
@@ -43,7 +47,7 @@ def audit_record(
         before=jsonable(before) if before is not None else None,
         after=jsonable(after) if after is not None else None,
         reason=reason,
-        request_id=request_id,
+        request_id=request_id or current_request_id(),
     )
     event.save()
     return event

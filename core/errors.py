@@ -16,6 +16,31 @@ class ApplicationError(Exception):
             self.type = type
 
 
+def error_body(type_: str, message: str) -> dict[str, dict[str, str]]:
+    """The REST API's error (docs/INTERFACES.md §4): ``{"error": {"type", "message"}}``."""
+    return {"error": {"type": type_, "message": message}}
+
+
+class Unauthenticated(ApplicationError):
+    """No usable API key: 401 (with ``WWW-Authenticate: Bearer``)."""
+
+    status = 401
+    type = "authentication_error"
+
+    def __init__(self, message: str = "missing, invalid, expired or revoked API key"):
+        super().__init__(message)
+
+
+class BodyTooLarge(ApplicationError):
+    """A request body over ``DATA_UPLOAD_MAX_MEMORY_SIZE``: 413."""
+
+    status = 413
+    type = "request_too_large"
+
+    def __init__(self, message: str = "request body exceeds the size limit"):
+        super().__init__(message)
+
+
 class NotFound(ApplicationError):
     status = 404
     type = "not_found"

@@ -10,6 +10,10 @@ from typing import Any
 
 # Headers the server sets on its own (framing), not the application's answer.
 FRAMING = frozenset({"date", "server", "transfer-encoding", "connection"})
+# Headers every answer carries with a value of its own (a new request id unless the request
+# sent one): two answers are the same without them (tests/agents/doors/test_shell.py checks
+# them).
+PER_REQUEST = frozenset({"x-request-id"})
 
 
 @dataclass
@@ -25,7 +29,7 @@ class Answer:
         return self.headers[name.lower()]
 
     def semantic_headers(self) -> dict[str, str]:
-        return {k: v for k, v in self.headers.items() if k not in FRAMING}
+        return {k: v for k, v in self.headers.items() if k not in FRAMING | PER_REQUEST}
 
 
 async def asgi_request(

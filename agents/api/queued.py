@@ -48,7 +48,7 @@ async def execution_enqueue(request: HttpRequest, name: str, payload: ExecuteIn)
     stored. Follow it with ``GET /executions/{id}`` or the websocket ``/ws/executions/{id}/``.
     ``Idempotency-Key`` is honoured: a retried request answers the same ``execution_id``."""
     principal = _principal(request)
-    agent = executable_agent(principal, name, payload)
+    agent = executable_agent(principal, name, max_tokens=payload.max_tokens)
     cache_control = request.headers.get("Cache-Control", "").lower()
     messages = [{"role": m.role, "content": m.content} for m in execute_messages(payload)]
 

@@ -2,9 +2,12 @@
 
 It is the hot path, so it does not go through Django's request/response machinery or its
 middleware (which cost about 3 ms of CPU per request on this machine; docs/DECISIONS.md): the
-ASGI router in ``console/asgi.py`` hands ``/v1/`` straight here. Authentication, agent configs
-and budgets come from the engine's in-memory snapshot; the only I/O is the shared-state round
-trips and the provider call.
+ASGI router in ``console/asgi.py`` hands ``/v1/`` straight here. The host check, HTTPS, the
+security headers, ``X-Request-ID``, the key and the body limit are the shell's
+(``agents.doors.shell``), as on the REST doors; the checks before an execution are
+``agents.doors.execute.executable_agent``'s, answered here in OpenAI's error format
+(:func:`refusal`). Authentication, agent configs and budgets come from the engine's in-memory
+snapshot; the only I/O is the shared-state round trips and the provider call.
 
 The agent's name is the ``model``; its system prompt and every safeguard apply. Degraded
 executions come back as OpenAI-format errors (429 with ``Retry-After``, 503), so SDK retry logic
@@ -32,18 +35,25 @@ import uuid
 from typing import Any, Literal
 
 import orjson
-from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agents.access.auth import Principal
+from agents.access.auth import PermissionDenied, Principal
 from agents.access.disclosure import render_error, sees_provider_text
-from agents.doors.auth import authenticate
-from agents.doors.execute import UNAVAILABLE
-from agents.doors.shell import Receive, Scope, Send, is_secure, security_headers
-from agents.doors.shell import Responder as _Responder
-from agents.doors.shell import header as _header
-from agents.doors.shell import read_body as _read_body
-from agents.doors.shell import until_done_or_disconnect as _until_done_or_disconnect
+from agents.config.live import AgentUnavailable
+from agents.doors.execute import UNAVAILABLE, TokensOverCap, UnknownAgent, executable_agent
+from agents.doors.shell import (
+    ASGIApp,
+    BadBody,
+    ClientGone,
+    Receive,
+    Request,
+    Responder,
+    lean_door,
+    parse,
+    principal,
+    read_body,
+    until_done_or_disconnect,
+)
 from agents.engine import get_engine
 from agents.runtime.schemas import schema_problem
 from agents.runtime.types import (
@@ -57,6 +67,7 @@ from agents.runtime.types import (
     ToolSpec,
 )
 from agents.schemas import metadata_problem, text_problems
+from core.errors import BodyTooLarge, Unauthenticated
 
 log = logging.getLogger("breakwater.openai")
 
@@ -330,10 +341,12 @@ _DEGRADED: dict[str, tuple[int, str, str]] = {
 }
 
 
-def result_error(result: ExecutionResult, *, full: bool) -> tuple[int, bytes, dict[str, str]]:
+def result_error(
+    result: ExecutionResult, *, full: bool
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """(status, body, extra headers) for an execution that did not succeed. ``full``: the
     caller may read provider error text (``agents.access.disclosure``); else a typed summary."""
-    headers: dict[str, str] = {}
+    headers: list[tuple[bytes, bytes]] = []
     if result.status == ExecutionStatus.DEGRADED:
         status, type_, code = _DEGRADED.get(
             result.fallback_reason or "llm_error", _DEGRADED["llm_error"]
@@ -352,11 +365,11 @@ def result_error(result: ExecutionResult, *, full: bool) -> tuple[int, bytes, di
                     ),
                     headers,
                 )
-            headers["retry-after"] = str(max(1, math.ceil(wait)))
+            headers.append((b"retry-after", b"%d" % max(1, math.ceil(wait))))
         return (*_error(status, result.output, type_, code), headers)
     error = render_error(result.error, full=full) or {}
     if error.get("type") in UNAVAILABLE:  # nothing was admitted: retry soon
-        headers["retry-after"] = str(max(1, math.ceil(result.retry_after or 1)))
+        headers.append((b"retry-after", b"%d" % max(1, math.ceil(result.retry_after or 1))))
         return (*_error(503, error["message"], "service_unavailable", error["type"]), headers)
     if error.get("type") == "client_error":
         return (*_error(400, error.get("message", "bad request"), "invalid_request_error"), headers)
@@ -409,138 +422,125 @@ def completion_body(result: ExecutionResult, model: str) -> dict[str, Any]:
     }
 
 
-async def _authenticate(scope: Scope) -> Principal | None:
-    value = _header(scope, b"authorization") or ""
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return await authenticate(token.strip())
-
-
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    """ASGI entry for ``/v1/...``."""
-    out = _Responder(send, security_headers(is_secure(scope)))  # the headers Django sends
-    path = scope["path"]
-    method = scope["method"]
-    principal = await _authenticate(scope)
-    if principal is None:
-        await out.json(
-            *_error(
-                401, "Incorrect or missing API key.", "invalid_request_error", "invalid_api_key"
-            ),
-            {"www-authenticate": "Bearer"},
+def refusal(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """(status, body, extra headers) of a refusal, in OpenAI's format (what the SDKs read)."""
+    if isinstance(exc, Unauthenticated):
+        status, body = _error(
+            401, "Incorrect or missing API key.", "invalid_request_error", "invalid_api_key"
         )
-        return
-    if path == "/v1/models" and method == "GET":
-        await _models(principal, out)
-    elif path == "/v1/chat/completions" and method == "POST":
-        await _chat(scope, receive, principal, out)
-    elif path in ("/v1/models", "/v1/chat/completions"):
-        await out.json(*_error(405, f"{method} not allowed", "invalid_request_error"))
-    else:
-        await out.json(*_error(404, f"unknown endpoint {path}", "invalid_request_error"))
+        return status, body, [(b"www-authenticate", b"Bearer")]
+    if isinstance(exc, PermissionDenied):
+        return (*_error(403, exc.message, "permission_error"), [])
+    if isinstance(exc, BodyTooLarge):
+        return (*_error(413, exc.message, "invalid_request_error"), [])
+    if isinstance(exc, BadBody):
+        first = exc.errors[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        message = f"{where}: {first['msg']}"
+        if first["type"] == "json_invalid" and (found := _bad_text(exc.raw)) is not None:
+            where, message = found
+        return (*_error(400, message, "invalid_request_error", param=where), [])
+    if isinstance(exc, _Invalid):
+        return (*_error(400, str(exc), "invalid_request_error", param=exc.param), [])
+    if isinstance(exc, AgentUnavailable):
+        return (*_error(503, exc.message, "service_unavailable", "agent_unavailable"), [])
+    if isinstance(exc, UnknownAgent):  # AgentNotAllowed too: the same words
+        message = f"The model '{exc.agent}' does not exist or you do not have access to it."
+        return (*_error(404, message, "invalid_request_error", "model_not_found"), [])
+    if isinstance(exc, TokensOverCap):
+        message = f"max_tokens: must be <= {exc.cap} for model {exc.agent}"
+        return (*_error(400, message, "invalid_request_error", param="max_tokens"), [])
+    log.error("unhandled error at the OpenAI door", exc_info=exc)
+    return (*_error(500, "internal error; it has been logged", "server_error"), [])
 
 
-async def _models(principal: Principal, out: _Responder) -> None:
+async def _door(request: Request, receive: Receive, out: Responder) -> None:
+    """Everything under ``/v1/``, inside the shell (``agents.doors.shell``)."""
+    path = request.scope["path"]
+    method = request.scope["method"]
     try:
-        principal.require("read")
-    except Exception:
-        principal.require("execute")  # executing keys may list what they can call
+        caller = await principal(request)
+        if path == "/v1/models" and method == "GET":
+            await _models(caller, out)
+        elif path == "/v1/chat/completions" and method == "POST":
+            await _chat(request, receive, caller, out)
+        elif path in ("/v1/models", "/v1/chat/completions"):
+            await out.json(*_error(405, f"{method} not allowed", "invalid_request_error"))
+        else:
+            await out.json(*_error(404, f"unknown endpoint {path}", "invalid_request_error"))
+    except ClientGone:
+        raise  # nobody to answer
+    except Exception as exc:
+        if out.started:
+            raise  # mid-stream: nothing left to say in a status line
+        await out.json(*refusal(exc))
+
+
+def lean_app(fallback: ASGIApp) -> ASGIApp:
+    """The ASGI app for ``/v1/...``; ``fallback`` (Django) answers what Django answers before
+    any route (a host outside ``ALLOWED_HOSTS``, the redirect to HTTPS)."""
+    return lean_door(_door, fallback=fallback)
+
+
+async def _models(caller: Principal, out: Responder) -> None:
+    try:
+        caller.require("read")
+    except PermissionDenied:
+        caller.require("execute")  # executing keys may list what they can call
     engine = get_engine()
-    names = sorted(n for n in engine.config.snapshot.agents if principal.may_use(n))
+    names = sorted(n for n in engine.config.snapshot.agents if caller.may_use(n))
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "breakwater"} for n in names]
     await out.json(200, orjson.dumps({"object": "list", "data": data}))
 
 
-async def _chat(scope: Scope, receive: Receive, principal: Principal, out: _Responder) -> None:
-    if "execute" not in principal.scopes and "admin" not in principal.scopes:
-        await out.json(*_error(403, "this API key lacks the 'execute' scope", "permission_error"))
-        return
-    raw = await _read_body(receive, settings.BREAKWATER_MAX_BODY_BYTES)
-    if raw is None:
-        await out.json(*_error(413, "request body exceeds the size limit", "invalid_request_error"))
-        return
-    try:
-        payload = ChatCompletionIn.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        message = f"{where}: {first['msg']}"
-        if first["type"] == "json_invalid" and (found := _bad_text(raw)) is not None:
-            where, message = found
-        await out.json(*_error(400, message, "invalid_request_error", param=where))
-        return
+async def _chat(request: Request, receive: Receive, caller: Principal, out: Responder) -> None:
+    # The order of the checks is every door's: key, body size, JSON, schema, scope, agent.
+    raw = await read_body(request, receive)
+    payload = parse(ChatCompletionIn, raw)
     if b"\\u0000" in raw and (found := _bad_text(raw)) is not None:
-        await out.json(*_error(400, found[1], "invalid_request_error", param=found[0]))
-        return
-    engine = get_engine()
-    agent = engine.config.agent(payload.model)
-    problem = engine.config.unavailable(payload.model)
-    if problem is not None and principal.may_use(payload.model):
-        await out.json(*_error(503, problem, "service_unavailable", "agent_unavailable"))
-        return
-    if agent is None or not principal.may_use(payload.model):
-        await out.json(
-            *_error(
-                404,
-                f"The model '{payload.model}' does not exist or you do not have access to it.",
-                "invalid_request_error",
-                "model_not_found",
-            )
-        )
-        return
+        raise _Invalid(*found)
     max_tokens = payload.max_completion_tokens or payload.max_tokens
-    if max_tokens is not None and max_tokens > agent.max_tokens:
-        await out.json(
-            *_error(
-                400,
-                f"max_tokens: must be <= {agent.max_tokens} for model {payload.model}",
-                "invalid_request_error",
-                param="max_tokens",
-            )
-        )
-        return
+    agent = executable_agent(caller, payload.model, max_tokens=max_tokens)
     client_tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice | None = None
-    try:
-        if (
-            payload.tools
-            or payload.tool_choice is not None
-            or payload.functions is not None
-            or payload.function_call is not None
-        ):
-            client_tools, tool_choice = _client_tools(payload, agent)
-        messages = _messages(payload.messages)
-    except _Invalid as exc:
-        await out.json(*_error(400, str(exc), "invalid_request_error", param=exc.param))
-        return
-    cache_control = (_header(scope, b"cache-control") or "").lower()
-    request = ExecutionRequest(
+    if (
+        payload.tools
+        or payload.tool_choice is not None
+        or payload.functions is not None
+        or payload.function_call is not None
+    ):
+        client_tools, tool_choice = _client_tools(payload, agent)
+    messages = _messages(payload.messages)
+    cache_control = (request.header(b"cache-control") or "").lower()
+    engine = get_engine()
+    execution = ExecutionRequest(
         agent=payload.model,
         messages=messages,
         execution_id=str(uuid.uuid4()),
         max_tokens=max_tokens,
         metadata={**(payload.metadata or {}), **({"user": payload.user} if payload.user else {})},
-        api_key_id=principal.key_id,
-        api_key_limits=principal.limits,
+        api_key_id=caller.key_id,
+        api_key_limits=caller.limits,
         bypass_cache="no-cache" in cache_control or "no-store" in cache_control,
         tools=client_tools,
         tool_choice=tool_choice,
     )
+    full = sees_provider_text(caller.scopes)
     if payload.stream:
         include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
-        full = sees_provider_text(principal.scopes)
-        await _stream(receive, out, engine, request, include_usage, full=full)
+        await _stream(receive, out, engine, execution, include_usage, full=full)
         return
-    task = asyncio.ensure_future(engine.execute(request))
-    result = await _until_done_or_disconnect(task, receive)
+    task = asyncio.ensure_future(engine.execute(execution))
+    result = await until_done_or_disconnect(task, receive)
     if result is None:
         return  # the client left; the execution was cancelled and settled
     if result.status == ExecutionStatus.SUCCEEDED:
         await out.json(200, orjson.dumps(completion_body(result, payload.model)))
     else:
-        status, body, headers = result_error(result, full=sees_provider_text(principal.scopes))
-        await out.json(status, body, headers)
+        await out.json(*result_error(result, full=full))
+
+
+_SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 
 
 def _chunk(
@@ -582,7 +582,7 @@ def _tool_call_chunks(
 
 async def _stream(
     receive: Receive,
-    out: _Responder,
+    out: Responder,
     engine: Any,
     request: ExecutionRequest,
     include_usage: bool,
@@ -592,27 +592,25 @@ async def _stream(
     """OpenAI server-sent events. Headers wait for the first token, so an execution that is
     refused or degraded before producing anything still answers with a real HTTP error."""
     created = int(time.time())
-    sse_headers = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
     async def on_token(text: str) -> None:
         if not out.started:
-            await out.start(200, sse_headers)
+            await out.start(200, _SSE_HEADERS)
             await out.body(
                 _chunk(request, created, {"role": "assistant", "content": ""}, None), more=True
             )
         await out.body(_chunk(request, created, {"content": text}, None), more=True)
 
     task = asyncio.ensure_future(engine.execute(request, on_token=on_token))
-    result = await _until_done_or_disconnect(task, receive)
+    result = await until_done_or_disconnect(task, receive)
     if result is None:
         return
     if not out.started:
         if result.status != ExecutionStatus.SUCCEEDED:
-            status, body, headers = result_error(result, full=full)
-            await out.json(status, body, headers)
+            await out.json(*result_error(result, full=full))
             return
         # Succeeded without streaming tokens (a cached answer, only tool calls): one delta.
-        await out.start(200, sse_headers)
+        await out.start(200, _SSE_HEADERS)
         content = "" if result.output or not result.tool_calls else None
         await out.body(
             _chunk(request, created, {"role": "assistant", "content": content}, None), more=True
@@ -625,7 +623,7 @@ async def _stream(
         await out.body(_chunk(request, created, {}, result.finish_reason), more=True)
     else:
         # Part of an answer was already sent: end the stream with an error event.
-        status, body, _ = result_error(result, full=full)
+        _, body, _ = result_error(result, full=full)
         await out.body(b"data: " + body + b"\n\n", more=True)
     if include_usage:
         usage = {
