@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
@@ -22,6 +23,48 @@ REQUIRE = os.environ.get("BREAKWATER_REQUIRE_SERVICES", "").strip().lower() in {
     "yes",
     "on",
 }
+
+
+def _with_redis_db(url: str, offset: int) -> str:
+    """``url`` with its database number (the path, or ``?db=`` for a unix socket) + ``offset``."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(parse_qsl(parts.query))
+        query["db"] = str(int(query.get("db", 0)) + offset)
+        return urlunsplit(parts._replace(query=urlencode(query)))
+    return urlunsplit(parts._replace(path=f"/{int(parts.path.strip('/') or 0) + offset}"))
+
+
+def _redis_db_per_worker() -> None:
+    """Under pytest-xdist, each worker takes its own Redis database: the URL's own plus the
+    worker's number (gw0: the URL's, gw1: the next, ...), as pytest-django gives each worker
+    its own test database. Shared, the workers' tests would meet in the hot state (breakers and
+    rate limits are keyed by agent name, budget windows by ids both test databases repeat),
+    and one worker's drainer would take the other's journal entries.
+
+    Django read the settings before this module was imported, but nothing has connected yet
+    (clients, caches, channel layers and Celery's connections are made on first use), so the
+    settings derived from ``REDIS_URL`` are rewritten here. Children inherit it through
+    ``REDIS_URL`` in their environment."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    original = settings.REDIS_URL
+    if not worker.startswith("gw") or not original:
+        return
+    url = _with_redis_db(original, int(worker.removeprefix("gw")))
+    os.environ["REDIS_URL"] = settings.REDIS_URL = url
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        if getattr(settings, name) == original:
+            setattr(settings, name, url)
+    cache: dict[str, Any] = settings.CACHES["default"]
+    if cache.get("LOCATION") == original:
+        cache["LOCATION"] = url
+    layer: dict[str, Any] = settings.CHANNEL_LAYERS["default"]
+    for host in layer.get("CONFIG", {}).get("hosts", []):
+        if host.get("address") == original:
+            host["address"] = url
+
+
+_redis_db_per_worker()
 
 
 def require_service(name: str, available: bool, hint: str) -> None:

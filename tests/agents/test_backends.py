@@ -35,8 +35,22 @@ def test_redis_versions_before_7_0_are_too_old(text: str, too_old: bool) -> None
     assert (redis_version(text) < MIN_REDIS) is too_old
 
 
-async def test_the_configured_redis_is_new_enough(redis_url: str) -> None:
-    await require_redis_7()  # raises RuntimeError naming REDIS_URL and the version otherwise
+async def test_the_start_up_check_passes_the_configured_redis_and_refuses_an_older_one(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.redis import get_async_redis
+
+    await require_redis_7()  # the test Redis is 7.0 or later
+    version = str((await get_async_redis().info("server"))["redis_version"])
+
+    # The same check against a minimum above any real Redis: it must read the version and
+    # refuse, naming the setting and what it found.
+    monkeypatch.setitem(require_redis_7.__globals__, "MIN_REDIS", (99, 0))
+    with pytest.raises(RuntimeError) as caught:
+        await require_redis_7()
+    assert str(caught.value) == (
+        f"REDIS_URL: Breakwater needs Redis 99.0 or later, found {version}"
+    )
 
 
 @pytest.mark.parametrize(("serve_drains", "drains"), [(True, True), (False, False)])

@@ -170,15 +170,6 @@ def test_a_day_with_no_executions_writes_nothing() -> None:
     assert not SpendRollup.objects.exists()
 
 
-def test_the_rollups_refresh_job_is_scheduled_every_minute() -> None:
-    from console.schedule import JOBS
-
-    jobs = {job.task: job.every_s for job in JOBS}
-    assert jobs["budgets.tasks.rollups_refresh"] == 60
-    assert jobs["budgets.tasks.budgets_reconcile"] == 300
-    assert jobs["budgets.tasks.cost_spike_detect"] == 60
-
-
 @pytest.mark.django_db
 def test_the_rollups_refresh_task_runs_the_service() -> None:
     from django.utils import timezone

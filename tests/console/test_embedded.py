@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Future
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,42 @@ async def test_the_scheduler_drives_the_real_worker_through_a_real_job() -> None
     await sync_to_async(execution.refresh_from_db)()
     await sync_to_async(lambda: connection.close())()  # that thread's own, before teardown
     assert execution.status == "failed"
+
+
+@pytest.mark.parametrize(
+    ("task", "every_s"),
+    [
+        ("agents.tasks.executions_requeue_stale", 60),
+        ("budgets.tasks.rollups_refresh", 60),
+        ("budgets.tasks.budgets_reconcile", 300),
+        ("budgets.tasks.cost_spike_detect", 60),
+    ],
+)
+def test_a_periodic_job_runs_at_its_interval_under_beat_and_the_embedded_scheduler(
+    task: str, every_s: int
+) -> None:
+    # Beat: the app finalized as `celery beat` does it, read by beat's own scheduler class.
+    from celery.beat import Scheduler
+
+    from console.celery import app
+
+    app.autodiscover_tasks(force=True)
+    app.finalize()
+    [entry] = [e for e in Scheduler(app=app).schedule.values() if e.task == task]
+    assert entry.schedule.run_every == timedelta(seconds=every_s)
+    assert task in app.tasks
+
+    # Embedded: the declared jobs, ticked every second for two intervals on a fake clock.
+    worker, clock = FakeWorker(), FakeClock()
+    scheduler = EmbeddedScheduler(worker=worker, clock=clock)  # type: ignore[arg-type]
+    next_due = {job.name: clock.now for job in JOBS}
+    runs = []
+    for _ in range(2 * every_s + 1):
+        seen = len(worker.submitted)
+        scheduler.tick(next_due)
+        runs += [clock.now for name in worker.submitted[seen:] if name == task]
+        for future in worker.futures:
+            if not future.done():
+                future.set_result(None)  # each run finishes within its second
+        clock.now += 1
+    assert runs == [1000.0, 1000.0 + every_s, 1000.0 + 2 * every_s]

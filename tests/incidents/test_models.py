@@ -1,15 +1,12 @@
-"""One open incident per cause, and timelines are append-only."""
+"""One open incident per cause; a timeline keeps its incident."""
 
 from __future__ import annotations
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core.models import AppendOnlyError
 from incidents.models import Incident, IncidentEvent
-
-TABLE = IncidentEvent._meta.db_table
 
 
 def _incident(**overrides: object) -> Incident:
@@ -70,66 +67,13 @@ def test_the_database_refuses_a_bad_incident(fields: dict[str, object]) -> None:
     assert not Incident.objects.exists()
 
 
-# --- IncidentEvent: append-only ------------------------------------------------------------
+# --- IncidentEvent (append-only: tests/core/test_append_only.py) --------------------------
 
 
 @pytest.fixture
 def event() -> IncidentEvent:
     incident = _incident()
     return IncidentEvent.objects.create(incident=incident, kind="opened", message="breaker opened")
-
-
-@pytest.mark.dbmatrix
-@pytest.mark.django_db
-def test_saving_an_existing_timeline_entry_is_refused(event: IncidentEvent) -> None:
-    event.message = "nothing happened"
-    with pytest.raises(AppendOnlyError, match="IncidentEvent rows are append-only"):
-        event.save()
-    assert IncidentEvent.objects.get(pk=event.pk).message == "breaker opened"
-
-
-@pytest.mark.dbmatrix
-@pytest.mark.django_db
-def test_queryset_update_and_delete_of_timeline_entries_are_refused(
-    event: IncidentEvent,
-) -> None:
-    with pytest.raises(AppendOnlyError):
-        IncidentEvent.objects.filter(pk=event.pk).update(message="edited")
-    with pytest.raises(AppendOnlyError):
-        IncidentEvent.objects.filter(pk=event.pk).delete()
-    with pytest.raises(AppendOnlyError):
-        event.delete()
-    assert IncidentEvent.objects.get(pk=event.pk).message == "breaker opened"
-
-
-@pytest.mark.dbmatrix
-@pytest.mark.django_db
-def test_a_raw_sql_update_of_a_timeline_entry_is_refused_by_the_database(
-    event: IncidentEvent,
-) -> None:
-    with (
-        pytest.raises(IntegrityError, match="append-only"),
-        transaction.atomic(),
-        connection.cursor() as cursor,
-    ):
-        cursor.execute(
-            f'UPDATE "{TABLE}" SET "message" = %s WHERE "id" = %s',  # noqa: S608 - constant table
-            ["edited", event.pk],
-        )
-    assert IncidentEvent.objects.get(pk=event.pk).message == "breaker opened"
-
-
-@pytest.mark.django_db
-def test_a_raw_sql_delete_of_a_timeline_entry_is_refused_on_postgresql(
-    postgres: None, event: IncidentEvent
-) -> None:
-    with (
-        pytest.raises(IntegrityError, match="append-only"),
-        transaction.atomic(),
-        connection.cursor() as cursor,
-    ):
-        cursor.execute(f'DELETE FROM "{TABLE}" WHERE "id" = %s', [event.pk])  # noqa: S608 - constant table
-    assert IncidentEvent.objects.filter(pk=event.pk).exists()
 
 
 @pytest.mark.dbmatrix

@@ -35,6 +35,8 @@ agents:
 
 pytestmark = pytest.mark.django_db(transaction=True)
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+# No execution has it; fixed, so test ids are the same in every process (pytest-xdist compares them).
+UNKNOWN_ID = "8d5e9a4c-3f1b-4e27-9c0a-6b2d1f7e5a93"
 
 
 @dataclass
@@ -218,7 +220,7 @@ agents:
     assert (entry.input_tokens, entry.output_tokens) == (3, 16)
 
 
-@pytest.mark.parametrize("ident", ["not-a-uuid", str(uuid.uuid4())])
+@pytest.mark.parametrize("ident", ["not-a-uuid", UNKNOWN_ID])
 async def test_an_unknown_execution_is_404(world: World, ident: str) -> None:
     response = await get(world.keys["reader"], f"/api/v1/executions/{ident}")
     assert response.status_code == 404
@@ -311,7 +313,7 @@ async def test_the_list_filters_by_agent_and_status(world: World) -> None:
         ("after=%21%21%21", "after: invalid cursor"),
         (f"after={cursor_encode('yesterday', 'x')}", "after: invalid cursor"),
         (f"after={cursor_encode(T0.isoformat(), 'not-a-uuid')}", "after: invalid cursor"),
-        (f"after={cursor_encode('2026-03-01T12:00:00', str(uuid.uuid4()))}", "after: invalid"),
+        (f"after={cursor_encode('2026-03-01T12:00:00', UNKNOWN_ID)}", "after: invalid"),
     ],
 )
 async def test_bad_list_parameters_are_422(world: World, query: str, fragment: str) -> None:

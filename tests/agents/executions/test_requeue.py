@@ -28,11 +28,3 @@ def test_executions_left_queued_are_dispatched_again(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(executions, "execution_dispatch", lambda **kw: sent.append(kw))
     assert executions.executions_requeue_stale() == 1
     assert sent == [{"execution_id": str(old.pk), "timeout_s": 12.0}]
-
-
-def test_the_requeue_job_is_scheduled_every_minute() -> None:
-    from console.schedule import JOBS
-
-    job = next(j for j in JOBS if j.name == "executions-requeue-stale")
-    assert job.task == "agents.tasks.executions_requeue_stale"
-    assert job.every_s == 60
