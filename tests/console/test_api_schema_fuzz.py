@@ -35,7 +35,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from schemathesis.python import asgi as schemathesis_asgi
 
-from agents import engine as engine_module
+from agents import backends
 from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
@@ -205,8 +205,8 @@ def shared_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Hot state (breakers, rate limits, budget counters, cache) as this test found it: a fresh
     in-memory store (embedded mode), or every ``bw:`` Redis key put back (distributed mode).
     Deployment ids are reused (sequences reset), so a breaker forced open here must not stay."""
-    monkeypatch.setattr(engine_module, "_memory_state", None)
-    monkeypatch.setattr(engine_module, "_memory_cache", None)
+    monkeypatch.setattr(backends, "_memory_state", None)
+    monkeypatch.setattr(backends, "_memory_cache", None)
     if django_settings.EMBEDDED:
         yield
         return
