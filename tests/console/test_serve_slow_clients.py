@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
+import selectors
 import signal
 import socket
 import subprocess
@@ -108,15 +108,20 @@ def _closed_within(socks: list[socket.socket], seconds: float) -> list[socket.so
     """The sockets the server has not closed after ``seconds`` (whatever it sent before)."""
     deadline = time.monotonic() + seconds
     open_ = list(socks)
-    while open_ and time.monotonic() < deadline:
-        readable, _, _ = select.select(open_, [], [], 0.2)
-        for sock in readable:
-            try:
-                data = sock.recv(65536)
-            except (ConnectionResetError, BrokenPipeError):
-                data = b""
-            if not data:
-                open_.remove(sock)
+    # epoll, not select(): late in a full run this process's descriptors pass FD_SETSIZE (1024).
+    with selectors.DefaultSelector() as watch:
+        for sock in open_:
+            watch.register(sock, selectors.EVENT_READ, sock)
+        while open_ and time.monotonic() < deadline:
+            for key, _ in watch.select(0.2):
+                ready: socket.socket = key.data
+                try:
+                    data = ready.recv(65536)
+                except (ConnectionResetError, BrokenPipeError):
+                    data = b""
+                if not data:
+                    watch.unregister(ready)
+                    open_.remove(ready)
     return open_
 
 
