@@ -273,7 +273,7 @@ def test_agent_tools_keep_running_server_side_next_to_client_tools(live: Live) -
 
 
 def test_a_schema_using_the_whole_draft_goes_upstream_unchanged(live: Live) -> None:
-    parameters = {
+    parameters: dict[str, Any] = {
         "type": "object",
         "$defs": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}},
         "properties": {
