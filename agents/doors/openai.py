@@ -71,6 +71,9 @@ from core.errors import BodyTooLarge, Unauthenticated
 
 log = logging.getLogger("breakwater.openai")
 
+MAX_TOOL_SCHEMA_BYTES = 16_384  # one client tool's parameters, as JSON
+MAX_TOOLS_SCHEMA_BYTES = 65_536  # all of a request's client tools
+
 
 class _TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -268,6 +271,7 @@ def _client_tools(
     own = {tool.name for tool in agent.tools}
     names: set[str] = set()
     specs = []
+    schema_bytes = 0
     for index, tool in enumerate(payload.tools or ()):
         function = tool.function
         where = f"tools.{index}.function"
@@ -284,6 +288,19 @@ def _client_tools(
         if parameters.get("type") != "object":
             raise _Invalid(
                 f"{where}.parameters", 'must be a JSON Schema with "type": "object" at the top'
+            )
+        # Checking a schema against the 2020-12 metaschema costs about 3 ms per KiB on the
+        # serving loop (cached per schema after that): bounded, so one request cannot hold it.
+        size = len(orjson.dumps(parameters))
+        schema_bytes += size
+        if size > MAX_TOOL_SCHEMA_BYTES:
+            raise _Invalid(
+                f"{where}.parameters",
+                f"at most {MAX_TOOL_SCHEMA_BYTES} bytes of JSON Schema per tool, got {size}",
+            )
+        if schema_bytes > MAX_TOOLS_SCHEMA_BYTES:
+            raise _Invalid(
+                "tools", f"at most {MAX_TOOLS_SCHEMA_BYTES} bytes of JSON Schema in all, got more"
             )
         problem = schema_problem(parameters)
         if problem is not None:

@@ -296,6 +296,19 @@ MANY_TOOLS = [
     {"type": "function", "function": {"name": f"tool_{i}", "parameters": {"type": "object"}}}
     for i in range(129)
 ]
+# Metaschema checks cost ~3 ms per KiB of schema on the serving loop: one tool's is bounded...
+HUGE_SCHEMA = {
+    "type": "object",
+    "properties": {f"field_{i}": {"type": "string", "description": "x" * 100} for i in range(200)},
+}
+# ... and so are all of a request's (six tools of ~12 KiB each).
+BIG_TOOLS = [
+    {"type": "function", "function": {"name": f"big_{n}", "parameters": {
+        "type": "object",
+        "properties": {f"f{i}": {"type": "string", "description": "x" * 100} for i in range(100)},
+    }}}
+    for n in range(6)
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -319,6 +332,9 @@ MANY_TOOLS = [
             "type": "object", "properties": {"a": {"items": [{"type": "string"}]}}}}}]},
          "tools.0.function.parameters.properties.a.items"),
         ("gpt", {"tools": MANY_TOOLS}, "tools"),
+        ("gpt", {"tools": [{"type": "function", "function": {"name": "x", "parameters":
+            HUGE_SCHEMA}}]}, "tools.0.function.parameters"),
+        ("gpt", {"tools": BIG_TOOLS}, "tools"),
         ("gpt", {"tools": [WEATHER, WEATHER]}, "tools.1.function.name"),
         ("clocked", {"tools": [{"type": "function", "function": {"name": "current_time"}}]},
          "tools.0.function.name"),
