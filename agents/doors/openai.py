@@ -27,20 +27,19 @@ The rules are in docs/OPENAI_TOOLS.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.access.auth import PermissionDenied, Principal
 from agents.access.disclosure import render_error, sees_provider_text
 from agents.config.live import AgentUnavailable
 from agents.doors.execute import UNAVAILABLE, TokensOverCap, UnknownAgent, executable_agent
+from agents.doors.openai_input import ChatCompletionIn, Invalid, bad_text, messages_of, tools_of
 from agents.doors.shell import (
     ASGIApp,
     BadBody,
@@ -55,130 +54,19 @@ from agents.doors.shell import (
     until_done_or_disconnect,
 )
 from agents.engine import get_engine
-from agents.runtime.schemas import schema_problem
 from agents.runtime.types import (
-    AgentConfig,
     ExecutionRequest,
     ExecutionResult,
     ExecutionStatus,
-    Message,
     ToolCall,
     ToolChoice,
     ToolSpec,
 )
-from agents.schemas import metadata_problem, text_problems
 from core.errors import BodyTooLarge, Unauthenticated
 
 log = logging.getLogger("breakwater.openai")
 
-MAX_TOOL_SCHEMA_BYTES = 16_384  # one client tool's parameters, as JSON
-MAX_TOOLS_SCHEMA_BYTES = 65_536  # all of a request's client tools
-
-
-class _TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text"]
-    text: str
-
-
-MAX_TOOLS = 128  # OpenAI's own limit
-_TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 _ARGUMENT_FRAGMENT_CHARS = 64  # tool-call arguments are streamed in pieces of this size
-_EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
-
-
-class _CalledFunctionIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    name: str = Field(pattern=_TOOL_NAME)
-    arguments: str
-
-
-class _ToolCallIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: str = Field(min_length=1, max_length=256)
-    type: Literal["function"] = "function"
-    function: _CalledFunctionIn
-
-
-class _MessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_TextPart] | None = None
-    tool_calls: list[_ToolCallIn] | None = None  # assistant turns that called client tools
-    tool_call_id: str | None = Field(default=None, max_length=256)  # tool results
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
-class _StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    include_usage: bool = Field(default=False, strict=True)
-
-
-class _FunctionIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    name: str = Field(pattern=_TOOL_NAME)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class _ToolIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["function"]
-    function: _FunctionIn
-
-
-class ChatCompletionIn(BaseModel):
-    """The request fields Breakwater honours; other OpenAI fields (``temperature``,
-    ``parallel_tool_calls``, ...) are accepted and ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1, max_length=64)
-    messages: list[_MessageIn] = Field(min_length=1, max_length=200)
-    # Numbers and flags are strict, as on OpenAI and the REST door: "10", 10.0 and true are
-    # refused rather than coerced (pydantic's lax mode would take them).
-    stream: bool = Field(default=False, strict=True)
-    stream_options: _StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1, strict=True)
-    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
-    n: int = Field(default=1, ge=1, le=1, strict=True)
-    tools: list[_ToolIn] | None = Field(default=None, max_length=MAX_TOOLS)
-    tool_choice: Any = None  # checked against the tools by _client_tools
-    functions: Any = None  # the legacy functions API: refused with a pointer to tools
-    function_call: Any = None
-    user: str | None = Field(default=None, max_length=256)
-    metadata: dict[str, str] | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        problem = None if value is None else metadata_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-
-def _bad_text(raw: bytes) -> tuple[str, str] | None:
-    """(param, message) for the first NUL or lone surrogate in the body, or None.
-
-    Only called when a cheap test hints at one: a ``\\u0000`` escape in the bytes (NUL can
-    only be written so in JSON), or a body jiter refused as invalid JSON (it refuses lone
-    surrogates that way, with a position but no field). The stdlib parser keeps such text, so
-    the field can be named."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None  # really not JSON: jiter's own message stands
-    for loc, problem, in_key in text_problems(body):
-        where = ".".join(str(part) for part in loc) or "body"
-        return where, f"{where}: {'keys ' if in_key else ''}{problem}"
-    return None
 
 
 def _error(
@@ -186,158 +74,6 @@ def _error(
 ) -> tuple[int, bytes]:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return status, orjson.dumps(body)
-
-
-class _Invalid(Exception):
-    """A request field that is wrong: answered 400 with ``param`` naming it."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-
-
-# --- client tools and their turns --------------------------------------------------------------
-
-
-def _messages(items: list[_MessageIn]) -> tuple[Message, ...]:
-    """The runtime's messages. A conversation with tool turns (rare) takes the checked path."""
-    out = []
-    for m in items:
-        if m.tool_calls or m.role == "tool":
-            return _tool_transcript(items)
-        out.append(Message("system" if m.role == "developer" else m.role, m.text()))
-    return tuple(out)
-
-
-def _tool_transcript(items: list[_MessageIn]) -> tuple[Message, ...]:
-    """Messages with tool calls and results, checked as OpenAI checks them: the ``tool``
-    messages right after an assistant message with ``tool_calls`` answer those calls, one
-    result per call id, and no call is left without its result."""
-    out: list[Message] = []
-    waiting: dict[str, str] = {}  # call id -> tool name, still without a result
-    asked_at = -1
-    for index, m in enumerate(items):
-        if m.role == "tool":
-            where = f"messages.{index}.tool_call_id"
-            if not m.tool_call_id:
-                raise _Invalid(where, "required on a message with role 'tool'")
-            name = waiting.pop(m.tool_call_id, None)
-            if name is None:
-                raise _Invalid(
-                    where,
-                    f"{m.tool_call_id!r} answers no tool call of the assistant message before it",
-                )
-            out.append(Message("tool", m.text(), tool_call_id=m.tool_call_id, name=name))
-            continue
-        if waiting:
-            raise _Invalid(
-                f"messages.{asked_at}.tool_calls",
-                f"no tool message answers {', '.join(sorted(waiting))} (tool results must "
-                "follow the assistant message that called the tools)",
-            )
-        if not m.tool_calls:
-            out.append(Message("system" if m.role == "developer" else m.role, m.text()))
-            continue
-        if m.role != "assistant":
-            raise _Invalid(f"messages.{index}.tool_calls", "only assistant messages carry them")
-        calls = []
-        for position, call in enumerate(m.tool_calls):
-            if call.id in waiting:
-                raise _Invalid(
-                    f"messages.{index}.tool_calls.{position}.id", f"duplicate id {call.id!r}"
-                )
-            waiting[call.id] = call.function.name
-            calls.append(ToolCall(call.id, call.function.name, call.function.arguments))
-        asked_at = index
-        out.append(Message("assistant", m.text(), tool_calls=tuple(calls)))
-    if waiting:
-        raise _Invalid(
-            f"messages.{asked_at}.tool_calls",
-            f"no tool message answers {', '.join(sorted(waiting))}",
-        )
-    return tuple(out)
-
-
-def _client_tools(
-    payload: ChatCompletionIn, agent: AgentConfig
-) -> tuple[tuple[ToolSpec, ...], ToolChoice | None]:
-    """The request's tools as client :class:`ToolSpec` and its ``tool_choice``; raises
-    :class:`_Invalid` naming the first bad field."""
-    if payload.functions is not None or payload.function_call is not None:
-        field = "functions" if payload.functions is not None else "function_call"
-        raise _Invalid(
-            field, "the legacy functions API is not supported; use tools and tool_choice"
-        )
-    own = {tool.name for tool in agent.tools}
-    names: set[str] = set()
-    specs = []
-    schema_bytes = 0
-    for index, tool in enumerate(payload.tools or ()):
-        function = tool.function
-        where = f"tools.{index}.function"
-        if function.name in names:
-            raise _Invalid(f"{where}.name", f"duplicate tool name {function.name!r}")
-        if function.name in own:
-            raise _Invalid(
-                f"{where}.name",
-                f"{function.name!r} is already a tool of model {agent.name!r} (run "
-                "server-side); rename yours",
-            )
-        names.add(function.name)
-        parameters = function.parameters or _EMPTY_PARAMETERS
-        if parameters.get("type") != "object":
-            raise _Invalid(
-                f"{where}.parameters", 'must be a JSON Schema with "type": "object" at the top'
-            )
-        # Checking a schema against the 2020-12 metaschema costs about 3 ms per KiB on the
-        # serving loop (cached per schema after that): bounded, so one request cannot hold it.
-        size = len(orjson.dumps(parameters))
-        schema_bytes += size
-        if size > MAX_TOOL_SCHEMA_BYTES:
-            raise _Invalid(
-                f"{where}.parameters",
-                f"at most {MAX_TOOL_SCHEMA_BYTES} bytes of JSON Schema per tool, got {size}",
-            )
-        if schema_bytes > MAX_TOOLS_SCHEMA_BYTES:
-            raise _Invalid(
-                "tools", f"at most {MAX_TOOLS_SCHEMA_BYTES} bytes of JSON Schema in all, got more"
-            )
-        problem = schema_problem(parameters)
-        if problem is not None:
-            raise _Invalid(problem.at(f"{where}.parameters", brackets=False), problem.reason)
-        specs.append(
-            ToolSpec(
-                name=function.name,
-                kind="client",
-                description=function.description or "",
-                parameters=parameters,
-                strict=function.strict,
-            )
-        )
-    return tuple(specs), _tool_choice(payload.tool_choice, names)
-
-
-def _tool_choice(value: Any, names: set[str]) -> ToolChoice | None:
-    if value is None:
-        return None
-    if value in ("auto", "none", "required"):
-        if names:
-            return ToolChoice(value)
-        if value == "required":
-            raise _Invalid("tool_choice", "'required' is only allowed when tools are given")
-        return None  # auto / none without tools: nothing to choose from
-    if isinstance(value, dict) and value.get("type") == "function":
-        function = value.get("function")
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or not name:
-            raise _Invalid("tool_choice.function.name", "required")
-        if name not in names:
-            raise _Invalid("tool_choice.function.name", f"{name!r} is not one of the tools given")
-        return ToolChoice("function", name)
-    raise _Invalid(
-        "tool_choice",
-        'must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
-    )
 
 
 def _tool_calls_out(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
@@ -454,10 +190,10 @@ def refusal(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         first = exc.errors[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         message = f"{where}: {first['msg']}"
-        if first["type"] == "json_invalid" and (found := _bad_text(exc.raw)) is not None:
+        if first["type"] == "json_invalid" and (found := bad_text(exc.raw)) is not None:
             where, message = found
         return (*_error(400, message, "invalid_request_error", param=where), [])
-    if isinstance(exc, _Invalid):
+    if isinstance(exc, Invalid):
         return (*_error(400, str(exc), "invalid_request_error", param=exc.param), [])
     if isinstance(exc, AgentUnavailable):
         return (*_error(503, exc.message, "service_unavailable", "agent_unavailable"), [])
@@ -514,8 +250,8 @@ async def _chat(request: Request, receive: Receive, caller: Principal, out: Resp
     # The order of the checks is every door's: key, body size, JSON, schema, scope, agent.
     raw = await read_body(request, receive)
     payload = parse(ChatCompletionIn, raw)
-    if b"\\u0000" in raw and (found := _bad_text(raw)) is not None:
-        raise _Invalid(*found)
+    if b"\\u0000" in raw and (found := bad_text(raw)) is not None:
+        raise Invalid(*found)
     max_tokens = payload.max_completion_tokens or payload.max_tokens
     agent = executable_agent(caller, payload.model, max_tokens=max_tokens)
     client_tools: tuple[ToolSpec, ...] = ()
@@ -526,8 +262,8 @@ async def _chat(request: Request, receive: Receive, caller: Principal, out: Resp
         or payload.functions is not None
         or payload.function_call is not None
     ):
-        client_tools, tool_choice = _client_tools(payload, agent)
-    messages = _messages(payload.messages)
+        client_tools, tool_choice = tools_of(payload, agent)
+    messages = messages_of(payload.messages)
     cache_control = (request.header(b"cache-control") or "").lower()
     engine = get_engine()
     execution = ExecutionRequest(
