@@ -87,6 +87,30 @@ def _redis_reachable() -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_hot_state_from_an_earlier_run() -> None:
+    """The suite starts with none of Breakwater's keys (``bw:``) in its Redis database: budget
+    windows are keyed by ids and breakers by names that every fresh test database repeats, so
+    an earlier run's counters would be taken for this run's. Only the ``bw:`` keys of this
+    database (this worker's, under xdist) are removed."""
+    if not _redis_reachable():
+        return
+    import redis
+
+    client = redis.Redis.from_url(str(settings.REDIS_URL), socket_connect_timeout=1)
+    try:
+        batch = []
+        for key in client.scan_iter(match="bw:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     require_service("Redis", _redis_reachable(), "set REDIS_URL to a reachable server")
