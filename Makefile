@@ -25,10 +25,13 @@ $(VENV)/.test-stamp: pyproject.toml | $(VENV)/bin/python
 run: $(VENV)/.run-stamp
 	$(PY) manage.py demo
 
-# The whole suite on the configured database; when that is PostgreSQL, the database-behaviour
-# tests (migrations, constraints, apply) run a second time on SQLite.
+# The whole suite on the configured database, on two workers (pytest-xdist: each worker has its
+# own test database and its own Redis database, tests/conftest.py); when that is PostgreSQL, the
+# database-behaviour tests (migrations, constraints, apply) run a second time on SQLite.
+# PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.test-stamp
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
 	@if [ -n "$$DATABASE_URL" ] && [[ "$$DATABASE_URL" != sqlite* ]]; then \
 		echo "--- database-behaviour tests again on SQLite"; \
 		$(MAKE) --no-print-directory test-sqlite; \
