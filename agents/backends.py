@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from celery import current_app
 from django.conf import settings
 
 from agents.executions.idempotency import MemoryIdempotency, RedisIdempotency
@@ -193,8 +194,6 @@ def work_dispatch(
     or on this process's in-process worker. The caller has recorded the work in the database
     first, so work lost with a stopping worker is picked up again by the recovery jobs."""
     if not embedded():
-        from celery import current_app
-
         current_app.send_task(
             name,
             kwargs=kwargs,

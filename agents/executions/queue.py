@@ -124,10 +124,9 @@ def execution_dispatch(
     bypass_cache: bool = False,
     queue: str | None = None,
 ) -> None:
-    """Hand an execution to a worker: ``apply_async`` on ``queue`` (default
-    ``BREAKWATER_EXECUTION_QUEUE``) with time limits from the agent's timeout, or the in-process
-    worker in embedded mode."""
-
+    """Hand an execution to a worker (``agents.backends.work_dispatch``): a Celery message on
+    ``queue`` (default ``BREAKWATER_EXECUTION_QUEUE``) with time limits from the agent's
+    timeout, or the in-process worker in embedded mode."""
     kwargs: dict[str, Any] = {"execution_id": execution_id}
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
