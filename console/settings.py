@@ -178,6 +178,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.roles.context",  # console_role, can_operate, can_admin
                 "csp.context_processors.nonce",  # {{ CSP_NONCE }} for a script that needs one
             ],
         },

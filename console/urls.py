@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from console import metrics_view, views
 from console.api import api
 
 urlpatterns = [
-    path("", views.home, name="home"),
     # Django's auth views (docs/INTERFACES.md §4); django-axes throttles every login form.
     path(
         "login/",
@@ -25,4 +24,5 @@ urlpatterns = [
     path("metrics", metrics_view.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("", include("console.pages.urls")),
 ]

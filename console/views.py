@@ -1,4 +1,4 @@
-"""Console pages and health probes."""
+"""Health probes (the console's pages are in console/pages/)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,12 @@ import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from agents import backends
-from agents.selectors import agent_list_with_models
-
-
-@login_required
-@require_GET
-def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "console/home.html", {"agents": agent_list_with_models()})
 
 
 @never_cache

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
-from typing import Any
 
 import pytest
 from django.test import AsyncClient, Client
 from pytest_django.fixtures import Settings
 
 import core.redis
-from agents.models import Agent, ModelDeployment, Provider
-from budgets.models import Budget
 
 
 @pytest.fixture
@@ -110,56 +106,3 @@ def test_the_database_probe_recovers_after_its_connection_breaks(postgres: None)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         assert pool.submit(probe_break_probe).result() is None
-
-
-def test_the_home_page_sends_anonymous_visitors_to_log_in(client: Client) -> None:
-    response = client.get("/")
-    assert response.status_code == 302
-    assert response["Location"] == "/login/?next=/"
-
-
-@pytest.mark.django_db
-def test_the_home_page_lists_agents_with_their_models_and_budgets(
-    client: Client, django_user_model: Any
-) -> None:
-    provider = Provider.objects.create(name="sim", kind="simulated")
-    for upstream in ("a", "b"):
-        ModelDeployment.objects.create(
-            name="gpt-4o-mini",
-            provider=provider,
-            upstream_model=upstream,
-            input_usd_per_mtok=Decimal("0.15"),
-            output_usd_per_mtok=Decimal("0.6"),
-        )
-    support = Agent.objects.create(
-        name="customer-support",
-        description="Answers tickets",
-        model="gpt-4o-mini",
-        fallback_models=["claude-3-5-haiku"],
-    )
-    Agent.objects.create(name="research", model="claude-3-5-haiku", enabled=False)
-    Budget.objects.create(scope="agent", agent=support, limit_usd=Decimal(800))
-    client.force_login(django_user_model.objects.create_user("viewer", password=None))
-
-    response = client.get("/")
-    assert response.status_code == 200
-    page = response.content.decode()
-    assert 'Agents <span class="count">2</span>' in page
-    assert "customer-support" in page
-    assert "Answers tickets" in page
-    assert "claude-3-5-haiku" in page
-    assert "$800.00" in page
-    assert "research" in page
-    assert "disabled" in page
-    assert [agent.name for agent in response.context["agents"]] == ["customer-support", "research"]
-    assert response.context["agents"][0].deployments == 2
-
-
-@pytest.mark.django_db
-def test_the_home_page_explains_how_to_load_agents_when_there_are_none(
-    client: Client, django_user_model: Any
-) -> None:
-    client.force_login(django_user_model.objects.create_user("viewer", password=None))
-    response = client.get("/")
-    assert response.status_code == 200
-    assert "manage.py apply -f demo/breakwater.yaml" in response.content.decode()
