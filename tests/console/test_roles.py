@@ -69,6 +69,7 @@ def test_create_user_prints_a_password_that_signs_in_and_audits_the_creation(
     assert user.check_password(password)
     assert role_of(user) == "operator"
     event = AuditEvent.objects.get(action="user_create")
+    assert event.after is not None
     assert (event.target_id, event.after["role"]) == ("olga", "operator")
 
 
