@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # setuptools warns on every editable install about same-named folders; that is our layout on purpose.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-sqlite lint format typecheck imports check bench chaos clean
+.PHONY: run test test-sqlite lint format typecheck imports check bench chaos clean screenshots
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Breakwater needs Python 3.11+, found " + sys.version.split()[0])'
@@ -72,3 +72,7 @@ chaos: $(VENV)/.test-stamp
 
 clean:
 	rm -rf $(VENV) var/*.sqlite3* .pytest_cache .mypy_cache .ruff_cache
+
+# The README's console screenshots (docs/screenshots/), re-taken from the demo in headless Chromium.
+screenshots: $(VENV)/.test-stamp
+	$(PY) scripts/screenshots.py
