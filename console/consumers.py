@@ -3,9 +3,10 @@
 Who may watch: an API key with ``read`` (``operate`` and ``admin`` imply it), sent as
 ``?key=bw_...`` or an ``Authorization: Bearer`` header, or, on a socket that presents no key, a
 console user (Django session; the origin check of ``console/asgi.py`` applies). A socket that
-presents a key is the key's alone: a bad key is refused even with a session cookie. A key restricted to some agents sees only those agents, their
+presents a key is the key's alone: a bad key is refused even with a session cookie. A console
+user needs a console role (``console/roles.py``; any role may watch). A key restricted to some agents sees only those agents, their
 incidents and budgets (not the global budget nor deployment-wide incidents). Refused before the
-handshake completes: 4401 (no or bad credentials), 4403 (a key without ``read``). A key is
+handshake completes: 4401 (no or bad credentials), 4403 (a key without ``read``, a user without a console role). A key is
 checked again before every message, so a revoked or expired key, or one that lost ``read``, is
 closed with the same codes within a second; a changed allow-list applies from the next message.
 
@@ -20,12 +21,14 @@ import asyncio
 import contextlib
 import logging
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agents.access.auth import PermissionDenied, Principal
 from agents.access.credentials import presented_key
 from agents.doors.auth import authenticate
 from console.dashboard import DashboardTicker, Subscription, Visible, dashboard_ticker
+from console.roles import role_of
 
 log = logging.getLogger("breakwater.dashboard")
 
@@ -64,10 +67,12 @@ class DashboardConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         token = self.token if self.token is not None else presented_key(self.scope)
         if token is None:  # no key: the console session, if any
             user = self.scope.get("user")
-            if user is not None and user.is_authenticated and user.is_active:
-                self.visible = None
-                return None
-            return UNAUTHENTICATED
+            if user is None or not user.is_authenticated or not user.is_active:
+                return UNAUTHENTICATED
+            if await database_sync_to_async(role_of)(user) is None:
+                return FORBIDDEN
+            self.visible = None
+            return None
         principal = await authenticate(token)
         if principal is None:
             return UNAUTHENTICATED

@@ -130,11 +130,14 @@ async def _spent_micros(scope: str, target: str) -> int:
     return usage[span.key][0]
 
 
-def _session_cookie() -> bytes:
+def _session_cookie(role: str | None = "viewer") -> bytes:
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
     from django.test import Client
 
-    user = get_user_model().objects.create_user("ops", password="pw-123456")
+    user = get_user_model().objects.create_user(f"ops-{role}", password="pw-123456")
+    if role is not None:
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}".encode()
@@ -206,6 +209,15 @@ async def test_a_console_user_watches_with_the_session_cookie(keys: dict[str, st
     snapshot = await _snapshot(socket)
     assert [agent["name"] for agent in snapshot["agents"]] == list(AGENTS)
     assert snapshot["budget"] is not None
+    await socket.disconnect()
+
+
+async def test_a_signed_in_user_without_a_console_role_is_refused(
+    keys: dict[str, str],
+) -> None:
+    cookie = await sync_to_async(_session_cookie)(None)
+    socket = _socket(headers=[ORIGIN, (b"cookie", cookie)])
+    assert await socket.connect() == (False, 4403)
     await socket.disconnect()
 
 
