@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agents.models import Execution
-from budgets.models import LATENCY_BUCKETS_MS, TrafficRollup
+from budgets.models import ALL_AGENTS, LATENCY_BUCKETS_MS, TrafficRollup
 from budgets.selectors import latency_percentile
 from budgets.series import (
     WINDOWS,
@@ -30,8 +30,12 @@ MINUTE = NOW.replace(minute=37, second=20)  # 10:37:20 UTC, inside the minute 10
 A_MONTH = 60 * 24 * 31  # minutes: recompute everything the tests built
 
 
-def rows(step: int) -> dict[tuple[datetime, str], TrafficRollup]:
-    return {(r.start, r.agent_name): r for r in TrafficRollup.objects.filter(step_s=step)}
+def rows(step: int, *, every: bool = False) -> dict[tuple[datetime, str], TrafficRollup]:
+    """Each agent's rows of ``step`` (``every``: the every-agent rows too)."""
+    found = TrafficRollup.objects.filter(step_s=step)
+    if not every:
+        found = found.exclude(agent_name=ALL_AGENTS)
+    return {(r.start, r.agent_name): r for r in found}
 
 
 def at_minute(minutes_ago: int, second: int = 5) -> datetime:
@@ -83,9 +87,9 @@ def test_minute_rows_count_outcomes_fallbacks_retries_and_latency_per_agent() ->
     execution(at=at, agent="billing", latency_ms=40, model_choice="cheap:simple")
     execution(at=at_minute(1), latency_ms=100)
 
-    assert traffic_rollups_refresh(now=MINUTE) == 3
+    assert traffic_rollups_refresh(now=MINUTE) == 3 + 2  # and the every-agent row of each minute
 
-    minutes = rows(60)
+    minutes = rows(60, every=True)
     main = minutes[(floor(at, 60), "support")]
     assert (main.requests, main.succeeded, main.degraded, main.failed, main.cancelled) == (
         7, 4, 1, 1, 1,
@@ -103,6 +107,12 @@ def test_minute_rows_count_outcomes_fallbacks_retries_and_latency_per_agent() ->
     assert main.model_choices == {"standard": 7}
     assert minutes[(floor(at, 60), "billing")].model_choices == {"cheap:simple": 1}
     assert minutes[(floor(at_minute(1), 60), "support")].requests == 1
+    every = minutes[(floor(at, 60), ALL_AGENTS)]
+    assert (every.requests, every.fallbacks, every.cost_usd) == (8, 2, Decimal("0.0065"))
+    assert every.model_choices == {"cheap:simple": 1, "standard": 7}
+    assert sum(every.latency_buckets) == 6
+    assert every.p95_ms == latency_percentile(every.latency_buckets, 0.95)
+    assert main.p50_ms == latency_percentile(main.latency_buckets, 0.5)
 
 
 @pytest.mark.dbmatrix
@@ -125,6 +135,8 @@ def test_hour_and_day_rows_are_the_sums_of_their_minute_rows() -> None:
     assert (day.requests, day.cost_usd, day.latency_sum_ms) == (2, Decimal("0.003"), 980)
     assert sum(day.latency_buckets) == 2
     assert days[(floor(MINUTE, 86400), "billing")].requests == 1
+    every_day = rows(86400, every=True)[(floor(MINUTE, 86400), ALL_AGENTS)]
+    assert (every_day.requests, every_day.failed, every_day.p95_ms) == (3, 1, day.p95_ms)
 
 
 @pytest.mark.dbmatrix
@@ -197,8 +209,8 @@ def test_the_traffic_rollups_task_runs_the_service_and_is_scheduled() -> None:
     from console.schedule import JOBS
 
     execution(at=timezone.now())
-    assert task() == 1
-    assert TrafficRollup.objects.filter(step_s=60).count() == 1
+    assert task() == 2  # the agent's minute row and the every-agent one
+    assert TrafficRollup.objects.filter(step_s=60).count() == 2
     job = next(job for job in JOBS if job.name == "traffic-rollups-refresh")
     assert (job.task, job.every_s) == ("budgets.tasks.traffic_rollups_refresh", 15)
 
@@ -249,6 +261,7 @@ def test_a_series_sums_the_chosen_agents_and_merges_their_histograms() -> None:
     execution(at=at_minute(2), agent="billing", latency_ms=1800)
     execution(at=at_minute(2), agent="search", latency_ms=50)
     traffic_rollups_refresh(now=MINUTE)
+    assert TrafficRollup.objects.filter(agent_name=ALL_AGENTS, step_s=60).count() == 1
 
     both = traffic_series(window="1h", now=MINUTE, agents=frozenset({"support", "billing"}))
     point = both.points[-3]
@@ -260,6 +273,12 @@ def test_a_series_sums_the_chosen_agents_and_merges_their_histograms() -> None:
     alone = traffic_series(window="1h", now=MINUTE, agents=frozenset({"billing"})).points[-3]
     assert (alone.requests, alone.p95_ms) == (1, latency_percentile(_one(1800), 0.95))
     assert traffic_series(window="1h", now=MINUTE, agents=frozenset()).points[-3].requests == 0
+    # "*" is not an agent's name: asking for it is asking for no agent.
+    assert traffic_series(window="1h", now=MINUTE, agents=frozenset({"*"})).points[-3].requests == 0
+    assert (
+        traffic_series(window="1h", now=MINUTE, agents=frozenset({"*", "billing"})).points[-3]
+        == alone
+    )
 
 
 @pytest.mark.parametrize(
