@@ -10,7 +10,8 @@ Usage::
 Writes into the configured (migrated) database: ``TrafficRollup`` rows as the refresh keeps
 them (minute rows for 48 h, hour rows for 35 days, day rows for 30 days), ``SpendRollup`` day
 rows (3 models x 2 keys per agent and day) and, for the refresh, the executions of the last
-20 minutes at that rate; all for agents named ``bench-series-N``, deleted before and after.
+20 minutes at that rate; all for agents named ``bench-series-N`` (and the every-agent rows),
+deleted before and after. It refuses a database with traffic rollups of other agents.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,17 @@ django.setup()
 from django.db import connection, reset_queries  # noqa: E402
 
 from agents.models import Execution  # noqa: E402
-from budgets.models import LATENCY_BUCKETS_MS, SpendRollup, TrafficRollup  # noqa: E402
-from budgets.selectors import agent_stats_by_window  # noqa: E402
+from budgets.models import (  # noqa: E402
+    ALL_AGENTS,
+    LATENCY_BUCKETS_MS,
+    SpendRollup,
+    TrafficRollup,
+)
+from budgets.selectors import agent_stats_by_window, latency_percentile  # noqa: E402
 from budgets.series import (  # noqa: E402
+    TRAFFIC_FIELDS,
     WINDOWS,
+    TrafficTotals,
     overview_totals,
     traffic_series,
     traffic_series_by_agent,
@@ -55,7 +64,7 @@ REASONS = ("timeout", "rate_limited", "llm_error", "circuit_open")
 
 
 def _clean() -> None:
-    TrafficRollup.objects.filter(agent_name__in=AGENTS).delete()
+    TrafficRollup.objects.filter(agent_name__in=(*AGENTS, ALL_AGENTS)).delete()
     SpendRollup.objects.filter(agent_name__in=AGENTS).delete()
     Execution.objects.filter(agent_name__in=AGENTS).delete()
 
@@ -112,6 +121,16 @@ def _fill(now: datetime, per_day: int) -> int:
             add(3600, hour - timedelta(hours=i), agent)
         for i in range(31):
             add(86400, day - timedelta(days=i), agent)
+    every: dict[tuple[int, datetime], TrafficTotals] = {}
+    for row in rows:  # the every-agent rows, as the refresh writes them
+        values = {name: getattr(row, name) for name in TRAFFIC_FIELDS}
+        every.setdefault((row.step_s, row.start), TrafficTotals()).add(values)
+    for (step, start), totals in every.items():
+        values = totals.rollup_values()
+        rows.append(TrafficRollup(step_s=step, start=start, agent_name=ALL_AGENTS, **values))
+    for row in rows[: -len(every)]:
+        row.p50_ms = latency_percentile(row.latency_buckets, 0.5)
+        row.p95_ms = latency_percentile(row.latency_buckets, 0.95)
     TrafficRollup.objects.bulk_create(rows, batch_size=2000)
     spend = []
     for agent in AGENTS:
@@ -185,31 +204,35 @@ def main() -> None:
     parser.add_argument("--per-day", type=int, default=500_000)
     args = parser.parse_args()
     now = datetime.now(UTC)
+    if TrafficRollup.objects.exclude(agent_name__in=(*AGENTS, ALL_AGENTS)).exists():
+        sys.exit("bench/series.py: this database has traffic rollups of its own; use an empty one")
     _clean()
     try:
         start = time.perf_counter()
         written = _fill(now, args.per_day)
         print(f"{connection.vendor}: {written} rollup rows in {time.perf_counter() - start:.1f} s")
         one = frozenset({AGENTS[3]})
+        two = frozenset(AGENTS[:2])
         cases: list[tuple[str, Callable[[], object]]] = []
         for window in WINDOWS:
             cases += [
-                (
-                    f"traffic_series {window} all",
-                    lambda w=window: traffic_series(window=w, now=now),
-                ),
+                (f"traffic_series {window} all", partial(traffic_series, window=window, now=now)),
                 (
                     f"traffic_series {window} one agent",
-                    lambda w=window: traffic_series(window=w, agents=one, now=now),
+                    partial(traffic_series, window=window, agents=one, now=now),
+                ),
+                (
+                    f"traffic_series {window} two agents",
+                    partial(traffic_series, window=window, agents=two, now=now),
                 ),
                 (
                     f"traffic_series_by_agent {window}",
-                    lambda w=window: traffic_series_by_agent(window=w, now=now),
+                    partial(traffic_series_by_agent, window=window, now=now),
                 ),
-                (f"overview_totals {window}", lambda w=window: overview_totals(window=w, now=now)),
+                (f"overview_totals {window}", partial(overview_totals, window=window, now=now)),
                 (
                     f"agent_stats_by_window {window}",
-                    lambda w=window: agent_stats_by_window(window=w, now=now),
+                    partial(agent_stats_by_window, window=window, now=now),
                 ),
             ]
         print(f"{'call':<38} {'median ms':>10} {'queries':>8}")

@@ -565,7 +565,11 @@ def agent_stats_by_window(
         t.saved += row["saved_usd"]
         t.latency_sum += row["latency_sum_ms"]
         t.latency_count += row["latency_count"]
-        t.buckets = merge_buckets(t.buckets, list(row["latency_buckets"] or []))
+        if not t.buckets:
+            t.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        buckets = t.buckets
+        for index, count in enumerate((row["latency_buckets"] or [])[: len(buckets)]):
+            buckets[index] += count
         for choice, count in (row["model_choices"] or {}).items():
             t.choices[choice] = t.choices.get(choice, 0) + int(count)
         for reason, count in (row["fallback_reasons"] or {}).items():
