@@ -3,8 +3,10 @@
 The mix follows the reference deployment's per-agent volumes (customer-support 200K/day,
 code-review 150K, data-analyst 80K, content-writer 40K, the other six 30K together), scaled to
 the chosen rate. Arrivals are Poisson (open loop: a slow server does not slow the offered
-load). Questions come from small per-agent pools with a skewed choice, so some repeat and the
-response cache has work.
+load). Questions come from per-agent templates x slots (agents/devtools/prompts.py, which also
+computes the cache hit rate they give: about 35% at the demo's 3 requests/s). Requests are sent
+synchronously, queued or streamed (:data:`MODES`); chat agents continue some conversations in a
+session. Every random choice comes from one seeded ``random.Random``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
+
+from agents.devtools.prompts import pool_for
 
 REFERENCE_MIX: dict[str, float] = {
     "customer-support": 200_000,
@@ -33,38 +38,21 @@ REFERENCE_MIX: dict[str, float] = {
     "release-notes": 5_000,
 }
 
-QUESTIONS: dict[str, Sequence[str]] = {
-    "customer-support": (
-        "How do I return a pair of shoes?",
-        "Can I change my shipping address?",
-        "Do you ship to Canada?",
-        "My discount code does not work.",
-        "How long does a refund take?",
-        "Where is my order #{n}?",
-    ),
-    "code-review": (
-        "Review this diff: def add(a, b): return a - b",
-        "Is this SQL safe? cursor.execute('SELECT * FROM t WHERE id=' + user_id)",
-        "Review: for i in range(len(xs)): print(xs[i])",
-        "Any race here? if not os.path.exists(p): open(p, 'w')",
-    ),
-    "data-analyst": (
-        "Weekly active users by country for the last 8 weeks?",
-        "Which products had the highest return rate last month?",
-        "Revenue per region, quarter over quarter?",
-    ),
-    "content-writer": (
-        "Write a 100-word intro for our spring sale.",
-        "Draft a product description for a waterproof jacket.",
-        "Newsletter subject lines for a new feature launch ({n}).",
-    ),
-}
-DEFAULT_QUESTIONS = (
-    "Summarise the attached notes.",
-    "What is our policy on this?",
-    "Translate 'thank you for your patience' to French.",
-    "Reset my VPN password.",
+# How a request is sent (the share of each): the lean REST execute and waits for the answer,
+# queued (202, run by the worker) or streamed over the OpenAI-compatible door.
+MODES: dict[str, float] = {"sync": 0.70, "queued": 0.10, "stream": 0.20}
+# Chat agents: this share of their synchronous requests continues a recent conversation
+# (a session; its history makes the prompt new, so it is a cache miss).
+CHAT_AGENTS = frozenset({"customer-support", "it-helpdesk", "sales-assistant"})
+FOLLOW_UP_SHARE = 0.15
+FOLLOW_UPS = (
+    "Thanks. Can you send that to my email?",
+    "That did not help, can I talk to a person?",
+    "And how long will that take?",
+    "OK, what do I do next?",
+    "Can you explain step 2 again?",
 )
+OPEN_SESSIONS = 20  # conversations per agent a follow-up may continue (the most recent)
 
 
 @dataclass
@@ -73,6 +61,7 @@ class LoadStats:
     statuses: Counter[str] = field(default_factory=Counter)
     http_errors: Counter[int] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
+    modes: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> str:
         lat = sorted(self.latencies_ms)
@@ -88,11 +77,64 @@ class LoadStats:
 
 
 def pick_question(agent: str, rng: random.Random) -> str:
-    pool = QUESTIONS.get(agent, DEFAULT_QUESTIONS)
-    # Skewed choice: the first questions are asked far more often (cache hits); the last
-    # ones carry an {n} placeholder that makes them unique.
-    index = min(int(rng.expovariate(1.0)), len(pool) - 1)
-    return pool[index].format(n=rng.randrange(10_000))
+    return pool_for(agent).pick(rng)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request the loadgen sends."""
+
+    agent: str
+    mode: str  # a key of MODES
+    text: str
+    session_id: str | None = None
+
+    def call(self, base_url: str) -> tuple[str, dict[str, Any]]:
+        """(url, JSON body)."""
+        if self.mode == "stream":
+            body: dict[str, Any] = {
+                "model": self.agent,
+                "messages": [{"role": "user", "content": self.text}],
+                "stream": True,
+            }
+            return f"{base_url}/v1/chat/completions", body
+        body = {"input": self.text, "metadata": {"source": "loadgen", "mode": self.mode}}
+        if self.session_id is not None:
+            body["session_id"] = self.session_id
+        path = "executions" if self.mode == "queued" else "execute"
+        return f"{base_url}/api/v1/agents/{self.agent}/{path}", body
+
+
+class Traffic:
+    """What to send next: the agent by the reference mix, the mode, the question, the session."""
+
+    def __init__(self, rng: random.Random, agents: Sequence[str] | None = None) -> None:
+        self.rng = rng
+        self.names = [a for a in REFERENCE_MIX if agents is None or a in agents] or list(
+            agents or []
+        )
+        self.weights = [REFERENCE_MIX.get(a, 5_000) for a in self.names]
+        self.modes = list(MODES)
+        self.mode_weights = list(MODES.values())
+        self.sessions: dict[str, list[str]] = {}
+        self.conversations = 0
+
+    def next(self) -> Request:
+        rng = self.rng
+        agent = rng.choices(self.names, self.weights)[0]
+        mode = rng.choices(self.modes, self.mode_weights)[0]
+        follow_up = rng.random() < FOLLOW_UP_SHARE
+        if agent in CHAT_AGENTS and mode == "sync":
+            open_ = self.sessions.setdefault(agent, [])
+            if follow_up and open_:
+                session = open_[rng.randrange(len(open_))]
+                return Request(agent, mode, FOLLOW_UPS[rng.randrange(len(FOLLOW_UPS))], session)
+            self.conversations += 1
+            session = f"demo-{agent}-{self.conversations}"
+            open_.append(session)
+            del open_[:-OPEN_SESSIONS]
+            return Request(agent, mode, pick_question(agent, rng), session)
+        return Request(agent, mode, pick_question(agent, rng))
 
 
 async def run_load(
@@ -110,23 +152,27 @@ async def run_load(
     if rate <= 0:
         raise ValueError("rate: must be > 0")
     rng = random.Random(seed)
-    names = [a for a in REFERENCE_MIX if agents is None or a in agents] or list(agents or [])
-    weights = [REFERENCE_MIX.get(a, 5_000) for a in names]
+    traffic = Traffic(rng, agents)
     stats = stats or LoadStats()
     gate = asyncio.Semaphore(max_in_flight)
     headers = {"Authorization": f"Bearer {api_key}"}
     pending: set[asyncio.Task[None]] = set()
 
-    async def one(session: aiohttp.ClientSession, agent: str) -> None:
+    async def one(session: aiohttp.ClientSession, request: Request) -> None:
         started = time.perf_counter()
+        url, payload = request.call(base_url)
         try:
-            async with session.post(
-                f"{base_url}/api/v1/agents/{agent}/execute",
-                json={"input": pick_question(agent, rng), "metadata": {"source": "loadgen"}},
-                headers=headers,
-            ) as response:
+            async with session.post(url, json=payload, headers=headers) as response:
+                stats.modes[request.mode] += 1
+                if request.mode == "stream":
+                    await response.read()  # the whole event stream, to its end
+                    if response.status == 200:
+                        stats.statuses["streamed"] += 1
+                    else:
+                        stats.http_errors[response.status] += 1
+                    return
                 body = await response.json(content_type=None)
-                if response.status == 200:
+                if response.status in (200, 202):
                     stats.statuses[str(body.get("status"))] += 1
                 else:
                     stats.http_errors[response.status] += 1
@@ -146,9 +192,9 @@ async def run_load(
                     stats.http_errors[-1] += 1
                     continue
                 await gate.acquire()
-                agent = rng.choices(names, weights)[0]
+                request = traffic.next()
                 stats.sent += 1
-                task = asyncio.create_task(one(session, agent))
+                task = asyncio.create_task(one(session, request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         finally:

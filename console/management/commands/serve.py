@@ -12,8 +12,9 @@ import contextlib
 import gc
 import logging
 import signal
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from django.conf import settings
@@ -21,12 +22,25 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from agents import backends
 
+if TYPE_CHECKING:
+    from agents.devtools.upstreams import OutageSchedule
+
 log = logging.getLogger("breakwater.serve")
+
+
+@dataclass(frozen=True, slots=True)
+class Demo:
+    """What ``manage.py demo`` adds: the demo's fakellm upstreams (demo/breakwater.yaml's
+    providers), their outages (None: none) and the seed of the demo traffic."""
+
+    outages: OutageSchedule | None
+    seed: int
 
 
 class Command(BaseCommand):
     help = "Serve console, API and websockets (and, in embedded mode, the worker and scheduler)."
     requires_system_checks = []  # `check` runs at import of the app; keep start-up fast
+    demo: Demo | None = None  # set by `manage.py demo` on the instance it calls
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
@@ -82,17 +96,24 @@ class Command(BaseCommand):
             raise SystemExit(2)
         import uvloop
 
+        from agents.devtools.upstreams import UpstreamPortInUse
+
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(
-                _main(
-                    uvicorn.Server(config),
-                    embedded=embedded,
-                    loadgen_rate=options["loadgen_rate"],
+            try:
+                runner.run(
+                    _main(
+                        uvicorn.Server(config),
+                        embedded=embedded,
+                        loadgen_rate=options["loadgen_rate"],
+                        demo=self.demo,
+                    )
                 )
-            )
+            except UpstreamPortInUse as exc:
+                self.stderr.write(str(exc))
+                raise SystemExit(1) from None
 
 
-async def _loadgen(server: uvicorn.Server, rate: float, key: str) -> None:
+async def _loadgen(server: uvicorn.Server, rate: float, key: str, seed: int | None) -> None:
     """Demo traffic against this very server, stopped as soon as shutdown begins."""
     from agents.devtools.loadgen import run_load
 
@@ -102,7 +123,9 @@ async def _loadgen(server: uvicorn.Server, rate: float, key: str) -> None:
         await asyncio.sleep(0.05)
     host, port = server.config.host, server.config.port
     load = asyncio.create_task(
-        run_load(base_url=f"http://{host}:{port}", api_key=key, rate=rate, duration_s=None)
+        run_load(
+            base_url=f"http://{host}:{port}", api_key=key, rate=rate, duration_s=None, seed=seed
+        )
     )
     while not server.should_exit and not load.done():  # noqa: ASYNC110 - uvicorn exposes a flag
         await asyncio.sleep(0.1)
@@ -111,7 +134,13 @@ async def _loadgen(server: uvicorn.Server, rate: float, key: str) -> None:
         await load
 
 
-async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float = 0.0) -> None:
+async def _main(
+    server: uvicorn.Server,
+    *,
+    embedded: bool,
+    loadgen_rate: float = 0.0,
+    demo: Demo | None = None,
+) -> None:
     # uvicorn captures SIGINT/SIGTERM during serve() and re-raises them afterwards; these
     # handlers receive that re-raise, so the embedded components below stop in order instead
     # of being torn down by a KeyboardInterrupt.
@@ -121,6 +150,15 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _quiet)
 
+    upstreams = outages = None
+    if demo is not None:
+        from agents.devtools.upstreams import DemoUpstreams, run_outages
+
+        # Before the engine and the worker: the first execution finds its upstream listening.
+        upstreams = DemoUpstreams()
+        await upstreams.start()
+        if demo.outages is not None:
+            outages = asyncio.create_task(run_outages(upstreams, demo.outages))
     worker = scheduler = None
     if embedded:
         from console.embedded import EmbeddedScheduler
@@ -142,7 +180,8 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
 
         # The key exists before the engine loads its config, so the first request is known.
         key = await asyncio.to_thread(demo_loadgen_key)
-        load = asyncio.create_task(_loadgen(server, loadgen_rate, key))
+        seed = demo.seed if demo is not None else None
+        load = asyncio.create_task(_loadgen(server, loadgen_rate, key, seed))
     await get_engine().start()
     # What start-up loaded (Django, the apps, the config) lives as long as the process: moved out
     # of the collector's reach, so that a full collection does not walk it in the middle of a
@@ -161,5 +200,11 @@ async def _main(server: uvicorn.Server, *, embedded: bool, loadgen_rate: float =
         if worker is not None:
             await worker.stop()
         await engine_shutdown()  # last: the worker may still record; the drainer drains
+        if outages is not None:
+            outages.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await outages
+        if upstreams is not None:
+            await upstreams.close()  # after everything that could still call them
         await asyncio.to_thread(current_process().stop)  # nothing of ours runs any more
         log.info("stopped")
