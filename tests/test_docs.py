@@ -88,7 +88,7 @@ def test_the_checks_see_what_they_are_meant_to_see() -> None:
 def test_no_tracked_file_refers_to_a_document_outside_the_repository() -> None:
     found = []
     for name in tracked_files():
-        if name == THIS:
+        if name == THIS or name.startswith("static/vendor/"):  # third-party files, as shipped
             continue
         text = text_of(ROOT / name)
         if text is None:
