@@ -10,7 +10,10 @@ class ConsoleConfig(AppConfig):
 
     def ready(self) -> None:
         from console.login_throttle import connect_signals
+        from console.roles import grant_admin_permissions
         from core.db import on_post_migrate
 
         post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="bw-append-only")
+        # Every app's post_migrate (permissions are created per app): the last one sees them all.
+        post_migrate.connect(grant_admin_permissions, dispatch_uid="bw-admin-permissions")
         connect_signals()

@@ -1,7 +1,9 @@
 """Console roles: the Django groups ``viewer``, ``operator`` and ``admin`` (docs/INTERFACES.md §4).
 
 Each role includes the ones before it: an operator may do what a viewer may, an admin what an
-operator may. Superusers are admins. A signed-in user in none of the groups has no console role
+operator may. Superusers are admins. Admins are staff too, and the ``admin`` group holds every
+model permission (granted after each ``migrate``), so the Django admin at /admin/ works for them;
+its writes go through the same services as the console (agents/admin.py). A signed-in user in none of the groups has no console role
 and gets 403 on every page (an admin adds them to a group with ``manage.py create_user`` or the
 admin site).
 
@@ -72,6 +74,19 @@ def role_required(needed: str) -> Callable[[F], F]:
         return cast(F, wrapper)
 
     return decorate
+
+
+def grant_admin_permissions(sender: Any = None, **kwargs: Any) -> None:
+    """post_migrate: the ``admin`` group gets every permission there is (idempotent)."""
+    from django.contrib.auth.models import Group, Permission
+
+    using = kwargs.get("using", "default")
+    group = Group.objects.using(using).filter(name="admin").first()
+    if group is None:  # before console's 0003 migration, or a flushed test database
+        return
+    missing = Permission.objects.using(using).exclude(group=group)
+    if missing.exists():
+        group.permissions.add(*missing)
 
 
 def context(request: HttpRequest) -> dict[str, Any]:

@@ -28,6 +28,7 @@ def user_create(
     *, username: str, role: str, actor: str, email: str = "", password: str | None = None
 ) -> CreatedUser:
     """A console user in ``role``'s group, with ``password`` or a generated one (returned once).
+    Admins are staff (the Django admin at /admin/ is theirs too; console/roles.py).
 
     Refused before anything is written: an unknown role, a blank or too long username, one that
     exists (409), or a password Django's validators refuse.
@@ -53,7 +54,9 @@ def user_create(
     with transaction.atomic():
         if model._default_manager.filter(username=username).exists():
             raise Conflict(f"user {username!r} exists")
-        user = model._default_manager.create_user(username=username, email=email, password=secret)
+        user = model._default_manager.create_user(
+            username=username, email=email, password=secret, is_staff=role == "admin"
+        )
         group, _ = Group.objects.get_or_create(name=role)
         user.groups.add(group)
         audit_record(

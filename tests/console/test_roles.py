@@ -94,3 +94,23 @@ def test_create_user_refuses_an_existing_username() -> None:
     with pytest.raises(CommandError, match="user 'olga' exists"):
         call_command("create_user", "--username", "olga", "--role", "admin")
     assert role_of(User.objects.get(username="olga")) == "viewer"
+
+
+def test_create_user_makes_admins_staff_with_every_permission(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    from console.roles import grant_admin_permissions
+
+    grant_admin_permissions()  # what every migrate ends with
+    call_command("create_user", "--username", "ada", "--role", "admin")
+    call_command("create_user", "--username", "otto", "--role", "operator")
+    ada, otto = User.objects.get(username="ada"), User.objects.get(username="otto")
+    assert ada.is_staff
+    assert not otto.is_staff
+    assert ada.has_perm("agents.change_agent")
+    assert ada.get_all_permissions() >= {
+        f"{p.content_type.app_label}.{p.codename}" for p in Permission.objects.all()
+    }
+    assert not otto.has_perm("agents.change_agent")
