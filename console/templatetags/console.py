@@ -53,7 +53,9 @@ def pct(value: Any, digits: int = 2) -> str:
     number = _number(value)
     if number is None:
         return DASH
-    text = f"{number * 100:.{int(digits)}f}".rstrip("0").rstrip(".")
+    text = f"{number * 100:.{int(digits)}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return f"{text}%"
 
 
