@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import unescape
@@ -61,7 +61,7 @@ def _rollup(agent: str, start: datetime, **values: Any) -> None:
 
 
 @pytest.fixture
-def world(db: None) -> Iterator[dict[str, Client]]:
+def world(db: None) -> dict[str, Client]:
     config_apply(document=config_parse(DOC))
     return _users()
 
