@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import datetime
 from typing import Literal
 
@@ -27,15 +25,15 @@ from budgets.schemas import (
     BudgetRaiseIn,
 )
 from budgets.selectors import (
-    STATS_COLUMNS,
     BudgetStatus,
     agent_stats_by_window,
+    agent_stats_csv,
     budget_call_floors,
     budget_get,
     budget_list,
     budget_spans,
     budget_statuses,
-    stats_csv_value,
+    stats_csv_filename,
 )
 from budgets.services import budget_raise, budget_set_paused
 from core.errors import ValidationFailed
@@ -147,11 +145,6 @@ async def stats_agents(
             "since": stats.since,
             "until": stats.until,
         }
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(STATS_COLUMNS)
-    for item in stats.items:
-        writer.writerow([stats_csv_value(item[column]) for column in STATS_COLUMNS])
-    response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="agent-stats-{window}.csv"'
+    response = HttpResponse(agent_stats_csv(stats), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{stats_csv_filename(window)}"'
     return response

@@ -8,6 +8,8 @@ code) and pass them in, so the selectors themselves only query the database.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -491,6 +493,9 @@ class AgentStats:
     since: datetime
     until: datetime
     items: list[dict[str, Any]]
+    # Every agent's rows added up ("agent" is ""): counts and money summed, rates of the sums,
+    # latency from the merged histograms (the console's totals row).
+    total: dict[str, Any] | None = None
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -556,55 +561,102 @@ def agent_stats_by_window(
         t = totals.get(row["agent_name"])
         if t is None:
             t = totals[row["agent_name"]] = _AgentTotals(first=row["first"])
-        for name in ("requests", "succeeded", "degraded", "failed", "cancelled", "cached"):
-            setattr(t, name, getattr(t, name) + row[name])
-        t.fallbacks += row["fallbacks"]
-        t.input_tokens += row["input_tokens"]
-        t.output_tokens += row["output_tokens"]
-        t.cost += row["cost_usd"]
-        t.saved += row["saved_usd"]
-        t.latency_sum += row["latency_sum_ms"]
-        t.latency_count += row["latency_count"]
-        if not t.buckets:
-            t.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-        buckets = t.buckets
-        for index, count in enumerate((row["latency_buckets"] or [])[: len(buckets)]):
-            buckets[index] += count
-        for choice, count in (row["model_choices"] or {}).items():
-            t.choices[choice] = t.choices.get(choice, 0) + int(count)
-        for reason, count in (row["fallback_reasons"] or {}).items():
-            t.reasons[reason] = t.reasons.get(reason, 0) + int(count)
-    items = []
-    for name, t in totals.items():
-        span_days = max((now - t.first).total_seconds() / 86400, 1 / 1440)  # at least a minute
-        items.append(
-            {
-                "agent": name,
-                "requests": t.requests,
-                "requests_per_day": round(t.requests / span_days, 2),
-                "succeeded": t.succeeded,
-                "degraded": t.degraded,
-                "failed": t.failed,
-                "cancelled": t.cancelled,
-                "success_rate": _ratio(t.succeeded, t.requests),
-                "avg_latency_ms": round(t.latency_sum / t.latency_count, 1)
-                if t.latency_count
-                else None,
-                "p95_latency_ms": latency_percentile(t.buckets, 0.95),
-                "cost_usd": float(t.cost),
-                "cost_per_day_usd": round(float(t.cost) / span_days, 6),
-                "input_tokens": t.input_tokens,
-                "output_tokens": t.output_tokens,
-                "cache_hits": t.cached,
-                "cache_hit_rate": _ratio(t.cached, t.requests),
-                "saved_usd": float(t.saved),
-                "model_choices": dict(sorted(t.choices.items())),
-                "fallbacks": t.fallbacks,
-                "fallback_rate": _ratio(t.fallbacks, t.requests),
-                "fallback_reasons": dict(sorted(t.reasons.items())),
-            }
-        )
-    return AgentStats(window=window, since=since, until=now, items=items)
+        _agent_add(t, row)
+    items = [_agent_item(name, t, now) for name, t in totals.items()]
+    total = _AgentTotals(first=min((t.first for t in totals.values()), default=since))
+    for t in totals.values():
+        _agent_merge(total, t)
+    return AgentStats(
+        window=window, since=since, until=now, items=items, total=_agent_item("", total, now)
+    )
+
+
+def _agent_add(t: _AgentTotals, row: Mapping[str, Any]) -> None:
+    for name in ("requests", "succeeded", "degraded", "failed", "cancelled", "cached"):
+        setattr(t, name, getattr(t, name) + row[name])
+    t.fallbacks += row["fallbacks"]
+    t.input_tokens += row["input_tokens"]
+    t.output_tokens += row["output_tokens"]
+    t.cost += row["cost_usd"]
+    t.saved += row["saved_usd"]
+    t.latency_sum += row["latency_sum_ms"]
+    t.latency_count += row["latency_count"]
+    if not t.buckets:
+        t.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    buckets = t.buckets
+    for index, count in enumerate((row["latency_buckets"] or [])[: len(buckets)]):
+        buckets[index] += count
+    for choice, count in (row["model_choices"] or {}).items():
+        t.choices[choice] = t.choices.get(choice, 0) + int(count)
+    for reason, count in (row["fallback_reasons"] or {}).items():
+        t.reasons[reason] = t.reasons.get(reason, 0) + int(count)
+
+
+def _agent_merge(into: _AgentTotals, t: _AgentTotals) -> None:
+    """Adds ``t`` into ``into``: counts and money add up, latency histograms merge."""
+    _agent_add(
+        into,
+        {
+            "requests": t.requests,
+            "succeeded": t.succeeded,
+            "degraded": t.degraded,
+            "failed": t.failed,
+            "cancelled": t.cancelled,
+            "cached": t.cached,
+            "fallbacks": t.fallbacks,
+            "input_tokens": t.input_tokens,
+            "output_tokens": t.output_tokens,
+            "cost_usd": t.cost,
+            "saved_usd": t.saved,
+            "latency_sum_ms": t.latency_sum,
+            "latency_count": t.latency_count,
+            "latency_buckets": t.buckets,
+            "model_choices": t.choices,
+            "fallback_reasons": t.reasons,
+        },
+    )
+
+
+def _agent_item(name: str, t: _AgentTotals, now: datetime) -> dict[str, Any]:
+    span_days = max((now - t.first).total_seconds() / 86400, 1 / 1440)  # at least a minute
+    return {
+        "agent": name,
+        "requests": t.requests,
+        "requests_per_day": round(t.requests / span_days, 2),
+        "succeeded": t.succeeded,
+        "degraded": t.degraded,
+        "failed": t.failed,
+        "cancelled": t.cancelled,
+        "success_rate": _ratio(t.succeeded, t.requests),
+        "avg_latency_ms": round(t.latency_sum / t.latency_count, 1) if t.latency_count else None,
+        "p95_latency_ms": latency_percentile(t.buckets, 0.95),
+        "cost_usd": float(t.cost),
+        "cost_per_day_usd": round(float(t.cost) / span_days, 6),
+        "input_tokens": t.input_tokens,
+        "output_tokens": t.output_tokens,
+        "cache_hits": t.cached,
+        "cache_hit_rate": _ratio(t.cached, t.requests),
+        "saved_usd": float(t.saved),
+        "model_choices": dict(sorted(t.choices.items())),
+        "fallbacks": t.fallbacks,
+        "fallback_rate": _ratio(t.fallbacks, t.requests),
+        "fallback_reasons": dict(sorted(t.reasons.items())),
+    }
+
+
+def agent_stats_csv(stats: AgentStats) -> str:
+    """``stats`` as CSV (``GET /api/v1/stats/agents?format=csv``, the console's download): a
+    header row of ``STATS_COLUMNS``, then one row per agent, CRLF line ends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(STATS_COLUMNS)
+    for item in stats.items:
+        writer.writerow([stats_csv_value(item[column]) for column in STATS_COLUMNS])
+    return buffer.getvalue()
+
+
+def stats_csv_filename(window: str) -> str:
+    return f"agent-stats-{window}.csv"
 
 
 def stats_csv_value(value: Any) -> str:

@@ -21,6 +21,23 @@ def _number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
+def agent_export(agent: Agent, daily_budget_usd: Decimal | None) -> dict[str, Any]:
+    """The agent's item in the config document: the API's agent document, minus what the file
+    leaves out when unset."""
+    item = agent_spec_dict(agent, daily_budget_usd)
+    if not item["description"]:
+        del item["description"]
+    if item["cheap_model"] is None:
+        del item["cheap_model"]
+    if item["attempt_timeout_s"] is None:
+        del item["attempt_timeout_s"]
+    if item["daily_budget_usd"] is None:
+        del item["daily_budget_usd"]
+    else:
+        item["daily_budget_usd"] = _number(item["daily_budget_usd"])
+    return item
+
+
 def config_export() -> dict[str, Any]:
     providers = []
     for provider in Provider.objects.order_by("name"):
@@ -55,21 +72,7 @@ def config_export() -> dict[str, Any]:
         b.agent_id: b.limit_usd
         for b in Budget.objects.filter(scope=BudgetScope.AGENT, window=BudgetWindow.DAILY)
     }
-    agents = []
-    for agent in Agent.objects.order_by("name"):
-        # The API's agent document, minus what the file leaves out when unset.
-        item = agent_spec_dict(agent, daily.get(agent.pk))
-        if not item["description"]:
-            del item["description"]
-        if item["cheap_model"] is None:
-            del item["cheap_model"]
-        if item["attempt_timeout_s"] is None:
-            del item["attempt_timeout_s"]
-        if item["daily_budget_usd"] is None:
-            del item["daily_budget_usd"]
-        else:
-            item["daily_budget_usd"] = _number(item["daily_budget_usd"])
-        agents.append(item)
+    agents = [agent_export(agent, daily.get(agent.pk)) for agent in Agent.objects.order_by("name")]
 
     grouped: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(dict)
     budgets_qs = (
@@ -100,7 +103,12 @@ def config_export() -> dict[str, Any]:
     }
 
 
-def config_export_yaml() -> str:
+def export_yaml(document: Any) -> str:
+    """``document`` as ``manage.py export`` writes it."""
     return yaml.safe_dump(
-        config_export(), sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
+        document, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
     )
+
+
+def config_export_yaml() -> str:
+    return export_yaml(config_export())

@@ -8,8 +8,16 @@ from console.pages import agents, audit, budgets, executions, incidents, keys, o
 
 urlpatterns = [
     path("", overview.placeholder, name="overview"),
-    path("agents/", agents.placeholder, name="agents"),
-    path("agents/<str:name>/", agents.placeholder, name="agent"),
+    path("agents/", agents.agents_page, name="agents"),
+    path("agents/stats.csv", agents.agents_csv, name="agents_csv"),
+    path("agents/<str:name>/", agents.agent_page, name="agent"),
+    path("agents/<str:name>/config/", agents.agent_config, name="agent_config"),
+    path("agents/<str:name>/breaker/", agents.agent_breaker, name="agent_breaker"),
+    path(
+        "agents/<str:name>/deployments/<int:deployment_id>/breaker/",
+        agents.deployment_breaker,
+        name="agent_deployment_breaker",
+    ),
     path("executions/", executions.placeholder, name="executions"),
     path("executions/<uuid:execution_id>/", executions.placeholder, name="execution"),
     path("budgets/", budgets.placeholder, name="budgets"),
