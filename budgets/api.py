@@ -43,7 +43,7 @@ from core.errors import ValidationFailed
 router = Router(tags=["budgets"], auth=ApiKeyAuth())
 
 _STATS_PARAMS = frozenset({"window", "format"})
-StatsWindow = Literal["24h", "7d", "30d"]  # selectors.STATS_WINDOWS
+StatsWindow = Literal["1h", "24h", "7d", "30d"]  # selectors.STATS_WINDOWS
 
 
 def _principal(request: HttpRequest, scope: str) -> Principal:
@@ -126,7 +126,8 @@ async def stats_agents(
     window: StatsWindow = "24h",
     output: Literal["json", "csv"] = Query("json", alias="format"),
 ) -> object:
-    """The per-agent table from the daily rollups: ``window`` = 24h (default), 7d or 30d;
+    """The per-agent table from the rollups: ``window`` = 1h, 24h (default), 7d or 30d (1h and
+    24h trailing, from the minute and hour rollups; 7d and 30d from the daily ones);
     ``format=csv`` answers the same rows as CSV with a header row. A key limited to some
     agents sees only their rows."""
     principal = _principal(request, "read")

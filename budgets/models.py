@@ -219,6 +219,8 @@ class SpendRollup(models.Model):
     failed = models.PositiveIntegerField(default=0)
     cancelled = models.PositiveIntegerField(default=0)
     cached = models.PositiveIntegerField(default=0)
+    fallbacks = models.PositiveIntegerField(default=0)  # executions with fallback_used
+    fallback_reasons = models.JSONField(default=dict)  # {"timeout": n, ...}: of the fallbacks
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
@@ -251,3 +253,68 @@ class SpendRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.agent_name} {self.model or '-'} key {self.api_key_id}"
+
+
+class TrafficStep(models.IntegerChoices):
+    MINUTE = 60
+    HOUR = 3600
+    DAY = 86400
+
+
+class TrafficRollup(models.Model):
+    """Finished executions of one agent in one time bucket (a UTC minute, hour or day): what the
+    console's charts and ``/api/v1/stats/agents?window=1h|24h`` read (``budgets.series``).
+
+    Minute rows are recomputed from ``Execution`` (replace, not increment) for the last few
+    minutes by ``budgets.services.traffic_rollups_refresh``; an hour row is the sum of its minute
+    rows and a day row the sum of its hour rows, recomputed whenever one of them is. Kept:
+    minute rows ``TRAFFIC_KEEP[60]``, hour rows ``TRAFFIC_KEEP[3600]``, day rows
+    ``TRAFFIC_KEEP[86400]`` (then deleted in small batches). ``start`` is the bucket's start;
+    ``created_at`` of the executions decides their bucket.
+    """
+
+    step_s = models.PositiveIntegerField(choices=TrafficStep.choices)
+    start = models.DateTimeField()
+    agent_name = models.CharField(max_length=64)
+    requests = models.PositiveIntegerField(default=0)  # finished executions
+    succeeded = models.PositiveIntegerField(default=0)
+    degraded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    cached = models.PositiveIntegerField(default=0)
+    fallbacks = models.PositiveIntegerField(default=0)  # executions with fallback_used
+    fallback_reasons = models.JSONField(default=dict)  # {"timeout": n, ...}: of the fallbacks
+    retries = models.PositiveIntegerField(default=0)  # provider attempts beyond the first
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+    saved_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+    latency_sum_ms = models.BigIntegerField(default=0)
+    latency_count = models.PositiveIntegerField(default=0)
+    latency_buckets = models.JSONField(default=list)  # as SpendRollup.latency_buckets
+    model_choices = models.JSONField(default=dict)  # {"standard": n, "cheap:simple": m, ...}
+    updated_at = models.DateTimeField(default=_now)
+
+    class Meta:
+        ordering = ["step_s", "-start", "agent_name"]
+        constraints = [
+            # Also the index of every read: WHERE step_s = ? AND start >= ? [AND agent_name IN]
+            models.UniqueConstraint(
+                fields=["step_s", "start", "agent_name"], name="traffic_identity"
+            ),
+            models.CheckConstraint(
+                condition=Q(step_s__in=TrafficStep.values), name="traffic_step_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    requests__gte=models.F("succeeded")
+                    + models.F("degraded")
+                    + models.F("failed")
+                    + models.F("cancelled")
+                ),
+                name="traffic_statuses_within_requests",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step_s}s {self.start:%Y-%m-%d %H:%M} {self.agent_name}"

@@ -80,6 +80,9 @@ class AgentStatsOut(Schema):
     cache_hit_rate: float | None
     saved_usd: float
     model_choices: dict[str, int]
+    fallbacks: int = Field(description="Executions answered by a fallback (fallback_used)")
+    fallback_rate: float | None = Field(description="fallbacks / requests (null: no requests)")
+    fallback_reasons: dict[str, int] = Field(description="The fallbacks by fallback_reason")
 
 
 class AgentStatsListOut(Schema):

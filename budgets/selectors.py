@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
 
 from agents.access.auth import Principal
 from agents.backends import on_state_sync
@@ -23,7 +23,14 @@ from agents.runtime.budgets import MICROS, agent_call_floor_micros, window_bound
 from agents.runtime.ports import ConfigSource
 from agents.runtime.state import BudgetWindow
 from agents.runtime.types import BudgetRule
-from budgets.models import LATENCY_BUCKETS_MS, Budget, BudgetScope, SpendEntry, SpendRollup
+from budgets.models import (
+    LATENCY_BUCKETS_MS,
+    Budget,
+    BudgetScope,
+    SpendEntry,
+    SpendRollup,
+    TrafficRollup,
+)
 from budgets.rules import budget_rule
 from core.errors import NotFound
 
@@ -394,7 +401,14 @@ def ledger_micros(spans: list[BudgetSpan]) -> dict[str, int]:
 
 # --- per-agent stats from the rollups ------------------------------------------------------
 
-STATS_WINDOWS: dict[str, int] = {"24h": 1, "7d": 7, "30d": 30}  # days before today (UTC)
+# The table's windows: the trailing ones read the traffic rollups (step, length), the others the
+# daily rollups (days before today, UTC).
+STATS_TRAFFIC_WINDOWS: dict[str, tuple[int, timedelta]] = {
+    "1h": (60, timedelta(hours=1)),
+    "24h": (3600, timedelta(hours=24)),
+}
+STATS_DAILY_WINDOWS: dict[str, int] = {"7d": 7, "30d": 30}
+STATS_WINDOWS = ("1h", "24h", "7d", "30d")
 
 STATS_COLUMNS = (
     "agent",
@@ -415,6 +429,10 @@ STATS_COLUMNS = (
     "cache_hit_rate",
     "saved_usd",
     "model_choices",
+    # Issue 12, appended:
+    "fallbacks",
+    "fallback_rate",
+    "fallback_reasons",
 )
 
 
@@ -447,13 +465,14 @@ def merge_buckets(into: list[int], more: list[int]) -> list[int]:
 
 @dataclass
 class _AgentTotals:
-    first_day: date
+    first: datetime
     requests: int = 0
     succeeded: int = 0
     degraded: int = 0
     failed: int = 0
     cancelled: int = 0
     cached: int = 0
+    fallbacks: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
@@ -462,6 +481,7 @@ class _AgentTotals:
     latency_count: int = 0
     buckets: list[int] = field(default_factory=list)
     choices: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -479,30 +499,27 @@ def _ratio(part: int, whole: int) -> float | None:
 def agent_stats_by_window(
     *, window: str, now: datetime, agents: frozenset[str] | None = None
 ) -> AgentStats:
-    """The per-agent table over ``window`` (``24h``, ``7d`` or ``30d``), from the daily rollups.
-    One query.
+    """The per-agent table over ``window`` (``1h``, ``24h``, ``7d`` or ``30d``). One query.
 
-    Rollups are per UTC day, so ``24h`` reads yesterday and today, ``7d`` the 7 days before
-    today and today: at least the window, never less. Per-day figures divide by the time the
-    read rollups actually cover for that agent: from the midnight of its first day with data
-    (within the window) until ``now``. ``agents`` limits the rows (a restricted API key).
+    ``1h`` reads the minute rows of ``TrafficRollup`` and ``24h`` its hour rows, from the bucket
+    holding ``now - window`` on: a trailing window, at least as long as it says and at most one
+    step (a minute, an hour) longer. Records reach those rollups within the refresh interval,
+    except those later than its recomputed slice (``budgets.services.traffic_rollups_refresh``).
+    ``7d`` and ``30d`` read the daily ``SpendRollup``: the 7 (30) days before today and today,
+    UTC. Per-day figures divide by the time the read rollups actually cover for that agent:
+    from the start of its first bucket with data (within the window) until ``now``. ``agents``
+    limits the rows (a restricted API key).
     """
-    days = STATS_WINDOWS[window]
-    today = now.astimezone(UTC).date()
-    first = today - timedelta(days=days)
-    rows = SpendRollup.objects.filter(day__gte=first, day__lte=today)
-    if agents is not None:
-        rows = rows.filter(agent_name__in=sorted(agents))
-    totals: dict[str, _AgentTotals] = {}
-    for row in rows.order_by("agent_name", "day").values(
+    fields = (
         "agent_name",
-        "day",
         "requests",
         "succeeded",
         "degraded",
         "failed",
         "cancelled",
         "cached",
+        "fallbacks",
+        "fallback_reasons",
         "input_tokens",
         "output_tokens",
         "cost_usd",
@@ -511,12 +528,34 @@ def agent_stats_by_window(
         "latency_count",
         "latency_buckets",
         "model_choices",
-    ):
+    )
+    if window in STATS_TRAFFIC_WINDOWS:
+        step, length = STATS_TRAFFIC_WINDOWS[window]
+        since = datetime.fromtimestamp(int((now - length).timestamp()) // step * step, UTC)
+        traffic = TrafficRollup.objects.filter(step_s=step, start__gte=since, start__lte=now)
+        if agents is not None:
+            traffic = traffic.filter(agent_name__in=sorted(agents))
+        rows = list(traffic.order_by("agent_name", "start").values(*fields, first=F("start")))
+    else:
+        days = STATS_DAILY_WINDOWS[window]
+        today = now.astimezone(UTC).date()
+        first = today - timedelta(days=days)
+        since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+        daily = SpendRollup.objects.filter(day__gte=first, day__lte=today)
+        if agents is not None:
+            daily = daily.filter(agent_name__in=sorted(agents))
+        rows = [
+            row | {"first": datetime.combine(row["day"], datetime.min.time(), tzinfo=UTC)}
+            for row in daily.order_by("agent_name", "day").values(*fields, "day")
+        ]
+    totals: dict[str, _AgentTotals] = {}
+    for row in rows:
         t = totals.get(row["agent_name"])
         if t is None:
-            t = totals[row["agent_name"]] = _AgentTotals(first_day=row["day"])
+            t = totals[row["agent_name"]] = _AgentTotals(first=row["first"])
         for name in ("requests", "succeeded", "degraded", "failed", "cancelled", "cached"):
             setattr(t, name, getattr(t, name) + row[name])
+        t.fallbacks += row["fallbacks"]
         t.input_tokens += row["input_tokens"]
         t.output_tokens += row["output_tokens"]
         t.cost += row["cost_usd"]
@@ -526,10 +565,11 @@ def agent_stats_by_window(
         t.buckets = merge_buckets(t.buckets, list(row["latency_buckets"] or []))
         for choice, count in (row["model_choices"] or {}).items():
             t.choices[choice] = t.choices.get(choice, 0) + int(count)
+        for reason, count in (row["fallback_reasons"] or {}).items():
+            t.reasons[reason] = t.reasons.get(reason, 0) + int(count)
     items = []
     for name, t in totals.items():
-        since = datetime.combine(t.first_day, datetime.min.time(), tzinfo=UTC)
-        span_days = max((now - since).total_seconds() / 86400, 1 / 1440)  # at least a minute
+        span_days = max((now - t.first).total_seconds() / 86400, 1 / 1440)  # at least a minute
         items.append(
             {
                 "agent": name,
@@ -552,14 +592,12 @@ def agent_stats_by_window(
                 "cache_hit_rate": _ratio(t.cached, t.requests),
                 "saved_usd": float(t.saved),
                 "model_choices": dict(sorted(t.choices.items())),
+                "fallbacks": t.fallbacks,
+                "fallback_rate": _ratio(t.fallbacks, t.requests),
+                "fallback_reasons": dict(sorted(t.reasons.items())),
             }
         )
-    return AgentStats(
-        window=window,
-        since=datetime.combine(first, datetime.min.time(), tzinfo=UTC),
-        until=now,
-        items=items,
-    )
+    return AgentStats(window=window, since=since, until=now, items=items)
 
 
 def stats_csv_value(value: Any) -> str:

@@ -15,6 +15,12 @@ def rollups_refresh() -> int:
     return services.rollups_refresh()
 
 
+@shared_task(name="budgets.tasks.traffic_rollups_refresh", acks_late=True, time_limit=30)
+def traffic_rollups_refresh() -> int:
+    """Minute rows of the last 15 minutes' traffic rollups kept (hours and days follow)."""
+    return services.traffic_rollups_refresh()
+
+
 @shared_task(name="budgets.tasks.budgets_reconcile", acks_late=True, time_limit=120)
 def budgets_reconcile() -> int:
     """Budgets whose counter and ledger disagree (each has a ``ledger_drift`` incident)."""

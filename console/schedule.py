@@ -25,6 +25,8 @@ JOBS: tuple[Job, ...] = (
     Job("budget-windows-prepare", "budgets.tasks.budget_windows_prepare", every_s=60),
     Job("executions-requeue-stale", "agents.tasks.executions_requeue_stale", every_s=60),
     Job("rollups-refresh", "budgets.tasks.rollups_refresh", every_s=60),
+    # The console's charts lag the traffic by at most this (budgets/series.py).
+    Job("traffic-rollups-refresh", "budgets.tasks.traffic_rollups_refresh", every_s=15),
     Job("budgets-reconcile", "budgets.tasks.budgets_reconcile", every_s=300),
     Job("cost-spike-detect", "budgets.tasks.cost_spike_detect", every_s=60),
     Job("budgets-observe", "budgets.tasks.budgets_observe", every_s=15),
