@@ -7,7 +7,8 @@ from django.urls import path
 from console.pages import agents, audit, budgets, executions, incidents, keys, overview
 
 urlpatterns = [
-    path("", overview.placeholder, name="overview"),
+    path("", overview.overview, name="overview"),
+    path("overview/results/", overview.overview_results, name="overview_results"),
     path("agents/", agents.placeholder, name="agents"),
     path("agents/<str:name>/", agents.placeholder, name="agent"),
     path("executions/", executions.placeholder, name="executions"),
