@@ -43,6 +43,11 @@ STEP_LABELS = {60: "minute", 3600: "hour", 86400: "day"}
 TRAILING = timedelta(hours=1)  # the spend forecast's rate: the spend since the previous hour
 
 
+def clock() -> datetime:
+    """The page's "now" (tests put a fixed one here)."""
+    return timezone.now()
+
+
 # --- now (live) ----------------------------------------------------------------------------
 
 
@@ -262,7 +267,7 @@ def _window_of(request: HttpRequest) -> tuple[str, str | None]:
 @role_required("viewer")
 def overview(request: HttpRequest) -> HttpResponse:
     window, window_error = _window_of(request)
-    now = timezone.now()
+    now = clock()
     message = snapshot_message(now)
     live = live_figures(message)
     context = {
@@ -284,7 +289,7 @@ def overview_results(request: HttpRequest) -> HttpResponse:
         window = window_parse(request.GET.get("window", DEFAULT_WINDOW))
     except ValidationFailed as exc:
         return HttpResponseBadRequest("; ".join(exc.errors), content_type="text/plain")
-    now = timezone.now()
+    now = clock()
     live = live_figures(snapshot_message(now))
     context = {
         "window": window,
