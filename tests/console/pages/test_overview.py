@@ -264,8 +264,8 @@ def test_with_agents_but_no_traffic_the_page_says_how_to_send_some(viewer: Clien
 # --- the live figures and the forecast -----------------------------------------------------
 
 
-def test_the_live_figures_read_the_snapshot_the_socket_sends(viewer: Client) -> None:
-    message = {
+def test_the_live_figures_read_the_snapshot_the_socket_sends() -> None:
+    message: dict[str, Any] = {
         "totals": {
             "today": {"requests": 8, "succeeded": 6, "errors": 2, "cost_usd": 1.5},
             "last_minute": {"requests": 2, "p95_latency_ms": 900.0},
