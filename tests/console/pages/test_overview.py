@@ -24,7 +24,7 @@ from tests.budgets.conftest import budget, execution
 
 pytestmark = pytest.mark.django_db
 
-CONTRACT = (
+LIVE_METRICS = (
     "requests_total",
     "success_rate",
     "p95_latency_ms",
@@ -115,7 +115,7 @@ def test_a_user_without_a_console_role_is_refused(client: Client) -> None:
 def test_the_page_shows_every_contract_figure_from_todays_traffic(viewer: Client) -> None:
     traffic()
     html = viewer.get("/").content.decode()
-    assert {name: metric(html, name) for name in CONTRACT} == {
+    assert {name: metric(html, name) for name in LIVE_METRICS} == {
         "requests_total": "5",
         "success_rate": "60%",
         "p95_latency_ms": metric(html, "p95_latency_ms"),  # a histogram bucket's bound
@@ -249,7 +249,7 @@ def test_with_no_agents_the_page_says_how_to_load_the_demo(viewer: Client) -> No
     assert 'data-empty="agents"' in html
     assert "python manage.py apply -f demo/breakwater.yaml" in html
     assert "make run" in html
-    for name in CONTRACT:
+    for name in LIVE_METRICS:
         metric(html, name)
 
 

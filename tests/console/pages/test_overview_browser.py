@@ -13,7 +13,7 @@ from tests.console.browser import ConsoleServer, browser_errors, wait_until
 
 pytestmark = pytest.mark.browser
 
-CONTRACT = (
+LIVE_METRICS = (
     "requests_total",
     "success_rate",
     "p95_latency_ms",
@@ -43,7 +43,7 @@ def test_the_page_shows_every_contract_figure_and_says_live(
 ) -> None:
     driver = browser_as("viewer")
     _open(driver, live_console)
-    for name in CONTRACT:
+    for name in LIVE_METRICS:
         assert _text(driver, name) != ""
     assert _live_badge(driver) == "live"
     charts = driver.find_elements(By.CSS_SELECTOR, "[data-chart] canvas")
