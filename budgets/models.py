@@ -255,6 +255,9 @@ class SpendRollup(models.Model):
         return f"{self.day} {self.agent_name} {self.model or '-'} key {self.api_key_id}"
 
 
+ALL_AGENTS = "*"  # TrafficRollup.agent_name of the every-agent rows
+
+
 class TrafficStep(models.IntegerChoices):
     MINUTE = 60
     HOUR = 3600
@@ -270,7 +273,10 @@ class TrafficRollup(models.Model):
     rows and a day row the sum of its hour rows, recomputed whenever one of them is. Kept:
     minute rows ``TRAFFIC_KEEP[60]``, hour rows ``TRAFFIC_KEEP[3600]``, day rows
     ``TRAFFIC_KEEP[86400]`` (then deleted in small batches). ``start`` is the bucket's start;
-    ``created_at`` of the executions decides their bucket.
+    ``created_at`` of the executions decides their bucket. ``agent_name`` ``ALL_AGENTS`` ("*",
+    never an agent's slug) holds the sum of every agent's row of the bucket, and ``p50_ms`` /
+    ``p95_ms`` the row's own percentiles, so a chart of every agent, or of one, reads one row
+    per point and parses no histogram.
     """
 
     step_s = models.PositiveIntegerField(choices=TrafficStep.choices)
@@ -292,6 +298,8 @@ class TrafficRollup(models.Model):
     latency_sum_ms = models.BigIntegerField(default=0)
     latency_count = models.PositiveIntegerField(default=0)
     latency_buckets = models.JSONField(default=list)  # as SpendRollup.latency_buckets
+    p50_ms = models.FloatField(null=True, blank=True)  # of latency_buckets (None: no latency)
+    p95_ms = models.FloatField(null=True, blank=True)
     model_choices = models.JSONField(default=dict)  # {"standard": n, "cheap:simple": m, ...}
     updated_at = models.DateTimeField(default=_now)
 

@@ -24,6 +24,7 @@ from agents.runtime.ports import ConfigSource
 from agents.runtime.state import BudgetWindow
 from agents.runtime.types import BudgetRule
 from budgets.models import (
+    ALL_AGENTS,
     LATENCY_BUCKETS_MS,
     Budget,
     BudgetScope,
@@ -532,7 +533,9 @@ def agent_stats_by_window(
     if window in STATS_TRAFFIC_WINDOWS:
         step, length = STATS_TRAFFIC_WINDOWS[window]
         since = datetime.fromtimestamp(int((now - length).timestamp()) // step * step, UTC)
-        traffic = TrafficRollup.objects.filter(step_s=step, start__gte=since, start__lte=now)
+        traffic = TrafficRollup.objects.filter(
+            step_s=step, start__gte=since, start__lte=now
+        ).exclude(agent_name=ALL_AGENTS)
         if agents is not None:
             traffic = traffic.filter(agent_name__in=sorted(agents))
         rows = list(traffic.order_by("agent_name", "start").values(*fields, first=F("start")))
@@ -562,7 +565,11 @@ def agent_stats_by_window(
         t.saved += row["saved_usd"]
         t.latency_sum += row["latency_sum_ms"]
         t.latency_count += row["latency_count"]
-        t.buckets = merge_buckets(t.buckets, list(row["latency_buckets"] or []))
+        if not t.buckets:
+            t.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        buckets = t.buckets
+        for index, count in enumerate((row["latency_buckets"] or [])[: len(buckets)]):
+            buckets[index] += count
         for choice, count in (row["model_choices"] or {}).items():
             t.choices[choice] = t.choices.get(choice, 0) + int(count)
         for reason, count in (row["fallback_reasons"] or {}).items():

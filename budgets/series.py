@@ -25,15 +25,16 @@ the refresh's recomputed slice (15 minutes) are not in these rollups (docs/INTER
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from budgets.models import LATENCY_BUCKETS_MS, TrafficRollup, TrafficStep
+from budgets.models import ALL_AGENTS, LATENCY_BUCKETS_MS, TrafficRollup, TrafficStep
 from budgets.selectors import latency_percentile
 from core.errors import ValidationFailed
 
@@ -148,6 +149,8 @@ class TrafficTotals:
             latency_buckets=list(self.latency_buckets),
             fallback_reasons=dict(sorted(self.fallback_reasons.items())),
             model_choices=dict(sorted(self.model_choices.items())),
+            p50_ms=latency_percentile(self.latency_buckets, 0.5),
+            p95_ms=latency_percentile(self.latency_buckets, 0.95),
         )
         return values
 
@@ -199,73 +202,112 @@ def window_span(window: str, now: datetime | None = None) -> _Span:
     return _Span(step_s=step, starts=starts, now=at)
 
 
-def _rows(span: _Span, agents: frozenset[str] | None) -> Iterable[dict[str, Any]]:
+def _rows(span: _Span, agents: frozenset[str] | None, *, every: bool = False) -> QuerySet[Any]:
+    """The window's rows: of ``agents``; with None, the every-agent rows (``every``: each
+    agent's own rows instead)."""
     rows = TrafficRollup.objects.filter(
         step_s=span.step_s, start__gte=span.first, start__lte=span.starts[-1]
-    )
+    ).order_by()
     if agents is not None:
-        rows = rows.filter(agent_name__in=sorted(agents))
-    values: Iterable[dict[str, Any]] = rows.order_by().values(*TRAFFIC_FIELDS)
-    return values
+        return rows.filter(agent_name__in=sorted(agents - {ALL_AGENTS}))
+    if every:
+        return rows.exclude(agent_name=ALL_AGENTS)
+    return rows.filter(agent_name=ALL_AGENTS)
 
 
-def _point(start: datetime, totals: TrafficTotals | None) -> SeriesPoint:
-    at = start.timestamp()
-    if totals is None:
-        return SeriesPoint(at, 0, 0, 0, 0, 0, 0, 0.0, None, None)
-    return SeriesPoint(
-        at=at,
-        requests=totals.requests,
-        succeeded=totals.succeeded,
-        degraded=totals.degraded,
-        failed=totals.failed,
-        fallbacks=totals.fallbacks,
-        cached=totals.cached,
-        cost_usd=float(totals.cost_usd),
-        p50_ms=latency_percentile(totals.latency_buckets, 0.5),
-        p95_ms=latency_percentile(totals.latency_buckets, 0.95),
-    )
+# A point read from one row: its stored percentiles, no histogram.
+_POINT_FIELDS = (
+    "start",
+    "agent_name",
+    "requests",
+    "succeeded",
+    "degraded",
+    "failed",
+    "fallbacks",
+    "cached",
+    "cost_usd",
+    "p50_ms",
+    "p95_ms",
+)
+_EMPTY = (0, 0, 0, 0, 0, 0, 0.0, None, None)
 
 
-def _series(window: str, span: _Span, by_start: Mapping[datetime, TrafficTotals]) -> Series:
-    return Series(
-        window=window,
-        step_s=span.step_s,
-        points=[_point(start, by_start.get(start)) for start in span.starts],
-    )
+def _series(window: str, span: _Span, by_start: Mapping[datetime, tuple[Any, ...]]) -> Series:
+    """``by_start``: a bucket's start -> its ``_POINT_FIELDS`` after ``start, agent_name``."""
+    points = []
+    for start in span.starts:
+        values = by_start.get(start, _EMPTY)
+        points.append(
+            SeriesPoint(
+                start.timestamp(),
+                values[0],
+                values[1],
+                values[2],
+                values[3],
+                values[4],
+                values[5],
+                float(values[6]),
+                values[7],
+                values[8],
+            )
+        )
+    return Series(window=window, step_s=span.step_s, points=points)
 
 
 def traffic_series(
     *, window: str, agents: frozenset[str] | None = None, now: datetime | None = None
 ) -> Series:
-    """The window's buckets summed over ``agents`` (None: every agent); p50/p95 come from the
-    bucket's merged latency histograms. One query."""
+    """The window's buckets summed over ``agents`` (None: every agent). One query.
+
+    Every agent (the ``ALL_AGENTS`` rows) or one agent: one row per point, with its stored
+    percentiles. Several agents: their rows are added up and p50/p95 come from the merged
+    latency histograms of the bucket.
+    """
     span = window_span(window, now)
-    by_start: dict[datetime, TrafficTotals] = {}
-    for row in _rows(span, agents):
-        totals = by_start.get(row["start"])
+    names = None if agents is None else agents - {ALL_AGENTS}
+    if names is None or len(names) <= 1:
+        return _series(
+            window,
+            span,
+            {row[0]: row[2:] for row in _rows(span, names).values_list(*_POINT_FIELDS)},
+        )
+    merged: dict[datetime, list[Any]] = {}
+    for row in _rows(span, names).values_list(*_POINT_FIELDS[:-2], "latency_buckets"):
+        totals = merged.get(row[0])
         if totals is None:
-            totals = by_start[row["start"]] = TrafficTotals()
-        totals.add(row)
+            merged[row[0]] = [*row[2:-1], list((row[-1] or [])[:_SIZE]) + [0] * _SIZE]
+            continue
+        for index in range(6):
+            totals[index] += row[2 + index]
+        totals[6] += row[8]
+        buckets = totals[7]
+        for index, count in enumerate((row[-1] or [])[:_SIZE]):
+            buckets[index] += count
+    by_start = {
+        start: (
+            *totals[:7],
+            latency_percentile(totals[7][:_SIZE], 0.5),
+            latency_percentile(totals[7][:_SIZE], 0.95),
+        )
+        for start, totals in merged.items()
+    }
     return _series(window, span, by_start)
 
 
 def traffic_series_by_agent(
     *, window: str, agents: frozenset[str] | None = None, now: datetime | None = None
 ) -> dict[str, Series]:
-    """Agent name -> its series over the window (the agents table's sparklines). One query.
+    """Agent name -> its series over the window (the agents table's sparklines). One query,
+    one row per agent and point (stored percentiles, no histogram).
 
     Every agent in ``agents`` has a series (all zeros without traffic); with ``agents`` None,
     every agent with traffic in the window. Sorted by agent name.
     """
     span = window_span(window, now)
-    per_agent: dict[str, dict[datetime, TrafficTotals]] = {name: {} for name in agents or ()}
-    for row in _rows(span, agents):
-        by_start = per_agent.setdefault(row["agent_name"], {})
-        totals = by_start.get(row["start"])
-        if totals is None:
-            totals = by_start[row["start"]] = TrafficTotals()
-        totals.add(row)
+    names = None if agents is None else agents - {ALL_AGENTS}
+    per_agent: dict[str, dict[datetime, tuple[Any, ...]]] = {name: {} for name in names or ()}
+    for row in _rows(span, names, every=True).values_list(*_POINT_FIELDS):
+        per_agent.setdefault(row[1], {})[row[0]] = row[2:]
     return {name: _series(window, span, per_agent[name]) for name in sorted(per_agent)}
 
 
@@ -276,7 +318,8 @@ def _ratio(part: int, whole: int) -> float | None:
 def overview_totals(
     *, window: str, agents: frozenset[str] | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
-    """The window's totals over ``agents`` (None: every agent): the console's cards. One query.
+    """The window's totals over ``agents`` (None: every agent, from the ``ALL_AGENTS`` rows): the
+    console's cards. One query.
 
     Same buckets as :func:`traffic_series`, so the cards and the charts agree. Rates are of the
     finished executions (``requests``): ``availability`` = succeeded / (requests - cancelled),
@@ -289,7 +332,7 @@ def overview_totals(
     """
     span = window_span(window, now)
     t = TrafficTotals()
-    for row in _rows(span, agents):
+    for row in _rows(span, agents).values(*TRAFFIC_FIELDS):
         t.add(row)
     days = max((span.now - span.first).total_seconds() / 86400, 1 / 1440)  # at least a minute
     return {

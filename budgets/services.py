@@ -26,6 +26,7 @@ from agents.models import MONEY_MAX, Execution
 from agents.runtime.budgets import window_bounds
 from budgets.metrics import set_budget_forecast
 from budgets.models import (
+    ALL_AGENTS,
     LATENCY_BUCKETS_MS,
     Budget,
     SpendEntry,
@@ -415,7 +416,8 @@ def _traffic_replace(
 
 
 def _traffic_minutes(first: datetime, end: datetime) -> dict[tuple[datetime, str], TrafficTotals]:
-    """Minute rows of the finished executions created in ``[first, end)``: one grouped query."""
+    """Minute rows of the finished executions created in ``[first, end)``, each agent's and the
+    every-agent (``ALL_AGENTS``) ones: one grouped query."""
     groups = (
         Execution.objects.filter(
             created_at__gte=first, created_at__lt=end, status__in=FINISHED_STATUSES
@@ -475,7 +477,13 @@ def _traffic_minutes(first: datetime, end: datetime) -> dict[tuple[datetime, str
             t.latency_count += n
             t.latency_buckets[g["bucket"]] += n
         t.model_choices[g["model_choice"]] = t.model_choices.get(g["model_choice"], 0) + n
-    return rows
+    every: dict[tuple[datetime, str], TrafficTotals] = {}
+    for (start, _agent), totals in rows.items():
+        total = every.get((start, ALL_AGENTS))
+        if total is None:
+            total = every[(start, ALL_AGENTS)] = TrafficTotals()
+        total.add(totals.rollup_values())
+    return rows | every
 
 
 def _traffic_fold(
@@ -525,7 +533,7 @@ def traffic_rollups_refresh(
     Known limit: an execution that reaches the database (write-behind, a journal held back
     while the database was down) after its minute has left the recomputed slice is not counted
     in these rollups; the daily ``SpendRollup`` (today and yesterday recomputed) still counts it.
-    Watermarks are issue 14.
+    Watermarks are issue 14. The count returned includes the every-agent rows.
     """
     if minutes < 1:
         raise ValidationFailed([f"minutes: {minutes} must be at least 1"])

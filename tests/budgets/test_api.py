@@ -8,6 +8,7 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +23,7 @@ from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from agents.models import Agent
 from agents.runtime.state import BreakerConfig, BudgetHold, Completion, WindowInit
-from budgets.models import Budget, SpendRollup
+from budgets.models import Budget, SpendRollup, TrafficRollup
 from core.models import AuditEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,7 +50,8 @@ def _setup() -> dict[str, Any]:
     config_apply(document=config_parse(DOC))
     limited = api_key_create(name="limited", scopes=["read", "operate"], agents=["support"])
     Budget.objects.create(scope="api_key", api_key=limited.api_key, limit_usd=Decimal(5))
-    today = timezone.now().date()
+    now = timezone.now()
+    today = now.date()
     for agent in ("support", "billing"):
         SpendRollup.objects.create(
             day=today,
@@ -64,7 +66,26 @@ def _setup() -> dict[str, Any]:
             latency_count=4,
             latency_buckets=[0, 0, 0, 0, 4],
             model_choices={"standard": 4},
+            fallbacks=1,
+            fallback_reasons={"timeout": 1},
         )
+        for step in (60, 3600):  # the current minute and hour: what 1h and 24h read
+            TrafficRollup.objects.create(
+                step_s=step,
+                start=datetime.fromtimestamp(int(now.timestamp()) // step * step, UTC),
+                agent_name=agent,
+                requests=4,
+                succeeded=3,
+                failed=1,
+                cached=1,
+                fallbacks=1,
+                fallback_reasons={"timeout": 1},
+                cost_usd=Decimal("0.4"),
+                latency_sum_ms=400,
+                latency_count=4,
+                latency_buckets=[0, 0, 0, 0, 4],
+                model_choices={"standard": 4},
+            )
     return {
         "read": api_key_create(name="read", scopes=["read"]).plaintext,
         "operate": api_key_create(name="operate", scopes=["operate"]).plaintext,
@@ -301,6 +322,21 @@ async def test_the_agent_stats_table_as_json(ctx: dict[str, Any]) -> None:
     assert support["p95_latency_ms"] is not None
     assert support["cost_usd"] == 0.4
     assert support["model_choices"] == {"standard": 4}
+    assert (support["fallbacks"], support["fallback_rate"]) == (1, 0.25)
+    assert support["fallback_reasons"] == {"timeout": 1}
+
+
+@pytest.mark.parametrize("window", ["1h", "24h"])
+async def test_the_trailing_windows_read_the_traffic_rollups(
+    ctx: dict[str, Any], window: str
+) -> None:
+    response = await call("get", f"/api/v1/stats/agents?window={window}", ctx["read"])
+    assert response.status_code == 200
+    body = response.json()
+    assert body["window"] == window
+    rows = {item["agent"]: item for item in body["items"]}
+    assert {name: row["requests"] for name, row in rows.items()} == {"support": 4, "billing": 4}
+    assert rows["support"]["fallback_reasons"] == {"timeout": 1}
 
 
 async def test_the_agent_stats_table_as_csv(ctx: dict[str, Any]) -> None:
@@ -314,9 +350,13 @@ async def test_the_agent_stats_table_as_csv(ctx: dict[str, Any]) -> None:
     assert header[:4] == ["agent", "requests", "requests_per_day", "succeeded"]
     assert {"avg_latency_ms", "p95_latency_ms", "success_rate", "cost_per_day_usd",
             "cache_hit_rate", "saved_usd", "input_tokens", "output_tokens"} <= set(header)  # fmt: skip
+    # Issue 12 appended its columns after the earlier ones.
+    assert header[-4:] == ["model_choices", "fallbacks", "fallback_rate", "fallback_reasons"]
     support = next(row for row in rows if row["agent"] == "support")
     assert (support["requests"], support["success_rate"]) == ("4", "0.75")
     assert support["model_choices"] == "standard=4"
+    assert (support["fallbacks"], support["fallback_rate"]) == ("1", "0.25")
+    assert support["fallback_reasons"] == "timeout=1"
 
 
 async def test_a_limited_key_sees_only_its_agents_stats(ctx: dict[str, Any]) -> None:

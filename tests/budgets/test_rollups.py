@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -10,7 +10,7 @@ import pytest
 
 from agents.access.keys import generate_key
 from agents.models import ApiKey, Execution
-from budgets.models import LATENCY_BUCKETS_MS, SpendRollup
+from budgets.models import LATENCY_BUCKETS_MS, SpendRollup, TrafficRollup
 from budgets.selectors import agent_stats_by_window, latency_percentile, merge_buckets
 from budgets.services import rollup_day_refresh, rollups_refresh
 from tests.budgets.conftest import NOW, execution
@@ -41,6 +41,8 @@ def rollup_values() -> list[dict[str, Any]]:
             "latency_count",
             "latency_buckets",
             "model_choices",
+            "fallbacks",
+            "fallback_reasons",
         )
     ]
 
@@ -116,6 +118,7 @@ def test_a_day_is_rolled_up_per_agent_model_and_key(api_key: ApiKey) -> None:
         expected[next(i for i, b in enumerate(LATENCY_BUCKETS_MS) if latency <= b)] += 1
     assert main["latency_buckets"] == expected
     assert main["model_choices"] == {"standard": 4, "cheap:simple": 1}
+    assert (main["fallbacks"], main["fallback_reasons"]) == (1, {"timeout": 1})
     assert rows[("support", "m", api_key.pk)]["requests"] == 1
     assert rows[("support", "other", 0)]["cancelled"] == 1
     assert rows[("billing", "m", 0)]["requests"] == 1
@@ -199,44 +202,107 @@ def _rollup(day: date, agent: str = "support", **fields: Any) -> SpendRollup:
         "latency_count": 10,
         "latency_buckets": merge_buckets([], [0] * 6 + [10]),  # all in (150, 200]
         "model_choices": {"standard": 7, "cheap:simple": 3},
+        "fallbacks": 1,
+        "fallback_reasons": {"timeout": 1},
         "model": "m",
     }
     return SpendRollup.objects.create(day=day, agent_name=agent, **(base | fields))
 
 
+def _traffic(start: datetime, step: int = 3600, agent: str = "support", **fields: Any) -> None:
+    base: dict[str, Any] = {
+        "requests": 10,
+        "succeeded": 8,
+        "degraded": 1,
+        "failed": 1,
+        "cached": 2,
+        "fallbacks": 3,
+        "fallback_reasons": {"timeout": 1, "rate_limited": 2},
+        "cost_usd": Decimal("1.5"),
+        "latency_sum_ms": 10 * 200,
+        "latency_count": 10,
+        "latency_buckets": merge_buckets([], [0] * 6 + [10]),
+        "model_choices": {"standard": 10},
+    }
+    TrafficRollup.objects.create(step_s=step, start=start, agent_name=agent, **(base | fields))
+
+
 @pytest.mark.django_db
-def test_stats_sum_the_windows_rollups_per_agent_and_rate_them_per_day(
+def test_stats_sum_the_windows_daily_rollups_per_agent_and_rate_them_per_day(
     django_assert_num_queries: Any,
 ) -> None:
     _rollup(TODAY)
     _rollup(TODAY - timedelta(days=1), api_key_id=3)
     _rollup(TODAY - timedelta(days=1), model="x")
-    _rollup(TODAY - timedelta(days=5))  # outside 24h, inside 7d
-    _rollup(TODAY, agent="billing", requests=4, succeeded=4, degraded=0, failed=0, cached=0)
+    _rollup(TODAY - timedelta(days=5))
+    _rollup(TODAY - timedelta(days=8))  # outside 7d
+    _rollup(TODAY, agent="billing", requests=4, succeeded=4, degraded=0, failed=0, cached=0,
+            fallbacks=0, fallback_reasons={})  # fmt: skip
 
     with django_assert_num_queries(1):
-        stats = agent_stats_by_window(window="24h", now=NOW)
+        stats = agent_stats_by_window(window="7d", now=NOW)
 
     rows = {item["agent"]: item for item in stats.items}
     support = rows["support"]
-    assert support["requests"] == 30
-    # Yesterday 00:00 to today 10:00 UTC is 34 hours.
-    assert support["requests_per_day"] == round(30 / (34 / 24), 2)
-    assert support["cost_usd"] == 4.5
-    assert support["cost_per_day_usd"] == round(4.5 / (34 / 24), 6)
+    assert support["requests"] == 40
+    # Five days ago 00:00 to today 10:00 UTC is 5 days and 10 hours.
+    span_days = 5 + 10 / 24
+    assert support["requests_per_day"] == round(40 / span_days, 2)
+    assert support["cost_usd"] == 6.0
+    assert support["cost_per_day_usd"] == round(6.0 / span_days, 6)
     assert support["success_rate"] == 0.8
     assert support["cache_hit_rate"] == 0.2
-    assert support["saved_usd"] == 0.75
-    assert (support["input_tokens"], support["output_tokens"]) == (3000, 1500)
+    assert support["saved_usd"] == 1.0
+    assert (support["input_tokens"], support["output_tokens"]) == (4000, 2000)
     assert support["avg_latency_ms"] == 200.0
     assert 150 < support["p95_latency_ms"] <= 200
-    assert support["model_choices"] == {"cheap:simple": 9, "standard": 21}
+    assert support["model_choices"] == {"cheap:simple": 12, "standard": 28}
+    assert (support["fallbacks"], support["fallback_rate"]) == (4, 0.1)
+    assert support["fallback_reasons"] == {"timeout": 4}
     # billing started today: its rate is over the 10 hours it has existed in the window.
     assert rows["billing"]["requests_per_day"] == round(4 / (10 / 24), 2)
-    assert stats.since.date() == TODAY - timedelta(days=1)
+    assert rows["billing"]["fallback_rate"] == 0.0
+    assert stats.since.date() == TODAY - timedelta(days=7)
 
-    week = agent_stats_by_window(window="7d", now=NOW)
-    assert {i["agent"]: i["requests"] for i in week.items} == {"support": 40, "billing": 4}
+
+@pytest.mark.django_db
+def test_the_24h_stats_are_a_trailing_day_of_hour_rollups(django_assert_num_queries: Any) -> None:
+    now = NOW.replace(minute=30)  # 10:30: the window starts at 10:00 yesterday
+    hour = NOW.replace(minute=0)
+    _traffic(hour)  # the current hour
+    _traffic(hour - timedelta(hours=24))  # 10:00 yesterday: holds now - 24 h
+    _traffic(hour - timedelta(hours=25))  # too old
+    _traffic(hour - timedelta(minutes=5), step=60)  # a minute row: not read for 24h
+    _traffic(hour, agent="billing", requests=2, succeeded=2, degraded=0, failed=0, cached=0,
+             fallbacks=0, fallback_reasons={})  # fmt: skip
+    _rollup(TODAY)  # the daily rollups are not read
+
+    with django_assert_num_queries(1):
+        stats = agent_stats_by_window(window="24h", now=now)
+
+    assert stats.since == hour - timedelta(hours=24)
+    rows = {item["agent"]: item for item in stats.items}
+    support = rows["support"]
+    assert support["requests"] == 20
+    assert support["requests_per_day"] == round(20 / (24.5 / 24), 2)
+    assert (support["fallbacks"], support["fallback_rate"]) == (6, 0.3)
+    assert support["fallback_reasons"] == {"rate_limited": 4, "timeout": 2}
+    assert support["model_choices"] == {"standard": 20}
+    assert rows["billing"]["requests_per_day"] == round(2 / (0.5 / 24), 2)
+
+
+@pytest.mark.django_db
+def test_the_1h_stats_are_a_trailing_hour_of_minute_rollups() -> None:
+    now = NOW.replace(minute=30, second=30)
+    minute = now.replace(second=0)
+    _traffic(minute, step=60)
+    _traffic(minute - timedelta(minutes=60), step=60)  # 9:30 holds now - 1 h
+    _traffic(minute - timedelta(minutes=61), step=60)  # too old
+    _traffic(minute.replace(minute=0), step=3600)  # an hour row: not read for 1h
+
+    (item,) = agent_stats_by_window(window="1h", now=now).items
+    assert item["requests"] == 20
+    assert item["cost_usd"] == 3.0
 
 
 @pytest.mark.django_db
@@ -252,7 +318,7 @@ def test_stats_can_be_limited_to_some_agents(django_assert_num_queries: Any) -> 
 def test_an_agent_with_no_latency_recorded_has_no_latency_figures() -> None:
     _rollup(TODAY, latency_sum_ms=0, latency_count=0, latency_buckets=[], requests=1,
             succeeded=0, degraded=0, failed=1, cached=0)  # fmt: skip
-    (item,) = agent_stats_by_window(window="24h", now=NOW).items
+    (item,) = agent_stats_by_window(window="7d", now=NOW).items
     assert item["avg_latency_ms"] is None
     assert item["p95_latency_ms"] is None
     assert item["success_rate"] == 0.0
