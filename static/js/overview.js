@@ -129,7 +129,6 @@
     set("p95_latency_ms", fmt.ms(f.p95_latency_ms));
     set("spend_today_usd", fmt.usd(f.spend_today_usd));
     set("daily_budget_usd", fmt.usd(f.budget.limit));
-    set("budget_forecast_usd", fmt.usd(f.budget.forecast));
     set("open_incidents", fmt.count(f.open_incidents));
     set("breakers_open", fmt.count(f.breakers_open));
     const label = now.querySelector("[data-budget-label]");
@@ -209,8 +208,8 @@
       latency: {
         series: [
           {},
-          { label: "p50", stroke: "#1a7f37", width: 2, value: (u, v) => fmt.ms(v) },
-          { label: "p95", stroke: "#9a6700", width: 2, value: (u, v) => fmt.ms(v) },
+          { label: "p50", stroke: "#1a7f37", width: 2, points: { show: true, size: 4 }, value: (u, v) => fmt.ms(v) },
+          { label: "p95", stroke: "#9a6700", width: 2, points: { show: true, size: 4 }, value: (u, v) => fmt.ms(v) },
         ],
         data: [data.at, data.p50_ms, data.p95_ms],
         axis: (u, values) => values.map((v) => fmt.ms(v)),
