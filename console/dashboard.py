@@ -432,33 +432,42 @@ class DashboardTicker:
     async def _live(
         self, state: StateStore, catalog: DashboardCatalog, budget_keys: tuple[str, ...]
     ) -> Live:
-        gate = asyncio.Semaphore(STATE_CONCURRENCY)
+        return await live_read(state, catalog, budget_keys)
 
-        async def breaker(key: str, config: BreakerConfig) -> BreakerSnapshot:
-            async with gate:
-                return await state.breaker_snapshot(key, config)
 
-        ids = tuple(row["id"] for row in catalog.deployments)
-        agents = [agent.config for agent in catalog.agents]
+async def live_read(
+    state: StateStore, catalog: DashboardCatalog, budget_keys: tuple[str, ...]
+) -> Live:
+    """Every agent's and deployment's breaker, the deployments' in-flight calls and the budget
+    counters of ``budget_keys``, from the shared state (the ticker's, and the overview page's
+    server-side render)."""
+    gate = asyncio.Semaphore(STATE_CONCURRENCY)
 
-        async def in_flight() -> dict[int, int]:
-            return await state.in_flight(ids) if ids else {}
+    async def breaker(key: str, config: BreakerConfig) -> BreakerSnapshot:
+        async with gate:
+            return await state.breaker_snapshot(key, config)
 
-        async def usage() -> dict[str, tuple[int, int]]:
-            return await state.budget_usage(budget_keys) if budget_keys else {}
+    ids = tuple(row["id"] for row in catalog.deployments)
+    agents = [agent.config for agent in catalog.agents]
 
-        counts = asyncio.gather(in_flight(), usage())
-        breakers = asyncio.gather(
-            *(breaker(agent_breaker_key(a.name), a.breaker) for a in agents),
-            *(breaker(deployment_breaker_key(i), DEFAULT_DEPLOYMENT_BREAKER) for i in ids),
-        )
-        (loads, spent), snapshots = await asyncio.gather(counts, breakers)
-        return Live(
-            agent_breakers={a.name: s for a, s in zip(agents, snapshots, strict=False)},
-            deployment_breakers=dict(zip(ids, snapshots[len(agents) :], strict=True)),
-            in_flight=loads,
-            budget_usage=spent,
-        )
+    async def in_flight() -> dict[int, int]:
+        return await state.in_flight(ids) if ids else {}
+
+    async def usage() -> dict[str, tuple[int, int]]:
+        return await state.budget_usage(budget_keys) if budget_keys else {}
+
+    counts = asyncio.gather(in_flight(), usage())
+    breakers = asyncio.gather(
+        *(breaker(agent_breaker_key(a.name), a.breaker) for a in agents),
+        *(breaker(deployment_breaker_key(i), DEFAULT_DEPLOYMENT_BREAKER) for i in ids),
+    )
+    (loads, spent), snapshots = await asyncio.gather(counts, breakers)
+    return Live(
+        agent_breakers={a.name: s for a, s in zip(agents, snapshots, strict=False)},
+        deployment_breakers=dict(zip(ids, snapshots[len(agents) :], strict=True)),
+        in_flight=loads,
+        budget_usage=spent,
+    )
 
 
 _tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DashboardTicker] = (

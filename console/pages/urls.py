@@ -7,7 +7,8 @@ from django.urls import path
 from console.pages import agents, audit, budgets, executions, incidents, keys, overview
 
 urlpatterns = [
-    path("", overview.placeholder, name="overview"),
+    path("", overview.overview, name="overview"),
+    path("overview/results/", overview.overview_results, name="overview_results"),
     path("agents/", agents.agents_page, name="agents"),
     path("agents/stats.csv", agents.agents_csv, name="agents_csv"),
     path("agents/<str:name>/", agents.agent_page, name="agent"),

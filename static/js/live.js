@@ -96,6 +96,12 @@
     window.setInterval(watchdog, 1000);
   }
 
+  // Tests only (tests/console/pages/test_overview_browser.py): close the socket as a dropped
+  // connection would, so the reconnect path runs.
+  function drop() {
+    if (socket) socket.close();
+  }
+
   window.Breakwater = window.Breakwater || {};
-  window.Breakwater.live = { start };
+  window.Breakwater.live = { start, _drop: drop };
 })();

@@ -212,7 +212,7 @@ def _visit(tools: DevTools, url: str, ready: str) -> tuple[Any, list[str], list[
 @pytest.mark.parametrize(
     ("path", "ready"),
     [
-        ("/", "document.querySelector('table.grid') !== null"),
+        ("/", "document.querySelectorAll('[data-chart] canvas').length === 3"),  # the overview
         ("/login/", "document.querySelector('form') !== null"),  # logged in: redirected home
         ("/admin/", "document.querySelector('#content-main') !== null"),
         ("/admin/agents/agent/", "document.querySelector('#result_list') !== null"),
