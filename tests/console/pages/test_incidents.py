@@ -92,7 +92,9 @@ def test_the_list_is_paginated_and_the_next_page_continues_where_the_first_ended
 def test_empty_states_say_what_to_do() -> None:
     client = _client("viewer")
     assert "POST /api/v1/incidents" in client.get("/incidents/").content.decode()
-    assert "No incidents match these filters" in client.get("/incidents/?state=open").content.decode()
+    assert (
+        "No incidents match these filters" in client.get("/incidents/?state=open").content.decode()
+    )
 
 
 @pytest.mark.parametrize("count", [1, 120])
