@@ -81,7 +81,9 @@ async def test_items_carry_the_contract_fields_newest_first(engine: None) -> Non
     assert body["next"] is None
     (item,) = body["items"]
     assert set(item) == FIELDS
-    assert item["action"] == "two" and item["reason"] == "leaked" and item["request_id"] == "r-1"
+    assert item["action"] == "two"
+    assert item["reason"] == "leaked"
+    assert item["request_id"] == "r-1"
     assert item["after"] == {"revoked_at": "now"}
     actions = [i["action"] for i in (await _get("/api/v1/audit")).json()["items"]]
     assert actions.index("two") < actions.index("one")

@@ -46,7 +46,8 @@ def test_the_list_shows_severity_state_agent_times_and_duration() -> None:
     assert 'class="pill open"' in page
     assert "support" in page
     assert "<time datetime=" in page
-    assert "5m 0" in page and "so far" in page
+    assert "5m 0" in page
+    assert "so far" in page
 
 
 def test_the_filters_narrow_the_list_and_are_labelled() -> None:
@@ -55,9 +56,11 @@ def test_the_filters_narrow_the_list_and_are_labelled() -> None:
     Incident.objects.filter(pk=resolved.pk).update(status="resolved", resolved_at=timezone.now())
     client = _client("viewer")
     page = client.get("/incidents/?state=resolved").content.decode()
-    assert "Fixed thing" in page and "Minor thing" not in page
+    assert "Fixed thing" in page
+    assert "Minor thing" not in page
     page = client.get("/incidents/?severity=minor&state=open").content.decode()
-    assert "Minor thing" in page and "Fixed thing" not in page
+    assert "Minor thing" in page
+    assert "Fixed thing" not in page
     for field in ("f-state", "f-severity", "f-agent"):
         assert f'<label for="{field}">' in page
 
@@ -85,7 +88,9 @@ def test_the_list_is_paginated_and_the_next_page_continues_where_the_first_ended
     second = client.get(f"/incidents/?{next_link}")
     shown = {row["incident"].pk for row in first.context["rows"]}
     more = {row["incident"].pk for row in second.context["rows"]}
-    assert len(shown) == 50 and len(more) == 5 and not shown & more
+    assert len(shown) == 50
+    assert len(more) == 5
+    assert not shown & more
     assert second.context["next_query"] is None
 
 
@@ -199,7 +204,8 @@ def test_the_postmortem_is_saved_audited_and_read_only_for_viewers() -> None:
     for label in ("Impact", "Root cause", "Solution", "Lesson"):
         assert f"<dt>{label}</dt>" in page
     assert "Raised the provider quota." in page
-    assert "<textarea" not in page and "Save postmortem" not in page
+    assert "<textarea" not in page
+    assert "Save postmortem" not in page
 
 
 def test_operators_see_a_labelled_postmortem_form() -> None:
@@ -218,7 +224,8 @@ def test_viewers_see_no_actions_and_their_forged_posts_are_refused() -> None:
     incident = _incident()
     client = _client("viewer")
     page = client.get(f"/incidents/{incident.pk}/").content.decode()
-    assert "/acknowledge/" not in page and "Add comment" not in page
+    assert "/acknowledge/" not in page
+    assert "Add comment" not in page
     assert "No postmortem written yet" in page
     for action, body in (
         ("acknowledge", {}),
@@ -228,7 +235,8 @@ def test_viewers_see_no_actions_and_their_forged_posts_are_refused() -> None:
     ):
         assert client.post(f"/incidents/{incident.pk}/{action}/", body).status_code == 403
     incident.refresh_from_db()
-    assert incident.status == "open" and incident.impact == ""
+    assert incident.status == "open"
+    assert incident.impact == ""
     assert not AuditEvent.objects.filter(action="incident_update").exists()
 
 

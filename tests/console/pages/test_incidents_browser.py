@@ -68,7 +68,8 @@ def test_an_incident_is_acknowledged_resolved_and_its_postmortem_saved(
     status, saved = live_console.api("GET", f"/api/v1/incidents/{incident}")
     assert status == 200
     assert {name: saved[name] for name in fields} == fields
-    assert saved["status"] == "resolved" and saved["acknowledged_by"] == "user:operator"
+    assert saved["status"] == "resolved"
+    assert saved["acknowledged_by"] == "user:operator"
     assert browser_errors(driver) == []
 
 

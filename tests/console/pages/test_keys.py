@@ -82,7 +82,8 @@ def test_a_created_key_is_shown_once_in_the_answer_itself_and_works() -> None:
     assert 'data-copy="#new-key"' in page
     assert key.scopes == "read,execute"
     assert list(key.agents.values_list("name", flat=True)) == ["support"]
-    assert key.rate_limit_rpm == 60 and key.expires_at is not None
+    assert key.rate_limit_rpm == 60
+    assert key.expires_at is not None
     audit = AuditEvent.objects.get(action="apikey_create", target_id=key.prefix)
     assert audit.actor == "user:admin-user"
     # Never again: not on the list, not in a message, not on reload.
