@@ -139,12 +139,14 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 def _mount() -> None:
     from agents.api import routers as agents_routers
     from budgets.api import router as budgets_router
+    from console.audit_api import router as audit_router
     from incidents.api import router as incidents_router
 
     for agents_router in agents_routers:
         api.add_router("/", agents_router)
     api.add_router("/", budgets_router)
     api.add_router("/", incidents_router)
+    api.add_router("/", audit_router)
 
 
 _mount()

@@ -49,7 +49,7 @@ class AppendOnlyModel(models.Model):
 
 
 class AuditEvent(AppendOnlyModel):
-    at = models.DateTimeField(default=timezone.now, db_index=True)
+    at = models.DateTimeField(default=timezone.now)  # indexed with id: audit_time
     actor = models.CharField(max_length=150)  # "user:alice", "apikey:bw_ab12cd34", "system:apply"
     action = models.CharField(max_length=64)  # "<entity>_<action>", e.g. "agent_update"
     target_type = models.CharField(max_length=64)
@@ -62,7 +62,14 @@ class AuditEvent(AppendOnlyModel):
     class Meta:
         app_label = "console"
         ordering = ["-at", "-id"]
-        indexes = [models.Index(fields=["target_type", "target_id", "-at"], name="audit_target")]
+        # Each serves a newest-first keyset walk on (at, id) (console.audit_trail): the whole
+        # trail, one actor's, one action's, one target's (docs/DECISIONS.md, "Audit indexes").
+        indexes = [
+            models.Index(fields=["target_type", "target_id", "-at"], name="audit_target"),
+            models.Index(fields=["at", "id"], name="audit_time"),
+            models.Index(fields=["actor", "at", "id"], name="audit_actor_time"),
+            models.Index(fields=["action", "at", "id"], name="audit_action_time"),
+        ]
         constraints = [
             models.CheckConstraint(condition=~Q(actor=""), name="audit_actor_required"),
             models.CheckConstraint(condition=~Q(action=""), name="audit_action_required"),

@@ -93,3 +93,44 @@ def incident_page(
         "items": [incident_out(incident) for incident in page],
         "next": cursor_encode(page[-1].opened_at.isoformat(), str(page[-1].pk)) if more else None,
     }
+
+
+def incident_rows(
+    *,
+    status: str | None = None,
+    severity: str | None = None,
+    agent: str | None = None,
+    after: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Incident], str | None]:
+    """A page of incidents without their timelines (the console's list), newest first,
+    keyset-paginated on ``(opened_at, id)``: one query whatever the number of incidents.
+    ``incident_status_time`` serves the state filter; the others filter that walk."""
+    incidents = Incident.objects.order_by("-opened_at", "-id")
+    if status:
+        incidents = incidents.filter(status=status)
+    if severity:
+        incidents = incidents.filter(severity=severity)
+    if agent:
+        incidents = incidents.filter(agent_name=agent)
+    if after is not None:
+        when, ident = cursor_decode(after, 2)
+        try:
+            at, last = datetime.fromisoformat(when), int(ident)
+        except ValueError:
+            raise ValidationFailed(["after: invalid cursor"]) from None
+        if at.tzinfo is None:
+            raise ValidationFailed(["after: invalid cursor"])
+        incidents = incidents.filter(opened_at__lte=at).filter(
+            Q(opened_at__lt=at) | Q(opened_at=at, id__lt=last)
+        )
+    page = list(incidents[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    cursor = cursor_encode(page[-1].opened_at.isoformat(), str(page[-1].pk)) if more else None
+    return page, cursor
+
+
+def incident_with_timeline(incident_id: int) -> Incident | None:
+    """One incident with its timeline (``events``, oldest first): two queries."""
+    return _with_timeline(Incident.objects.filter(pk=incident_id)).first()

@@ -1,14 +1,21 @@
-"""Incident writes: open (deduplicated), add to the timeline, acknowledge, resolve."""
+"""Incident writes: open (deduplicated), declare by hand, add to the timeline, change
+(acknowledge, resolve, re-grade, comment, postmortem), resolve by key. The API
+(:mod:`incidents.api`) and the console pages call these."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from agents.access.auth import PermissionDenied
+from agents.models import Agent
 from core.audit import audit_record
+from core.errors import Conflict, NotFound, ValidationFailed
 from incidents.models import Incident, IncidentEvent, IncidentStatus, Severity
+from incidents.schemas import POSTMORTEM_FIELDS
 
 
 def incident_open(
@@ -109,3 +116,106 @@ def incident_resolve_by_key(
             after={"status": "resolved"},
         )
     return incident
+
+
+def incident_declare(
+    *,
+    title: str,
+    severity: str,
+    agent: str | None,
+    message: str,
+    allowed: frozenset[str],
+    actor: str,
+) -> int:
+    """Open an incident by hand; returns its id."""
+    if allowed and agent is None:
+        raise PermissionDenied(
+            "a key restricted to some agents may only declare incidents about one of them"
+        )
+    if agent is not None and (
+        (allowed and agent not in allowed) or not Agent.objects.filter(name=agent).exists()
+    ):
+        raise ValidationFailed([f"agent: unknown agent {agent!r}"])
+    incident, _ = incident_open(
+        kind="manual",
+        dedup_key=f"manual:{uuid.uuid4()}",  # declared incidents never merge
+        title=title,
+        message=message or f"declared by {actor}",
+        severity=severity,
+        agent_name=agent or "",
+        actor=actor,
+    )
+    return incident.pk
+
+
+def incident_change(
+    *, incident_id: int, changes: dict[str, Any], allowed: frozenset[str], actor: str
+) -> None:
+    """Apply ``changes`` (an :class:`IncidentPatchIn`'s set fields) in one transaction: each
+    change is a timeline entry; the whole is one audit record. Unchanged values write nothing.
+
+    Status moves forward only: open -> acknowledged -> resolved (or open -> resolved);
+    acknowledging a resolved incident is a conflict (409).
+    """
+    with transaction.atomic():
+        incident = Incident.objects.select_for_update().filter(pk=incident_id).first()
+        # As incidents.selectors.incident_visible (not imported: agents.config.live, which that
+        # module's imports reach, opens incidents here).
+        if incident is None or (allowed and incident.agent_name not in allowed):
+            raise NotFound(f"incident {incident_id} does not exist")
+        before: dict[str, Any] = {}
+        after: dict[str, Any] = {}
+        events: list[tuple[str, str, dict[str, Any]]] = []
+        now = timezone.now()
+
+        status = changes.get("status")
+        if status == IncidentStatus.ACKNOWLEDGED and incident.status == IncidentStatus.RESOLVED:
+            raise Conflict(f"incident {incident_id} is resolved; it cannot be acknowledged")
+        if status is not None and status != incident.status:
+            before["status"], after["status"] = incident.status, status
+            incident.status = status
+            if status == IncidentStatus.ACKNOWLEDGED:
+                incident.acknowledged_at, incident.acknowledged_by = now, actor
+                events.append(("acknowledged", f"acknowledged by {actor}", {}))
+            else:
+                incident.resolved_at = now
+                events.append(("resolved", f"resolved by {actor}", {}))
+
+        severity = changes.get("severity")
+        if severity is not None and severity != incident.severity:
+            before["severity"], after["severity"] = incident.severity, severity
+            events.append(
+                ("severity", f"severity {incident.severity} -> {severity}", {"to": severity})
+            )
+            incident.severity = severity
+
+        edited = [
+            name
+            for name in POSTMORTEM_FIELDS
+            if changes.get(name) is not None and changes[name] != getattr(incident, name)
+        ]
+        for name in edited:
+            before[name], after[name] = getattr(incident, name), changes[name]
+            setattr(incident, name, changes[name])
+        if edited:
+            events.append(("postmortem", f"postmortem: {', '.join(edited)} updated", {}))
+
+        if changes.get("comment"):
+            after["comment"] = changes["comment"]
+            events.append(("comment", changes["comment"], {}))
+
+        if not events:
+            return
+        incident.save()
+        for kind, message, data in events:
+            incident_event_add(
+                incident=incident, kind=kind, message=message, data=data, actor=actor
+            )
+        audit_record(
+            actor=actor,
+            action="incident_update",
+            target_type="incident",
+            target_id=str(incident.pk),
+            before=before,
+            after=after,
+        )

@@ -315,6 +315,8 @@ ROWS = [
     _row("keys", "GET", "/api/v1/keys", (OK, DENIED, DENIED, DENIED, DENIED, N)),
     _row("create key", "POST", "/api/v1/keys", (CREATED, DENIED, DENIED, DENIED, DENIED, N), {"name": "new", "scopes": ["read"]}),
     _row("revoke key", "POST", "/api/v1/keys/{key}/revoke", (OK, DENIED, DENIED, DENIED, DENIED, N), {"reason": "drill"}),
+    # The audit trail names every agent's and key's changes: unrestricted admin keys only.
+    _row("audit", "GET", "/api/v1/audit", (OK, DENIED, DENIED, DENIED, DENIED, N)),
     _row("chat completions", "POST", "/v1/chat/completions", (OK, DENIED, DENIED, OK, HIDDEN, N), CHAT),
     _row("models", "GET", "/v1/models", (OK, OK, OK, OK, OK, N)),
     _row("metrics", "GET", "/metrics", (OK, OK, OK, OK, OK, OK)),

@@ -22,8 +22,25 @@ urlpatterns = [
     path("executions/", executions.placeholder, name="executions"),
     path("executions/<uuid:execution_id>/", executions.placeholder, name="execution"),
     path("budgets/", budgets.placeholder, name="budgets"),
-    path("incidents/", incidents.placeholder, name="incidents"),
-    path("incidents/<int:incident_id>/", incidents.placeholder, name="incident"),
-    path("keys/", keys.placeholder, name="keys"),
-    path("audit/", audit.placeholder, name="audit"),
+    path("incidents/", incidents.incident_list, name="incidents"),
+    path("incidents/<int:incident_id>/", incidents.incident_detail, name="incident"),
+    path(
+        "incidents/<int:incident_id>/acknowledge/",
+        incidents.incident_acknowledge,
+        name="incident_acknowledge",
+    ),
+    path(
+        "incidents/<int:incident_id>/resolve/", incidents.incident_resolve, name="incident_resolve"
+    ),
+    path(
+        "incidents/<int:incident_id>/comment/", incidents.incident_comment, name="incident_comment"
+    ),
+    path(
+        "incidents/<int:incident_id>/postmortem/",
+        incidents.incident_postmortem,
+        name="incident_postmortem",
+    ),
+    path("keys/", keys.key_list, name="keys"),
+    path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
+    path("audit/", audit.audit_list, name="audit"),
 ]
