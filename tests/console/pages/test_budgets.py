@@ -124,7 +124,8 @@ def test_a_viewers_forged_post_gets_403_and_changes_nothing(budget: Budget) -> N
     ):
         assert client.post(f"/budgets/{budget.pk}/{action}/", form).status_code == 403
     budget.refresh_from_db()
-    assert not budget.paused and budget.raise_usd is None
+    assert not budget.paused
+    assert budget.raise_usd is None
     assert not AuditEvent.objects.exists()
     assert _client(None).post(f"/budgets/{budget.pk}/pause/", {"reason": "x"}).status_code == 403
 

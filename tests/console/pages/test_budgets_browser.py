@@ -67,7 +67,8 @@ def test_pause_degrades_the_next_execution_and_resume_restores_it(
             f"target_type='budget', target_id='{budget['id']}', actor='user:operator')"
             ".values_list('action', flat=True))))",
         )
-        assert "'budget_pause'" in audited and "'budget_resume'" in audited
+        assert "'budget_pause'" in audited
+        assert "'budget_resume'" in audited
     finally:
         live_console.api("PATCH", f"/api/v1/budgets/{budget['id']}", {"paused": False})
 
