@@ -177,7 +177,8 @@ def _attempt_cost(step: dict[str, Any], prices: dict[int, Any]) -> Decimal | Non
     if price is None or price[0] is None or price[1] is None:
         return None
     tokens_in, tokens_out = int(step.get("input_tokens") or 0), int(step.get("output_tokens") or 0)
-    return (tokens_in * price[0] + tokens_out * price[1]) / _MICRO
+    cost: Decimal = (tokens_in * Decimal(price[0]) + tokens_out * Decimal(price[1])) / _MICRO
+    return cost
 
 
 def timeline(steps: list[dict[str, Any]], prices: dict[int, Any]) -> list[dict[str, Any]]:

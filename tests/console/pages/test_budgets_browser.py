@@ -18,7 +18,7 @@ def _support_budget(server: ConsoleServer) -> dict[str, Any]:
     status, body = server.api("GET", "/api/v1/budgets")
     assert status == 200, body
     (budget,) = [b for b in body["items"] if b["scope"] == "agent" and b["target"] == "support"]
-    return budget
+    return dict(budget)
 
 
 def _press(driver: Any, budget_id: int, action: str, reason: str) -> None:
