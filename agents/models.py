@@ -375,6 +375,35 @@ class Execution(models.Model):
             models.Index(fields=["agent_name", "-created_at", "-id"], name="execution_agent_time"),
             models.Index(fields=["status", "-created_at", "-id"], name="execution_status_time"),
             models.Index(fields=["-created_at", "-id"], name="execution_time"),
+            # The console's explorer (console/pages/executions.py, docs/DECISIONS.md): each
+            # filter it allows, alone or with an agent, seeks one index in time order, so a
+            # page costs the same at 15M rows whatever matches. The partial ones hold only
+            # the rows they serve (fallbacks, cache hits).
+            models.Index(
+                fields=["agent_name", "status", "-created_at", "-id"],
+                name="execution_agent_status_time",
+            ),
+            models.Index(fields=["model", "-created_at", "-id"], name="execution_model_time"),
+            models.Index(
+                fields=["fallback_reason", "-created_at", "-id"],
+                name="execution_reason_time",
+                condition=Q(fallback_reason__isnull=False),
+            ),
+            models.Index(
+                fields=["agent_name", "fallback_reason", "-created_at", "-id"],
+                name="execution_agent_reason_time",
+                condition=Q(fallback_reason__isnull=False),
+            ),
+            models.Index(
+                fields=["-created_at", "-id"],
+                name="execution_cached_time",
+                condition=Q(cached=True),
+            ),
+            models.Index(
+                fields=["agent_name", "-created_at", "-id"],
+                name="execution_agent_cached_time",
+                condition=Q(cached=True),
+            ),
         ]
         constraints = [
             models.CheckConstraint(

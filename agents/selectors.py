@@ -64,7 +64,7 @@ def cursor_encode(*parts: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def cursor_decode(cursor: str, parts: int) -> list[str]:
+def cursor_decode(cursor: str, parts: int, field: str = "after") -> list[str]:
     """The sort key in ``cursor``, or :class:`ValidationFailed` (422) if it is not one of ours."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
@@ -72,18 +72,18 @@ def cursor_decode(cursor: str, parts: int) -> list[str]:
         raw = ""
     values = raw.split("\x1f")
     if len(values) != parts or not all(values):
-        raise ValidationFailed(["after: invalid cursor"])
+        raise ValidationFailed([f"{field}: invalid cursor"])
     return values
 
 
-def _time_cursor(cursor: str) -> tuple[datetime, str]:
-    when, ident = cursor_decode(cursor, 2)
+def _time_cursor(cursor: str, field: str = "after") -> tuple[datetime, str]:
+    when, ident = cursor_decode(cursor, 2, field)
     try:
         at = datetime.fromisoformat(when)
     except ValueError:
-        raise ValidationFailed(["after: invalid cursor"]) from None
+        raise ValidationFailed([f"{field}: invalid cursor"]) from None
     if at.tzinfo is None:
-        raise ValidationFailed(["after: invalid cursor"])
+        raise ValidationFailed([f"{field}: invalid cursor"])
     return at, ident
 
 
@@ -283,21 +283,175 @@ def execution_page(
     if status is not None:
         rows = rows.filter(status=status)
     if after is not None:
-        at, ident = _time_cursor(after)
-        try:
-            last = uuid.UUID(ident)
-        except ValueError:
-            raise ValidationFailed(["after: invalid cursor"]) from None
-        # (created_at, id) < (at, last), with a plain range bound the index can seek on.
-        rows = rows.filter(created_at__lte=at).filter(
-            Q(created_at__lt=at) | Q(created_at=at, id__lt=last)
-        )
+        rows = _keyset_after(rows, after, "after")  # (created_at, id) < the cursor's
     page = list(rows[: limit + 1])
     more = len(page) > limit
     page = page[:limit]
     return {
         "items": [execution_out(row) for row in page],
-        "next": cursor_encode(page[-1].created_at.isoformat(), str(page[-1].id)) if more else None,
+        "next": _row_cursor(page[-1]) if more else None,
+    }
+
+
+@dataclass(frozen=True)
+class ExecutionFilters:
+    """What the console's explorer narrows executions to (every field optional).
+
+    :func:`execution_filters_check` allows an agent plus at most one of status, fallback
+    reason, model and cached (and an agent never with a model): each allowed combination seeks
+    one ``execution_*_time`` index in time order, so a page costs the same whatever the history
+    holds or how little of it matches (docs/DECISIONS.md)."""
+
+    agent: str | None = None
+    status: str | None = None
+    fallback_reason: str | None = None
+    model: str | None = None
+    cached: bool | None = None
+    since: datetime | None = None  # created_at >= since
+    until: datetime | None = None  # created_at < until
+
+    def q(self) -> Q:
+        q = Q()
+        if self.agent is not None:
+            q &= Q(agent_name=self.agent)
+        if self.status is not None:
+            q &= Q(status=self.status)
+        if self.fallback_reason is not None:
+            q &= Q(fallback_reason=self.fallback_reason)
+        if self.model is not None:
+            q &= Q(model=self.model)
+        if self.cached is True:
+            q &= Q(cached=True)
+        elif self.cached is False:
+            q &= Q(cached=False)
+        if self.since is not None:
+            q &= Q(created_at__gte=self.since)
+        if self.until is not None:
+            q &= Q(created_at__lt=self.until)
+        return q
+
+
+def execution_filters_check(filters: ExecutionFilters) -> list[str]:
+    """Why ``filters`` cannot be served by an index (empty: it can)."""
+    errors = []
+    narrowing = [
+        name
+        for name, value in (
+            ("status", filters.status),
+            ("fallback reason", filters.fallback_reason),
+            ("model", filters.model),
+            ("cached", filters.cached),
+        )
+        if value is not None
+    ]
+    if len(narrowing) > 1:
+        errors.append(
+            f"choose one of {' and '.join(narrowing)}: the explorer combines an agent with one "
+            "of status, fallback reason, model or cached"
+        )
+    elif filters.agent is not None and filters.model is not None:
+        errors.append(
+            "choose an agent or a model, not both: an agent's model is in its config; filter by "
+            "model alone to see every agent that used it"
+        )
+    if filters.since is not None and filters.until is not None and filters.since >= filters.until:
+        errors.append("to: must be later than from")
+    return errors
+
+
+def _keyset_after(rows: Any, cursor: str, field: str) -> Any:
+    """Rows strictly older than the cursor's ``(created_at, id)``, with a plain range bound the
+    index can seek on."""
+    at, ident = _time_cursor(cursor, field)
+    try:
+        last = uuid.UUID(ident)
+    except ValueError:
+        raise ValidationFailed([f"{field}: invalid cursor"]) from None
+    return rows.filter(created_at__lte=at).filter(
+        Q(created_at__lt=at) | Q(created_at=at, id__lt=last)
+    )
+
+
+def _keyset_before(rows: Any, cursor: str, field: str) -> Any:
+    at, ident = _time_cursor(cursor, field)
+    try:
+        first = uuid.UUID(ident)
+    except ValueError:
+        raise ValidationFailed([f"{field}: invalid cursor"]) from None
+    return rows.filter(created_at__gte=at).filter(
+        Q(created_at__gt=at) | Q(created_at=at, id__gt=first)
+    )
+
+
+def _row_cursor(row: Execution) -> str:
+    return cursor_encode(row.created_at.isoformat(), str(row.id))
+
+
+def execution_explore(
+    *,
+    filters: ExecutionFilters,
+    after: str | None = None,
+    before: str | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
+    """One page of executions for the console, newest first, keyset-paginated both ways on
+    ``(created_at, id)``: ``after`` (older than that cursor) or ``before`` (newer). One query
+    whatever the page's depth. ``older``/``newer``: cursors for the pages beside, or None.
+    Rows carry no input, output, metadata or steps."""
+    errors = execution_filters_check(filters)
+    if after is not None and before is not None:
+        errors.append("give after or before, not both")
+    if errors:
+        raise ValidationFailed(errors)
+    rows = Execution.objects.filter(filters.q()).defer(
+        "input", "output", "metadata", "steps", "error"
+    )
+    if before is not None:
+        page = list(
+            _keyset_before(rows, before, "before").order_by("created_at", "id")[: limit + 1]
+        )
+        more = len(page) > limit
+        page = page[:limit][::-1]
+        return {
+            "items": page,
+            "newer": _row_cursor(page[0]) if more and page else None,
+            "older": _row_cursor(page[-1]) if page else None,
+        }
+    ordered = rows.order_by("-created_at", "-id")
+    if after is not None:
+        ordered = _keyset_after(ordered, after, "after")
+    page = list(ordered[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "items": page,
+        "newer": _row_cursor(page[0]) if after is not None and page else None,
+        "older": _row_cursor(page[-1]) if more else None,
+    }
+
+
+def execution_filter_choices() -> dict[str, list[str]]:
+    """The explorer's choices: agent names and model names (configured; two small queries)."""
+    return {
+        "agents": list(Agent.objects.order_by("name").values_list("name", flat=True)),
+        "models": sorted(set(ModelDeployment.objects.values_list("name", flat=True))),
+    }
+
+
+def execution_row(*, execution_id: uuid.UUID) -> Execution | None:
+    """One execution, everything included (the console may read every execution)."""
+    return Execution.objects.filter(pk=execution_id).first()
+
+
+def deployment_prices(ids: set[int]) -> dict[int, tuple[Decimal | None, Decimal | None]]:
+    """Deployment id -> (input, output) USD per million tokens, for the given ids. One query."""
+    if not ids:
+        return {}
+    return {
+        pk: (inp, out)
+        for pk, inp, out in ModelDeployment.objects.filter(pk__in=ids).values_list(
+            "pk", "input_usd_per_mtok", "output_usd_per_mtok"
+        )
     }
 
 

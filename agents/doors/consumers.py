@@ -2,8 +2,9 @@
 
 Who may watch: an API key (``?key=bw_...`` or an ``Authorization: Bearer`` header) that made
 the execution or has ``read`` on its agent (the rule of ``GET /executions/{id}``), or, on a
-socket that presents no key, a console user (Django session, from an allowed origin: see
-``console/asgi.py``). A socket that presents a key is the key's alone: a bad key is refused even
+socket that presents no key, a console user with a console role (Django session, from an
+allowed origin: see ``console/asgi.py``; a signed-in user in no role group is refused, 4403, as
+the console's pages refuse them). A socket that presents a key is the key's alone: a bad key is refused even
 when a console session cookie comes with it. Anyone else is refused before the handshake
 completes (close code 4401: no or bad credentials; 4404: no such execution, as far as you may
 know).
@@ -34,7 +35,14 @@ from agents.access.disclosure import render_execution, sees_provider_text
 from agents.executions.live import group_name
 
 FINAL = frozenset({"succeeded", "degraded", "failed", "cancelled"})
-UNAUTHENTICATED, NOT_FOUND = 4401, 4404
+UNAUTHENTICATED, NO_ROLE, NOT_FOUND = 4401, 4403, 4404
+# The groups of console.roles.ROLES (the console sits above this layer; a test keeps them equal).
+CONSOLE_ROLES = ("viewer", "operator", "admin")
+
+
+def _console_member(user: Any) -> bool:
+    """Whether the signed-in ``user`` has a console role (superusers are admins)."""
+    return bool(user.is_superuser or user.groups.filter(name__in=CONSOLE_ROLES).exists())
 
 
 def _row(execution_id: str) -> Any:
@@ -74,9 +82,11 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         token = presented_key(self.scope)
         if token is None:  # no key: the console session, if any
             user = self.scope.get("user")
-            if user is not None and user.is_authenticated and user.is_active:
-                return None if row is not None else NOT_FOUND
-            return UNAUTHENTICATED
+            if user is None or not user.is_authenticated or not user.is_active:
+                return UNAUTHENTICATED
+            if not await database_sync_to_async(_console_member)(user):
+                return NO_ROLE
+            return None if row is not None else NOT_FOUND
         from agents.doors.auth import authenticate
 
         principal = await authenticate(token)

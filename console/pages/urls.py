@@ -19,9 +19,15 @@ urlpatterns = [
         agents.deployment_breaker,
         name="agent_deployment_breaker",
     ),
-    path("executions/", executions.placeholder, name="executions"),
-    path("executions/<uuid:execution_id>/", executions.placeholder, name="execution"),
-    path("budgets/", budgets.placeholder, name="budgets"),
+    path("executions/", executions.explorer, name="executions"),
+    path("executions/<uuid:execution_id>/", executions.detail, name="execution"),
+    path(
+        "executions/<uuid:execution_id>/body/",
+        executions.detail_body,
+        name="execution_body",
+    ),
+    path("budgets/", budgets.budgets, name="budgets"),
+    path("budgets/<int:budget_id>/<str:action>/", budgets.budget_action, name="budget_action"),
     path("incidents/", incidents.incident_list, name="incidents"),
     path("incidents/<int:incident_id>/", incidents.incident_detail, name="incident"),
     path(

@@ -108,11 +108,14 @@ async def test_a_read_key_may_watch_executions_of_its_agents(
         await socket.disconnect()
 
 
-def _session_cookie() -> bytes:
+def _session_cookie(role: str | None = "viewer") -> bytes:
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
     from django.test import Client
 
-    user = get_user_model().objects.create_user("ops", password="pw-123456")
+    user = get_user_model().objects.create_user(f"ops-{role}", password="pw-123456")
+    if role is not None:  # get_or_create: a transactional test flushes the migration's groups
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}".encode()
@@ -127,6 +130,23 @@ async def test_a_console_user_watches_with_the_session_cookie(
     assert connected
     assert (await socket.receive_json_from(5))["status"] == "queued"
     await socket.disconnect()
+
+
+async def test_a_signed_in_user_without_a_console_role_is_refused(
+    keys: dict[str, str], watched: str
+) -> None:
+    cookie = await sync_to_async(_session_cookie)(None)
+    socket = _socket(watched, headers=[(b"cookie", cookie)])
+    connected, code = await socket.connect()
+    assert not connected
+    assert code == 4403
+
+
+def test_the_consumers_role_names_are_the_consoles() -> None:
+    from agents.doors.consumers import CONSOLE_ROLES
+    from console.roles import ROLES
+
+    assert CONSOLE_ROLES == ROLES
 
 
 EVIL = (b"origin", b"http://evil.example")
