@@ -1,7 +1,7 @@
 """``manage.py seed_history``: realistic past executions for demos and scale benchmarks.
 
-The history follows the reference deployment (docs/DECISIONS.md and the demo's
-``demo/breakwater.yaml``): its per-agent mix of volumes, latencies, success rates and costs
+The history follows the reference deployment (the write-up ``demo/breakwater.yaml`` models):
+its per-agent mix of volumes, latencies, success rates and costs
 ("Performance by Agent"), about 99.95 % of executions answered, and its three incidents (an
 upstream outage absorbed by the breaker and the fallback model, a cost spike stopped by the
 daily budget, a slow memory leak). Every configured agent gets its share; unknown agent names
