@@ -458,28 +458,26 @@ def _outcomes(plan: AgentPlan, rng: random.Random) -> list[_Outcome]:
             )
         )  # fmt: skip
         for f in plan.fallback:
-            for reason, failure, detail in (
-                ("timeout", "Timeout", "attempt deadline reached"),
-                ("circuit_open", None, ""),
-            ):
-                first = (
-                    _lit(json.dumps({"kind": "refused", "model": None, "deployment": None,
-                                      "outcome": "circuit_open", "detail": f"deployment:{t.id}"},
-                                     separators=(",", ":")))
-                    if failure is None
-                    else attempt(t, failure, detail)
-                )  # fmt: skip
-                fb = _lit(json.dumps({"kind": "fallback", "model": f.model, "deployment": None,
-                                       "outcome": reason, "detail": "", "latency_ms": 0.0,
-                                       "input_tokens": 0, "output_tokens": 0},
-                                      separators=(",", ":")))  # fmt: skip
-                out.append(
-                    _Outcome(
-                        f"fallback_{reason}", "succeeded", f, reason, 1 if failure is None else 2,
-                        False, "standard", True,
-                        first + "," + fb + "," + attempt(f, "ok"), 1 if failure is None else 2,
-                    )
-                )  # fmt: skip
+            # The primary timed out: the attempt, the fallback step, the fallback's answer.
+            fb = _lit(json.dumps({"kind": "fallback", "model": f.model, "deployment": None,
+                                  "outcome": "timeout", "detail": "", "latency_ms": 0.0,
+                                  "input_tokens": 0, "output_tokens": 0},
+                                 separators=(",", ":")))  # fmt: skip
+            out.append(
+                _Outcome(
+                    "fallback_timeout", "succeeded", f, "timeout", 2, False, "standard", True,
+                    attempt(t, "Timeout", "attempt deadline reached") + "," + fb + ","
+                    + attempt(f, "ok"), 2,
+                )
+            )  # fmt: skip
+            # The primary's breakers are known open: the executor starts on the fallback model
+            # (no step for the skip), with fallback_reason circuit_open.
+            out.append(
+                _Outcome(
+                    "fallback_circuit_open", "succeeded", f, "circuit_open", 1, False,
+                    "standard", True, attempt(f, "ok"), 1,
+                )
+            )  # fmt: skip
     for t in cheap:
         out.append(_Outcome("cheap", "succeeded", t, None, 1, False, "cheap:simple", True,
                             attempt(t, "ok"), 1))  # fmt: skip
@@ -1066,6 +1064,8 @@ def _incidents(plan: HistoryPlan, tally: Tally) -> int:
             answered = rows.get("fallback_circuit_open", 0) + rows.get("fallback_timeout", 0)
             degraded = sum(n for k, n in rows.items() if k.startswith("degraded"))
             d = a.primary[0]
+            ids = sorted({t.id for t in a.primary})
+            down = ("deployments " if len(ids) > 1 else "deployment ") + ", ".join(map(str, ids))
             fb = a.fallback[0].model
             incident = Incident(
                 kind="breaker_open",
@@ -1078,7 +1078,7 @@ def _incidents(plan: HistoryPlan, tally: Tally) -> int:
                 acknowledged_at=_when(w.start + 240),
                 acknowledged_by="oncall",
                 resolved_at=_when(w.end),
-                impact=f"{minutes} min outage of {d.model} (deployment {d.id}); {total:,} "
+                impact=f"{minutes} min outage of {d.model} ({down}); {total:,} "
                 f"requests of {a.name} in the window, {answered:,} answered by the fallback "
                 f"model {fb}, {degraded:,} degraded with the fallback message, none failed.",
                 root_cause=f"The upstream provider of {d.model} returned timeouts and 503s for "
