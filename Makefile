@@ -76,3 +76,12 @@ clean:
 # The README's console screenshots (docs/screenshots/), re-taken from the demo in headless Chromium.
 screenshots: $(VENV)/.test-stamp
 	$(PY) scripts/screenshots.py
+
+# The console scale benchmark (bench/console.py): page server time at 10K, then 1M seeded
+# executions, in the database of DATABASE_URL, whose history it REPLACES (--wipe: executions,
+# ledger, incidents, rollups). BENCH_CONSOLE_ARGS: e.g. --n 50, --path /agents/, --out FILE.
+.PHONY: bench-console
+bench-console: $(VENV)/.test-stamp
+	$(PY) bench/console.py --seed 10000 --wipe $(BENCH_CONSOLE_ARGS); a=$$?; \
+	$(PY) bench/console.py --seed 1000000 --wipe $(BENCH_CONSOLE_ARGS); b=$$?; \
+	exit $$((a | b))

@@ -5,8 +5,8 @@ provided: sk-...``, an upstream model name, an organisation id) and an internal 
 exception's text. The stored record keeps all of it, and so does the log (one line per failed
 attempt, keys and secrets redacted). Clients see it by scope:
 
-* ``operate`` and ``admin`` keys and console users (Django session): the full text;
-* every other key (``execute``, ``read``): a typed summary instead, by failure type and upstream
+* ``operate`` and ``admin`` keys and console operators and admins: the full text;
+* every other key (``execute``, ``read``) and console viewers: a typed summary instead, by failure type and upstream
   status, with no provider text: ``provider error 401 (authentication)``, ``upstream timeout``,
   ``web_search: tool failed``; an error's ``message`` likewise (``internal error``).
 

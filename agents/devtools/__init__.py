@@ -1,1 +1,2 @@
-"""Development and benchmark tools: the fault-injecting fake upstream and the load generator."""
+"""Development and benchmark tools: the fault-injecting fake upstream, the load generator and
+the history seeder (``seed_history``)."""

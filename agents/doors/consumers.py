@@ -40,9 +40,11 @@ UNAUTHENTICATED, NO_ROLE, NOT_FOUND = 4401, 4403, 4404
 CONSOLE_ROLES = ("viewer", "operator", "admin")
 
 
-def _console_member(user: Any) -> bool:
-    """Whether the signed-in ``user`` has a console role (superusers are admins)."""
-    return bool(user.is_superuser or user.groups.filter(name__in=CONSOLE_ROLES).exists())
+def _console_role_names(user: Any) -> set[str]:
+    """The signed-in ``user``'s console role groups (superusers are admins)."""
+    if user.is_superuser:
+        return {"admin"}
+    return set(user.groups.filter(name__in=CONSOLE_ROLES).values_list("name", flat=True))
 
 
 def _row(execution_id: str) -> Any:
@@ -61,7 +63,7 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     execution_id = ""
     joined = False
     done = False
-    full_text = True  # provider error text in the result (console users; operate/admin keys)
+    full_text = True  # provider error text in the result (operators/admins; operate/admin keys)
 
     async def connect(self) -> None:
         self.execution_id = str(self.scope["url_route"]["kwargs"]["execution_id"])
@@ -84,8 +86,11 @@ class ExecutionConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             user = self.scope.get("user")
             if user is None or not user.is_authenticated or not user.is_active:
                 return UNAUTHENTICATED
-            if not await database_sync_to_async(_console_member)(user):
+            roles = await database_sync_to_async(_console_role_names)(user)
+            if not roles:
                 return NO_ROLE
+            # Like keys: provider error text for operators and admins, a summary for viewers.
+            self.full_text = bool(roles & {"operator", "admin"})
             return None if row is not None else NOT_FOUND
         from agents.doors.auth import authenticate
 

@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 
+from agents.access.disclosure import render_execution
 from agents.models import Execution, ExecutionStatus, FallbackReason
 from agents.selectors import (
     ExecutionFilters,
@@ -33,7 +34,7 @@ from agents.selectors import (
     execution_filter_choices,
     execution_row,
 )
-from console.roles import role_required
+from console.roles import has_role, role_required
 from core.errors import ValidationFailed
 
 PAGE_SIZE = 50
@@ -255,8 +256,15 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _body_context(row: Execution) -> dict[str, Any]:
-    steps = [step for step in (row.steps or []) if isinstance(step, dict)]
+def _body_context(row: Execution, request: HttpRequest) -> dict[str, Any]:
+    # Provider error text as the API shows it: operators and admins read it, viewers (like
+    # read keys) a typed summary (agents/access/disclosure.py).
+    shown = render_execution(
+        {"steps": list(row.steps or []), "error": row.error},
+        full=has_role(request.user, "operator"),
+    )
+    steps = [step for step in (shown.get("steps") or []) if isinstance(step, dict)]
+    error = shown.get("error")
     ids = {int(s["deployment"]) for s in steps if isinstance(s.get("deployment"), int)}
     prices = deployment_prices(ids)
     entries = timeline(steps, prices)
@@ -266,7 +274,7 @@ def _body_context(row: Execution) -> dict[str, Any]:
         "live": row.status in LIVE,
         "input_rows": _messages(row.input),
         "output_long": len(row.output) > LONG_TEXT,
-        "error_text": json.dumps(row.error, indent=2, ensure_ascii=False) if row.error else "",
+        "error_text": json.dumps(error, indent=2, ensure_ascii=False) if error else "",
         "step_tokens": sum(e["input_tokens"] + e["output_tokens"] for e in entries),
     }
 
@@ -280,10 +288,10 @@ def _load(execution_id: uuid.UUID) -> Execution:
 
 @role_required("viewer")
 def detail(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
-    return render(request, "console/execution.html", _body_context(_load(execution_id)))
+    return render(request, "console/execution.html", _body_context(_load(execution_id), request))
 
 
 @role_required("viewer")
 def detail_body(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
     """The detail page's body alone (htmx reloads it when a live execution completes)."""
-    return render(request, "console/_execution_body.html", _body_context(_load(execution_id)))
+    return render(request, "console/_execution_body.html", _body_context(_load(execution_id), request))

@@ -260,7 +260,7 @@ def test_the_timeline_shows_retries_fallbacks_and_the_costs_of_attempts() -> Non
                   input_tokens=1000, output_tokens=700),
         ],
     )  # fmt: skip
-    response = _client().get(f"/executions/{row.id}/")
+    response = _client("operator").get(f"/executions/{row.id}/")  # sees provider text
     assert response.status_code == 200
     titles = [entry["title"] for entry in response.context["entries"]]
     assert titles == [
@@ -334,3 +334,28 @@ def test_the_detail_page_query_count_is_pinned(django_assert_max_num_queries: An
     client = _client()
     with django_assert_max_num_queries(5):  # session, user, groups, execution, prices
         assert client.get(f"/executions/{row.id}/").status_code == 200
+
+
+def test_provider_error_text_is_for_operators_and_viewers_read_a_summary() -> None:
+    execution = _execution(
+        status="failed",
+        steps=[
+            {
+                "kind": "attempt",
+                "model": "m-main",
+                "deployment": None,
+                "outcome": "AuthFailed",
+                "detail": "401 Incorrect API key provided: sk-proj-abcdefghijkl",
+                "latency_ms": 12,
+            }
+        ],
+        error={"type": "client_error", "message": "400 Unknown model for org-42"},
+    )
+    viewer = _client("viewer").get(f"/executions/{execution.id}/").content.decode()
+    operator = _client("operator").get(f"/executions/{execution.id}/").content.decode()
+    assert "Incorrect API key" not in viewer
+    assert "org-42" not in viewer
+    assert "provider error 401 (authentication)" in viewer
+    assert "provider error 400 (invalid request)" in viewer
+    assert "Incorrect API key provided" in operator
+    assert "org-42" in operator
