@@ -294,4 +294,6 @@ def detail(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
 @role_required("viewer")
 def detail_body(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
     """The detail page's body alone (htmx reloads it when a live execution completes)."""
-    return render(request, "console/_execution_body.html", _body_context(_load(execution_id), request))
+    return render(
+        request, "console/_execution_body.html", _body_context(_load(execution_id), request)
+    )

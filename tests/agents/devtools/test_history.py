@@ -293,6 +293,29 @@ def test_the_rollups_match_the_raw_rows_day_by_day(demo: None) -> None:
     ) == Execution.objects.aggregate(c=Sum("cost_usd"))["c"].quantize(Decimal("0.000001"))
 
 
+def test_the_traffic_rollups_cover_the_whole_history_for_the_console(demo: None) -> None:
+    from budgets.models import TrafficRollup
+
+    _seed()
+
+    days = TrafficRollup.objects.filter(step_s=86400, agent_name="*")
+    assert days.aggregate(n=Sum("requests"))["n"] == SIZE
+    per_agent = dict(
+        TrafficRollup.objects.filter(step_s=86400)
+        .exclude(agent_name="*")
+        .values("agent_name")
+        .annotate(n=Sum("requests"))
+        .values_list("agent_name", "n")
+    )
+    assert per_agent == dict(
+        Execution.objects.values("agent_name")
+        .annotate(n=Count("id"))
+        .values_list("agent_name", "n")
+    )
+    hours = TrafficRollup.objects.filter(step_s=3600, agent_name="*")
+    assert hours.aggregate(n=Sum("requests"))["n"] == SIZE
+
+
 def test_a_subset_of_agents_gets_all_the_executions(demo: None) -> None:
     _seed(agents=["translator", "hr-policy"], executions=400)
 
