@@ -251,11 +251,13 @@ def budget_state(
 
 def _recent_spend(spans: list[BudgetSpan], now: datetime) -> list[tuple[Decimal, float]]:
     """Per span: ledger spend since ``max(now - 60 min, window start)`` and that duration (s).
-    One query for all of them."""
+    One query for all of them, restricted to the last hour as a whole so that it reads the
+    ``at`` index range, not the ledger (the per-span FILTERs alone scan every row: 300 ms at
+    1M entries, 4 s at 15M)."""
     if not spans:
         return []
     starts = [max(now - RATE_LOOKBACK, span.start) for span in spans]
-    totals = SpendEntry.objects.aggregate(
+    totals = SpendEntry.objects.filter(at__gte=min(starts), at__lte=now).aggregate(
         **{
             f"s{i}": Sum("cost_usd", filter=span_filter(span) & Q(at__gte=start, at__lte=now))
             for i, (span, start) in enumerate(zip(spans, starts, strict=True))
@@ -390,7 +392,10 @@ def ledger_micros(spans: list[BudgetSpan]) -> dict[str, int]:
     (``charged_micros``: what the counters settle). One query."""
     if not spans:
         return {}
-    totals = SpendEntry.objects.aggregate(
+    # The whole range as a WHERE too, so the ``at`` index bounds the read (FILTERs do not).
+    totals = SpendEntry.objects.filter(
+        at__gte=min(span.counted_from for span in spans), at__lt=max(span.end for span in spans)
+    ).aggregate(
         **{
             f"m{i}": Sum(
                 "charged_micros",
