@@ -75,7 +75,8 @@ def test_applying_the_demo_creates_every_entity_and_audits_each(demo_yaml: str) 
     assert (support.timeout_s, support.max_tokens, support.rate_limit_tpm) == (10, 512, 600_000)
     assert Budget.objects.get(agent=support, window=BudgetWindow.DAILY).limit_usd == Decimal(800)
     assert Budget.objects.get(scope=BudgetScope.GLOBAL, window="monthly").limit_usd == 75_000
-    assert Provider.objects.get(name="sim-review").simulation["latency_ms"] == 1500
+    review = Provider.objects.get(name="sim-review")
+    assert (review.kind, review.base_url) == ("anthropic", "http://127.0.0.1:18103")
     assert ModelDeployment.objects.filter(name="gpt-4o-mini").count() == 2
 
     created = AuditEvent.objects.get(action="agent_create", target_id=str(support.pk))
@@ -159,7 +160,11 @@ budgets:
 
 def test_the_largest_values_the_schema_accepts_fit_the_database(demo_yaml: str) -> None:
     def edit(doc: dict[str, Any]) -> None:
-        doc["providers"][0]["simulation"]["seed"] = 2**63 - 1
+        doc["providers"][0] = {
+            "name": "sim-support",
+            "kind": "simulated",
+            "simulation": {"seed": 2**63 - 1},
+        }
         doc["models"][0]["input_usd_per_mtok"] = 100_000  # PRICE_MAX
         doc["agents"][0].update(
             timeout_s=3600, attempt_timeout_s=3600, daily_budget_usd=99_999_999.999999

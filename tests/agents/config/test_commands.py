@@ -223,7 +223,9 @@ def test_export_prints_the_same_document_as_config_export(demo_file: Path) -> No
     text = _export()
 
     assert text == config_export_yaml()
-    assert text.startswith("providers:\n- name: sim-analyst\n  kind: simulated\n")
+    assert text.startswith(
+        "providers:\n- name: sim-analyst\n  kind: openai\n  base_url: http://127.0.0.1:18104/v1\n"
+    )
 
 
 def test_export_piped_into_apply_changes_nothing(

@@ -168,7 +168,7 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ("agents[0].tools", [{"name": "hook", "kind": "webhook", "url": "https://hooks.example/x", "parameters": {"type": "object", "anyOf": [{"required": "a"}]}}], "agents[0].tools[0].parameters.anyOf[0].required: expected array, got string"),
     # providers
     ("providers[0].kind", "gemini", "providers[0].kind: must be one of 'openai', 'anthropic' or 'simulated'"),
-    ("providers[0].kind", "openai", "providers[0].simulation: only allowed for kind simulated"),
+    ("providers[0].simulation", {"latency_ms": 5}, "providers[0].simulation: only allowed for kind simulated"),
     ("providers[0].base_url", "ftp://files.example.com", "providers[0].base_url: must be an http(s) URL with a host"),
     ("providers[0].base_url", "api.openai.com/v1", "providers[0].base_url: must be an http(s) URL with a host"),
     ("providers[0].base_url", "https://", "providers[0].base_url: must be an http(s) URL with a host"),
@@ -404,7 +404,10 @@ def test_the_largest_accepted_values_parse(demo_yaml: str) -> None:
         ("agents[0].rate_limit.tpm", INT32_MAX),
         ("agents[0].daily_budget_usd", 99_999_999.999999),
         ("models[0].input_usd_per_mtok", 100_000),
-        ("providers[0].simulation.error_rate", 1),
+        (
+            "providers[0]",
+            {"name": "sim-support", "kind": "simulated", "simulation": {"error_rate": 1}},
+        ),
     )
 
     doc = config_parse(text)
