@@ -19,6 +19,7 @@ The page reads rollups and the dashboard's selectors only, never raw executions 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -219,7 +220,8 @@ def spend_today(hourly: Series, now: datetime, limit_usd: float | None) -> dict[
 
 
 def chart_data(series: Series, spend: Mapping[str, Any]) -> dict[str, Any]:
-    """The charts' data island (``<script type="application/json" id="overview-data">``)."""
+    """The charts' data (``<div id="overview-data" data-json="...">``: htmx removes script
+    elements, JSON islands included, from the content it swaps in when scripts are off)."""
     points = series.points
     return {
         "window": series.window,
@@ -244,7 +246,7 @@ def results(window: str, *, now: datetime, budget: BudgetRef) -> dict[str, Any]:
         "window": window,
         "step_label": STEP_LABELS[series.step_s],
         "totals": totals,
-        "charts": chart_data(series, spend),
+        "charts_json": json.dumps(chart_data(series, spend), separators=(",", ":")),
         "spend": spend,
         "budget": budget,
         "over_budget": budget.limit_usd is not None

@@ -1,6 +1,6 @@
 // The overview page (console/pages/overview.py): live "Now" figures from every bw:snapshot
 // (WS /ws/dashboard/, about every second) and the "Real results" charts (uPlot) drawn from the
-// JSON data island #overview-data, again whenever htmx swaps that part in (every 30 s, and
+// JSON data (#overview-data's data-json attribute), again whenever htmx swaps that part in (every 30 s, and
 // after a reconnect's bw:resync). The figures' formats match the templates' filters
 // (console/templatetags/console.py) and liveFigures() matches live_figures() in overview.py.
 "use strict";
@@ -227,7 +227,7 @@
     plots = [];
     const island = document.getElementById("overview-data");
     if (!island || typeof uPlot === "undefined") return;
-    const data = JSON.parse(island.textContent);
+    const data = JSON.parse(island.dataset.json);
     const specs = chartSpecs(data);
     document.querySelectorAll("[data-chart]").forEach((box) => {
       const spec = specs[box.dataset.chart];

@@ -3,6 +3,7 @@ empty states, the results partial and the number of queries (console/pages/overv
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -88,9 +89,9 @@ def metric(html: str, name: str) -> str:
 
 
 def island(html: str) -> dict[str, Any]:
-    found = re.search(r'<script id="overview-data" type="application/json">(.*?)</script>', html)
+    found = re.search(r'<div id="overview-data" hidden data-json="(.*?)"></div>', html)
     assert found is not None
-    data: dict[str, Any] = json.loads(found.group(1))
+    data: dict[str, Any] = json.loads(html_module.unescape(found.group(1)))
     return data
 
 
