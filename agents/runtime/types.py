@@ -209,9 +209,10 @@ class Step:
     latency_ms: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    wait_ms: float = 0.0  # a failed attempt that was retried: the backoff waited after it
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "model": self.model,
             "deployment": self.deployment,
@@ -221,6 +222,9 @@ class Step:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
         }
+        if self.wait_ms:
+            out["wait_ms"] = round(self.wait_ms, 2)
+        return out
 
 
 @dataclass(frozen=True)

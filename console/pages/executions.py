@@ -185,8 +185,8 @@ def _attempt_cost(step: dict[str, Any], prices: dict[int, Any]) -> Decimal | Non
 def timeline(steps: list[dict[str, Any]], prices: dict[int, Any]) -> list[dict[str, Any]]:
     """The steps as timeline entries: a title, a tone (ok/bad/warn) and what is known.
 
-    An attempt on the same model right after a failed one is a retry (the executor waited its
-    backoff in between; the wait itself is not recorded in the steps)."""
+    An attempt on the same model right after a failed one is a retry; the failed attempt's
+    ``wait_ms`` is the backoff the executor waited before it (``Retry-After`` or jittered)."""
     entries = []
     attempts = retries = 0
     previous: dict[str, Any] | None = None
@@ -204,6 +204,7 @@ def timeline(steps: list[dict[str, Any]], prices: dict[int, Any]) -> list[dict[s
             "input_tokens": int(step.get("input_tokens") or 0),
             "output_tokens": int(step.get("output_tokens") or 0),
             "cost_usd": None,
+            "wait_ms": float(step.get("wait_ms") or 0) or None,
         }
         if kind == "attempt":
             attempts += 1

@@ -293,6 +293,9 @@ class AttemptLoop:
         if can_retry:
             assert delay is not None
             progress.retries += 1
+            last = progress.steps[-1] if progress.steps else None
+            if last is not None and last.kind == "attempt":  # the failure being retried
+                progress.steps[-1] = replace(last, wait_ms=delay * 1000)
             await self.clock.sleep(delay)
             selection = await self._select(ex, progress, chain)
             if selection.deployment_id is not None:

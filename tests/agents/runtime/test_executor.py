@@ -53,6 +53,17 @@ async def test_it_waits_the_retry_after_the_provider_asked_for() -> None:
     assert h.clock.sleeps == [2.0]
 
 
+async def test_the_retried_attempt_records_the_wait_that_followed_it() -> None:
+    h = harness()
+    h.provider.scripts["primary"] = [RateLimited("429", status=429, retry_after=2.0)]
+    result = await h.run()
+    failed, answered = result.steps
+    assert (failed.outcome, failed.wait_ms) == ("RateLimited", 2000.0)
+    assert failed.as_dict()["wait_ms"] == 2000.0
+    assert (answered.outcome, answered.wait_ms) == ("ok", 0.0)
+    assert "wait_ms" not in answered.as_dict()  # only a retried attempt carries it
+
+
 async def test_exhausted_quota_is_not_retried_and_falls_back_once() -> None:
     h = harness()
     h.provider.scripts["primary"] = [QuotaExhausted("insufficient_quota", status=429)]

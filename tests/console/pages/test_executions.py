@@ -252,7 +252,8 @@ def test_the_timeline_shows_retries_fallbacks_and_the_costs_of_attempts() -> Non
         output_tokens=700,
         steps=[
             _step("attempt", model="m-main", deployment=main.pk, outcome="Timeout",
-                  detail="no answer in 5 s", latency_ms=5000.0, input_tokens=1000),
+                  detail="no answer in 5 s", latency_ms=5000.0, input_tokens=1000,
+                  wait_ms=1250.0),
             _step("attempt", model="m-main", deployment=main.pk, outcome="Timeout",
                   latency_ms=5000.0, input_tokens=1000),
             _step("fallback", model="m-back", outcome="timeout"),
@@ -273,6 +274,7 @@ def test_the_timeline_shows_retries_fallbacks_and_the_costs_of_attempts() -> Non
     assert costs == [Decimal("0.002"), Decimal("0.002"), None, None]  # m-back: no price row
     html = response.content.decode()
     assert "no answer in 5 s" in html
+    assert "waited 1,250 ms before retrying" in html
     assert "$0.002" in html
     assert "<strong>Total</strong>: succeeded, 3 attempts" in html
 
