@@ -12,6 +12,7 @@ in as the demo admin and saves each page to docs/screenshots/<name>.png at 1280 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import os
 import shutil
@@ -104,11 +105,24 @@ def shoot(url: str, username: str, password: str, out: Path) -> list[Path]:
                     15,
                 )
             time.sleep(2.5)
-            height = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(WIDTH, min(int(height) + 40, MAX_HEIGHT))
-            time.sleep(0.5)
+            height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+            # The whole page, not just the window (DevTools: capture beyond the viewport).
+            shot = driver.execute_cdp_cmd(
+                "Page.captureScreenshot",
+                {
+                    "format": "png",
+                    "captureBeyondViewport": True,
+                    "clip": {
+                        "x": 0,
+                        "y": 0,
+                        "width": WIDTH,
+                        "height": min(height, MAX_HEIGHT),
+                        "scale": 1,
+                    },
+                },
+            )
             target = out / f"{name}.png"
-            driver.save_screenshot(str(target))
+            target.write_bytes(base64.b64decode(shot["data"]))
             saved.append(target)
     finally:
         driver.quit()

@@ -9,6 +9,19 @@
   const DASH = "\u2013";
   const CLOSED = new Set(["closed", "forced_closed"]);
 
+  // Axis ticks: short, so they fit the axis (1.5k, 2.5 s, $3k, $0.25).
+  function compact(n) {
+    const a = Math.abs(n);
+    if (a >= 1e6) return (n / 1e6).toFixed(a >= 1e7 ? 0 : 1).replace(/\.0$/, "") + "M";
+    if (a >= 1e3) return (n / 1e3).toFixed(a >= 1e4 ? 0 : 1).replace(/\.0$/, "") + "k";
+    return String(Number(n.toPrecision(3)));
+  }
+  const tick = {
+    count: (v) => (v === null ? "" : compact(v)),
+    ms: (v) => (v === null ? "" : v >= 1000 ? compact(v / 1000) + " s" : compact(v) + " ms"),
+    usd: (v) => (v === null ? "" : "$" + compact(v)),
+  };
+
   const fmt = {
     count(v) {
       return v === null || v === undefined ? DASH : Math.round(v).toLocaleString("en-US");
@@ -203,7 +216,7 @@
           { label: "fallbacks", stroke: "#9a6700", width: 2, value: (u, v) => fmt.count(v) },
         ],
         data: [data.at, data.requests, data.errors, data.fallbacks],
-        axis: (u, values) => values.map((v) => fmt.count(v)),
+        axis: (u, values) => values.map(tick.count),
       },
       latency: {
         series: [
@@ -212,12 +225,12 @@
           { label: "p95", stroke: "#9a6700", width: 2, points: { show: true, size: 4 }, value: (u, v) => fmt.ms(v) },
         ],
         data: [data.at, data.p50_ms, data.p95_ms],
-        axis: (u, values) => values.map((v) => fmt.ms(v)),
+        axis: (u, values) => values.map(tick.ms),
       },
       spend: {
         series: spendSeries,
         data: spendData,
-        axis: (u, values) => values.map((v) => fmt.usd(v)),
+        axis: (u, values) => values.map(tick.usd),
       },
     };
   }
@@ -238,7 +251,7 @@
           width: Math.max(200, box.clientWidth),
           height: 180,
           series: spec.series,
-          axes: [{}, { values: spec.axis, size: 60 }],
+          axes: [{}, { values: spec.axis, size: 64 }],
           scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
           legend: { live: true },
         },
