@@ -34,7 +34,7 @@
       const s = series[el.dataset.sparkline];
       if (!s) return;
       const opts = {
-        width: 120,
+        width: 96,
         height: 28,
         pxAlign: false,
         cursor: { show: false },
