@@ -247,6 +247,30 @@ def _latency_bucket() -> Case:
     return Case(*whens, default=Value(len(LATENCY_BUCKETS_MS)), output_field=IntegerField())
 
 
+def _group_add(into: SpendRollup | TrafficTotals, g: Mapping[str, Any]) -> None:
+    """Fold one group of the rollups' grouped aggregate over executions (status, cached,
+    fallback, model choice and latency bucket; counts and sums) into a rollup's totals: the
+    daily ``SpendRollup`` row and the traffic minutes add them up the same way."""
+    n = g["n"]
+    into.requests += n
+    setattr(into, g["status"], getattr(into, g["status"]) + n)
+    if g["cached"]:
+        into.cached += n
+    if g["fallback_used"]:
+        into.fallbacks += n
+        reason = g["fallback_reason"] or ""
+        into.fallback_reasons[reason] = into.fallback_reasons.get(reason, 0) + n
+    into.input_tokens += g["tokens_in"] or 0
+    into.output_tokens += g["tokens_out"] or 0
+    into.cost_usd += g["cost"] or 0
+    into.saved_usd += g["saved"] or 0
+    if g["bucket"] >= 0:
+        into.latency_sum_ms += g["latency"] or 0
+        into.latency_count += n
+        into.latency_buckets[g["bucket"]] += n
+    into.model_choices[g["model_choice"]] = into.model_choices.get(g["model_choice"], 0) + n
+
+
 def rollup_day_refresh(*, day: date) -> int:
     """Recompute ``day``'s (UTC) rollups from its finished executions; returns the rows kept.
 
@@ -302,24 +326,7 @@ def rollup_day_refresh(*, day: date) -> int:
                 fallback_reasons={},
                 updated_at=stamp,
             )
-        n = g["n"]
-        row.requests += n
-        setattr(row, g["status"], getattr(row, g["status"]) + n)
-        if g["cached"]:
-            row.cached += n
-        if g["fallback_used"]:
-            row.fallbacks += n
-            reason = g["fallback_reason"] or ""
-            row.fallback_reasons[reason] = row.fallback_reasons.get(reason, 0) + n
-        row.input_tokens += g["tokens_in"] or 0
-        row.output_tokens += g["tokens_out"] or 0
-        row.cost_usd += g["cost"] or 0
-        row.saved_usd += g["saved"] or 0
-        if g["bucket"] >= 0:
-            row.latency_sum_ms += g["latency"] or 0
-            row.latency_count += n
-            row.latency_buckets[g["bucket"]] += n
-        row.model_choices[g["model_choice"]] = row.model_choices.get(g["model_choice"], 0) + n
+        _group_add(row, g)
     with transaction.atomic():
         if rows:
             SpendRollup.objects.bulk_create(
@@ -458,25 +465,8 @@ def _traffic_minutes(first: datetime, end: datetime) -> dict[tuple[datetime, str
         t = rows.get(key)
         if t is None:
             t = rows[key] = TrafficTotals()
-        n = g["n"]
-        t.requests += n
-        setattr(t, g["status"], getattr(t, g["status"]) + n)
-        if g["cached"]:
-            t.cached += n
-        if g["fallback_used"]:
-            t.fallbacks += n
-            reason = g["fallback_reason"] or ""
-            t.fallback_reasons[reason] = t.fallback_reasons.get(reason, 0) + n
+        _group_add(t, g)
         t.retries += g["retries"] or 0
-        t.input_tokens += g["tokens_in"] or 0
-        t.output_tokens += g["tokens_out"] or 0
-        t.cost_usd += g["cost"] or 0
-        t.saved_usd += g["saved"] or 0
-        if g["bucket"] >= 0:
-            t.latency_sum_ms += g["latency"] or 0
-            t.latency_count += n
-            t.latency_buckets[g["bucket"]] += n
-        t.model_choices[g["model_choice"]] = t.model_choices.get(g["model_choice"], 0) + n
     every: dict[tuple[datetime, str], TrafficTotals] = {}
     for (start, _agent), totals in rows.items():
         total = every.get((start, ALL_AGENTS))
