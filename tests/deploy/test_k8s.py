@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -34,10 +35,23 @@ CUSTOM = {
 }
 
 
+@functools.cache
 def kubectl() -> str:
+    """kubectl with a kustomize of v5 or later built in (components, ``labels``)."""
     path = shutil.which("kubectl")
     require_service("kubectl", path is not None, "apt-get install kubectl (kustomize built in)")
     assert path is not None
+    out = subprocess.run(
+        [path, "version", "--client", "-o", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    version = json.loads(out).get("kustomizeVersion", "v0")
+    found = re.match(r"v?(\d+)", version)
+    major = int(found.group(1)) if found else 0
+    require_service("kubectl's kustomize v5+", major >= 5, f"{path} has kustomize {version}")
     return path
 
 
@@ -628,3 +642,62 @@ def test_secret_references_name_the_secret_the_example_generates() -> None:
                 assert ref["name"] == "breakwater-secrets"
                 assert ref["key"] == entry["name"]
                 assert ref["key"] in secret["data"]
+
+
+# --- the PromQL the scalers run ----------------------------------------------------------------------
+
+
+def adapter_rule() -> dict[str, Any]:
+    """The prometheus-adapter rule docs/SCALING.md gives, as the adapter reads it."""
+    text = (ROOT / "docs" / "SCALING.md").read_text()
+    (block,) = re.findall(r"```yaml\n(externalRules:.*?)```", text, re.S)
+    (rule,) = yaml.safe_load(block)["externalRules"]
+    assert isinstance(rule, dict)
+    return rule
+
+
+def test_every_query_the_scalers_run_is_valid_promql(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    require_service("promtool", promtool is not None, "apt-get install prometheus")
+    assert promtool is not None
+    rule = adapter_rule()
+    assert rule["name"]["as"] == "agent_request_latency_seconds_avg"
+    # The adapter fills <<.LabelMatchers>> with the HPA's namespace (and its selector, none here).
+    queries = [
+        rule["seriesQuery"],
+        rule["metricsQuery"].replace("<<.LabelMatchers>>", 'namespace="x"'),
+    ]
+    for scaled in keda_objects("overlays/example-keda", "ScaledObject"):
+        queries += [
+            t["metadata"]["query"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"
+        ]
+    assert len(queries) == 4
+    rules = {
+        "groups": [
+            {
+                "name": "scalers",
+                "rules": [
+                    {"record": f"scaler:query{i}", "expr": query} for i, query in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "scalers.yml"
+    path.write_text(yaml.safe_dump(rules))
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {"name": "bad", "rules": [{"record": "scaler:bad", "expr": "sum(rate(x[2m])"}]}
+                ]
+            }
+        )
+    )
+    refused = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0
