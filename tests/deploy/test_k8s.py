@@ -644,7 +644,7 @@ def test_secret_references_name_the_secret_the_example_generates() -> None:
                 assert ref["key"] in secret["data"]
 
 
-# --- the PromQL the scalers run ----------------------------------------------------------------------
+# --- the PromQL the scalers run, evaluated by promtool on sample series --------------------------
 
 
 def adapter_rule() -> dict[str, Any]:
@@ -656,48 +656,91 @@ def adapter_rule() -> dict[str, Any]:
     return rule
 
 
-def test_every_query_the_scalers_run_is_valid_promql(tmp_path: Path) -> None:
+def keda_queries() -> dict[str, str]:
+    (scaled,) = [
+        o
+        for o in keda_objects("overlays/example-keda", "ScaledObject")
+        if o["metadata"]["name"] == "breakwater-serve"
+    ]
+    return {t["name"]: t["metadata"]["query"] for t in scaled["spec"]["triggers"]}
+
+
+SERVE = 'namespace="breakwater",job="breakwater-serve"'
+# One minute apart: agent a 60 executions a minute taking 2.5 s each, agent b 60 taking 0.5 s;
+# then (from minute 10) no traffic at all.
+TRAFFIC = {
+    f'agent_request_duration_seconds_sum{{{SERVE},agent="a"}}': "0+150x10 1500x10",
+    f'agent_request_duration_seconds_count{{{SERVE},agent="a"}}': "0+60x10 600x10",
+    f'agent_request_duration_seconds_sum{{{SERVE},agent="b"}}': "0+30x10 300x10",
+    f'agent_request_duration_seconds_count{{{SERVE},agent="b"}}': "0+60x10 600x10",
+    # Two serve pods using 0.9 and 0.5 of a core, against a request of 1 core each.
+    'container_cpu_usage_seconds_total{namespace="breakwater",container="serve",pod="p1"}': "0+54x20",
+    'container_cpu_usage_seconds_total{namespace="breakwater",container="serve",pod="p2"}': "0+30x20",
+    'kube_pod_container_resource_requests{namespace="breakwater",container="serve",resource="cpu",pod="p1"}': "1x20",
+    'kube_pod_container_resource_requests{namespace="breakwater",container="serve",resource="cpu",pod="p2"}': "1x20",
+}
+
+
+def promql(tmp_path: Path, cases: list[tuple[str, str, list[tuple[str, float]]]]) -> str:
+    """Run ``promtool test rules`` over TRAFFIC: each case is (query, evaluation time, expected
+    samples as (labels, value)). The empty string when every case holds, else promtool's report."""
     promtool = shutil.which("promtool")
     require_service("promtool", promtool is not None, "apt-get install prometheus")
     assert promtool is not None
-    rule = adapter_rule()
-    assert rule["name"]["as"] == "agent_request_latency_seconds_avg"
-    # The adapter fills <<.LabelMatchers>> with the HPA's namespace (and its selector, none here).
-    queries = [
-        rule["seriesQuery"],
-        rule["metricsQuery"].replace("<<.LabelMatchers>>", 'namespace="x"'),
-    ]
-    for scaled in keda_objects("overlays/example-keda", "ScaledObject"):
-        queries += [
-            t["metadata"]["query"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"
-        ]
-    assert len(queries) == 4
-    rules = {
-        "groups": [
+    tests = {
+        "interval": "1m",
+        "input_series": [
+            {"series": series, "values": values} for series, values in TRAFFIC.items()
+        ],
+        "promql_expr_test": [
             {
-                "name": "scalers",
-                "rules": [
-                    {"record": f"scaler:query{i}", "expr": query} for i, query in enumerate(queries)
-                ],
+                "expr": query,
+                "eval_time": at,
+                "exp_samples": [{"labels": labels, "value": value} for labels, value in samples],
             }
-        ]
+            for query, at, samples in cases
+        ],
     }
-    path = tmp_path / "scalers.yml"
-    path.write_text(yaml.safe_dump(rules))
-    checked = subprocess.run(
-        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    path = tmp_path / "scalers_test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "tests": [tests]}))
+    run = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
     )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "groups": [
-                    {"name": "bad", "rules": [{"record": "scaler:bad", "expr": "sum(rate(x[2m])"}]}
-                ]
-            }
-        )
+    return "" if run.returncode == 0 else run.stdout + run.stderr
+
+
+def test_the_adapter_rule_gives_the_average_latency_weighted_by_request(tmp_path: Path) -> None:
+    rule = adapter_rule()
+    # The adapter fills <<.LabelMatchers>> with the HPA's namespace (the HPA has no selector).
+    query = rule["metricsQuery"].replace("<<.LabelMatchers>>", 'namespace="breakwater"')
+    series = [
+        (f'agent_request_duration_seconds_count{{{SERVE},agent="{agent}"}}', 300.0)
+        for agent in ("a", "b")
+    ]
+    assert not promql(
+        tmp_path,
+        [
+            (query, "5m", [('{namespace="breakwater"}', 1.5)]),  # (2.5 + 0.5) / 2
+            (query, "18m", [('{namespace="breakwater"}', 0.0)]),  # idle: 0, not NaN
+            (rule["seriesQuery"], "5m", series),  # what the adapter discovers
+        ],
     )
-    refused = subprocess.run(
-        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+
+
+def test_the_keda_queries_give_latency_in_seconds_and_cpu_in_percent_of_the_request(
+    tmp_path: Path,
+) -> None:
+    queries = keda_queries()
+    assert not promql(
+        tmp_path,
+        [
+            (queries["latency"], "5m", [("{}", 1.5)]),
+            (queries["latency"], "18m", [("{}", 0.0)]),
+            (queries["cpu"], "5m", [("{}", 70.0)]),  # (0.9 + 0.5) / 2 cores
+        ],
     )
-    assert refused.returncode != 0
+
+
+def test_promtool_reports_a_query_that_gives_another_value(tmp_path: Path) -> None:
+    report = promql(tmp_path, [(keda_queries()["cpu"], "5m", [("{}", 90.0)])])
+    assert "got: {} 7E+01" in report  # promtool prints what the query gave
