@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -442,6 +443,19 @@ def test_the_keda_secrets_the_overlay_references_exist_in_its_secret() -> None:
         for ref in auth["spec"]["secretTargetRef"]:
             assert ref["name"] == "breakwater-secrets"
             assert ref["key"] in secret["data"]
+
+
+def test_keda_watches_the_redis_the_example_processes_use() -> None:
+    objects = render("overlays/example")
+    data = {
+        key: base64.b64decode(value).decode()
+        for key, value in one(objects, "Secret", "breakwater-secrets")["data"].items()
+    }
+    redis_url = urlsplit(data["REDIS_URL"])
+    (trigger,) = one(objects, "ScaledObject", "breakwater-worker")["spec"]["triggers"]
+    assert data["keda-redis-address"] == f"{redis_url.hostname}:{redis_url.port}"
+    assert trigger["metadata"]["databaseIndex"] == (redis_url.path.strip("/") or "0")
+    assert data["keda-redis-password"] == redis_url.password
 
 
 def test_the_service_monitor_scrapes_serve_metrics() -> None:
