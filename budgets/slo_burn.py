@@ -28,8 +28,12 @@ from budgets.slos import (
     slo_list,
 )
 from incidents.models import Incident, IncidentStatus, Severity
-from incidents.services import incident_change, incident_event_add, incident_open
-from incidents.services import incident_resolve_by_key
+from incidents.services import (
+    incident_change,
+    incident_event_add,
+    incident_open,
+    incident_resolve_by_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +77,7 @@ def _rates(sli: Sli, windows: tuple[str, ...]) -> str:
 
 
 def _describe(slo: AgentSlo, sli: Sli, burn: str) -> tuple[str, str]:
-    what = (
-        "availability" if sli.sli == "availability" else f"latency (<= {slo.latency_ms} ms)"
-    )
+    what = "availability" if sli.sli == "availability" else f"latency (<= {slo.latency_ms} ms)"
     if burn == "fast":
         windows, limit = FAST_WINDOWS, FAST_BURN
     else:
@@ -101,9 +103,7 @@ def slo_burn_check(*, now: datetime | None = None) -> list[BurnCheck]:
     module), and publish the SLO objective gauges. Four queries when nothing changes (the
     agents, two rollup aggregates, the open burn incidents)."""
     slos = slo_list(now=now)
-    set_slo_objectives(
-        (s.agent, s.availability, s.latency_ms, s.latency_quantile) for s in slos
-    )
+    set_slo_objectives((s.agent, s.availability, s.latency_ms, s.latency_quantile) for s in slos)
     open_now = {
         key: (pk, severity)
         for key, pk, severity in Incident.objects.filter(kind=KIND)

@@ -143,7 +143,9 @@ def _window_sums(
     return list(rows.values(*group).annotate(**aggregates).order_by())
 
 
-def slo_list(*, agents: frozenset[str] | None = None, now: datetime | None = None) -> list[AgentSlo]:
+def slo_list(
+    *, agents: frozenset[str] | None = None, now: datetime | None = None
+) -> list[AgentSlo]:
     """Every configured agent's SLO (of ``agents`` only, when given), sorted by name: the
     objectives, each SLI over every window, the 30-day error budget remaining, the burn state
     and the budget spent day by day. Three queries."""
@@ -160,8 +162,8 @@ def slo_list(*, agents: frozenset[str] | None = None, now: datetime | None = Non
         return []
     names = [row[0] for row in objectives]
     by_step: dict[int, dict[str, datetime]] = {}
-    for window, (step, points) in SLO_WINDOWS.items():
-        by_step.setdefault(step, {})[window] = _first(step, points, at)
+    for window, (step, count) in SLO_WINDOWS.items():
+        by_step.setdefault(step, {})[window] = _first(step, count, at)
 
     def rows(step: int) -> Any:
         first = min(by_step[step].values())

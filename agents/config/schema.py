@@ -198,9 +198,7 @@ class RateLimitSpec(Spec):
     tpm: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
-Objective = Annotated[
-    float, Field(ge=SLO_OBJECTIVE_MIN, le=SLO_OBJECTIVE_MAX, allow_inf_nan=False)
-]
+Objective = Annotated[float, Field(ge=SLO_OBJECTIVE_MIN, le=SLO_OBJECTIVE_MAX, allow_inf_nan=False)]
 
 
 class SloSpec(Spec):

@@ -123,7 +123,7 @@ def chart_data(slos: list[AgentSlo]) -> dict[str, Any]:
 @role_required("viewer")
 def slos_page(request: HttpRequest) -> HttpResponse:
     slos = slo_list(now=clock())
-    agents = [
+    agents: list[dict[str, Any]] = [
         {
             "name": slo.agent,
             "enabled": slo.enabled,

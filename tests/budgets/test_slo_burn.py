@@ -134,9 +134,7 @@ def _sample(name: str, **labels: str) -> float | None:
 
 
 def test_the_objective_gauges_follow_the_agents_and_drop_deleted_ones() -> None:
-    Agent.objects.create(
-        name="gauged", model="m", slo_availability=0.995, slo_latency_ms=1500
-    )
+    Agent.objects.create(name="gauged", model="m", slo_availability=0.995, slo_latency_ms=1500)
     Agent.objects.create(name="brief", model="m")
     assert slo_gauges_set() == 2
     assert _sample("agent_slo_objective_ratio", agent="gauged", sli="availability") == 0.995

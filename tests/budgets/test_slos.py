@@ -70,8 +70,7 @@ def test_the_slow_count_is_of_valid_executions_over_each_agents_own_threshold() 
 
     minute = datetime.fromtimestamp(int(at.timestamp()) // 60 * 60, UTC)
     slow = {
-        row.agent_name: row.slow
-        for row in TrafficRollup.objects.filter(step_s=60, start=minute)
+        row.agent_name: row.slow for row in TrafficRollup.objects.filter(step_s=60, start=minute)
     }
     assert slow == {"support": 3, "billing": 1, "gone": 1, ALL_AGENTS: 5}
     hour = TrafficRollup.objects.get(step_s=3600, agent_name="support")
@@ -126,7 +125,9 @@ def test_each_window_counts_its_valid_and_good_requests_for_both_slis() -> None:
 
     slo = one()
     availability, latency = slo.slis["availability"], slo.slis["latency"]
-    assert list(availability.windows) == list(SLO_WINDOWS) == ["5m", "30m", "1h", "6h", "24h", "30d"]
+    assert (
+        list(availability.windows) == list(SLO_WINDOWS) == ["5m", "30m", "1h", "6h", "24h", "30d"]
+    )
     valid = {w: s.valid for w, s in availability.windows.items()}
     assert valid == {"5m": 100, "30m": 110, "1h": 110, "6h": 160, "24h": 200, "30d": 305}
     good = {w: s.good for w, s in availability.windows.items()}
