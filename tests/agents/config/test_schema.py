@@ -93,7 +93,7 @@ def test_defaults_fill_what_an_agent_leaves_out() -> None:
     assert agent.fallback_models == []
     assert agent.daily_budget_usd is None
     assert agent.enabled
-    # CONTRACT v2: 99.9% available, 95% of requests within 2 s
+    # docs/INTERFACES.md §2: 99.9% available, 95% of requests within 2 s
     assert agent.slo.model_dump() == {
         "availability": 0.999,
         "latency_ms": 2000,
