@@ -5,7 +5,14 @@
 (function () {
   const COLOURS = ["#1f6feb", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7ea4", "#57606a"];
   const pct = (v) => (v === null || v === undefined ? "\u2013" : (v * 100).toFixed(1) + "%");
-  const tick = (u, values) => values.map((v) => (v === null ? "" : Math.round(v * 100) + "%"));
+  // Axis ticks: short, so they fit the axis (50%, -250%, -6.9k%).
+  function compactPct(v) {
+    const p = v * 100;
+    const a = Math.abs(p);
+    if (a >= 1000) return (p / 1000).toFixed(a >= 10000 ? 0 : 1).replace(/\.0$/, "") + "k%";
+    return Math.round(p) + "%";
+  }
+  const tick = (u, values) => values.map((v) => (v === null ? "" : compactPct(v)));
   let plots = [];
 
   function draw() {
@@ -32,7 +39,7 @@
           width: Math.max(200, box.clientWidth),
           height: 200,
           series: series,
-          axes: [{}, { values: tick, size: 56 }],
+          axes: [{}, { values: tick, size: 64 }],
           scales: {
             y: {
               range: (u, min, max) => [Math.min(0, min === null ? 0 : min), Math.max(1, max === null ? 1 : max)],
