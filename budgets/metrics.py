@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import Gauge
+from prometheus_client.core import GaugeMetricFamily
 
 BUDGET_FORECAST = Gauge(
     "agent_budget_forecast_dollars",
@@ -64,3 +65,23 @@ def set_slo_objectives(objectives: Iterable[tuple[str, float, int, float]]) -> N
             SLO_LATENCY_THRESHOLD.remove(agent)
     _slo_published.clear()
     _slo_published.update(seen)
+
+
+def slo_objective_families(
+    objectives: Iterable[tuple[str, float, int, float]],
+) -> list[GaugeMetricFamily]:
+    """The two SLO gauges as metric families from ``(agent, availability, latency_ms,
+    latency_quantile)`` rows (``budgets.slos.slo_objectives()``, one query): for a scrape-time
+    collector, which shows exactly the agents that exist at each scrape in every process
+    (``set_slo_objectives`` cannot remove another process's series in multiprocess mode)."""
+    ratio = GaugeMetricFamily(
+        SLO_OBJECTIVE._name, SLO_OBJECTIVE._documentation, labels=["agent", "sli"]
+    )
+    threshold = GaugeMetricFamily(
+        SLO_LATENCY_THRESHOLD._name, SLO_LATENCY_THRESHOLD._documentation, labels=["agent"]
+    )
+    for agent, availability, latency_ms, quantile in objectives:
+        ratio.add_metric([agent, "availability"], availability)
+        ratio.add_metric([agent, "latency"], quantile)
+        threshold.add_metric([agent], latency_ms / 1000)
+    return [ratio, threshold]

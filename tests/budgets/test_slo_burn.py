@@ -156,3 +156,23 @@ def test_the_burn_task_runs_the_service_and_is_scheduled_every_minute(support: A
     assert task() == 0
     job = next(job for job in JOBS if job.name == "slo-burn-check")
     assert (job.task, job.every_s) == ("budgets.tasks.slo_burn_check", 60)
+
+
+def test_the_objective_families_for_a_scrape_time_collector_name_each_agent() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from budgets.metrics import slo_objective_families
+    from budgets.slos import slo_objectives
+
+    Agent.objects.create(name="scraped", model="m", slo_latency_ms=750)
+
+    class Collector:
+        def collect(self) -> Any:
+            return slo_objective_families(slo_objectives())
+
+    registry = CollectorRegistry()
+    registry.register(Collector())
+    text = generate_latest(registry).decode()
+    assert 'agent_slo_objective_ratio{agent="scraped",sli="availability"} 0.999' in text
+    assert 'agent_slo_objective_ratio{agent="scraped",sli="latency"} 0.95' in text
+    assert 'agent_slo_latency_threshold_seconds{agent="scraped"} 0.75' in text
