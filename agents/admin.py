@@ -353,6 +353,9 @@ class AgentForm(ServiceForm):
             "cache_ttl_s",
             "tools",
             "fallback_messages",
+            "slo_availability",
+            "slo_latency_ms",
+            "slo_latency_quantile",
             "enabled",
         ]
 

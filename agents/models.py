@@ -27,6 +27,16 @@ PRICE_MAX = Decimal("100000")  # $100k per 1M tokens
 # No provider call (connect, TLS, a first token) fits in less: a smaller attempt timeout is a
 # typo, and would turn every attempt into a timeout.
 ATTEMPT_TIMEOUT_MIN_S = 0.1
+# An agent's SLO (config `slo:`): the defaults are the reference deployment's non-negotiables
+# (99.9% available, p95 under 2 s). An objective is a share strictly between 0 and 1: below
+# one half it is no objective, and above 0.99999 the 30-day error budget is under a request in
+# 100,000 (26 s of a 30-day month), finer than the rollups' minute buckets resolve.
+SLO_DEFAULT_AVAILABILITY = 0.999
+SLO_DEFAULT_LATENCY_MS = 2000
+SLO_DEFAULT_LATENCY_QUANTILE = 0.95
+SLO_OBJECTIVE_MIN = 0.5
+SLO_OBJECTIVE_MAX = 0.99999
+SLO_LATENCY_MS_MAX = 3_600_000  # an execution's deadline is at most an hour
 
 
 class ProviderKind(models.TextChoices):
@@ -174,6 +184,11 @@ class Agent(models.Model):
     tools = models.JSONField(default=list, blank=True)
     fallback_messages = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
+    # The agent's SLO (config `slo:`; docs/OPERATIONS.md, "SLOs"): the share of valid requests
+    # answered by a model, and the share answered within slo_latency_ms.
+    slo_availability = models.FloatField(default=SLO_DEFAULT_AVAILABILITY)
+    slo_latency_ms = models.PositiveIntegerField(default=SLO_DEFAULT_LATENCY_MS)
+    slo_latency_quantile = models.FloatField(default=SLO_DEFAULT_LATENCY_QUANTILE)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -181,6 +196,17 @@ class Agent(models.Model):
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(condition=Q(name__regex=SLUG_RE), name="agent_name_slug"),
+            models.CheckConstraint(
+                condition=Q(
+                    slo_availability__gte=SLO_OBJECTIVE_MIN,
+                    slo_availability__lte=SLO_OBJECTIVE_MAX,
+                    slo_latency_quantile__gte=SLO_OBJECTIVE_MIN,
+                    slo_latency_quantile__lte=SLO_OBJECTIVE_MAX,
+                    slo_latency_ms__gte=1,
+                    slo_latency_ms__lte=SLO_LATENCY_MS_MAX,
+                ),
+                name="agent_slo_range",
+            ),
             models.CheckConstraint(condition=~Q(model=""), name="agent_model_required"),
             # Upper bounds also reject NaN and infinity (PostgreSQL sorts NaN above every number).
             models.CheckConstraint(

@@ -122,6 +122,11 @@ def agent_spec_dict(agent: Agent, daily_budget_usd: Decimal | None) -> dict[str,
         "daily_budget_usd": daily_budget_usd,
         "tools": [dict(tool) for tool in agent.tools],
         "fallback_messages": dict(agent.fallback_messages),
+        "slo": {
+            "availability": agent.slo_availability,
+            "latency_ms": agent.slo_latency_ms,
+            "latency_quantile": agent.slo_latency_quantile,
+        },
         "enabled": agent.enabled,
     }
 

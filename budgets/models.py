@@ -298,6 +298,9 @@ class TrafficRollup(models.Model):
     latency_sum_ms = models.BigIntegerField(default=0)
     latency_count = models.PositiveIntegerField(default=0)
     latency_buckets = models.JSONField(default=list)  # as SpendRollup.latency_buckets
+    # Valid executions (succeeded, degraded, failed) slower than their agent's slo.latency_ms
+    # at the time the minute row was computed: the latency SLI's bad events (budgets.slos).
+    slow = models.PositiveIntegerField(default=0)
     p50_ms = models.FloatField(null=True, blank=True)  # of latency_buckets (None: no latency)
     p95_ms = models.FloatField(null=True, blank=True)
     model_choices = models.JSONField(default=dict)  # {"standard": n, "cheap:simple": m, ...}

@@ -73,6 +73,7 @@ TRAFFIC_FIELDS = (
     "latency_count",
     "latency_buckets",
     "model_choices",
+    "slow",
 )
 _COUNTS = (
     "requests",
@@ -87,6 +88,7 @@ _COUNTS = (
     "output_tokens",
     "latency_sum_ms",
     "latency_count",
+    "slow",
 )
 
 
@@ -123,6 +125,7 @@ class TrafficTotals:
     output_tokens: int = 0
     latency_sum_ms: int = 0
     latency_count: int = 0
+    slow: int = 0
     cost_usd: Decimal = Decimal(0)
     saved_usd: Decimal = Decimal(0)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * _SIZE)

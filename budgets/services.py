@@ -17,12 +17,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Count, F, IntegerField, Min, Sum, Value, When
+from django.db.models import Case, Count, F, IntegerField, Min, Q, Sum, Value, When
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from agents.metrics import set_budget_remaining
-from agents.models import MONEY_MAX, Execution
+from agents.models import MONEY_MAX, SLO_DEFAULT_LATENCY_MS, Agent, Execution
 from agents.runtime.budgets import window_bounds
 from budgets.metrics import set_budget_forecast
 from budgets.models import (
@@ -217,6 +217,7 @@ def budgets_observe(
 # --- rollups ---------------------------------------------------------------------------------
 
 FINISHED_STATUSES = ("succeeded", "degraded", "failed", "cancelled")
+SLI_VALID_STATUSES = ("succeeded", "degraded", "failed")  # what an SLI counts (budgets.slos)
 _ROLLUP_VALUES = (
     "requests",
     "succeeded",
@@ -381,6 +382,7 @@ _TRAFFIC_VALUES = (
     "latency_count",
     "latency_buckets",
     "model_choices",
+    "slow",
     "updated_at",
 )
 
@@ -422,9 +424,30 @@ def _traffic_replace(
         TrafficRollup.objects.filter(pk__in=stale).delete()
 
 
+def _slow() -> Sum:
+    """The count of a group's valid executions (succeeded, degraded, failed) slower than their
+    agent's ``slo_latency_ms``: the latency SLI's bad events. One query reads the thresholds
+    that differ from the default; an agent that no longer exists has the default."""
+    thresholds = dict(
+        Agent.objects.exclude(slo_latency_ms=SLO_DEFAULT_LATENCY_MS).values_list(
+            "name", "slo_latency_ms"
+        )
+    )
+    whens = [
+        When(Q(agent_name=name) & Q(latency_ms__gt=ms), then=Value(1))
+        for name, ms in sorted(thresholds.items())
+    ]
+    whens += [When(agent_name=name, then=Value(0)) for name in sorted(thresholds)]
+    whens.append(When(latency_ms__gt=SLO_DEFAULT_LATENCY_MS, then=Value(1)))
+    valid = Q(status__in=SLI_VALID_STATUSES)
+    return Sum(Case(*whens, default=Value(0), output_field=IntegerField()), filter=valid)
+
+
 def _traffic_minutes(first: datetime, end: datetime) -> dict[tuple[datetime, str], TrafficTotals]:
     """Minute rows of the finished executions created in ``[first, end)``, each agent's and the
-    every-agent (``ALL_AGENTS``) ones: one grouped query."""
+    every-agent (``ALL_AGENTS``) ones: one grouped query (and one for the agents' latency
+    thresholds, ``_slow``)."""
+    slow = _slow()
     groups = (
         Execution.objects.filter(
             created_at__gte=first, created_at__lt=end, status__in=FINISHED_STATUSES
@@ -456,6 +479,7 @@ def _traffic_minutes(first: datetime, end: datetime) -> dict[tuple[datetime, str
             cost=Sum("cost_usd"),
             saved=Sum("saved_usd"),
             latency=Sum("latency_ms"),
+            slow=slow,
         )
         .order_by()
     )
@@ -467,6 +491,7 @@ def _traffic_minutes(first: datetime, end: datetime) -> dict[tuple[datetime, str
             t = rows[key] = TrafficTotals()
         _group_add(t, g)
         t.retries += g["retries"] or 0
+        t.slow += g["slow"] or 0
     every: dict[tuple[datetime, str], TrafficTotals] = {}
     for (start, _agent), totals in rows.items():
         total = every.get((start, ALL_AGENTS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from agents.backends import on_state_sync
-from budgets import services
+from budgets import services, slo_burn
 from budgets.windows import budget_windows_rebuild
 
 
@@ -43,3 +43,9 @@ def budgets_observe() -> int:
 def budget_windows_prepare() -> int:
     """Budget windows written (next windows ahead of time, any the shared state lost)."""
     return len(on_state_sync(lambda state: budget_windows_rebuild(store=state)))
+
+
+@shared_task(name="budgets.tasks.slo_burn_check", acks_late=True, time_limit=60)
+def slo_burn_check() -> int:
+    """SLIs of every agent with an SLO burn incident open after this run."""
+    return sum(c.action in ("opened", "open", "escalated") for c in slo_burn.slo_burn_check())

@@ -139,6 +139,7 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 def _mount() -> None:
     from agents.api import routers as agents_routers
     from budgets.api import router as budgets_router
+    from budgets.slo_api import router as slos_router
     from console.audit_api import router as audit_router
     from incidents.api import router as incidents_router
 
@@ -147,6 +148,7 @@ def _mount() -> None:
     api.add_router("/", budgets_router)
     api.add_router("/", incidents_router)
     api.add_router("/", audit_router)
+    api.add_router("/", slos_router)
 
 
 _mount()

@@ -30,6 +30,8 @@ JOBS: tuple[Job, ...] = (
     Job("budgets-reconcile", "budgets.tasks.budgets_reconcile", every_s=300),
     Job("cost-spike-detect", "budgets.tasks.cost_spike_detect", every_s=60),
     Job("budgets-observe", "budgets.tasks.budgets_observe", every_s=15),
+    # SLO burn-rate incidents and the SLO objective gauges (budgets/slo_burn.py).
+    Job("slo-burn-check", "budgets.tasks.slo_burn_check", every_s=60),
 )
 
 

@@ -305,6 +305,7 @@ ROWS = [
     _row("pause budget", "PATCH", "/api/v1/budgets/{helper-budget}", (OK, OK, DENIED, DENIED, HIDDEN, N), {"paused": False}),
     _row("raise budget", "POST", "/api/v1/budgets/{helper-budget}/raise", (OK, OK, DENIED, DENIED, HIDDEN, N), {"amount_usd": 1.0, "reason": "drill"}),
     _row("stats", "GET", "/api/v1/stats/agents?window=24h", (OK, OK, OK, DENIED, OK, N)),
+    _row("slos", "GET", "/api/v1/slos", (OK, OK, OK, DENIED, OK, N)),
     _row("incidents", "GET", "/api/v1/incidents", (OK, OK, OK, DENIED, OK, N)),
     # The outsider cannot name an agent it may not see: "unknown agent", like any unknown name.
     _row("declare incident", "POST", "/api/v1/incidents", (CREATED, CREATED, DENIED, DENIED, INVALID, N), {"title": "x", "agent": "helper"}),

@@ -285,6 +285,9 @@ def agent_values(spec: AgentSpec) -> dict[str, Any]:
         "cache_ttl_s": spec.cache_ttl_s,
         "tools": [tool.model_dump(mode="json") for tool in spec.tools],
         "fallback_messages": dict(spec.fallback_messages),
+        "slo_availability": spec.slo.availability,
+        "slo_latency_ms": spec.slo.latency_ms,
+        "slo_latency_quantile": spec.slo.latency_quantile,
         "enabled": spec.enabled,
     }
 

@@ -28,6 +28,12 @@ from agents.models import (
     MODEL_NAME_RE,
     MONEY_MAX,
     PRICE_MAX,
+    SLO_DEFAULT_AVAILABILITY,
+    SLO_DEFAULT_LATENCY_MS,
+    SLO_DEFAULT_LATENCY_QUANTILE,
+    SLO_LATENCY_MS_MAX,
+    SLO_OBJECTIVE_MAX,
+    SLO_OBJECTIVE_MIN,
     SLUG_RE,
 )
 from agents.runtime.addresses import provider_host_refusal
@@ -192,6 +198,19 @@ class RateLimitSpec(Spec):
     tpm: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
+Objective = Annotated[float, Field(ge=SLO_OBJECTIVE_MIN, le=SLO_OBJECTIVE_MAX, allow_inf_nan=False)]
+
+
+class SloSpec(Spec):
+    """The agent's service level objectives (docs/OPERATIONS.md, "SLOs"): ``availability`` of
+    the valid requests are answered by a model (the primary, a fallback model or the cache), and
+    ``latency_quantile`` of them within ``latency_ms``. Both over 30 days."""
+
+    availability: Objective = SLO_DEFAULT_AVAILABILITY
+    latency_ms: int = Field(default=SLO_DEFAULT_LATENCY_MS, ge=1, le=SLO_LATENCY_MS_MAX)
+    latency_quantile: Objective = SLO_DEFAULT_LATENCY_QUANTILE
+
+
 class ToolSpec(Spec):
     """A tool the agent may call: an allow-listed Python callable or an HTTP webhook."""
 
@@ -248,6 +267,7 @@ class AgentSpec(Spec):
     fallback_messages: dict[
         str, Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     ] = Field(default_factory=dict)
+    slo: SloSpec = Field(default_factory=SloSpec)
     enabled: bool = True
 
     @field_validator("fallback_messages")

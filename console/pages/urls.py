@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from console.pages import agents, audit, budgets, executions, incidents, keys, overview
+from console.pages import agents, audit, budgets, executions, incidents, keys, overview, slos
 
 urlpatterns = [
     path("", overview.overview, name="overview"),
@@ -46,6 +46,7 @@ urlpatterns = [
         incidents.incident_postmortem,
         name="incident_postmortem",
     ),
+    path("slos/", slos.slos_page, name="slos"),
     path("keys/", keys.key_list, name="keys"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
     path("audit/", audit.audit_list, name="audit"),

@@ -293,6 +293,9 @@ def _agent_form(**overrides: Any) -> dict[str, Any]:
         "cache_ttl_s": "0",
         "tools": "[]",
         "fallback_messages": "{}",
+        "slo_availability": "0.999",
+        "slo_latency_ms": "2000",
+        "slo_latency_quantile": "0.95",
         "enabled": "on",
         "daily_budget_usd": "",
     }
@@ -314,6 +317,8 @@ def _form_errors(response: Any) -> dict[str, list[str]]:
         ("timeout_s", "0.01", "timeout_s: must be >= 0.1"),
         ("breaker_failure_rate", "0.0001", "breaker.failure_rate_threshold: must be >= 0.001"),
         ("fallback_messages", '{"nonsense": "x"}', "fallback_messages"),
+        ("slo_availability", "1", "slo.availability: must be <= 0.99999"),
+        ("slo_latency_quantile", "0.3", "slo.latency_quantile: must be >= 0.5"),
     ],
 )
 def test_adding_an_agent_the_service_refuses_names_the_field_and_writes_nothing(

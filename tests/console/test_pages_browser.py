@@ -26,6 +26,7 @@ CONSOLE = [
     "/executions/",
     "/budgets/",
     "/incidents/",
+    "/slos/",
     "/keys/",
     "/audit/",
 ]

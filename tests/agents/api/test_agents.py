@@ -324,6 +324,57 @@ async def test_an_attempt_timeout_outside_the_deadline_or_too_small_is_refused(
     assert unchanged.attempt_timeout_s is None
 
 
+async def test_an_agents_slo_reads_back_with_its_defaults_and_a_patch_merges_into_it(
+    keys: dict[str, str],
+) -> None:
+    body = (await call("GET", "/api/v1/agents/helper", keys["read"])).json()
+    assert body["slo"] == {"availability": 0.999, "latency_ms": 2000, "latency_quantile": 0.95}
+    patch = {"slo": {"latency_ms": 800}}
+    changed = await call("PATCH", "/api/v1/agents/helper", keys["admin"], patch)
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["slo"] == {
+        "availability": 0.999,
+        "latency_ms": 800,
+        "latency_quantile": 0.95,
+    }
+    stored = await sync_to_async(Agent.objects.get)(name="helper")
+    assert (stored.slo_availability, stored.slo_latency_ms, stored.slo_latency_quantile) == (
+        0.999,
+        800,
+        0.95,
+    )
+    assert (await sync_to_async(_exported_agent)("helper"))["slo"]["latency_ms"] == 800
+    (audited,) = await _audit("agent_update")
+    assert audited.before == {"slo_latency_ms": 2000}
+    assert audited.after == {"slo_latency_ms": 800}
+    restored = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"slo": None})
+    assert restored.json()["slo"]["latency_ms"] == 2000
+
+
+async def test_an_agent_created_with_an_slo_keeps_it_and_a_bad_one_is_named(
+    keys: dict[str, str],
+) -> None:
+    slo = {"availability": 0.99, "latency_ms": 5000, "latency_quantile": 0.9}
+    created = await call(
+        "POST", "/api/v1/agents", keys["admin"], {"name": "batch", "model": "m", "slo": slo}
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["slo"] == slo
+    refused = await call(
+        "POST",
+        "/api/v1/agents",
+        keys["admin"],
+        {"name": "nines", "model": "m", "slo": {"availability": 1.0, "latency_ms": -1}},
+    )
+    assert _error(refused, 422, "validation_error") == (
+        "slo.availability: must be <= 0.99999; slo.latency_ms: must be >= 1"
+    )
+    patched = await call(
+        "PATCH", "/api/v1/agents/helper", keys["admin"], {"slo": {"latency_quantile": 0.1}}
+    )
+    assert _error(patched, 422, "validation_error") == "slo.latency_quantile: must be >= 0.5"
+
+
 async def test_a_patch_that_changes_nothing_writes_nothing(keys: dict[str, str]) -> None:
     response = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"model": "m"})
     assert response.status_code == 200

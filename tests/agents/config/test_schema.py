@@ -93,6 +93,12 @@ def test_defaults_fill_what_an_agent_leaves_out() -> None:
     assert agent.fallback_models == []
     assert agent.daily_budget_usd is None
     assert agent.enabled
+    # docs/INTERFACES.md §2: 99.9% available, 95% of requests within 2 s
+    assert agent.slo.model_dump() == {
+        "availability": 0.999,
+        "latency_ms": 2000,
+        "latency_quantile": 0.95,
+    }
 
 
 MUTATIONS: list[tuple[str, Any, str]] = [
@@ -108,6 +114,18 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ("agents[0].max_retries", 1.5, "agents[0].max_retries: must be an integer"),
     ("agents[0].max_tokens", 0, "agents[0].max_tokens: must be >= 1"),
     ("agents[0].cache_ttl_s", -1, "agents[0].cache_ttl_s: must be >= 0"),
+    ("agents[0].slo.availability", 1, "agents[0].slo.availability: must be <= 0.99999"),
+    ("agents[0].slo.availability", 0, "agents[0].slo.availability: must be >= 0.5"),
+    ("agents[0].slo.availability", 99.9, "agents[0].slo.availability: must be <= 0.99999"),
+    ("agents[0].slo.availability", float("nan"), "agents[0].slo.availability: must be a finite number"),
+    ("agents[0].slo.availability", "0.999", "agents[0].slo.availability: must be a number"),
+    ("agents[0].slo.latency_ms", 0, "agents[0].slo.latency_ms: must be >= 1"),
+    ("agents[0].slo.latency_ms", 3_600_001, "agents[0].slo.latency_ms: must be <= 3600000"),
+    ("agents[0].slo.latency_ms", 1500.5, "agents[0].slo.latency_ms: must be an integer"),
+    ("agents[0].slo.latency_quantile", 1.0, "agents[0].slo.latency_quantile: must be <= 0.99999"),
+    ("agents[0].slo.latency_quantile", 0.2, "agents[0].slo.latency_quantile: must be >= 0.5"),
+    ("agents[0].slo.p99_ms", 100, "agents[0].slo.p99_ms: unknown field"),
+    ("agents[0].slo", 0.999, "agents[0].slo: must be a mapping"),
     ("agents[0].rate_limit.rpm", 0, "agents[0].rate_limit.rpm: must be >= 1"),
     # A PositiveIntegerField is 32-bit on PostgreSQL: the schema must stop what the column would.
     ("agents[0].rate_limit.tpm", INT32_MAX + 1, f"agents[0].rate_limit.tpm: must be <= {INT32_MAX}"),
