@@ -148,6 +148,14 @@ def query(url: str, promql: str) -> list[float]:
     return [float(sample["value"][1]) for sample in result]
 
 
+def by_label(url: str, promql: str, label: str) -> dict[str, float]:
+    """An instant query's values by one of their labels."""
+    address = url + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(address, timeout=5) as response:
+        result = json.loads(response.read())["data"]["result"]
+    return {sample["metric"][label]: float(sample["value"][1]) for sample in result}
+
+
 def routed_to(url: str, alertname: str) -> set[str]:
     """The receivers Alertmanager routes its active alert ``alertname`` to."""
     with urllib.request.urlopen(url + "/api/v2/alerts", timeout=5) as response:
@@ -267,6 +275,12 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
         "severity": "critical",
     }
     assert notified["annotations"]["runbook_url"] == "docs/OPERATIONS.md#agentcircuitbreakeropen"
+    # The outage goes on (the breaker refuses, or a probe fails): bad for availability. These
+    # also make the error counters move after their series first appeared (on main a status's
+    # series only exists from its first execution, and a counter's first value is no increase
+    # to rate()).
+    for _ in range(3):
+        assert live.execute("outage", "still down?")["status"] in {"failed", "degraded"}
     # Alertmanager routes it to Breakwater's receiver too (delivered once the receiver exists).
     assert routed_to(alertmanager, "AgentCircuitBreakerOpen") == {"breakwater", "oncall"}
     # TODO(lead, once the "incidents" helper's POST /api/v1/alerts/alertmanager is on main):
@@ -292,3 +306,15 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
         "the resolved alert at the on-call webhook",
     )
     # TODO(lead, with the receiver): assert that the incident above is resolved.
+
+    # The recording rules read the live series: the outage's failures are availability errors,
+    # no execution was slower than 2 s, and the objectives are the defaults.
+    def ratios() -> dict[str, float]:
+        return by_label(prometheus, 'agent:slo_error_ratio:rate5m{agent="outage"}', "sli")
+
+    eventually(lambda: ratios().get("availability", 0) > 0, "an availability error ratio")
+    assert ratios()["latency"] == 0
+    assert by_label(prometheus, 'agent:slo_objective:ratio{agent="outage"}', "sli") == {
+        "availability": 0.999,
+        "latency": 0.95,
+    }
