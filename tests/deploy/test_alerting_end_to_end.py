@@ -3,7 +3,8 @@ scrapes a live ``serve`` with the shipped rules (a copy with short ``for:``), De
 Alertmanager routes with the shipped routing tree to Breakwater's receiver and to a webhook
 listener of the test's own. An outage of the agent's only upstream (fakellm answering 503) opens
 its breaker: the breaker alert fires in Prometheus and reaches the webhook; the upstream comes
-back, the breaker closes, and both see it resolved.
+back, the breaker closes, and both see it resolved. (The incident that Breakwater's receiver
+opens and resolves is asserted once that receiver is on main: see the TODO.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.prometheus import ALERTMANAGER_CONFIG, binary, short_for_copy
+from tests.deploy.prometheus import ALERTMANAGER_CONFIG, PROMETHEUS_DIR, binary, short_for_copy
 from tests.deploy.stack import Breakwater, breakwater, fakellm, set_faults
 from tests.live import free_port, wait_http
 
@@ -114,6 +115,20 @@ def running(command: list[str], ready_url: str, log: Path) -> Iterator[None]:
             process.wait(timeout=10)
 
 
+def prometheus_config_for(rules: list[Path], target: str, alertmanager: str) -> dict[str, Any]:
+    """The shipped example configuration, scraping and evaluating every second, with the
+    test's rule copies, target and Alertmanager."""
+    config: dict[str, Any] = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(path) for path in rules]
+    (manager,) = config["alerting"]["alertmanagers"]
+    manager["static_configs"] = [{"targets": [alertmanager]}]
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "breakwater"
+    job["static_configs"] = [{"targets": [target]}]
+    return config
+
+
 def alertmanager_config(live: Breakwater, hook: Webhook, key_file: Path) -> dict[str, Any]:
     """The shipped routing tree and receivers, pointed at this test's Breakwater and webhook
     listener, with waits of a second."""
@@ -168,6 +183,21 @@ def routed_to(url: str, alertname: str) -> set[str]:
     }
 
 
+def alert_incident(live: Breakwater) -> dict[str, Any] | None:
+    """The incident Breakwater's receiver opened for the agent breaker alert, if any.
+    (Used by the test once the receiver is on main: see its TODO.)"""
+    status, body = live.call("GET", "/api/v1/incidents?kind=alert")
+    assert status == 200, body
+    found = [
+        item
+        for item in body["items"]
+        if item["kind"] == "alert"
+        and item["title"] == "The circuit breaker of agent outage is open"
+    ]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
 def eventually(check: Callable[[], bool], what: str, deadline_s: float = 30.0) -> None:
     end = time.monotonic() + deadline_s
     while not check():
@@ -182,8 +212,7 @@ Stack = tuple[Breakwater, str, str, str, Webhook]
 @pytest.fixture
 def outage_stack(tmp_path: Path) -> Iterator[Stack]:
     """fakellm, a live serve on it, a webhook listener, Alertmanager and Prometheus:
-    ``(breakwater, upstream, prometheus, alertmanager, webhook)`` (the last four as URLs but
-    the webhook)."""
+    ``(breakwater, fakellm URL, Prometheus URL, Alertmanager URL, webhook listener)``."""
     prometheus_bin = binary("prometheus")
     alertmanager_bin = binary("prometheus-alertmanager")
     with contextlib.ExitStack() as stack:
@@ -212,16 +241,7 @@ def outage_stack(tmp_path: Path) -> Iterator[Stack]:
 
         rules = short_for_copy(tmp_path / "rules", "2s")
         host_port = live.url.removeprefix("http://")
-        prometheus_config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(path) for path in rules],
-            "alerting": {
-                "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
-            },
-            "scrape_configs": [
-                {"job_name": "breakwater", "static_configs": [{"targets": [host_port]}]}
-            ],
-        }
+        prometheus_config = prometheus_config_for(rules, host_port, f"127.0.0.1:{am_port}")
         config_file = tmp_path / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(prometheus_config))
         prom_port = free_port()
@@ -283,9 +303,17 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
         assert live.execute("outage", "still down?")["status"] in {"failed", "degraded"}
     # Alertmanager routes it to Breakwater's receiver too (delivered once the receiver exists).
     assert routed_to(alertmanager, "AgentCircuitBreakerOpen") == {"breakwater", "oncall"}
-    # TODO(lead, once the "incidents" helper's POST /api/v1/alerts/alertmanager is on main):
-    # assert that the alert opened an incident: GET /api/v1/incidents lists an open incident of
-    # kind "alert", dedup key f"alertmanager:AgentCircuitBreakerOpen:{notified['fingerprint']}".
+    # TODO(lead): once the "incidents" helper's receiver (POST /api/v1/alerts/alertmanager) is on
+    # main, uncomment this block and the one below (run with h/incidents c9962f5 merged: passes,
+    # 21 s in all), and delete this comment and alert_incident's note:
+    # eventually(lambda: alert_incident(live) is not None, "an incident opened by the alert")
+    # incident = alert_incident(live)
+    # assert incident is not None
+    # assert (incident["severity"], incident["agent"], incident["status"]) == (
+    #     "critical",
+    #     "outage",
+    #     "open",
+    # )
 
     # The outage ends: after the recovery time (1 s) a probe succeeds and the breaker closes.
     set_faults(upstream, error_rate=0)
@@ -305,7 +333,11 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
         lambda: ("AgentCircuitBreakerOpen", "resolved") in hook.alerts("/oncall"),
         "the resolved alert at the on-call webhook",
     )
-    # TODO(lead, with the receiver): assert that the incident above is resolved.
+    # TODO(lead): uncomment with the block above.
+    # eventually(
+    #     lambda: (alert_incident(live) or {}).get("status") == "resolved",
+    #     "the alert's incident resolved",
+    # )
 
     # The recording rules read the live series: the outage's failures are availability errors,
     # no execution was slower than 2 s, and the objectives are the defaults.
