@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,6 +51,21 @@ def manage(
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1: any, or one in ``BREAKWATER_TEST_PORTS`` (``LOW-HIGH``)
+    when that is set, for a machine where each test run keeps to its own range."""
+    span = os.environ.get("BREAKWATER_TEST_PORTS", "")
+    if span:
+        low, _, high = span.partition("-")
+        candidates = list(range(int(low), int(high) + 1))
+        random.shuffle(candidates)
+        for port in candidates:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        raise AssertionError(f"BREAKWATER_TEST_PORTS={span}: no free port")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
