@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from django.urls import path
 
-from console.pages import agents, audit, budgets, executions, incidents, keys, overview
+from console.pages import (
+    agents,
+    audit,
+    budgets,
+    executions,
+    incidents,
+    keys,
+    notifications,
+    overview,
+)
 
 urlpatterns = [
     path("", overview.overview, name="overview"),
@@ -49,4 +58,15 @@ urlpatterns = [
     path("keys/", keys.key_list, name="keys"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
     path("audit/", audit.audit_list, name="audit"),
+    path("notifications/", notifications.notifications_page, name="notifications"),
+    path(
+        "notifications/<str:name>/test/",
+        notifications.notification_send_test,
+        name="notification_test",
+    ),
+    path(
+        "notifications/deliveries/<uuid:delivery_id>/",
+        notifications.notification_delivery,
+        name="notification_delivery",
+    ),
 ]
