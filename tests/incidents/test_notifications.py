@@ -6,6 +6,8 @@ backoff (here 50 ms, 100 ms, ...)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -110,7 +112,12 @@ def test_a_webhook_failing_three_times_gets_the_message_on_the_fourth_attempt_on
             body=request.body,
             header=request.headers[SIGNATURE_HEADER],
         )
-    body = json.loads(hook.accepted[0].body)
+    # The recipe of docs/OPERATIONS.md, computed here by hand.
+    accepted = hook.accepted[0]
+    material = accepted.headers[TIMESTAMP_HEADER].encode() + b"." + accepted.body
+    expected = hmac.new(SECRET.encode(), material, hashlib.sha256).hexdigest()
+    assert accepted.headers[SIGNATURE_HEADER] == f"sha256={expected}"
+    body = json.loads(accepted.body)
     assert body["delivery_id"] == str(delivery.pk)
     assert body["event"] == "opened"
     assert body["incident"] == {
@@ -218,7 +225,9 @@ def test_an_email_refused_three_times_by_smtp_is_delivered_on_the_fourth_attempt
     assert message["Subject"].replace("\r\n", "") == (  # unfolded
         f"[Breakwater] [CRITICAL] opened: Circuit breaker open: agent support (#{incident.pk})"
     )
-    text = message.get_payload(decode=True).decode()
+    payload = message.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    text = payload.decode()
     assert f"https://breakwater.example.com/incidents/{incident.pk}/" in text
 
 
@@ -250,6 +259,24 @@ def test_a_send_test_reaches_the_channel(deliveries: None) -> None:
     assert body["incident"] is None
     assert body["delivery_id"] == str(delivery.pk)
     assert "user:alice" in body["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_hands_over_a_delivery_whose_hand_off_was_lost(deliveries: None) -> None:
+    with http_receiver([200]) as hook:
+        channel = NotificationChannel.objects.create(name="ops-hook", kind="webhook", url=hook.url)
+        # Recorded, never handed to a worker (its process stopped right after the commit).
+        lost = NotificationDelivery.objects.create(
+            channel=channel,
+            channel_name="ops-hook",
+            event="test",
+            payload={"event": "test", "incident": None, "timeline": [], "message": "m"},
+            next_attempt_at=timezone.now() - timedelta(minutes=1),
+        )
+        assert notifications.notifications_sweep() == 1
+        wait_until(lambda: _finished("ops-hook"))
+    assert [r.headers[DELIVERY_HEADER] for r in hook.requests] == [str(lost.pk)]
+    assert notifications.notifications_sweep() == 0  # sent: nothing left to hand over
 
 
 # --- which events are announced, and how often -------------------------------------------------
