@@ -32,6 +32,7 @@ JOBS: tuple[Job, ...] = (
     Job("budgets-observe", "budgets.tasks.budgets_observe", every_s=15),
     # SLO burn-rate incidents and the SLO objective gauges (budgets/slo_burn.py).
     Job("slo-burn-check", "budgets.tasks.slo_burn_check", every_s=60),
+    Job("notifications-sweep", "incidents.tasks.notifications_sweep", every_s=30),
 )
 
 

@@ -120,6 +120,42 @@ BREAKWATER_REDIS_TIMEOUT_S = env_float(
 BREAKWATER_COST_SPIKE_FACTOR = env_float("BREAKWATER_COST_SPIKE_FACTOR", 3.0, min_value=1.0)
 BREAKWATER_COST_SPIKE_MIN_USD = env_float("BREAKWATER_COST_SPIKE_MIN_USD", 1.0, min_value=0.0)
 
+# --- Notifications (incidents.notifications; docs/OPERATIONS.md, "Notifications") ---------
+# The console's address as the on-call opens it: links in notifications point here.
+BREAKWATER_CONSOLE_URL = env_url(
+    "BREAKWATER_CONSOLE_URL", "http://127.0.0.1:8000", schemes=frozenset({"http", "https"})
+)
+# A key that opens again within FLAP_S of its incident's resolution reopens that incident
+# (timeline "reopened") without a new notification; 0 = every opening is a new incident.
+BREAKWATER_NOTIFY_FLAP_S = env_float(
+    "BREAKWATER_NOTIFY_FLAP_S", 600.0, min_value=0, max_value=86_400
+)
+# Each message gets ATTEMPTS tries; attempt n+1 waits BACKOFF_S x 2^(n-1) (at most
+# BACKOFF_MAX_S), +/- JITTER of it. Each HTTP or SMTP try gives up after TIMEOUT_S.
+BREAKWATER_NOTIFY_ATTEMPTS = env_int("BREAKWATER_NOTIFY_ATTEMPTS", 5, min_value=1, max_value=20)
+BREAKWATER_NOTIFY_BACKOFF_S = env_float(
+    "BREAKWATER_NOTIFY_BACKOFF_S", 2.0, min_value=0.01, max_value=3600
+)
+BREAKWATER_NOTIFY_BACKOFF_MAX_S = env_float(
+    "BREAKWATER_NOTIFY_BACKOFF_MAX_S", 300.0, min_value=0.01, max_value=86_400
+)
+BREAKWATER_NOTIFY_JITTER = env_float("BREAKWATER_NOTIFY_JITTER", 0.2, min_value=0, max_value=1)
+BREAKWATER_NOTIFY_TIMEOUT_S = env_float(
+    "BREAKWATER_NOTIFY_TIMEOUT_S", 10.0, min_value=0.1, max_value=120
+)
+# Email channels go through Django's email backend (SMTP unless told otherwise).
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, min_value=1, max_value=65_535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL: set one of them, not both")
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, min_value=0.1, max_value=120)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "breakwater@localhost")
+
 # --- Applications ------------------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -1,7 +1,9 @@
 """Incidents with their timelines (docs/INTERFACES.md §4): list, declare, read, and change
 (acknowledge, resolve, severity, comments, postmortem fields).
 
-Reading needs ``read``; writing needs ``operate`` (``admin`` implies both). A key restricted to
+Reading needs ``read``; writing needs ``operate`` (``admin`` implies both). Notification
+channels and their delivery log need ``admin`` from a key not restricted to some agents (the log
+names every agent's incidents). A key restricted to
 some agents sees only the incidents of those agents (any other is 404); incidents about a shared
 deployment concern every agent, so only unrestricted keys see them, and a restricted key may only
 declare incidents about its own agents.
@@ -15,17 +17,24 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from ninja import Query, Router, Status
 
-from agents.access.auth import Principal
+from agents.access.auth import PermissionDenied, Principal
+from agents.config.schema import NotificationSpec
 from agents.doors.auth import ApiKeyAuth
 from agents.schemas import ERRORS
 from core.errors import NotFound
 from incidents import selectors
+from incidents.notifications import notification_channel_put, notification_test
 from incidents.schemas import (
     IncidentIn,
     IncidentListOut,
     IncidentOut,
     IncidentPatchIn,
     IncidentQuery,
+    NotificationChannelListOut,
+    NotificationChannelOut,
+    NotificationDeliveryListOut,
+    NotificationDeliveryOut,
+    NotificationDeliveryQuery,
 )
 from incidents.services import incident_change, incident_declare
 
@@ -110,3 +119,97 @@ async def incident_update(
         actor=_actor(principal),
     )
     return await _detail(incident_id, principal.agents)
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+
+def _notifications_admin(request: HttpRequest) -> Principal:
+    principal = _principal(request)
+    principal.require("admin")
+    if principal.agents:
+        raise PermissionDenied("a key restricted to some agents cannot manage notifications")
+    return principal
+
+
+def _channel(name: str) -> dict[str, Any]:
+    found = selectors.notification_channels(name)
+    if not found:
+        raise NotFound(f"notification channel {name!r} does not exist")
+    return selectors.channel_out(found[0])
+
+
+@router.get(
+    "/notifications",
+    response={200: NotificationChannelListOut, **ERRORS},
+    summary="List notification channels",
+    tags=["notifications"],
+)
+async def notification_list(request: HttpRequest) -> dict[str, Any]:
+    """Every channel (secrets by variable name only) with its newest deliveries and their
+    attempts; the whole log is ``GET /notifications/deliveries``."""
+    _notifications_admin(request)
+
+    def read() -> list[dict[str, Any]]:
+        return [selectors.channel_out(c) for c in selectors.notification_channels()]
+
+    return {"items": await sync_to_async(read)(), "next": None}
+
+
+@router.post(
+    "/notifications",
+    response={200: NotificationChannelOut, 201: NotificationChannelOut, **ERRORS},
+    summary="Create or update a notification channel",
+    tags=["notifications"],
+)
+async def notification_put(request: HttpRequest, payload: NotificationSpec) -> Status:
+    """The channel named ``name`` is created (201) or made to match the body (200): the same
+    fields as the config file's ``notifications:`` entries. Audited."""
+    principal = _notifications_admin(request)
+
+    def put() -> tuple[dict[str, Any], bool]:
+        channel, created = notification_channel_put(spec=payload, actor=_actor(principal))
+        return _channel(channel.name), created
+
+    body, created = await sync_to_async(put)()
+    return Status(201 if created else 200, body)
+
+
+@router.get(
+    "/notifications/deliveries",
+    response={200: NotificationDeliveryListOut, **ERRORS},
+    summary="The notification delivery log",
+    tags=["notifications"],
+)
+async def notification_deliveries(
+    request: HttpRequest, query: Query[NotificationDeliveryQuery]
+) -> dict[str, Any]:
+    """Newest first, each with every attempt (status code, error); filter by ``channel``."""
+    _notifications_admin(request)
+
+    def read() -> dict[str, Any]:
+        page, cursor = selectors.delivery_page(
+            channel=query.channel, after=query.after, limit=query.limit
+        )
+        return {"items": [selectors.delivery_out(d) for d in page], "next": cursor}
+
+    return await sync_to_async(read)()
+
+
+@router.post(
+    "/notifications/{name}/test",
+    response={202: NotificationDeliveryOut, **ERRORS},
+    summary="Send a test notification",
+    tags=["notifications"],
+)
+async def notification_send_test(request: HttpRequest, name: str) -> Status:
+    """Queue a test message to the channel (enabled or not); 202 with its delivery, whose
+    attempts the log then shows. Audited."""
+    principal = _notifications_admin(request)
+
+    def send() -> dict[str, Any]:
+        delivery = notification_test(name=name, actor=_actor(principal))
+        page, _ = selectors.delivery_page(channel=name, limit=1)
+        return selectors.delivery_out(page[0] if page else delivery)
+
+    return Status(202, await sync_to_async(send)())

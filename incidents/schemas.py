@@ -80,3 +80,64 @@ class IncidentQuery(Schema):
     agent: str | None = Field(default=None, max_length=64)
     after: str | None = Field(default=None, max_length=200, description="A `next` cursor.")
     limit: int = Field(default=50, ge=1, le=200)
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+DeliveryStatusName = Literal["pending", "retrying", "sent", "failed"]
+DeliveryEventName = Literal["opened", "escalated", "resolved", "test"]
+
+
+class NotificationAttemptOut(Schema):
+    number: int
+    started_at: datetime
+    duration_ms: int
+    ok: bool
+    response_status: int | None = Field(description="The receiver's HTTP or SMTP code, if any.")
+    error: str
+
+
+class NotificationDeliveryOut(Schema):
+    id: str = Field(description="The delivery id: sent as `X-Breakwater-Delivery`.")
+    channel: str
+    event: DeliveryEventName
+    status: DeliveryStatusName
+    incident: int | None
+    attempts: int
+    max_attempts: int
+    last_error: str
+    created_at: datetime
+    sent_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="When retrying: the next attempt.")
+    attempt_log: list[NotificationAttemptOut]
+
+
+class NotificationChannelOut(Schema):
+    name: str
+    kind: Literal["webhook", "slack", "email"]
+    url: str | None
+    url_env: str | None
+    secret_env: str | None
+    to: list[str]
+    min_severity: SeverityName
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    last_delivery: NotificationDeliveryOut | None
+    recent: list[NotificationDeliveryOut] = Field(description="The newest deliveries.")
+
+
+class NotificationChannelListOut(Schema):
+    items: list[NotificationChannelOut]
+    next: str | None = Field(description="Always null: every channel is on one page.")
+
+
+class NotificationDeliveryListOut(Schema):
+    items: list[NotificationDeliveryOut]
+    next: str | None = Field(description="Opaque cursor for the next page (`after=`), or null.")
+
+
+class NotificationDeliveryQuery(Schema):
+    channel: str | None = Field(default=None, max_length=64)
+    after: str | None = Field(default=None, max_length=200, description="A `next` cursor.")
+    limit: int = Field(default=50, ge=1, le=200)

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -14,7 +16,15 @@ from agents.access.auth import PermissionDenied
 from agents.models import Agent
 from core.audit import audit_record
 from core.errors import Conflict, NotFound, ValidationFailed
-from incidents.models import Incident, IncidentEvent, IncidentStatus, Severity
+from incidents.models import (
+    SEVERITY_RANK,
+    DeliveryEvent,
+    Incident,
+    IncidentEvent,
+    IncidentStatus,
+    Severity,
+)
+from incidents.notifications import incident_announce
 from incidents.schemas import POSTMORTEM_FIELDS
 
 
@@ -33,18 +43,34 @@ def incident_open(
 
     Returns ``(incident, created)``. Safe under concurrency: the database allows one unresolved
     incident per key, and a losing racer appends to the winner's timeline instead.
+
+    A key whose incident was resolved less than ``BREAKWATER_NOTIFY_FLAP_S`` ago reopens that
+    incident (timeline ``reopened``, ``created`` False) instead of opening a new one: a flapping
+    breaker is one incident, and is not announced again each time (incidents.notifications).
+    A recurrence with a higher severity escalates the incident. A new incident is announced to
+    the notification channels, an escalation too.
     """
-    for _ in range(2):
+    for _ in range(3):
         existing = (
             Incident.objects.filter(dedup_key=dedup_key)
             .exclude(status=IncidentStatus.RESOLVED)
             .first()
         )
         if existing is not None:
-            incident_event_add(
-                incident=existing, kind="recurred", message=message, data=data, actor=actor
-            )
+            with transaction.atomic():
+                incident_event_add(
+                    incident=existing, kind="recurred", message=message, data=data, actor=actor
+                )
+                _escalate(existing, severity, actor=actor, why="recurred")
             return existing, False
+        reopened = _reopen(dedup_key, message=message, data=data, actor=actor)
+        if reopened is _RACED:
+            continue
+        if reopened is not None:
+            assert isinstance(reopened, Incident)
+            with transaction.atomic():
+                _escalate(reopened, severity, actor=actor, why="reopened")
+            return reopened, False
         try:
             with transaction.atomic():
                 incident = Incident.objects.create(
@@ -54,13 +80,14 @@ def incident_open(
                     severity=severity,
                     agent_name=agent_name,
                 )
-                IncidentEvent(
+                opened = IncidentEvent(
                     incident=incident,
                     kind="opened",
                     message=message,
                     actor=actor,
                     data=data or {},
-                ).save()
+                )
+                opened.save()
                 audit_record(
                     actor=actor,
                     action="incident_open",
@@ -68,10 +95,83 @@ def incident_open(
                     target_id=str(incident.pk),
                     after={"kind": kind, "title": incident.title, "severity": severity},
                 )
+                incident_announce(incident=incident, trigger=opened, event=DeliveryEvent.OPENED)
             return incident, True
         except IntegrityError:
             continue  # someone opened it first; append to theirs
     raise RuntimeError(f"could not open or find the incident for {dedup_key!r}")
+
+
+_RACED = object()
+
+
+def _reopen(
+    dedup_key: str, *, message: str, data: dict[str, Any] | None, actor: str
+) -> Incident | object | None:
+    """Reopen the key's incident resolved within the flap cool-down, silently (the channels hear
+    of it only if it stays open past the cool-down): the incident, None (none to reopen), or
+    ``_RACED`` (another process opened one meanwhile)."""
+    flap_s = settings.BREAKWATER_NOTIFY_FLAP_S
+    if flap_s <= 0:
+        return None
+    recent = (
+        Incident.objects.filter(
+            dedup_key=dedup_key,
+            status=IncidentStatus.RESOLVED,
+            resolved_at__gte=timezone.now() - timedelta(seconds=flap_s),
+        )
+        .order_by("-resolved_at", "-id")
+        .first()
+    )
+    if recent is None:
+        return None
+    try:
+        with transaction.atomic():
+            changed = Incident.objects.filter(pk=recent.pk, status=IncidentStatus.RESOLVED).update(
+                status=IncidentStatus.OPEN, resolved_at=None
+            )
+            if not changed:
+                return _RACED
+            recent.refresh_from_db()
+            incident_event_add(
+                incident=recent,
+                kind="reopened",
+                message=message,
+                data=(data or {}) | {"flap_s": flap_s},
+                actor=actor,
+            )
+            audit_record(
+                actor=actor,
+                action="incident_reopen",
+                target_type="incident",
+                target_id=str(recent.pk),
+                before={"status": "resolved"},
+                after={"status": "open"},
+            )
+    except IntegrityError:  # a new incident for the key was opened meanwhile
+        return _RACED
+    return recent
+
+
+def _escalate(incident: Incident, severity: str, *, actor: str, why: str) -> None:
+    """Raise ``incident``'s severity to ``severity`` if that is higher (a timeline entry, and
+    an announcement); a lower one changes nothing."""
+    if SEVERITY_RANK[Severity(severity)] <= SEVERITY_RANK[Severity(incident.severity)]:
+        return
+    raised = Incident.objects.filter(pk=incident.pk, severity=incident.severity).update(
+        severity=severity
+    )
+    if not raised:
+        return
+    before, incident.severity = incident.severity, severity
+    entry = incident_event_add(
+        incident=incident,
+        kind="severity",
+        message=f"severity {before} -> {severity} ({why})",
+        data={"to": severity},
+        actor=actor,
+    )
+    incident_announce(incident=incident, trigger=entry, event=DeliveryEvent.ESCALATED)
 
 
 def incident_event_add(
@@ -105,9 +205,10 @@ def incident_resolve_by_key(
         incident.status = IncidentStatus.RESOLVED
         incident.resolved_at = timezone.now()
         incident.save(update_fields=["status", "resolved_at"])
-        incident_event_add(
+        entry = incident_event_add(
             incident=incident, kind="resolved", message=message, data=data, actor=actor
         )
+        _announce_resolved(incident, entry)
         audit_record(
             actor=actor,
             action="incident_resolve",
@@ -116,6 +217,13 @@ def incident_resolve_by_key(
             after={"status": "resolved"},
         )
     return incident
+
+
+def _announce_resolved(incident: Incident, entry: IncidentEvent) -> None:
+    """Channels hear of a resolution only if they were told the incident was open (a flapping
+    incident's repeated resolutions are not announced again)."""
+    if incident.notified == "open":
+        incident_announce(incident=incident, trigger=entry, event=DeliveryEvent.RESOLVED)
 
 
 def incident_declare(
@@ -208,9 +316,18 @@ def incident_change(
             return
         incident.save()
         for kind, message, data in events:
-            incident_event_add(
+            entry = incident_event_add(
                 incident=incident, kind=kind, message=message, data=data, actor=actor
             )
+            if kind == "resolved":
+                _announce_resolved(incident, entry)
+            elif (
+                kind == "severity"
+                and incident.status != IncidentStatus.RESOLVED
+                and SEVERITY_RANK[Severity(after["severity"])]
+                > SEVERITY_RANK[Severity(before["severity"])]
+            ):
+                incident_announce(incident=incident, trigger=entry, event=DeliveryEvent.ESCALATED)
         audit_record(
             actor=actor,
             action="incident_update",

@@ -42,6 +42,8 @@ agents:
   - {name: other, model: m}
 budgets:
   - {scope: global, daily_limit_usd: 1000}
+notifications:
+  - {name: matrix-hook, kind: webhook, url: "http://127.0.0.1:9/hook"}
 """
 
 PERSONAS = ("owner", "operator", "viewer", "executor", "outsider", "anonymous")
@@ -262,7 +264,8 @@ def _row(
     path: Callable[[World, str], str] | None = None,
 ) -> Row:
     """``expected`` in PERSONAS order; ``template`` names what it targets as {agent} (helper),
-    {execution} (another key's), {deployment}, {helper-budget}, {incident}, {key}."""
+    {execution} (another key's), {deployment}, {helper-budget}, {incident}, {key}, {channel}
+    (a notification channel)."""
     values = dict(zip(PERSONAS, expected, strict=True))
 
     def fill(world: World, persona: str) -> str:
@@ -273,6 +276,7 @@ def _row(
             .replace("{helper-budget}", str(world.helper_budget))
             .replace("{incident}", str(world.incident))
             .replace("{key}", str(world.key))
+            .replace("{channel}", "matrix-hook")
         )
 
     return Row(name, method, path or fill, _template(template), values, body)
@@ -318,6 +322,11 @@ ROWS = [
     _row("revoke key", "POST", "/api/v1/keys/{key}/revoke", (OK, DENIED, DENIED, DENIED, DENIED, N), {"reason": "drill"}),
     # The audit trail names every agent's and key's changes: unrestricted admin keys only.
     _row("audit", "GET", "/api/v1/audit", (OK, DENIED, DENIED, DENIED, DENIED, N)),
+    # Channels and the delivery log name every agent's incidents: unrestricted admin keys only.
+    _row("notification channels", "GET", "/api/v1/notifications", (OK, DENIED, DENIED, DENIED, DENIED, N)),
+    _row("put notification channel", "POST", "/api/v1/notifications", (CREATED, DENIED, DENIED, DENIED, DENIED, N), {"name": "fresh-hook", "kind": "webhook", "url": "http://127.0.0.1:9/fresh"}),
+    _row("notification deliveries", "GET", "/api/v1/notifications/deliveries", (OK, DENIED, DENIED, DENIED, DENIED, N)),
+    _row("test notification", "POST", "/api/v1/notifications/{channel}/test", (ACCEPTED, DENIED, DENIED, DENIED, DENIED, N)),
     _row("chat completions", "POST", "/v1/chat/completions", (OK, DENIED, DENIED, OK, HIDDEN, N), CHAT),
     _row("models", "GET", "/v1/models", (OK, OK, OK, OK, OK, N)),
     _row("metrics", "GET", "/metrics", (OK, OK, OK, OK, OK, OK)),

@@ -20,12 +20,19 @@ from pydantic import ValidationError
 
 from agents.access.services import apikeys_revoke_orphaned_by
 from agents.config.pricing import unpriced_errors
-from agents.config.schema import AgentSpec, BudgetSpec, ConfigDocument, format_errors
+from agents.config.schema import (
+    AgentSpec,
+    BudgetSpec,
+    ConfigDocument,
+    format_errors,
+)
 from agents.models import Agent, ApiKey, ModelDeployment, Provider
 from agents.schemas import dotted, text_problems
 from budgets.models import Budget, BudgetScope, BudgetWindow
 from core.audit import audit_record
 from core.errors import ValidationFailed
+from incidents.models import NotificationChannel
+from incidents.notifications import channel_values
 
 
 class ConfigError(ValidationFailed):
@@ -188,6 +195,7 @@ def _reference_errors(doc: ConfigDocument, *, prune: bool) -> list[str]:
     errors += _duplicates((p.name for p in doc.providers), "providers")
     errors += _duplicates(((m.name, m.provider, m.upstream_model) for m in doc.models), "models")
     errors += _duplicates((a.name for a in doc.agents), "agents")
+    errors += _duplicates((n.name for n in doc.notifications), "notifications")
 
     providers = {p.name for p in doc.providers}
     models_known = {m.name for m in doc.models}
@@ -450,7 +458,18 @@ class _Applier:
                 )
                 kept_budgets.add(budget.pk)
 
+        for channel_spec in doc.notifications:
+            self.upsert(
+                NotificationChannel,
+                {"name": channel_spec.name},
+                channel_values(channel_spec),
+                f"notification channel {channel_spec.name}",
+            )
+
         if self.prune:
+            names = [channel.name for channel in doc.notifications]
+            for channel in NotificationChannel.objects.exclude(name__in=names):
+                self.delete(channel, f"notification channel {channel.name}")
             for budget in Budget.objects.exclude(pk__in=kept_budgets).select_related("agent"):
                 self.delete(budget, f"budget {budget.scope}:{budget.target} {budget.window}")
             for agent in Agent.objects.exclude(name__in=agents):

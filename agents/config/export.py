@@ -15,6 +15,7 @@ import yaml
 from agents.models import Agent, ModelDeployment, Provider, ProviderKind
 from agents.selectors import agent_spec_dict
 from budgets.models import Budget, BudgetScope, BudgetWindow
+from incidents.models import NotificationChannel
 
 
 def _number(value: Decimal) -> int | float:
@@ -35,6 +36,20 @@ def agent_export(agent: Agent, daily_budget_usd: Decimal | None) -> dict[str, An
         del item["daily_budget_usd"]
     else:
         item["daily_budget_usd"] = _number(item["daily_budget_usd"])
+    return item
+
+
+def notification_export(channel: NotificationChannel) -> dict[str, Any]:
+    """The channel's item in the config document (the API's channel document): secrets by
+    variable name only, unset fields left out."""
+    item: dict[str, Any] = {"name": channel.name, "kind": channel.kind}
+    for name in ("url", "url_env", "secret_env"):
+        if getattr(channel, name):
+            item[name] = getattr(channel, name)
+    if channel.to:
+        item["to"] = list(channel.to)
+    item["min_severity"] = channel.min_severity
+    item["enabled"] = channel.enabled
     return item
 
 
@@ -100,6 +115,9 @@ def config_export() -> dict[str, Any]:
         "models": models,
         "agents": agents,
         "budgets": list(grouped.values()),
+        "notifications": [
+            notification_export(channel) for channel in NotificationChannel.objects.order_by("name")
+        ],
     }
 
 

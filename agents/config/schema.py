@@ -332,11 +332,67 @@ class BudgetSpec(Spec):
         return self
 
 
+NOTIFY_TO_MAX = 50
+# Addresses as an on-call list holds them: a local part, one @, a dotted domain; no spaces,
+# commas or angle brackets (one address per item, no display names).
+EmailAddress = Annotated[
+    str,
+    StringConstraints(max_length=254, pattern=r"^[^@\s,<>\"]{1,64}@[^@\s,<>\"]+\.[^@\s,<>\"]+$"),
+]
+
+
+class NotificationSpec(Spec):
+    """A notification channel (docs/OPERATIONS.md, "Notifications"): incidents of at least
+    ``min_severity`` are announced there when they open, escalate and resolve. Secrets are named
+    by environment variable only: ``url_env`` (a Slack webhook URL is itself a secret) and a
+    webhook's ``secret_env`` (its HMAC-SHA256 signing key)."""
+
+    name: Slug
+    kind: Literal["webhook", "slack", "email"]
+    url: str | None = None
+    url_env: EnvName | None = None
+    secret_env: EnvName | None = None
+    to: list[EmailAddress] = Field(default_factory=list, max_length=NOTIFY_TO_MAX)
+    min_severity: Literal["minor", "major", "critical"] = "minor"
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = _http_url(value)
+        refusal = base_url_refusal(value)
+        if refusal is not None:
+            raise ValueError(refusal)
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> NotificationSpec:
+        if self.kind == "email":
+            if not self.to:
+                raise ValueError("to: an email channel needs at least one address")
+            if len({address.lower() for address in self.to}) != len(self.to):
+                raise ValueError("to: must not repeat an address")
+            for name in ("url", "url_env", "secret_env"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: not allowed for an email channel")
+            return self
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError(f"url: a {self.kind} channel needs exactly one of url and url_env")
+        if self.to:
+            raise ValueError(f"to: only allowed for an email channel, not {self.kind}")
+        if self.kind == "slack" and self.secret_env is not None:
+            raise ValueError("secret_env: only allowed for a webhook channel (Slack signs nothing)")
+        return self
+
+
 class ConfigDocument(Spec):
     providers: list[ProviderSpec] = Field(default_factory=list)
     models: list[ModelSpec] = Field(default_factory=list)
     agents: list[AgentSpec] = Field(default_factory=list)
     budgets: list[BudgetSpec] = Field(default_factory=list)
+    notifications: list[NotificationSpec] = Field(default_factory=list)
 
 
 _MESSAGES = {

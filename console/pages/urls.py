@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from django.urls import path
 
-from console.pages import agents, audit, budgets, executions, incidents, keys, overview, slos
+from console.pages import (
+    agents,
+    audit,
+    budgets,
+    executions,
+    incidents,
+    keys,
+    notifications,
+    overview,
+    slos,
+)
 
 urlpatterns = [
     path("", overview.overview, name="overview"),
@@ -50,4 +60,15 @@ urlpatterns = [
     path("keys/", keys.key_list, name="keys"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
     path("audit/", audit.audit_list, name="audit"),
+    path("notifications/", notifications.notifications_page, name="notifications"),
+    path(
+        "notifications/<str:name>/test/",
+        notifications.notification_send_test,
+        name="notification_test",
+    ),
+    path(
+        "notifications/deliveries/<uuid:delivery_id>/",
+        notifications.notification_delivery,
+        name="notification_delivery",
+    ),
 ]

@@ -10,12 +10,19 @@ from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from budgets.models import PriceVersion, SpendEntry
 from core.audit import audit_record
 from core.db import append_only_tables
 from core.models import AppendOnlyError, AppendOnlyModel, AuditEvent
-from incidents.models import Incident, IncidentEvent
+from incidents.models import (
+    Incident,
+    IncidentEvent,
+    NotificationAttempt,
+    NotificationChannel,
+    NotificationDelivery,
+)
 
 
 def _audit_event() -> AppendOnlyModel:
@@ -64,6 +71,16 @@ def _price_version() -> AppendOnlyModel:
     )
 
 
+def _notification_attempt() -> AppendOnlyModel:
+    channel = NotificationChannel.objects.create(name="ops", kind="webhook", url="http://x.test")
+    delivery = NotificationDelivery.objects.create(
+        channel=channel, channel_name="ops", event="test", payload={"event": "test"}
+    )
+    return NotificationAttempt.objects.create(
+        delivery=delivery, number=1, started_at=timezone.now(), ok=False, error="HTTP 500"
+    )
+
+
 @dataclass(frozen=True)
 class Case:
     model: type[AppendOnlyModel]
@@ -79,6 +96,7 @@ CASES = [
     Case(IncidentEvent, _incident_event, "message"),
     Case(SpendEntry, _spend_entry, "model"),
     Case(PriceVersion, _price_version, "upstream_model"),
+    Case(NotificationAttempt, _notification_attempt, "error"),
 ]
 
 

@@ -35,3 +35,38 @@ def test_incidents_cannot_be_added_changed_or_deleted_in_the_admin(admin_client:
     incident.refresh_from_db()
     assert (incident.title, incident.status) == ("down", IncidentStatus.OPEN)
     assert Incident.objects.count() == 1
+
+
+CHANNELS = "/admin/incidents/notificationchannel/"
+
+
+def test_a_channel_added_in_the_admin_is_checked_as_apply_checks_it_and_audited(
+    admin_client: Client,
+) -> None:
+    from core.models import AuditEvent
+    from incidents.models import NotificationChannel
+
+    form = {
+        "name": "ops-mail",
+        "kind": "email",
+        "url": "",
+        "url_env": "",
+        "secret_env": "",
+        "to": "ops@example.com\nlead@example.com",
+        "min_severity": "major",
+        "enabled": "on",
+    }
+    refused = admin_client.post(f"{CHANNELS}add/", form | {"url": "https://a.example.com"})
+    assert refused.status_code == 200
+    assert "not allowed for an email channel" in refused.content.decode()
+    assert not NotificationChannel.objects.exists()
+    assert admin_client.post(f"{CHANNELS}add/", form).status_code == 302
+    channel = NotificationChannel.objects.get()
+    assert channel.to == ["ops@example.com", "lead@example.com"]
+    audit = AuditEvent.objects.get(action="notificationchannel_create")
+    assert audit.actor == "user:admin"
+
+
+def test_the_delivery_log_is_read_only_in_the_admin(admin_client: Client) -> None:
+    assert admin_client.get("/admin/incidents/notificationdelivery/add/").status_code == 403
+    assert admin_client.get("/admin/incidents/notificationdelivery/").status_code == 200

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agents.runtime.state import BreakerState, Transition
@@ -32,7 +34,7 @@ def test_an_opened_breaker_opens_one_incident_with_a_timeline() -> None:
     assert [e.kind for e in incident.events.all()] == ["opened", "half_open", "recurred"]
 
 
-def test_a_recovered_breaker_resolves_its_incident() -> None:
+def test_a_recovered_breaker_resolves_its_incident(settings: Any) -> None:
     transition_to_incident(OPEN)
     transition_to_incident(CLOSE)
     incident = Incident.objects.get()
@@ -41,10 +43,21 @@ def test_a_recovered_breaker_resolves_its_incident() -> None:
     last = incident.events.last()
     assert last is not None
     assert last.kind == "resolved"
-    # The next outage is a new incident.
+    # The next outage is a new incident once the flap cool-down has passed (here: none).
+    settings.BREAKWATER_NOTIFY_FLAP_S = 0
     transition_to_incident(OPEN)
     assert Incident.objects.filter(status=IncidentStatus.OPEN).count() == 1
     assert Incident.objects.count() == 2
+
+
+def test_a_breaker_opening_again_within_the_flap_cool_down_reopens_its_incident() -> None:
+    transition_to_incident(OPEN)
+    transition_to_incident(CLOSE)
+    transition_to_incident(OPEN)
+    incident = Incident.objects.get()
+    assert incident.status == IncidentStatus.OPEN
+    assert incident.resolved_at is None
+    assert [e.kind for e in incident.events.all()] == ["opened", "resolved", "reopened"]
 
 
 def test_an_agent_breaker_is_critical_and_names_the_agent() -> None:

@@ -35,7 +35,9 @@ def _snapshot() -> dict[str, Any]:
 
 
 def test_exporting_an_empty_database_gives_an_empty_document() -> None:
-    assert config_export_yaml() == "providers: []\nmodels: []\nagents: []\nbudgets: []\n"
+    assert config_export_yaml() == (
+        "providers: []\nmodels: []\nagents: []\nbudgets: []\nnotifications: []\n"
+    )
     assert config_parse(config_export_yaml()) == config_parse("")
 
 
