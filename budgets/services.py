@@ -650,6 +650,7 @@ def budgets_reconcile(
     now = now or timezone.now()
     spans = budget_spans(budget_list(), now=now)
     if not spans:
+        _drifts_closed(_open_drifts(), spans)
         return []
     keys = tuple(span.key for span in spans)
     before = usage_reader(keys)
@@ -658,11 +659,7 @@ def budgets_reconcile(
     charged_by_key = ledger_micros(spans)
     ledger = [charged_by_key[span.key] for span in spans]
     after = usage_reader(keys)
-    open_drifts = set(
-        Incident.objects.filter(kind="ledger_drift")
-        .exclude(status=IncidentStatus.RESOLVED)
-        .values_list("dedup_key", flat=True)
-    )
+    open_drifts = _open_drifts()
     results = []
     for span, charged in zip(spans, ledger, strict=True):
         c1 = before.get(span.key, (0, 0))[0]
@@ -706,7 +703,27 @@ def budgets_reconcile(
             incident_resolve_by_key(
                 dedup_key=key, message="counter and ledger agree again", data=numbers
             )
+    _drifts_closed(open_drifts, spans)
     return results
+
+
+def _open_drifts() -> set[str]:
+    return set(
+        Incident.objects.filter(kind="ledger_drift")
+        .exclude(status=IncidentStatus.RESOLVED)
+        .values_list("dedup_key", flat=True)
+    )
+
+
+def _drifts_closed(open_drifts: set[str], spans: list[BudgetSpan]) -> None:
+    """A drift of a window that has ended (or of a deleted budget) is no longer reconciled: it
+    is resolved, its last figures staying in the timeline."""
+    for key in sorted(open_drifts - {drift_key(span) for span in spans}):
+        incident_resolve_by_key(
+            dedup_key=key,
+            message="the budget window ended (or the budget was deleted): no longer reconciled; "
+            "the last figures are the timeline's previous entry",
+        )
 
 
 # --- cost spikes -------------------------------------------------------------------------------

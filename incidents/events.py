@@ -1,5 +1,7 @@
 """Breaker transitions become incidents: an opened breaker opens (or adds to) an incident, a
-half-open probe is a timeline entry, a recovered breaker resolves it.
+half-open probe is a timeline entry, a recovered breaker resolves it. So do the outages of the
+dependencies every execution needs (``dependency:<kind>``) and a provider's exhausted quota
+(``quota:<deployment>``, :mod:`incidents.quota`).
 
 Writes run on one background thread, in order, so the event sink never blocks the hot path.
 Each transition is reported by exactly one process (the one whose atomic state call made it),
@@ -10,6 +12,7 @@ covers the rest.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -18,6 +21,7 @@ from django.db import close_old_connections
 from agents.runtime.state import BreakerState, Transition
 from agents.runtime.types import ExecutionResult
 from incidents.models import Severity
+from incidents.quota import QuotaWatch
 
 log = logging.getLogger("breakwater.incidents")
 
@@ -100,11 +104,25 @@ def dependency_to_incident(kind: str, available: bool, detail: str) -> None:
 
 
 class IncidentEvents:
-    """An :class:`~agents.runtime.ports.EventSink` that turns breaker transitions into
-    incidents."""
+    """An :class:`~agents.runtime.ports.EventSink` that turns breaker transitions, dependency
+    outages and upstream quota errors (from the steps of finished executions,
+    :mod:`incidents.quota`) into incidents."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bw-incidents")
+        self.quota = QuotaWatch(self._submit, **({"clock": clock} if clock else {}))
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        future = self._thread.submit(self._call, fn, *args)
+        future.add_done_callback(self._report)
+
+    @staticmethod
+    def _call(fn: Callable[..., None], *args: Any) -> None:
+        close_old_connections()
+        try:
+            fn(*args)
+        finally:
+            close_old_connections()
 
     def breaker_transition(self, transition: Transition) -> None:
         future = self._thread.submit(self._run, transition)
@@ -130,7 +148,10 @@ class IncidentEvents:
         return None
 
     def execution_finished(self, result: ExecutionResult) -> None:
-        return None
+        try:
+            self.quota.observe(result)
+        except Exception:  # the port never raises
+            log.exception("incidents: reading the steps of %s failed", result.execution_id)
 
     def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
         future = self._thread.submit(self._dependency, kind, available, detail)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from agents.runtime.state import BreakerState, Transition
-from incidents.events import IncidentEvents, transition_to_incident
+from incidents.events import IncidentEvents, dependency_to_incident, transition_to_incident
 from incidents.models import Incident, IncidentStatus, Severity
 
 pytestmark = pytest.mark.django_db
@@ -71,3 +71,46 @@ def test_the_sink_writes_off_the_calling_thread_and_in_order() -> None:
     incident = Incident.objects.get()
     assert incident.status == IncidentStatus.RESOLVED
     assert [e.kind for e in incident.events.all()] == ["opened", "half_open", "resolved"]
+
+
+# --- dependency outages --------------------------------------------------------------------------
+
+
+def test_a_shared_state_outage_opens_one_critical_incident_every_process_adds_to() -> None:
+    dependency_to_incident("state_unavailable", False, "redis: Connection refused (process 1)")
+    dependency_to_incident("state_unavailable", False, "redis: Connection refused (process 2)")
+
+    incident = Incident.objects.get()
+    assert incident.kind == "dependency_down"
+    assert incident.dedup_key == "dependency:state_unavailable"
+    assert incident.severity == Severity.CRITICAL
+    assert incident.title == "Shared state (Redis) unreachable: executions are refused"
+    assert [(e.kind, e.message) for e in incident.events.all()] == [
+        ("opened", "redis: Connection refused (process 1)"),
+        ("recurred", "redis: Connection refused (process 2)"),
+    ]
+
+
+def test_the_outage_resolves_when_a_process_reports_the_state_answering_again() -> None:
+    dependency_to_incident("state_unavailable", False, "redis: Connection refused")
+    dependency_to_incident("state_unavailable", True, "state store answered")
+
+    incident = Incident.objects.get()
+    assert incident.status == IncidentStatus.RESOLVED
+    assert incident.events.last().message == "answering again (state store answered)"  # type: ignore[union-attr]
+    # The next outage is a new incident; a report of "answering" with nothing open is nothing.
+    dependency_to_incident("state_unavailable", True, "state store answered")
+    dependency_to_incident("state_unavailable", False, "redis: timeout")
+    assert Incident.objects.count() == 2
+    assert Incident.objects.filter(status=IncidentStatus.OPEN).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sink_turns_dependency_changes_into_an_incident_off_the_calling_thread() -> None:
+    sink = IncidentEvents()
+    sink.dependency_changed("recording_unavailable", False, "journal: disk full")
+    sink.dependency_changed("recording_unavailable", True, "journal written")
+    sink.close(wait=True)
+    incident = Incident.objects.get()
+    assert incident.dedup_key == "dependency:recording_unavailable"
+    assert [e.kind for e in incident.events.all()] == ["opened", "resolved"]
