@@ -289,9 +289,7 @@ class MetricsEvents:
             key = (str(step.deployment), kind)
             child = self._upstream.get(key)
             if child is None:
-                child = self._upstream[key] = UPSTREAM_ERRORS.labels(
-                    deployment=key[0], kind=kind
-                )
+                child = self._upstream[key] = UPSTREAM_ERRORS.labels(deployment=key[0], kind=kind)
             child.inc()
 
 

@@ -161,9 +161,7 @@ def _fire(
         incident_event_add(
             incident=current,
             kind="updated",
-            message=f"{name} still firing since {snapshot['startsAt']}{_description(alert)}"[
-                :2000
-            ],
+            message=f"{name} still firing since {snapshot['startsAt']}{_description(alert)}"[:2000],
             data=snapshot,
             actor=actor,
         )
@@ -195,9 +193,12 @@ def _resolve(
     if current is None:
         return "unchanged", None
     open_since = _last_alert_entry(current).get("startsAt")
-    if open_since is not None and snapshot["startsAt"] is not None:
-        if datetime.fromisoformat(snapshot["startsAt"]) < datetime.fromisoformat(open_since):
-            return "unchanged", current.pk  # about an earlier episode, delivered late
+    if (
+        open_since is not None
+        and snapshot["startsAt"] is not None
+        and datetime.fromisoformat(snapshot["startsAt"]) < datetime.fromisoformat(open_since)
+    ):
+        return "unchanged", current.pk  # about an earlier episode, delivered late
     ended = snapshot["endsAt"] or "now"
     incident = incident_resolve_by_key(
         dedup_key=key,

@@ -59,7 +59,11 @@ class QuotaWatch:
     def observe(self, result: ExecutionResult) -> None:
         """No query, no write: a quota error needs a fallback or degrades the execution, so a
         plain success is skipped at once unless a deployment is being watched."""
-        if not self._seen and result.status is ExecutionStatus.SUCCEEDED and not result.fallback_used:
+        if (
+            not self._seen
+            and result.status is ExecutionStatus.SUCCEEDED
+            and not result.fallback_used
+        ):
             return
         for step in result.steps:
             if step.kind != "attempt" or step.deployment is None:

@@ -423,7 +423,10 @@ class LiveConfig:
             except Exception:  # the incident is a report; the config is loaded either way
                 log.exception("could not open or resolve provider incidents")
         left_out = [
-            *(f"provider {name} left out: {why}" for name, why in snapshot.broken_providers.items()),
+            *(
+                f"provider {name} left out: {why}"
+                for name, why in snapshot.broken_providers.items()
+            ),
             *(f"agent {name} left out: {why}" for name, why in snapshot.unavailable.items()),
         ]
         if left_out:

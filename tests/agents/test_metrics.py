@@ -191,13 +191,22 @@ def test_failed_attempts_count_upstream_errors_by_deployment_and_kind() -> None:
         Step("attempt", model="primary", deployment=901, outcome="QuotaExhausted"),
         Step("fallback", model="backup", outcome="llm_error"),
         Step("attempt", model="backup", deployment=902, outcome="RateLimited"),
-        Step("attempt", model="backup", deployment=902, outcome="ProviderError",
-             detail="transport error: ClientConnectorError: refused"),
+        Step(
+            "attempt",
+            model="backup",
+            deployment=902,
+            outcome="ProviderError",
+            detail="transport error: ClientConnectorError: refused",
+        ),
         Step("attempt", model="backup", deployment=902, outcome="ProviderError", detail="HTTP 502"),
         Step("attempt", model="backup", deployment=902, outcome="ok"),
-    )  # fmt: skip
-    kinds = [("901", "quota"), ("902", "rate_limited"), ("902", "connection"),
-             ("902", "server_error")]  # fmt: skip
+    )
+    kinds = [
+        ("901", "quota"),
+        ("902", "rate_limited"),
+        ("902", "connection"),
+        ("902", "server_error"),
+    ]
     before = {k: value("agent_upstream_errors_total", deployment=k[0], kind=k[1]) for k in kinds}
 
     MetricsEvents().execution_finished(

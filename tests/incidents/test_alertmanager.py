@@ -33,7 +33,7 @@ PATH = "/api/v1/alerts/alertmanager"
 FIRING_SINCE = "2026-03-01T12:00:05.123456789Z"  # Go's time format: nanoseconds
 
 # The shape of https://prometheus.io/docs/alerting/latest/configuration/#webhook_config
-BREAKER = {
+BREAKER: dict[str, Any] = {
     "status": "firing",
     "labels": {
         "alertname": "BreakwaterAgentBreakerOpen",
@@ -44,7 +44,7 @@ BREAKER = {
     },
     "annotations": {
         "summary": "Circuit breaker open for agent helper",
-        "description": "agent_circuit_breaker_state{agent=\"helper\"} has been 2 for 10s.",
+        "description": 'agent_circuit_breaker_state{agent="helper"} has been 2 for 10s.',
         "runbook_url": "https://example.com/docs/OPERATIONS.md#breaker-open",
     },
     "startsAt": FIRING_SINCE,
@@ -52,7 +52,7 @@ BREAKER = {
     "generatorURL": "http://prometheus:9090/graph?g0.expr=agent_circuit_breaker_state+%3D%3D+2",
     "fingerprint": "b5a0e1d9c3f27a61",
 }
-LAG = {
+LAG: dict[str, Any] = {
     "status": "firing",
     "labels": {"alertname": "BreakwaterDrainerLag", "job": "breakwater", "severity": "warning"},
     "annotations": {"description": "executions wait 45s for the database"},
@@ -73,7 +73,7 @@ def notification(*alerts: dict[str, Any], status: str = "firing") -> dict[str, A
         "commonAnnotations": {},
         "externalURL": "http://alertmanager:9093",
         "version": "4",
-        "groupKey": '{}:{alertname="%s"}' % alerts[0]["labels"]["alertname"],
+        "groupKey": '{}:{alertname="' + alerts[0]["labels"]["alertname"] + '"}',
         "truncatedAlerts": 0,
     }
 
@@ -114,8 +114,12 @@ async def test_a_firing_alert_opens_an_incident_with_its_labels_and_annotations(
 
     assert response.status_code == 200, response.content
     ((incident, timeline),) = await sync_to_async(_incidents)()
-    assert response.json() == {"opened": [incident.pk], "updated": [], "resolved": [],
-                               "unchanged": 0}  # fmt: skip
+    assert response.json() == {
+        "opened": [incident.pk],
+        "updated": [],
+        "resolved": [],
+        "unchanged": 0,
+    }
     assert incident.kind == "alert"
     assert incident.dedup_key == "alertmanager:BreakwaterAgentBreakerOpen:b5a0e1d9c3f27a61"
     assert incident.title == "Circuit breaker open for agent helper"
@@ -167,8 +171,12 @@ async def test_a_resolved_alert_resolves_its_incident_and_its_repeats_change_not
     again = await post(keys["operate"], notification(resolved(BREAKER), status="resolved"))
 
     (breaker, breaker_timeline), (lag, _) = await sync_to_async(_incidents)()
-    assert response.json() == {"opened": [], "updated": [], "resolved": [breaker.pk],
-                               "unchanged": 1}  # fmt: skip
+    assert response.json() == {
+        "opened": [],
+        "updated": [],
+        "resolved": [breaker.pk],
+        "unchanged": 1,
+    }
     assert again.json()["unchanged"] == 1
     assert breaker.status == "resolved"
     assert [e.kind for e in breaker_timeline] == ["opened", "resolved"]
@@ -234,20 +242,30 @@ async def test_a_key_restricted_to_some_agents_may_only_send_alerts_about_them(
     [
         pytest.param({"version": "3"}, "version: Input should be '4'", id="version"),
         pytest.param({"alerts": []}, "alerts: List should have at least 1 item", id="no-alerts"),
-        pytest.param({"status": "pending"}, "status: Input should be 'firing' or 'resolved'",
-                     id="status"),  # fmt: skip
-        pytest.param({"alerts": [{**LAG, "labels": {"job": "x"}}]},
-                     "alerts.0.labels: Value error, must hold a non-empty 'alertname'",
-                     id="no-alertname"),  # fmt: skip
-        pytest.param({"alerts": [{**LAG, "startsAt": "yesterday"}]}, "alerts.0.startsAt: ",
-                     id="bad-time"),  # fmt: skip
-        pytest.param({"alerts": [{**LAG, "fingerprint": "../x"}]},
-                     "alerts.0.fingerprint: String should match pattern", id="fingerprint"),  # fmt: skip
-        pytest.param({"alerts": [LAG] * 1001}, "alerts: List should have at most 1000 items",
-                     id="too-many"),  # fmt: skip
-        pytest.param({"alerts": [{**LAG, "annotations": {"description": "x" * 8193}}]},
-                     "alerts.0.annotations: Value error, annotations 'description': at most 8192",
-                     id="huge-annotation"),  # fmt: skip
+        pytest.param(
+            {"status": "pending"}, "status: Input should be 'firing' or 'resolved'", id="status"
+        ),
+        pytest.param(
+            {"alerts": [{**LAG, "labels": {"job": "x"}}]},
+            "alerts.0.labels: Value error, must hold a non-empty 'alertname'",
+            id="no-alertname",
+        ),
+        pytest.param(
+            {"alerts": [{**LAG, "startsAt": "yesterday"}]}, "alerts.0.startsAt: ", id="bad-time"
+        ),
+        pytest.param(
+            {"alerts": [{**LAG, "fingerprint": "../x"}]},
+            "alerts.0.fingerprint: String should match pattern",
+            id="fingerprint",
+        ),
+        pytest.param(
+            {"alerts": [LAG] * 1001}, "alerts: List should have at most 1000 items", id="too-many"
+        ),
+        pytest.param(
+            {"alerts": [{**LAG, "annotations": {"description": "x" * 8193}}]},
+            "alerts.0.annotations: Value error, annotations 'description': at most 8192",
+            id="huge-annotation",
+        ),
     ],
 )
 async def test_a_malformed_notification_is_a_422_naming_what_is_wrong(
@@ -271,8 +289,16 @@ async def test_a_notification_over_the_body_limit_is_refused(keys: dict[str, str
 
 @pytest.mark.parametrize(
     ("label", "severity"),
-    [("critical", "critical"), ("page", "critical"), ("warning", "major"), ("error", "major"),
-     ("info", "minor"), ("Minor", "minor"), ("", "major"), ("whatever", "major")],
-)  # fmt: skip
+    [
+        ("critical", "critical"),
+        ("page", "critical"),
+        ("warning", "major"),
+        ("error", "major"),
+        ("info", "minor"),
+        ("Minor", "minor"),
+        ("", "major"),
+        ("whatever", "major"),
+    ],
+)
 def test_the_severity_label_maps_to_an_incident_severity(label: str, severity: str) -> None:
     assert alert_severity({"severity": label} if label else {}) == severity

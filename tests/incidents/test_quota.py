@@ -55,8 +55,13 @@ def _result(*steps: Step, agent: str = "support", fallback: bool = True) -> Exec
 
 
 def _quota(deployment: int = 7) -> Step:
-    return Step("attempt", model="gpt-4o-mini", deployment=deployment, outcome="QuotaExhausted",
-                detail=QUOTA)  # fmt: skip
+    return Step(
+        "attempt",
+        model="gpt-4o-mini",
+        deployment=deployment,
+        outcome="QuotaExhausted",
+        detail=QUOTA,
+    )
 
 
 def _ok(deployment: int = 7) -> Step:
@@ -157,8 +162,9 @@ def test_the_sweep_resolves_a_quota_incident_nothing_reported_to_for_ten_minutes
 
     assert quota_incidents_sweep(now=opened_at + timedelta(minutes=9)) == []
     # A comment is not a quota error: it does not keep the incident open.
-    IncidentEvent(incident=incident, kind="comment", message="looking",
-                  at=opened_at + timedelta(minutes=9)).save()  # fmt: skip
+    IncidentEvent(
+        incident=incident, kind="comment", message="looking", at=opened_at + timedelta(minutes=9)
+    ).save()
     assert quota_incidents_sweep(now=opened_at + timedelta(minutes=11)) == [incident.pk]
 
     incident.refresh_from_db()
