@@ -311,6 +311,20 @@ def _process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _gone(process: str) -> bool:
+    """The reporting process (``host:pid``) ran on this host and no longer does."""
+    host, _, pid = process.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, someone else's
+        return False
+    return False
+
+
 def config_incident_open(*, version: int, problems: list[str], loaded: int) -> None:
     """``config:reload``, one open across processes: a reload of ``version`` failed (the build
     raised) or left agents or providers out. Each process reports a version once."""
@@ -336,8 +350,9 @@ def config_incident_open(*, version: int, problems: list[str], loaded: int) -> N
 
 def config_incident_resolve(*, version: int, reported: bool) -> None:
     """A complete reload of ``version`` resolves ``config:reload`` when this process reported
-    it, or when the version it failed on is older (fixed since): a healthy process loading the
-    very version another process failed on does not resolve that one's report."""
+    it, when the version it failed on is older (fixed since), or when the process that
+    reported it is gone (a restart, on this host): a healthy process loading the very version a
+    running process failed on does not resolve that one's report."""
     from incidents.models import Incident, IncidentStatus
     from incidents.services import incident_resolve_by_key
 
@@ -349,8 +364,9 @@ def config_incident_resolve(*, version: int, reported: bool) -> None:
     if incident is None:
         return
     last = incident.events.filter(kind__in=("opened", "recurred")).order_by("-at", "-id").first()
-    failed = int((last.data or {}).get("version", -1)) if last is not None else -1
-    if reported or failed < version:
+    data = (last.data or {}) if last is not None else {}
+    failed = int(data.get("version", -1))
+    if reported or failed < version or _gone(str(data.get("process", ""))):
         incident_resolve_by_key(
             dedup_key=CONFIG_INCIDENT,
             message=f"{_process()} loaded config v{version} completely",

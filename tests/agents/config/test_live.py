@@ -310,3 +310,31 @@ def test_an_agent_left_out_of_a_reload_opens_the_config_incident_naming_it() -> 
     _bump()
     config.reload()
     assert _reload_incident().status == "resolved"
+
+
+def test_a_restarted_process_loading_the_version_its_predecessor_failed_on_resolves_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    import agents.config.live
+    from agents.config.apply import config_apply, config_parse
+
+    config_apply(document=config_parse(SIMPLE))
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    predecessor = f"{socket.gethostname()}:{finished.stdout.strip()}"  # a pid that is gone
+    _break_the_build(monkeypatch)
+    monkeypatch.setattr(agents.config.live, "_process", lambda: predecessor)
+    LiveConfig().reload()
+    monkeypatch.undo()
+
+    LiveConfig().reload()  # its successor, same version
+
+    assert _reload_incident().status == "resolved"
