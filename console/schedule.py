@@ -30,7 +30,7 @@ JOBS: tuple[Job, ...] = (
     Job("budgets-reconcile", "budgets.tasks.budgets_reconcile", every_s=300),
     Job("cost-spike-detect", "budgets.tasks.cost_spike_detect", every_s=60),
     Job("budgets-observe", "budgets.tasks.budgets_observe", every_s=15),
-    Job("quota-incidents-sweep", "incidents.tasks.quota_incidents_sweep", every_s=60),
+    Job("incidents-sweep", "incidents.tasks.incidents_sweep", every_s=60),
 )
 
 
