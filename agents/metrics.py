@@ -33,7 +33,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from agents.runtime.state import BREAKER_GAUGE, BreakerState, Transition
-from agents.runtime.types import ExecutionResult, Step
+from agents.runtime.types import ExecutionResult, ExecutionStatus, Step
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,35 @@ RETRIES = Counter(
     ["agent"],
 )
 
+UPSTREAM_ERRORS = Counter(
+    "agent_upstream_errors_total",
+    "Failed provider attempts by deployment and kind (quota = insufficient quota or billing).",
+    ["deployment", "kind"],
+)
+# A failed attempt's step outcome (the failure class) -> the bounded ``kind`` label.
+UPSTREAM_ERROR_KINDS = {
+    "QuotaExhausted": "quota",
+    "RateLimited": "rate_limited",
+    "Timeout": "timeout",
+    "Capacity": "overloaded",
+    "ProviderError": "server_error",
+    "MalformedReply": "malformed",
+    "AuthFailed": "auth",
+    "ClientError": "client_error",
+}
+# Not the upstream's answer: nothing was sent (no time left), or a tool failed.
+_NOT_UPSTREAM = frozenset({"ok", "DeadlineReached", "ToolFailed"})
+
+
+def upstream_error_kind(step: Step) -> str | None:
+    """The ``kind`` of a failed provider attempt, None for anything else. A transport failure
+    (no HTTP answer at all) is ``connection``."""
+    if step.kind != "attempt" or step.outcome in _NOT_UPSTREAM or step.deployment is None:
+        return None
+    if step.outcome == "ProviderError" and step.detail.startswith("transport error"):
+        return "connection"
+    return UPSTREAM_ERROR_KINDS.get(step.outcome, "other")
+
 
 def set_budget_remaining(scope: str, remaining_usd: Decimal | float) -> None:
     """Publish what is left of a budget. ``scope`` must be bounded, e.g. ``global``, ``agent:x``."""
@@ -193,6 +222,7 @@ class MetricsEvents:
         self._active: dict[str, str] = {}
         self._lock = threading.Lock()
         self._per_agent: dict[str, _AgentMetrics] = {}
+        self._upstream: dict[tuple[str, str], Any] = {}
 
     def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
         return None
@@ -245,8 +275,22 @@ class MetricsEvents:
             retries = count_retries(result.steps)
             if retries:
                 RETRIES.labels(agent=agent).inc(retries)
+            # A failed attempt means a retry, a fallback or an execution that did not succeed.
+            if retries or result.fallback_used or result.status is not ExecutionStatus.SUCCEEDED:
+                self._count_upstream_errors(result.steps)
         except Exception:
             logger.exception("metrics: execution_finished failed")
+
+    def _count_upstream_errors(self, steps: Iterable[Step]) -> None:
+        for step in steps:
+            kind = upstream_error_kind(step)
+            if kind is None:
+                continue
+            key = (str(step.deployment), kind)
+            child = self._upstream.get(key)
+            if child is None:
+                child = self._upstream[key] = UPSTREAM_ERRORS.labels(deployment=key[0], kind=kind)
+            child.inc()
 
 
 # --- multiprocess mode --------------------------------------------------------------------------

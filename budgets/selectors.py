@@ -145,6 +145,15 @@ def budget_usage_read(keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     return on_state_sync(lambda store: store.budget_usage(keys))
 
 
+def budget_windows_read(keys: tuple[str, ...]) -> dict[str, BudgetWindow]:
+    """Like :func:`budget_usage_read`, with what each window refused (``BudgetWindow``): the
+    smallest amount refused is an amount the window can no longer admit."""
+
+    if not keys:
+        return {}
+    return on_state_sync(lambda store: store.budget_windows(keys))
+
+
 def span_filter(span: BudgetSpan) -> Q:
     """The ledger entries a budget covers (time aside): all, its agent's, or its key's."""
     budget = span.budget

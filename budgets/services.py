@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,9 +22,12 @@ from django.db.models import Case, Count, F, IntegerField, Min, Q, Sum, Value, W
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
+from agents.config.live import LiveConfig
 from agents.metrics import set_budget_remaining
 from agents.models import MONEY_MAX, SLO_DEFAULT_LATENCY_MS, Agent, Execution
 from agents.runtime.budgets import window_bounds
+from agents.runtime.state import BudgetWindow
+from budgets.incidents import budget_incidents_sync
 from budgets.metrics import set_budget_forecast
 from budgets.models import (
     ALL_AGENTS,
@@ -37,10 +41,12 @@ from budgets.models import (
 from budgets.selectors import (
     BudgetSpan,
     BudgetStatus,
+    budget_call_floors,
     budget_list,
     budget_spans,
     budget_statuses,
     budget_usage_read,
+    budget_windows_read,
     ledger_micros,
     micros_to_usd,
 )
@@ -53,6 +59,7 @@ from incidents.services import incident_open, incident_resolve_by_key
 log = logging.getLogger("breakwater.budgets")
 
 UsageReader = Callable[[tuple[str, ...]], Mapping[str, tuple[int, int]]]
+WindowReader = Callable[[tuple[str, ...]], Mapping[str, tuple[int, int] | BudgetWindow]]
 
 _SIX_PLACES = Decimal("0.000001")
 _EIGHT_PLACES = Decimal("0.00000001")
@@ -199,19 +206,49 @@ def _rule(budget: Budget) -> Any:
 
 
 def budgets_observe(
-    *, now: datetime | None = None, usage_reader: UsageReader = budget_usage_read
+    *,
+    now: datetime | None = None,
+    usage_reader: WindowReader = budget_windows_read,
+    floors: Mapping[int, int] | None = None,
 ) -> list[BudgetStatus]:
-    """Compute every budget's state and forecast and publish them as gauges
+    """Compute every budget's state and forecast, publish them as gauges
     (``agent_budget_remaining_dollars``, ``agent_budget_forecast_dollars``,
-    ``agent_budget_forecast_ratio``)."""
+    ``agent_budget_forecast_ratio``), and open or resolve the budgets' incidents
+    (:mod:`budgets.incidents`). ``floors`` (budget id -> micro-USD of the smallest worst-case
+    call it must admit) defaults to the live configuration's (:func:`job_call_floors`)."""
     now = now or timezone.now()
-    spans = budget_spans(budget_list(), now=now)
+    budgets = budget_list()
+    spans = budget_spans(budgets, now=now)
     usage = usage_reader(tuple(span.key for span in spans))
-    statuses = budget_statuses(spans=spans, usage=usage, now=now)
+    if floors is None:
+        floors = job_call_floors(budgets)
+    statuses = budget_statuses(spans=spans, usage=usage, now=now, floors=floors)
     for status in statuses:
         set_budget_remaining(status.label, status.remaining_usd)
         set_budget_forecast(status.label, float(status.forecast_usd), status.predictability)
+    try:
+        budget_incidents_sync(statuses, now=now)
+    except Exception:  # the gauges are published either way; the next run tries again
+        log.exception("could not open or resolve budget incidents")
     return statuses
+
+
+_job_config: LiveConfig | None = None
+_job_config_lock = threading.Lock()
+
+
+def job_call_floors(budgets: list[Budget]) -> dict[int, int]:
+    """:func:`budget_call_floors` from a job: on a configuration kept for the jobs of this
+    process (one query when the config version has not moved since the last call)."""
+    global _job_config
+    with _job_config_lock:
+        if _job_config is None:
+            _job_config = LiveConfig()
+        try:
+            _job_config.reload()
+        except Exception:  # keep the floors of the last configuration that loaded
+            log.exception("could not reload the configuration for the budget floors")
+        return budget_call_floors(budgets, _job_config)
 
 
 # --- rollups ---------------------------------------------------------------------------------
@@ -638,6 +675,7 @@ def budgets_reconcile(
     now = now or timezone.now()
     spans = budget_spans(budget_list(), now=now)
     if not spans:
+        _drifts_closed(_open_drifts(), spans)
         return []
     keys = tuple(span.key for span in spans)
     before = usage_reader(keys)
@@ -646,11 +684,7 @@ def budgets_reconcile(
     charged_by_key = ledger_micros(spans)
     ledger = [charged_by_key[span.key] for span in spans]
     after = usage_reader(keys)
-    open_drifts = set(
-        Incident.objects.filter(kind="ledger_drift")
-        .exclude(status=IncidentStatus.RESOLVED)
-        .values_list("dedup_key", flat=True)
-    )
+    open_drifts = _open_drifts()
     results = []
     for span, charged in zip(spans, ledger, strict=True):
         c1 = before.get(span.key, (0, 0))[0]
@@ -694,7 +728,27 @@ def budgets_reconcile(
             incident_resolve_by_key(
                 dedup_key=key, message="counter and ledger agree again", data=numbers
             )
+    _drifts_closed(open_drifts, spans)
     return results
+
+
+def _open_drifts() -> set[str]:
+    return set(
+        Incident.objects.filter(kind="ledger_drift")
+        .exclude(status=IncidentStatus.RESOLVED)
+        .values_list("dedup_key", flat=True)
+    )
+
+
+def _drifts_closed(open_drifts: set[str], spans: list[BudgetSpan]) -> None:
+    """A drift of a window that has ended (or of a deleted budget) is no longer reconciled: it
+    is resolved, its last figures staying in the timeline."""
+    for key in sorted(open_drifts - {drift_key(span) for span in spans}):
+        incident_resolve_by_key(
+            dedup_key=key,
+            message="the budget window ended (or the budget was deleted): no longer reconciled; "
+            "the last figures are the timeline's previous entry",
+        )
 
 
 # --- cost spikes -------------------------------------------------------------------------------

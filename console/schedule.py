@@ -33,6 +33,7 @@ JOBS: tuple[Job, ...] = (
     # SLO burn-rate incidents and the SLO objective gauges (budgets/slo_burn.py).
     Job("slo-burn-check", "budgets.tasks.slo_burn_check", every_s=60),
     Job("notifications-sweep", "incidents.tasks.notifications_sweep", every_s=30),
+    Job("incidents-sweep", "incidents.tasks.incidents_sweep", every_s=60),
 )
 
 

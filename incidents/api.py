@@ -1,5 +1,6 @@
 """Incidents with their timelines (docs/INTERFACES.md §4): list, declare, read, and change
-(acknowledge, resolve, severity, comments, postmortem fields).
+(acknowledge, resolve, severity, comments, postmortem fields); and Alertmanager's webhook
+(:mod:`incidents.alertmanager`).
 
 Reading needs ``read``; writing needs ``operate`` (``admin`` implies both). Notification
 channels and their delivery log need ``admin`` from a key not restricted to some agents (the log
@@ -23,8 +24,11 @@ from agents.doors.auth import ApiKeyAuth
 from agents.schemas import ERRORS
 from core.errors import NotFound
 from incidents import selectors
+from incidents.alertmanager import alertmanager_receive
 from incidents.notifications import notification_channel_put, notification_test
 from incidents.schemas import (
+    AlertmanagerIn,
+    AlertmanagerOut,
     IncidentIn,
     IncidentListOut,
     IncidentOut,
@@ -54,14 +58,15 @@ def _actor(principal: Principal) -> str:
 
 @router.get("/incidents", response={200: IncidentListOut, **ERRORS}, summary="List incidents")
 async def incident_list(request: HttpRequest, query: Query[IncidentQuery]) -> dict[str, Any]:
-    """Newest first, each with its timeline; filter by ``status`` and ``agent``, pass ``next``
-    as ``after`` for the following page."""
+    """Newest first, each with its timeline; filter by ``status``, ``agent`` and ``kind`` (the
+    incident class), pass ``next`` as ``after`` for the following page."""
     principal = _principal(request)
     principal.require("read")
     return await sync_to_async(selectors.incident_page)(
         allowed=principal.agents,
         status=query.status,
         agent=query.agent,
+        kind=query.kind,
         after=query.after,
         limit=query.limit,
     )
@@ -213,3 +218,21 @@ async def notification_send_test(request: HttpRequest, name: str) -> Status:
         return selectors.delivery_out(page[0] if page else delivery)
 
     return Status(202, await sync_to_async(send)())
+
+
+@router.post(
+    "/alerts/alertmanager",
+    response={200: AlertmanagerOut, **ERRORS},
+    summary="Receive Alertmanager's webhook",
+)
+async def alertmanager_webhook(request: HttpRequest, payload: AlertmanagerIn) -> dict[str, Any]:
+    """Alertmanager's webhook notification (version 4) as it sends it: each firing alert opens
+    (or updates) an ``alert`` incident keyed ``alertmanager:<alertname>:<fingerprint>``, each
+    resolved one resolves it; repeats change nothing. Point a ``webhook_configs`` entry here
+    with ``http_config.authorization.credentials`` set to an ``operate`` key. A key restricted
+    to some agents may only send alerts whose ``labels.agent`` is one of them (else 403)."""
+    principal = _principal(request)
+    principal.require("operate")
+    return await sync_to_async(alertmanager_receive)(
+        payload=payload, allowed=principal.agents, actor=_actor(principal)
+    )

@@ -1,5 +1,7 @@
 """Breaker transitions become incidents: an opened breaker opens (or adds to) an incident, a
-half-open probe is a timeline entry, a recovered breaker resolves it.
+half-open probe is a timeline entry, a recovered breaker resolves it. So do the outages of the
+dependencies every execution needs (``dependency:<kind>``) and a provider's exhausted quota
+(``quota:<deployment>``, :mod:`incidents.quota`).
 
 Writes run on one background thread, in order, so the event sink never blocks the hot path.
 Each transition is reported by exactly one process (the one whose atomic state call made it),
@@ -10,14 +12,17 @@ covers the rest.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from django.db import close_old_connections
+from django.db.models import Q
 
 from agents.runtime.state import BreakerState, Transition
 from agents.runtime.types import ExecutionResult
 from incidents.models import Severity
+from incidents.quota import QuotaWatch
 
 log = logging.getLogger("breakwater.incidents")
 
@@ -80,14 +85,24 @@ _DEPENDENCIES = {
 }
 
 
-def dependency_to_incident(kind: str, available: bool, detail: str) -> None:
+def dependency_to_incident(
+    kind: str, available: bool, detail: str, *, process: str | None = None
+) -> None:
     """One incident per outage of a dependency every execution needs, whichever processes
-    report it (the dedup key is the dependency's); resolved when one reports it back."""
+    report it (the dedup key is the dependency's); resolved when one reports it back. Each
+    entry names the reporting process (``process``: its heartbeat id, this process's by
+    default), so that :func:`dependency_incidents_sweep` can tell when none is left."""
+    from agents.executions.processes import process_owner_id
     from incidents.services import incident_open, incident_resolve_by_key
 
     dedup_key = f"dependency:{kind}"
+    reporter = process if process is not None else process_owner_id()
     if available:
-        incident_resolve_by_key(dedup_key=dedup_key, message=f"answering again ({detail})"[:500])
+        incident_resolve_by_key(
+            dedup_key=dedup_key,
+            message=f"answering again ({detail})"[:500],
+            data={"dependency": kind, "process": reporter},
+        )
         return
     incident_open(
         kind="dependency_down",
@@ -95,16 +110,67 @@ def dependency_to_incident(kind: str, available: bool, detail: str) -> None:
         title=_DEPENDENCIES.get(kind, f"{kind}: executions are refused"),
         message=detail[:500],
         severity=Severity.CRITICAL,
-        data={"dependency": kind},
+        data={"dependency": kind, "process": reporter},
     )
 
 
-class IncidentEvents:
-    """An :class:`~agents.runtime.ports.EventSink` that turns breaker transitions into
-    incidents."""
+def dependency_incidents_sweep() -> list[int]:
+    """Resolve the ``dependency_down`` incidents every reporting process of which is gone
+    (stopped, or judged dead by its heartbeat: ``agents.executions.processes``): a process
+    reports an outage once and only it reports the recovery, so without it nothing would. A
+    dependency still down is reported again by the first execution of a live process, as a new
+    incident. Returns the ids resolved; two queries per open outage."""
+    from agents.models import WorkerProcess
+    from incidents.models import Incident, IncidentEvent, IncidentStatus
+    from incidents.services import incident_resolve_by_key
 
-    def __init__(self) -> None:
+    resolved = []
+    for incident in Incident.objects.filter(kind="dependency_down").exclude(
+        status=IncidentStatus.RESOLVED
+    ):
+        reporters = {
+            (event.data or {}).get("process")
+            for event in IncidentEvent.objects.filter(
+                incident=incident, kind__in=("opened", "recurred")
+            ).only("data")
+        }
+        if not reporters or None in reporters:
+            continue  # reported before processes were named: left to an operator
+        gone = WorkerProcess.objects.filter(id__in=reporters).filter(
+            Q(dead_at__isnull=False) | Q(stopped_at__isnull=False)
+        )
+        if gone.count() < len(reporters):
+            continue
+        if incident_resolve_by_key(
+            dedup_key=incident.dedup_key,
+            message=f"every process that reported it is gone ({len(reporters)}); a live "
+            "process reports the dependency again if it is still down",
+            data={"processes": sorted(reporters)},
+        ):
+            resolved.append(incident.pk)
+    return resolved
+
+
+class IncidentEvents:
+    """An :class:`~agents.runtime.ports.EventSink` that turns breaker transitions, dependency
+    outages and upstream quota errors (from the steps of finished executions,
+    :mod:`incidents.quota`) into incidents."""
+
+    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bw-incidents")
+        self.quota = QuotaWatch(self._submit, **({"clock": clock} if clock else {}))
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        future = self._thread.submit(self._call, fn, *args)
+        future.add_done_callback(self._report)
+
+    @staticmethod
+    def _call(fn: Callable[..., None], *args: Any) -> None:
+        close_old_connections()
+        try:
+            fn(*args)
+        finally:
+            close_old_connections()
 
     def breaker_transition(self, transition: Transition) -> None:
         future = self._thread.submit(self._run, transition)
@@ -130,7 +196,10 @@ class IncidentEvents:
         return None
 
     def execution_finished(self, result: ExecutionResult) -> None:
-        return None
+        try:
+            self.quota.observe(result)
+        except Exception:  # the port never raises
+            log.exception("incidents: reading the steps of %s failed", result.execution_id)
 
     def dependency_changed(self, kind: str, available: bool, detail: str) -> None:
         future = self._thread.submit(self._dependency, kind, available, detail)

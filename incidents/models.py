@@ -23,10 +23,34 @@ class Severity(models.TextChoices):
     MINOR = "minor"
 
 
+# Every incident class and how the console names it (docs/OPERATIONS.md "Incidents"). ``kind``
+# stays free text (no choices): a new class needs no migration.
+INCIDENT_KINDS: dict[str, str] = {
+    "breaker_open": "Breaker open",
+    "dependency_down": "Shared state down",
+    "budget_exhausted": "Budget exhausted",
+    "budget_forecast": "Budget forecast over its limit",
+    "cost_spike": "Cost spike",
+    "ledger_drift": "Ledger drift",
+    "slo_burn": "SLO fast burn",
+    "upstream_quota": "Upstream quota exhausted",
+    "config_reload": "Config reload failed",
+    "provider_secret": "Provider secret unreadable",
+    "memory_growth": "Memory growth",
+    "alert": "Alertmanager alert",
+    "error_rate": "Error rate",
+    "manual": "Declared",
+}
+
+
+def kind_label(kind: str) -> str:
+    return INCIDENT_KINDS.get(kind, kind.replace("_", " ").capitalize())
+
+
 class Incident(models.Model):
     """Something broke. ``dedup_key`` (e.g. ``breaker:customer-support``) keeps one open per cause."""
 
-    kind = models.CharField(max_length=64)  # breaker_open, cost_spike, error_rate, budget_exceeded
+    kind = models.CharField(max_length=64)  # INCIDENT_KINDS
     dedup_key = models.CharField(max_length=200)
     severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.MAJOR)
     status = models.CharField(

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ninja import Schema
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agents.schemas import StrictSchema
 
@@ -78,6 +78,11 @@ class IncidentPatchIn(StrictSchema):
 class IncidentQuery(Schema):
     status: IncidentStatusName | None = None
     agent: str | None = Field(default=None, max_length=64)
+    kind: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An incident class, e.g. `breaker_open`, `budget_exhausted`, `alert`.",
+    )
     after: str | None = Field(default=None, max_length=200, description="A `next` cursor.")
     limit: int = Field(default=50, ge=1, le=200)
 
@@ -141,3 +146,74 @@ class NotificationDeliveryQuery(Schema):
     channel: str | None = Field(default=None, max_length=64)
     after: str | None = Field(default=None, max_length=200, description="A `next` cursor.")
     limit: int = Field(default=50, ge=1, le=200)
+
+
+# --- Alertmanager's webhook (version 4) -----------------------------------------------------
+
+ALERTS_MAX = 1000  # per notification (webhook_config max_alerts keeps a big group under it)
+LABELS_MAX = 64  # labels or annotations per alert
+LABEL_NAME_MAX = 128
+LABEL_VALUE_MAX = 2048
+ANNOTATION_VALUE_MAX = 8192
+AlertStatus = Literal["firing", "resolved"]
+
+
+def _bounded(values: dict[str, str], *, value_max: int, what: str) -> dict[str, str]:
+    if len(values) > LABELS_MAX:
+        raise ValueError(f"at most {LABELS_MAX} {what}, got {len(values)}")
+    for name, value in values.items():
+        if not name or len(name) > LABEL_NAME_MAX:
+            raise ValueError(f"{what} names must be 1 to {LABEL_NAME_MAX} characters: {name!r:.60}")
+        if len(value) > value_max:
+            raise ValueError(f"{what} {name!r:.60}: at most {value_max} characters")
+    return values
+
+
+class AlertmanagerAlertIn(Schema):
+    """One alert of the notification. Fields Alertmanager may add later are ignored."""
+
+    status: AlertStatus
+    labels: dict[str, str] = Field(description="Must hold `alertname`.")
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime  # Alertmanager's names
+    endsAt: datetime | None = None  # "0001-01-01T00:00:00Z" while firing
+    generatorURL: str = Field(default="", max_length=2048)
+    fingerprint: str = Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z]+$")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        value = _bounded(value, value_max=LABEL_VALUE_MAX, what="labels")
+        if not value.get("alertname"):
+            raise ValueError("must hold a non-empty 'alertname'")
+        return value
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        return _bounded(value, value_max=ANNOTATION_VALUE_MAX, what="annotations")
+
+
+class AlertmanagerIn(Schema):
+    """Alertmanager's webhook notification, version 4 (``webhook_configs`` in its
+    configuration)."""
+
+    version: Literal["4"]
+    groupKey: str = Field(max_length=4096)
+    truncatedAlerts: int = Field(default=0, ge=0)
+    status: AlertStatus
+    receiver: str = Field(max_length=256)
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)
+    externalURL: str = Field(default="", max_length=2048)
+    alerts: list[AlertmanagerAlertIn] = Field(min_length=1, max_length=ALERTS_MAX)
+
+
+class AlertmanagerOut(Schema):
+    """What the notification changed; Alertmanager only looks at the status (2xx)."""
+
+    opened: list[int] = Field(description="Incidents opened.")
+    updated: list[int] = Field(description="Open incidents whose alert changed (a timeline entry).")
+    resolved: list[int] = Field(description="Incidents resolved.")
+    unchanged: int = Field(description="Alerts that changed nothing (Alertmanager's repeats).")

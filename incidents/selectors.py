@@ -75,6 +75,7 @@ def incident_page(
     agent: str | None,
     after: str | None,
     limit: int,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Newest first, keyset-paginated on ``(opened_at, id)``, each with its timeline: two
     queries per page."""
@@ -83,6 +84,8 @@ def incident_page(
         incidents = incidents.filter(status=status)
     if agent is not None:
         incidents = incidents.filter(agent_name=agent)
+    if kind is not None:
+        incidents = incidents.filter(kind=kind)
     if after is not None:
         when, ident = cursor_decode(after, 2)
         try:
@@ -110,6 +113,7 @@ def incident_rows(
     agent: str | None = None,
     after: str | None = None,
     limit: int = 50,
+    kind: str | None = None,
 ) -> tuple[list[Incident], str | None]:
     """A page of incidents without their timelines (the console's list), newest first,
     keyset-paginated on ``(opened_at, id)``: one query whatever the number of incidents.
@@ -121,6 +125,8 @@ def incident_rows(
         incidents = incidents.filter(severity=severity)
     if agent:
         incidents = incidents.filter(agent_name=agent)
+    if kind:
+        incidents = incidents.filter(kind=kind)
     if after is not None:
         when, ident = cursor_decode(after, 2)
         try:

@@ -1,10 +1,13 @@
-"""Celery tasks for incidents. Thin: take ids, call one service, explicit limits."""
+"""Celery tasks for incidents (deliveries, and periodic jobs: console/schedule.py). Thin: call the
+services."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
 from incidents import notifications
+from incidents.events import dependency_incidents_sweep
+from incidents.quota import quota_incidents_sweep
 
 
 @shared_task(
@@ -23,3 +26,10 @@ def notification_deliver(delivery_id: str) -> str:
 def notifications_sweep() -> int:
     """Lost hand-offs handed over again; reopened incidents past the cool-down announced."""
     return notifications.notifications_sweep()
+
+
+@shared_task(name="incidents.tasks.incidents_sweep", acks_late=True, time_limit=60)
+def incidents_sweep() -> int:
+    """Incidents resolved because nothing can report their recovery any more: upstream quota
+    after a quiet period, dependency outages whose reporting processes are all gone."""
+    return len(quota_incidents_sweep()) + len(dependency_incidents_sweep())

@@ -287,6 +287,22 @@ def _own_execution(world: World, persona: str) -> str:
 
 
 CHAT = {"model": "helper", "messages": [{"role": "user", "content": "hi"}]}
+ALERT = {
+    "version": "4",
+    "groupKey": '{}:{alertname="BreakerOpen"}',
+    "status": "firing",
+    "receiver": "breakwater",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "BreakerOpen", "agent": "helper"},
+            "annotations": {},
+            "startsAt": "2026-03-01T12:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": "b5a0e1d9c3f27a61",
+        }
+    ],
+}
 N = UNAUTHENTICATED
 ROWS = [
     # owner, operator, viewer, executor, outsider, anonymous
@@ -315,6 +331,8 @@ ROWS = [
     _row("declare incident", "POST", "/api/v1/incidents", (CREATED, CREATED, DENIED, DENIED, INVALID, N), {"title": "x", "agent": "helper"}),
     _row("incident", "GET", "/api/v1/incidents/{incident}", (OK, OK, OK, DENIED, HIDDEN, N)),
     _row("change incident", "PATCH", "/api/v1/incidents/{incident}", (OK, OK, DENIED, DENIED, HIDDEN, N), {"comment": "looking"}),
+    # A key restricted to some agents may only send alerts about them (labels.agent).
+    _row("alertmanager webhook", "POST", "/api/v1/alerts/alertmanager", (OK, OK, DENIED, DENIED, DENIED, N), ALERT),
     # Keys are managed by an unrestricted admin key only: a restricted one could mint itself an
     # unrestricted key.
     _row("keys", "GET", "/api/v1/keys", (OK, DENIED, DENIED, DENIED, DENIED, N)),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -303,12 +304,83 @@ def provider_incidents_sync(*, broken: Mapping[str, str]) -> None:
         )
 
 
+CONFIG_INCIDENT = "config:reload"
+
+
+def _process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(process: str) -> bool:
+    """The reporting process (``host:pid``) ran on this host and no longer does."""
+    host, _, pid = process.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, someone else's
+        return False
+    return False
+
+
+def config_incident_open(*, version: int, problems: list[str], loaded: int) -> None:
+    """``config:reload``, one open across processes: a reload of ``version`` failed (the build
+    raised) or left agents or providers out. Each process reports a version once."""
+    from incidents.models import Severity
+    from incidents.services import incident_open
+
+    incident_open(
+        kind="config_reload",
+        dedup_key=CONFIG_INCIDENT,
+        title=f"Config reload failed: version {version}",
+        message=(f"{_process()} could not load config v{version} fully: " + "; ".join(problems))[
+            :2000
+        ],
+        severity=Severity.MAJOR,
+        data={
+            "version": version,
+            "serving_version": loaded,
+            "process": _process(),
+            "problems": problems[:20],
+        },
+    )
+
+
+def config_incident_resolve(*, version: int, reported: bool) -> None:
+    """A complete reload of ``version`` resolves ``config:reload`` when this process reported
+    it, when the version it failed on is older (fixed since), or when the process that
+    reported it is gone (a restart, on this host): a healthy process loading the very version a
+    running process failed on does not resolve that one's report."""
+    from incidents.models import Incident, IncidentStatus
+    from incidents.services import incident_resolve_by_key
+
+    incident = (
+        Incident.objects.filter(dedup_key=CONFIG_INCIDENT)
+        .exclude(status=IncidentStatus.RESOLVED)
+        .first()
+    )
+    if incident is None:
+        return
+    last = incident.events.filter(kind__in=("opened", "recurred")).order_by("-at", "-id").first()
+    data = (last.data or {}) if last is not None else {}
+    failed = int(data.get("version", -1))
+    if reported or failed < version or _gone(str(data.get("process", ""))):
+        incident_resolve_by_key(
+            dedup_key=CONFIG_INCIDENT,
+            message=f"{_process()} loaded config v{version} completely",
+            data={"version": version, "failed_version": failed, "process": _process()},
+        )
+
+
 class LiveConfig:
     """The process's :class:`~agents.runtime.ports.ConfigSource`."""
 
     def __init__(self) -> None:
         self.snapshot = Snapshot()
         self._failed_version: int | None = None
+        self._reported: int | None = None  # the version this process opened config:reload for
 
     def agent(self, name: str) -> AgentConfig | None:
         return self.snapshot.agents.get(name)
@@ -342,12 +414,18 @@ class LiveConfig:
         try:
             with transaction.atomic():
                 snapshot = snapshot_build(version)
-        except Exception:
+        except Exception as exc:
             # Keys above all: whatever broke the build, revocations still take effect. The old
             # version is kept, so the next poll tries the whole build again.
             if self._failed_version != version:
                 log.exception("config v%s could not be loaded; reloading API keys only", version)
                 self._failed_version = version
+                self._report(
+                    version,
+                    [f"the build failed ({type(exc).__name__}: {exc}"[:500] + "); API keys "
+                     f"reloaded, still serving v{previous.version}"],
+                    previous.version,
+                )  # fmt: skip
             with transaction.atomic():
                 keys = keys_build()
             self.snapshot = replace(previous, keys=keys)
@@ -360,7 +438,29 @@ class LiveConfig:
                 provider_incidents_sync(broken=snapshot.broken_providers)
             except Exception:  # the incident is a report; the config is loaded either way
                 log.exception("could not open or resolve provider incidents")
+        left_out = [
+            *(
+                f"provider {name} left out: {why}"
+                for name, why in snapshot.broken_providers.items()
+            ),
+            *(f"agent {name} left out: {why}" for name, why in snapshot.unavailable.items()),
+        ]
+        if left_out:
+            self._report(version, left_out, version)
+        elif self._reported is not None or previous.version < 0:
+            try:
+                config_incident_resolve(version=version, reported=self._reported is not None)
+                self._reported = None
+            except Exception:
+                log.exception("could not resolve the config reload incident")
         return True
+
+    def _report(self, version: int, problems: list[str], loaded: int) -> None:
+        try:
+            config_incident_open(version=version, problems=sorted(problems), loaded=loaded)
+            self._reported = version
+        except Exception:  # the incident is a report; serving goes on either way
+            log.exception("could not open the config reload incident")
 
     async def watch(
         self, interval_s: float = 1.0, on_change: Callable[[], None] | None = None

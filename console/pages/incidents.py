@@ -5,6 +5,7 @@ through :func:`incidents.services.incident_change` (one timeline entry per chang
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from agents.models import Agent
 from console.roles import has_role, role_required
 from core.errors import ApplicationError, ValidationFailed
 from incidents import selectors
-from incidents.models import Incident, IncidentStatus, Severity
+from incidents.models import INCIDENT_KINDS, Incident, IncidentStatus, Severity, kind_label
 from incidents.schemas import POSTMORTEM_FIELDS, TEXT_MAX
 from incidents.services import incident_change
 
@@ -73,6 +74,11 @@ def incident_list(request: HttpRequest) -> HttpResponse:
     errors: list[str] = []
     state = _choice(request, "state", list(IncidentStatus.values), errors)
     severity = _choice(request, "severity", list(Severity.values), errors)
+    kinds = sorted(
+        set(INCIDENT_KINDS) | set(Incident.objects.values_list("kind", flat=True).distinct()),
+        key=kind_label,
+    )
+    kind = _choice(request, "kind", kinds, errors)
     agent = request.GET.get("agent", "")
     if len(agent) > 64:
         errors.append("agent: at most 64 characters")
@@ -86,13 +92,21 @@ def incident_list(request: HttpRequest) -> HttpResponse:
                 status=state or None,
                 severity=severity or None,
                 agent=agent or None,
+                kind=kind or None,
                 after=after,
                 limit=PAGE_SIZE,
             )
         except ValidationFailed as error:
             errors.extend(error.errors)
     now = timezone.now()
-    rows = [{"incident": incident, "duration": _duration(incident, now)} for incident in incidents]
+    rows = [
+        {
+            "incident": incident,
+            "duration": _duration(incident, now),
+            "kind": kind_label(incident.kind),
+        }
+        for incident in incidents
+    ]
     query = request.GET.copy()
     query.pop("after", None)
     context = {
@@ -103,13 +117,27 @@ def incident_list(request: HttpRequest) -> HttpResponse:
         "agent": agent,
         "states": IncidentStatus.values,
         "severities": Severity.values,
+        "kind": kind,
+        "kinds": [{"value": value, "label": kind_label(value)} for value in kinds],
         "agents": list(Agent.objects.order_by("name").values_list("name", flat=True)),
-        "filtered": bool(state or severity or agent),
+        "filtered": bool(state or severity or agent or kind),
         "paged": after is not None,
         "next_query": _with(query, "after", cursor) if cursor else None,
         "first_query": query.urlencode(),
     }
     return render(request, "console/incidents.html", context, status=400 if errors else 200)
+
+
+def _figures(data: Any) -> list[tuple[str, str]]:
+    """A timeline entry's data (the detector's figures, an alert's labels) as name/value pairs;
+    nested values as compact JSON."""
+    if not isinstance(data, dict):
+        return []
+    return [
+        (str(name), value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+        for name, value in data.items()
+        if value is not None and value != {} and value != []
+    ]
 
 
 def _with(query: Any, name: str, value: str) -> str:
@@ -125,7 +153,11 @@ def incident_detail(request: HttpRequest, incident_id: int) -> HttpResponse:
     if incident is None:
         raise Http404(f"incident {incident_id} does not exist")
     timeline = [
-        {"event": event, "css": _TIMELINE_CLASS.get(event.kind, "")}
+        {
+            "event": event,
+            "css": _TIMELINE_CLASS.get(event.kind, ""),
+            "figures": _figures(event.data),
+        }
         for event in incident.events.all()
     ]
     postmortem = [
@@ -134,6 +166,7 @@ def incident_detail(request: HttpRequest, incident_id: int) -> HttpResponse:
     ]
     context = {
         "incident": incident,
+        "kind": kind_label(incident.kind),
         "timeline": timeline,
         "postmortem": postmortem,
         "postmortem_written": any(item["value"] for item in postmortem),

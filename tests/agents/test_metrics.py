@@ -186,6 +186,52 @@ def test_a_call_after_a_successful_one_is_not_a_retry() -> None:
     assert count_retries(steps) == 0
 
 
+def test_failed_attempts_count_upstream_errors_by_deployment_and_kind() -> None:
+    steps = (
+        Step("attempt", model="primary", deployment=901, outcome="QuotaExhausted"),
+        Step("fallback", model="backup", outcome="llm_error"),
+        Step("attempt", model="backup", deployment=902, outcome="RateLimited"),
+        Step(
+            "attempt",
+            model="backup",
+            deployment=902,
+            outcome="ProviderError",
+            detail="transport error: ClientConnectorError: refused",
+        ),
+        Step("attempt", model="backup", deployment=902, outcome="ProviderError", detail="HTTP 502"),
+        Step("attempt", model="backup", deployment=902, outcome="ok"),
+    )
+    kinds = [
+        ("901", "quota"),
+        ("902", "rate_limited"),
+        ("902", "connection"),
+        ("902", "server_error"),
+    ]
+    before = {k: value("agent_upstream_errors_total", deployment=k[0], kind=k[1]) for k in kinds}
+
+    MetricsEvents().execution_finished(
+        result("metrics-upstream", fallback_reason="llm_error", steps=steps)
+    )
+
+    for deployment, kind in kinds:
+        assert value("agent_upstream_errors_total", deployment=deployment, kind=kind) == (
+            before[(deployment, kind)] + 1
+        ), kind
+    assert value("agent_upstream_errors_total", deployment="902", kind="other") == 0
+
+
+def test_a_degraded_execution_counts_its_quota_error_and_nothing_is_counted_for_a_tool() -> None:
+    steps = (
+        Step("attempt", model="m", deployment=903, outcome="QuotaExhausted"),
+        Step("tool", outcome="ToolFailed"),
+    )
+    before = value("agent_upstream_errors_total", deployment="903", kind="quota")
+    MetricsEvents().execution_finished(
+        result("metrics-upstream", status=ExecutionStatus.DEGRADED, steps=steps)
+    )
+    assert value("agent_upstream_errors_total", deployment="903", kind="quota") == before + 1
+
+
 def test_active_requests_follow_started_and_finished_executions() -> None:
     agent = "metrics-active"
     base = value("agent_active_requests", agent=agent)

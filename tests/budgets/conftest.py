@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+import pytest
 
 from agents.models import Agent, ApiKey, Execution
 from agents.runtime.budgets import to_micros
@@ -120,3 +122,14 @@ class Counters:
 
     def __call__(self, keys: tuple[str, ...]) -> Mapping[str, tuple[int, int]]:
         return asyncio.run(self.state.budget_usage(keys))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_job_config() -> Iterator[None]:
+    """The jobs' configuration (``budgets.services.job_call_floors``) follows the config
+    version, which every test's rollback sets back: each test starts without one."""
+    import budgets.services
+
+    budgets.services._job_config = None
+    yield
+    budgets.services._job_config = None

@@ -117,6 +117,35 @@ def test_the_drift_incident_resolves_once_counter_and_ledger_agree_again() -> No
     assert incident.events.filter(kind="resolved").count() == 1
 
 
+def test_a_drift_left_open_when_its_window_ends_is_resolved_with_the_figures_kept() -> None:
+    b = budget(limit="10")
+    counters = Counters()
+    spend("0.000005", at=NOW - timedelta(minutes=1))
+    budgets_reconcile(now=NOW, usage_reader=counters, settle_s=0)  # counter 0, ledger 5
+
+    budgets_reconcile(now=NOW + timedelta(days=1), usage_reader=counters, settle_s=0)
+
+    incident = Incident.objects.get(dedup_key__endswith=":2026-03-11")
+    assert incident.status == "resolved"
+    assert [e.kind for e in incident.events.all()] == ["opened", "resolved"]
+    assert incident.events.get(kind="opened").data["drift_micros"] == 5
+    assert incident.events.get(kind="resolved").message.startswith("the budget window ended")
+    # The new window agrees (nothing spent in it): no incident for it.
+    assert Incident.objects.count() == 1
+    assert b.pk == incident.events.get(kind="opened").data["budget_id"]
+
+
+def test_a_drift_of_a_deleted_budget_is_resolved() -> None:
+    b = budget(limit="10")
+    spend("0.000005", at=NOW - timedelta(minutes=1))
+    budgets_reconcile(now=NOW, usage_reader=Counters(), settle_s=0)
+    b.delete()
+
+    assert budgets_reconcile(now=NOW, usage_reader=Counters(), settle_s=0) == []
+
+    assert Incident.objects.get().status == "resolved"
+
+
 def test_spend_settled_but_not_yet_drained_is_not_drift() -> None:
     """Under traffic the counter runs ahead of the ledger by what the recorder has not stored
     yet: the ledger read between two counter reads must land between them."""

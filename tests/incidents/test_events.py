@@ -3,10 +3,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
+from agents.executions.processes import process_owner_id
+from agents.models import WorkerProcess
 from agents.runtime.state import BreakerState, Transition
-from incidents.events import IncidentEvents, transition_to_incident
-from incidents.models import Incident, IncidentStatus, Severity
+from incidents.events import (
+    IncidentEvents,
+    dependency_incidents_sweep,
+    dependency_to_incident,
+    transition_to_incident,
+)
+from incidents.models import Incident, IncidentEvent, IncidentStatus, Severity
 
 pytestmark = pytest.mark.django_db
 
@@ -84,3 +92,80 @@ def test_the_sink_writes_off_the_calling_thread_and_in_order() -> None:
     incident = Incident.objects.get()
     assert incident.status == IncidentStatus.RESOLVED
     assert [e.kind for e in incident.events.all()] == ["opened", "half_open", "resolved"]
+
+
+# --- dependency outages --------------------------------------------------------------------------
+
+
+def test_a_shared_state_outage_opens_one_critical_incident_every_process_adds_to() -> None:
+    dependency_to_incident("state_unavailable", False, "redis: Connection refused (process 1)")
+    dependency_to_incident("state_unavailable", False, "redis: Connection refused (process 2)")
+
+    incident = Incident.objects.get()
+    assert incident.kind == "dependency_down"
+    assert incident.dedup_key == "dependency:state_unavailable"
+    assert incident.severity == Severity.CRITICAL
+    assert incident.title == "Shared state (Redis) unreachable: executions are refused"
+    assert [(e.kind, e.message) for e in incident.events.all()] == [
+        ("opened", "redis: Connection refused (process 1)"),
+        ("recurred", "redis: Connection refused (process 2)"),
+    ]
+
+
+def test_the_outage_resolves_when_a_process_reports_the_state_answering_again() -> None:
+    dependency_to_incident("state_unavailable", False, "redis: Connection refused")
+    dependency_to_incident("state_unavailable", True, "state store answered")
+
+    incident = Incident.objects.get()
+    assert incident.status == IncidentStatus.RESOLVED
+    resolved = incident.events.get(kind="resolved")
+    assert resolved.message == "answering again (state store answered)"
+    # The next outage is a new incident; a report of "answering" with nothing open is nothing.
+    dependency_to_incident("state_unavailable", True, "state store answered")
+    dependency_to_incident("state_unavailable", False, "redis: timeout")
+    assert Incident.objects.count() == 2
+    assert Incident.objects.filter(status=IncidentStatus.OPEN).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sink_turns_dependency_changes_into_an_incident_off_the_calling_thread() -> None:
+    sink = IncidentEvents()
+    sink.dependency_changed("recording_unavailable", False, "journal: disk full")
+    sink.dependency_changed("recording_unavailable", True, "journal written")
+    sink.close(wait=True)
+    incident = Incident.objects.get()
+    assert incident.dedup_key == "dependency:recording_unavailable"
+    assert [e.kind for e in incident.events.all()] == ["opened", "resolved"]
+
+
+def _process(pid: int, **fields: Any) -> str:
+    from agents.models import WorkerProcess
+
+    row = WorkerProcess.objects.create(id=f"p-{pid}", kind="serve", host="h", pid=pid, **fields)
+    return row.id
+
+
+def test_an_outage_every_reporter_of_which_is_gone_is_resolved_by_the_sweep() -> None:
+    now = timezone.now()
+    first, second = _process(1), _process(2)
+    dependency_to_incident("state_unavailable", False, "refused", process=first)
+    dependency_to_incident("state_unavailable", False, "refused", process=second)
+    assert dependency_incidents_sweep() == []  # both alive
+
+    WorkerProcess.objects.filter(id=first).update(dead_at=now)
+    assert dependency_incidents_sweep() == []  # one still runs: it reports the recovery
+
+    WorkerProcess.objects.filter(id=second).update(stopped_at=now)
+    incident = Incident.objects.get()
+    assert dependency_incidents_sweep() == [incident.pk]
+    incident.refresh_from_db()
+    assert incident.status == IncidentStatus.RESOLVED
+    resolved = incident.events.get(kind="resolved")
+    assert resolved.message.startswith("every process that reported it is gone (2)")
+    assert resolved.data["processes"] == ["p-1", "p-2"]
+
+
+def test_each_outage_entry_names_the_process_that_saw_it() -> None:
+    dependency_to_incident("recording_unavailable", False, "journal: disk full")
+    opened = IncidentEvent.objects.get()
+    assert opened.data == {"dependency": "recording_unavailable", "process": process_owner_id()}

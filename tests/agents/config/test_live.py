@@ -210,3 +210,131 @@ async def test_the_keys_reload_even_when_the_rest_of_the_build_fails(
     assert config.key(world["other"][:11]) is not None
     assert config.agent("free") is not None  # the rest is the last good config
     assert config.snapshot.version == loaded  # and the next poll tries the whole build again
+
+
+# --- config reload incidents -------------------------------------------------------------------
+
+SIMPLE = """
+providers:
+  - {name: sim, kind: simulated, simulation: {latency_ms: 0, error_rate: 0, seed: 1}}
+models:
+  - {name: free-m, provider: sim, upstream_model: s-1}
+agents:
+  - {name: free, model: free-m}
+"""
+
+
+def _reload_incident() -> Any:
+    from incidents.models import Incident
+
+    return Incident.objects.get(dedup_key="config:reload")
+
+
+def _break_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.config.live
+    from budgets.models import Budget
+
+    def unreadable(budget: object) -> None:
+        raise RuntimeError("an unforeseen bad row")
+
+    monkeypatch.setattr(agents.config.live, "budget_rule", unreadable)
+    Budget.objects.create(scope="global", window="daily", limit_usd=1)  # bumps the version
+
+
+def test_a_failed_reload_opens_one_config_incident_and_the_next_complete_one_resolves_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agents.config.apply import config_apply, config_parse
+
+    config_apply(document=config_parse(SIMPLE))
+    config = LiveConfig()
+    config.reload()
+    serving = config.snapshot.version
+    _break_the_build(monkeypatch)
+    failing = config_version_current()
+
+    for _ in range(3):  # each poll tries again; the incident hears of the version once
+        config.reload()
+    LiveConfig().reload()  # another process fails on it too: one incident, one more entry
+
+    incident = _reload_incident()
+    assert incident.kind == "config_reload"
+    assert incident.status == "open"
+    assert incident.title == f"Config reload failed: version {failing}"
+    opened, recurred = incident.events.all()
+    assert (opened.kind, recurred.kind) == ("opened", "recurred")
+    assert "the build failed (RuntimeError: an unforeseen bad row)" in opened.message
+    assert f"still serving v{serving}" in opened.message
+    assert opened.data["version"] == failing
+    assert opened.data["serving_version"] == serving
+
+    monkeypatch.undo()  # the row is fixed
+    config.reload()
+    incident.refresh_from_db()
+    assert incident.status == "resolved"
+    assert incident.events.last().message.endswith(f"loaded config v{failing} completely")
+
+
+def test_a_healthy_process_loading_the_version_another_failed_on_leaves_that_report_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agents.config.apply import config_apply, config_parse
+
+    config_apply(document=config_parse(SIMPLE))
+    failed = LiveConfig()
+    _break_the_build(monkeypatch)
+    failed.reload()
+    monkeypatch.undo()  # only that process could not build it (its environment, say)
+
+    LiveConfig().reload()  # a new process loads the same version fine
+    assert _reload_incident().status == "open"
+
+    failed.reload()  # the process that failed loads it now
+    assert _reload_incident().status == "resolved"
+
+
+def test_an_agent_left_out_of_a_reload_opens_the_config_incident_naming_it() -> None:
+    from agents.config.apply import config_apply, config_parse
+    from agents.models import Agent
+
+    config_apply(document=config_parse(SIMPLE))
+    Agent.objects.filter(name="free").update(tools=[{"kind": "python"}])  # unreadable row
+    _bump()
+    config = LiveConfig()
+    config.reload()
+
+    incident = _reload_incident()
+    assert "agent free left out: agent 'free' is unavailable" in incident.events.get().message
+
+    Agent.objects.filter(name="free").update(tools=[])
+    _bump()
+    config.reload()
+    assert _reload_incident().status == "resolved"
+
+
+def test_a_restarted_process_loading_the_version_its_predecessor_failed_on_resolves_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    import agents.config.live
+    from agents.config.apply import config_apply, config_parse
+
+    config_apply(document=config_parse(SIMPLE))
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    predecessor = f"{socket.gethostname()}:{finished.stdout.strip()}"  # a pid that is gone
+    _break_the_build(monkeypatch)
+    monkeypatch.setattr(agents.config.live, "_process", lambda: predecessor)
+    LiveConfig().reload()
+    monkeypatch.undo()
+
+    LiveConfig().reload()  # its successor, same version
+
+    assert _reload_incident().status == "resolved"

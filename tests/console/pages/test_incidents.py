@@ -245,3 +245,42 @@ def test_durations_read_as_the_two_largest_units() -> None:
     assert duration_text(725) == "12m 05s"
     assert duration_text(3 * 3600 + 7 * 60) == "3h 07m"
     assert duration_text(2 * 86_400 + 4 * 3600) == "2d 04h"
+
+
+def test_every_incident_class_is_named_and_the_list_filters_by_kind() -> None:
+    _incident(
+        "Budget exhausted: daily global budget ($10.00)",
+        kind="budget_exhausted",
+        severity="critical",
+    )
+    _incident("Upstream quota exhausted: deployment 3", kind="upstream_quota")
+    _incident("BreakwaterDrainerLag", kind="alert")
+    client = _client("viewer")
+    page = client.get("/incidents/").content.decode()
+    assert '<label for="f-kind">Kind</label>' in page
+    for label in (
+        "Budget exhausted",
+        "Upstream quota exhausted",
+        "Alertmanager alert",
+        "Config reload failed",
+        "Budget forecast over its limit",
+    ):
+        assert f">{label}</option>" in page, label
+    page = client.get("/incidents/?kind=upstream_quota").content.decode()
+    assert "Upstream quota exhausted: deployment 3" in page
+    assert "BreakwaterDrainerLag" not in page
+    assert client.get("/incidents/?kind=nonsense").status_code == 400
+
+
+def test_a_timeline_entry_shows_its_figures() -> None:
+    incident, _ = incident_open(
+        kind="budget_exhausted",
+        dedup_key="budget:1:exhausted",
+        title="Budget exhausted: daily global budget ($10.00)",
+        message="$10.00 of $10.00 used",
+        data={"limit_usd": "10", "spent_usd": "10", "labels": {"agent": "support"}},
+    )
+    page = _client("viewer").get(f"/incidents/{incident.pk}/").content.decode()
+    assert 'Budget exhausted <span class="muted">budget_exhausted</span>' in page
+    assert "<dt>limit_usd</dt><dd><code>10</code></dd>" in page
+    assert "<dt>labels</dt><dd><code>{&quot;agent&quot;: &quot;support&quot;}</code></dd>" in page
