@@ -2,9 +2,9 @@
 scrapes a live ``serve`` with the shipped rules (a copy with short ``for:``), Debian's
 Alertmanager routes with the shipped routing tree to Breakwater's receiver and to a webhook
 listener of the test's own. An outage of the agent's only upstream (fakellm answering 503) opens
-its breaker: the breaker alert fires in Prometheus and reaches the webhook; the upstream comes
-back, the breaker closes, and both see it resolved. (The incident that Breakwater's receiver
-opens and resolves is asserted once that receiver is on main: see the TODO.)
+its breaker: the breaker alert fires in Prometheus, reaches the webhook and opens an incident
+through Breakwater's receiver; the upstream comes back, the breaker closes, and all three see it
+resolved.
 """
 
 from __future__ import annotations
@@ -184,8 +184,7 @@ def routed_to(url: str, alertname: str) -> set[str]:
 
 
 def alert_incident(live: Breakwater) -> dict[str, Any] | None:
-    """The incident Breakwater's receiver opened for the agent breaker alert, if any.
-    (Used by the test once the receiver is on main: see its TODO.)"""
+    """The incident Breakwater's receiver opened for the agent breaker alert, if any."""
     status, body = live.call("GET", "/api/v1/incidents?kind=alert")
     assert status == 200, body
     found = [
@@ -301,19 +300,16 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
     # to rate()).
     for _ in range(3):
         assert live.execute("outage", "still down?")["status"] in {"failed", "degraded"}
-    # Alertmanager routes it to Breakwater's receiver too (delivered once the receiver exists).
+    # Alertmanager routes it to Breakwater's receiver too, which opens an incident.
     assert routed_to(alertmanager, "AgentCircuitBreakerOpen") == {"breakwater", "oncall"}
-    # TODO(lead): once the "incidents" helper's receiver (POST /api/v1/alerts/alertmanager) is on
-    # main, uncomment this block and the one below (run with h/incidents c9962f5 merged: passes,
-    # 21 s in all), and delete this comment and alert_incident's note:
-    # eventually(lambda: alert_incident(live) is not None, "an incident opened by the alert")
-    # incident = alert_incident(live)
-    # assert incident is not None
-    # assert (incident["severity"], incident["agent"], incident["status"]) == (
-    #     "critical",
-    #     "outage",
-    #     "open",
-    # )
+    eventually(lambda: alert_incident(live) is not None, "an incident opened by the alert")
+    incident = alert_incident(live)
+    assert incident is not None
+    assert (incident["severity"], incident["agent"], incident["status"]) == (
+        "critical",
+        "outage",
+        "open",
+    )
 
     # The outage ends: after the recovery time (1 s) a probe succeeds and the breaker closes.
     set_faults(upstream, error_rate=0)
@@ -333,11 +329,10 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
         lambda: ("AgentCircuitBreakerOpen", "resolved") in hook.alerts("/oncall"),
         "the resolved alert at the on-call webhook",
     )
-    # TODO(lead): uncomment with the block above.
-    # eventually(
-    #     lambda: (alert_incident(live) or {}).get("status") == "resolved",
-    #     "the alert's incident resolved",
-    # )
+    eventually(
+        lambda: (alert_incident(live) or {}).get("status") == "resolved",
+        "the alert's incident resolved",
+    )
 
     # The recording rules read the live series: the outage's failures are availability errors,
     # no execution was slower than 2 s, and the objectives are the defaults.

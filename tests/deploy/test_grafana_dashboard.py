@@ -33,8 +33,6 @@ NOT_YET_EXPORTED = {
     "breakwater_process_resident_memory_bytes",  # helper "memory"
     "breakwater_memory_growth_bytes_per_second",  # helper "memory"
     "breakwater_process_recycles_total",  # helper "memory"
-    "agent_upstream_errors_total",  # helper "incidents"
-    "agent_slo_objective_ratio",  # helper "slo" (read by the recording rules only)
 }
 PROMETHEUS_OWN = {"up"}
 

@@ -112,7 +112,10 @@ def test_a_shared_state_outage_opens_one_critical_incident_every_process_adds_to
     ]
 
 
-def test_the_outage_resolves_when_a_process_reports_the_state_answering_again() -> None:
+def test_the_outage_resolves_when_a_process_reports_the_state_answering_again(
+    settings: Any,
+) -> None:
+    settings.BREAKWATER_NOTIFY_FLAP_S = 0  # past the flap cool-down: the next outage is new
     dependency_to_incident("state_unavailable", False, "redis: Connection refused")
     dependency_to_incident("state_unavailable", True, "state store answered")
 
