@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from console.pages import agents, audit, budgets, executions, incidents, keys, overview
+from console.pages import agents, audit, budgets, drills, executions, incidents, keys, overview
 
 urlpatterns = [
     path("", overview.overview, name="overview"),
@@ -49,4 +49,7 @@ urlpatterns = [
     path("keys/", keys.key_list, name="keys"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
     path("audit/", audit.audit_list, name="audit"),
+    path("drills/", drills.drill_list, name="drills"),
+    path("drills/start/", drills.drill_start, name="drill_start"),
+    path("drills/<int:drill_id>/", drills.drill_card, name="drill"),
 ]

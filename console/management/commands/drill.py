@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console.drills.report import table
@@ -44,7 +45,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--url",
-            default=os.environ.get("BREAKWATER_DRILL_URL", DEFAULT_BASE_URL),
+            default=settings.BREAKWATER_DRILL_URL or DEFAULT_BASE_URL,
             help=f"the running deployment (BREAKWATER_DRILL_URL, default {DEFAULT_BASE_URL})",
         )
         parser.add_argument(
