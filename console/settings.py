@@ -121,9 +121,7 @@ BREAKWATER_COST_SPIKE_FACTOR = env_float("BREAKWATER_COST_SPIKE_FACTOR", 3.0, mi
 BREAKWATER_COST_SPIKE_MIN_USD = env_float("BREAKWATER_COST_SPIKE_MIN_USD", 1.0, min_value=0.0)
 # Drills (console/drills/): the deployment they run against. Unset: `manage.py drill` uses
 # http://127.0.0.1:8000 and a drill started from /drills/ the address its page was served on.
-BREAKWATER_DRILL_URL = env_url(
-    "BREAKWATER_DRILL_URL", None, schemes=frozenset({"http", "https"})
-)
+BREAKWATER_DRILL_URL = env_url("BREAKWATER_DRILL_URL", None, schemes=frozenset({"http", "https"}))
 
 # --- Applications ------------------------------------------------------------------------
 INSTALLED_APPS = [

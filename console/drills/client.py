@@ -55,7 +55,9 @@ class ApiClient:
                     body = text
                 return response.status, body
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DrillError(f"{method} {self.base_url}{path}: {exc or type(exc).__name__}") from exc
+            raise DrillError(
+                f"{method} {self.base_url}{path}: {exc or type(exc).__name__}"
+            ) from exc
 
     async def ok(
         self, method: str, path: str, *, payload: Any = None, params: dict[str, Any] | None = None

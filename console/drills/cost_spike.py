@@ -146,15 +146,30 @@ async def run(setup: Setup, options: CostSpikeOptions, *, template: str | None) 
         f"${options.input_usd_per_mtok:g} / ${options.output_usd_per_mtok:g} per M tokens "
         "(input / output)",
     )
-    report.add("spike_rate", "runaway loop", options.spike_rate, f"{options.spike_rate:g} requests/s of {spec_tokens:,}-token answers")
+    report.add(
+        "spike_rate",
+        "runaway loop",
+        options.spike_rate,
+        f"{options.spike_rate:g} requests/s of {spec_tokens:,}-token answers",
+    )
     report.add("spike_at", "spike started at", spike_at, clock(spike_at))
     report.section("budget")
     report.add("limit_usd", "daily limit", limit, money(limit))
-    report.add("spent_usd", "spent (ledger)", spent, f"{money(spent)} ({spent / limit * 100 if limit else 0:.0f}% of the limit)")
+    report.add(
+        "spent_usd",
+        "spent (ledger)",
+        spent,
+        f"{money(spent)} ({spent / limit * 100 if limit else 0:.0f}% of the limit)",
+    )
     report.add("state", "budget state", budget["state"])
     stop = None if refused_at is None else refused_at - spike_at
     report.add("time_to_stop_s", "spend stopped after", stop, seconds(stop))
-    report.add("spent_in_spike_usd", "spent during the spike", sum(s.cost_usd for s in admitted), money(sum(s.cost_usd for s in admitted)))
+    report.add(
+        "spent_in_spike_usd",
+        "spent during the spike",
+        sum(s.cost_usd for s in admitted),
+        money(sum(s.cost_usd for s in admitted)),
+    )
     report.section("requests")
     report.add("spike_requests", "during the spike", len(spike))
     report.add("admitted", "admitted (answered)", len(admitted))
@@ -169,6 +184,14 @@ async def run(setup: Setup, options: CostSpikeOptions, *, template: str | None) 
         f"{money(hourly)} an hour ({money(hourly * 24)} a day)",
     )
     report.add("avoided_usd", "the refused would have cost", avoided, money(avoided))
+    report.add(
+        "upstream_calls_before_stop",
+        "upstream calls in the spike",
+        None if refused_at is None else calls_at_refusal - calls_at_spike,
+        "-"
+        if refused_at is None
+        else f"{calls_at_refusal - calls_at_spike} until the budget refused",
+    )
     report.add(
         "upstream_calls_after_stop",
         "upstream calls once stopped",
@@ -190,7 +213,9 @@ async def run(setup: Setup, options: CostSpikeOptions, *, template: str | None) 
         report.add("incidents", "incidents", None, "none opened for the agent")
     report.section("notifications")
     if notified is None:
-        report.add("notifications", "notifications", None, "not configured (no /api/v1/notifications)")
+        report.add(
+            "notifications", "notifications", None, "not configured (no /api/v1/notifications)"
+        )
     else:
         report.add(
             "notifications",
@@ -201,7 +226,9 @@ async def run(setup: Setup, options: CostSpikeOptions, *, template: str | None) 
     report.add("recorded", "executions recorded", recorded, f"{recorded} of {len(traffic.samples)}")
 
     report.check("budget refused the runaway loop", bool(refused), f"{len(refused)} refused")
-    report.check("spend stayed within the limit", spent <= limit + 1e-9, f"{money(spent)} of {money(limit)}")
+    report.check(
+        "spend stayed within the limit", spent <= limit + 1e-9, f"{money(spent)} of {money(limit)}"
+    )
     report.check(
         "no upstream call once stopped (beyond those in flight)",
         calls_after_refusal is not None and calls_after_refusal <= options.spike_rate * 2,
@@ -210,7 +237,8 @@ async def run(setup: Setup, options: CostSpikeOptions, *, template: str | None) 
     report.check(
         "an incident opened",
         any(i["kind"] in ("budget_exhausted", "cost_spike") for i in incidents),
-        ", ".join(f"{i['kind']} #{i['id']}" for i in incidents) or "no budget_exhausted or cost_spike incident",
+        ", ".join(f"{i['kind']} #{i['id']}" for i in incidents)
+        or "no budget_exhausted or cost_spike incident",
     )
     return report
 

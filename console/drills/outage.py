@@ -119,9 +119,13 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
                 log(f"breaker closed ({closed_seen - healed_at:.2f} s after the recovery)")
         found = await observe.incidents(api, since=fault_at, match=ours)
         incident = found[0] if found else None
-        if closed_seen is not None and (incident is None or incident["status"] == "resolved"):
-            if incident is not None or time.monotonic() > healed_mono + 10:
-                break
+        # Done once the breaker is closed and its incident resolved (or, if no incident was
+        # ever opened, 10 s after the recovery: nothing more will come).
+        settled = incident is not None and incident["status"] == "resolved"
+        if closed_seen is not None and (
+            settled or (incident is None and time.monotonic() > healed_mono + 10)
+        ):
+            break
         await asyncio.sleep(max(options.poll_s, 0.5))
     await asyncio.sleep(1.0)  # a few answers from the recovered primary
     await traffic.stop()
@@ -132,7 +136,9 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
 
     # --- figures ----------------------------------------------------------------------------
     report = Report()
-    phases = {p: [s for s in traffic.samples if s.phase == p] for p in ("baseline", "outage", "recovery")}
+    phases = {
+        p: [s for s in traffic.samples if s.phase == p] for p in ("baseline", "outage", "recovery")
+    }
     outage = tally(phases["outage"])
     served_fallback = outage.get(f"answered:{fallback.model}", 0)
     served_primary = outage.get(f"answered:{primary.model}", 0)
@@ -176,7 +182,9 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
         "incident_opened_at",
         "opened",
         epoch_or_none(incident, "opened_at"),
-        "-" if incident is None else f"{clock(observe.epoch(incident['opened_at']))}"
+        "-"
+        if incident is None
+        else f"{clock(observe.epoch(incident['opened_at']))}"
         f" ({(observe.epoch(incident['opened_at']) or 0) - fault_at:.2f} s after the fault)",
     )
     resolved = epoch_or_none(incident, "resolved_at")
@@ -184,7 +192,9 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
         "incident_resolved_at",
         "resolved",
         resolved,
-        "-" if resolved is None else f"{clock(resolved)} ({resolved - healed_at:.2f} s after the recovery)",
+        "-"
+        if resolved is None
+        else f"{clock(resolved)} ({resolved - healed_at:.2f} s after the recovery)",
     )
     report.section("totals")
     recovery = tally(phases["recovery"])
@@ -194,7 +204,11 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
         recovery.get(f"answered:{primary.model}", 0),
         f"{recovery.get(f'answered:{primary.model}', 0)} of {len(phases['recovery'])}",
     )
-    report.add("primary_calls_after_recovery", "primary calls after recovery", primary.calls - calls_at_heal)
+    report.add(
+        "primary_calls_after_recovery",
+        "primary calls after recovery",
+        primary.calls - calls_at_heal,
+    )
     report.add("requests", "requests sent", len(traffic.samples))
     report.add("recorded", "executions recorded by the server", recorded)
 

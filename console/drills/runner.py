@@ -80,11 +80,13 @@ def drill_execute(
     except (DrillError, ValueError) as exc:
         error = str(exc)
         note(f"error: {exc}")
-    except Exception as exc:  # noqa: BLE001 - stored on the run, and logged with its traceback
+    except Exception as exc:
         log.exception("drill %s failed", drill_id)
         error = f"{type(exc).__name__}: {exc}"
         note(f"error: {error}")
-    drill_finish(drill_id=drill_id, status=status, figures=figures, log="\n".join(lines), error=error)
+    drill_finish(
+        drill_id=drill_id, status=status, figures=figures, log="\n".join(lines), error=error
+    )
     drill.refresh_from_db()
     return drill
 

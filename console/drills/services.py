@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
@@ -24,7 +25,9 @@ KEY_LIFETIME = timedelta(hours=1)
 def drill_create(*, kind: str, options: dict[str, Any], actor: str) -> DrillRun:
     """A queued run; ``options`` are the drill's settings (never an API key)."""
     if kind not in DrillKind.values:
-        raise ValidationFailed([f"kind: unknown drill {kind!r}; expected one of {', '.join(DrillKind.values)}"])
+        raise ValidationFailed(
+            [f"kind: unknown drill {kind!r}; expected one of {', '.join(DrillKind.values)}"]
+        )
     if "api_key" in options:
         raise ValueError("drill options must not hold an API key")
     drill = DrillRun.objects.create(kind=kind, options=options, actor=actor)
@@ -80,8 +83,8 @@ def drill_upstreams_create(
                 name=model,
                 provider=name,
                 upstream_model="gpt-4o-mini",
-                input_usd_per_mtok=price_in,
-                output_usd_per_mtok=price_out,
+                input_usd_per_mtok=Decimal(str(price_in)),
+                output_usd_per_mtok=Decimal(str(price_out)),
                 max_concurrency=256,
             )
             for name, _, model, price_in, price_out in rows

@@ -185,7 +185,7 @@ class Setup:
             try:
                 await sync_to_async(services.drill_upstreams_delete)(rows=names, actor=self.actor)
                 self.log(f"cleanup: {len(names)} drill provider(s) and model(s) deleted")
-            except Exception as exc:  # noqa: BLE001 - the rest of the cleanup must still run
+            except Exception as exc:
                 self.log(f"cleanup: could not delete the drill's providers: {exc}")
             for upstream in self.upstreams.values():
                 with contextlib.suppress(Exception):

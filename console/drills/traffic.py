@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import aiohttp
 
@@ -46,7 +47,7 @@ class Traffic:
     phase: str = "baseline"
     samples: list[Sample] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
-    _pending: set[asyncio.Task[None]] = field(default_factory=set)
+    _pending: set[asyncio.Task[Sample]] = field(default_factory=set)
     _count: itertools.count[int] = field(default_factory=itertools.count)
 
     def start(self) -> None:
@@ -89,7 +90,7 @@ class Traffic:
             body["max_tokens"] = self.max_tokens
         sent = time.monotonic()
         headers = {"Authorization": f"Bearer {self.client.api_key}"}
-        http, answer = 0, {}
+        http, answer = 0, cast(Any, {})
         try:
             async with self.client.session.post(
                 f"{self.client.base_url}/api/v1/agents/{self.agent}/execute",

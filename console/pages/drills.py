@@ -40,7 +40,9 @@ WHAT = {
 def card(drill: DrillRun) -> dict[str, Any]:
     figures = drill.figures or {}
     rows = [
-        {"label": label[3:], "section": True} if label.startswith("-- ") else {"label": label, "value": value}
+        {"label": label[3:], "section": True}
+        if label.startswith("-- ")
+        else {"label": label, "value": value}
         for label, value in figures.get("rows", [])
     ]
     checks = figures.get("checks", [])
@@ -85,7 +87,9 @@ def drill_card(request: HttpRequest, drill_id: int) -> HttpResponse:
     drill = selectors.drill_get(drill_id=drill_id)
     if drill is None:
         raise Http404(f"drill {drill_id} does not exist")
-    return render(request, "console/_drill.html", {"c": card(drill), "poll_s": POLL_S, "open": True})
+    return render(
+        request, "console/_drill.html", {"c": card(drill), "poll_s": POLL_S, "open": True}
+    )
 
 
 def _base_url(request: HttpRequest) -> str:
@@ -116,7 +120,8 @@ def drill_start(request: HttpRequest) -> HttpResponse:
     active = selectors.drill_active()
     if active is not None:
         messages.error(
-            request, f"No drill started: drill {active.pk} ({active.kind}) is still {active.status}."
+            request,
+            f"No drill started: drill {active.pk} ({active.kind}) is still {active.status}.",
         )
         return back
     drill = drill_create(

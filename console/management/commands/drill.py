@@ -17,16 +17,26 @@ from console.models import DrillStatus
 
 # flag -> (option, type, help); a drill takes the ones its options name.
 FLAGS: dict[str, tuple[str, type, str]] = {
-    "--seconds": ("seconds", float, "outage: how long the primary is down (30); cost-spike: "
-                  "the longest the runaway loop runs before the budget stops it (60)"),
+    "--seconds": (
+        "seconds",
+        float,
+        "outage: how long the primary is down (30); cost-spike: "
+        "the longest the runaway loop runs before the budget stops it (60)",
+    ),
     "--warmup-s": ("warmup_s", float, "normal traffic before the fault (5)"),
     "--rate": ("rate", float, "requests/s offered (outage 5, cost-spike 2 before the spike)"),
     "--spike-rate": ("spike_rate", float, "cost-spike: requests/s of the runaway loop (10)"),
     "--budget-usd": ("budget_usd", float, "cost-spike: the drill agent's daily budget (0.50)"),
-    "--recovery-wait-s": ("recovery_wait_s", float,
-                          "outage: the longest wait for the breaker to close after recovery (90)"),
-    "--incident-wait-s": ("incident_wait_s", float,
-                          "cost-spike: the longest wait for the budget's incident (30)"),
+    "--recovery-wait-s": (
+        "recovery_wait_s",
+        float,
+        "outage: the longest wait for the breaker to close after recovery (90)",
+    ),
+    "--incident-wait-s": (
+        "incident_wait_s",
+        float,
+        "cost-spike: the longest wait for the budget's incident (30)",
+    ),
 }
 
 
@@ -86,8 +96,16 @@ class Command(BaseCommand):
         )
         if options["json"]:
             self.stdout.write(
-                json.dumps({"id": done.pk, "kind": kind, "status": done.status,
-                            "error": done.error, "figures": done.figures}, indent=2)
+                json.dumps(
+                    {
+                        "id": done.pk,
+                        "kind": kind,
+                        "status": done.status,
+                        "error": done.error,
+                        "figures": done.figures,
+                    },
+                    indent=2,
+                )
             )
         else:
             self.stdout.write(f"\nDrill {done.pk}: {kind} against {url}: {done.status}\n")

@@ -61,7 +61,9 @@ def leftovers(server: ConsoleServer) -> dict[str, list[str]]:
         "agents": [a["name"] for a in agents["items"] if a["name"].startswith("drill-")],
         "providers": re.findall(r"name: (drill-[\w-]+)", exported),
         "keys": [
-            k["name"] for k in keys["items"] if k["name"].startswith("drill") and not k["revoked_at"]
+            k["name"]
+            for k in keys["items"]
+            if k["name"].startswith("drill") and not k["revoked_at"]
         ],
     }
 
@@ -84,7 +86,8 @@ def test_the_outage_drill_opens_the_breaker_serves_the_fallback_and_resolves_the
     # Every request of the outage was answered, by the fallback model.
     assert got["outage_requests"] >= 10
     assert got["served_by_fallback"] == got["outage_requests"]
-    assert got["failed"] == 0 and got["degraded"] == 0
+    assert got["failed"] == 0
+    assert got["degraded"] == 0
     # The incident: opened with the breaker, resolved when the half-open probe closed it.
     _, incident = server.api("GET", f"/api/v1/incidents/{got['incident_id']}")
     assert incident["kind"] == "breaker_open"
@@ -108,7 +111,8 @@ def test_the_cost_spike_drill_stops_the_spend_at_the_budget(server: ConsoleServe
     assert got["limit_usd"] == 0.5
     assert 0.3 < got["spent_usd"] <= 0.5
     assert got["state"] == "exceeded"
-    assert got["refused"] > 0 and got["admitted"] >= 1
+    assert got["refused"] > 0
+    assert got["admitted"] >= 1
     assert got["failed"] == 0
     assert got["avoided_usd"] > got["spent_usd"]
     # The status follows the checks: passed only if every safeguard held (the incident too).
@@ -155,7 +159,7 @@ class Browserless:
         self.post("/login/", {"username": role, "password": server.passwords[role]})
 
     def csrf(self) -> str:
-        return next(c.value for c in self.jar if c.name == "csrftoken")
+        return next(str(c.value) for c in self.jar if c.name == "csrftoken")
 
     def get(self, path: str) -> str:
         with self.opener.open(self.server.url + path, timeout=15) as response:
@@ -186,9 +190,11 @@ def test_an_operator_starts_a_drill_from_the_page_and_the_server_runs_it_on_itse
         if status and status.group(1) not in ("queued", "running"):
             break
         time.sleep(1)
-    assert 'data-status="queued"' not in card and 'data-status="running"' not in card, card
+    assert 'data-status="queued"' not in card, card
+    assert 'data-status="running"' not in card, card
     assert "refused: budget_exceeded" in card
-    assert "daily limit" in card and "$0.5000" in card
+    assert "daily limit" in card
+    assert "$0.5000" in card
     assert "by user:operator" in card
     # What the viewer sees: the same drill in the list.
     viewer = Browserless(server, "viewer")
