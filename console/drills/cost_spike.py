@@ -120,7 +120,7 @@ async def run(setup: Setup, options: CostSpikeOptions, *, template: str | None) 
             break
         await asyncio.sleep(1.0)
     budget = await _budget(setup, agent)
-    notified = await observe.notifications(api, {i["id"] for i in incidents})
+    notified = await observe.notifications_settled(api, {i["id"] for i in incidents})
     recorded = await observe.executions_recorded(api, agent, expected=len(traffic.samples))
 
     # --- figures ----------------------------------------------------------------------------
@@ -211,19 +211,10 @@ async def run(setup: Setup, options: CostSpikeOptions, *, template: str | None) 
             )
     else:
         report.add("incidents", "incidents", None, "none opened for the agent")
-    report.section("notifications")
-    if notified is None:
-        report.add(
-            "notifications", "notifications", None, "not configured (no /api/v1/notifications)"
-        )
-    else:
-        report.add(
-            "notifications",
-            "deliveries",
-            len(notified["deliveries"]),
-            f"{len(notified['deliveries'])} about these incidents, over {notified['channels']} channel(s)",
-        )
-    report.add("recorded", "executions recorded", recorded, f"{recorded} of {len(traffic.samples)}")
+    observe.notification_rows(report, notified)
+    report.section("totals")
+    report.add("requests", "requests sent", len(traffic.samples))
+    report.add("recorded", "executions recorded by the server", recorded)
 
     report.check("budget refused the runaway loop", bool(refused), f"{len(refused)} refused")
     report.check(
@@ -240,6 +231,9 @@ async def run(setup: Setup, options: CostSpikeOptions, *, template: str | None) 
         ", ".join(f"{i['kind']} #{i['id']}" for i in incidents)
         or "no budget_exhausted or cost_spike incident",
     )
+    if notified is not None and notified["channels"]:
+        sent = [d for d in notified["deliveries"] if d.get("status") == "sent"]
+        report.check("the incident was notified", bool(sent), f"{len(sent)} delivery(ies) sent")
     return report
 
 

@@ -67,21 +67,65 @@ async def executions_recorded(
 
 
 async def notifications(api: ApiClient, incident_ids: set[int]) -> dict[str, Any] | None:
-    """Channels and the deliveries about ``incident_ids`` from ``GET /api/v1/notifications``,
-    or None when this deployment has no notifications endpoint (404)."""
+    """The channels (``GET /api/v1/notifications``) and the deliveries about ``incident_ids``
+    (``GET /api/v1/notifications/deliveries``), or None when this deployment has no
+    notifications endpoint (404)."""
     status, body = await api.call("GET", "/api/v1/notifications")
     if status == 404:
         return None
     if status != 200 or not isinstance(body, dict):
         raise DrillError(f"GET /api/v1/notifications: HTTP {status}")
-    channels = body.get("items") or body.get("channels") or []
-    deliveries = body.get("deliveries") or []
-    for channel in channels:
-        deliveries.extend(channel.get("deliveries") or [])
-    ours = [
-        d
-        for d in deliveries
-        if isinstance(d, dict)
-        and (d.get("incident") in incident_ids or d.get("incident_id") in incident_ids)
-    ]
-    return {"channels": len(channels), "deliveries": ours}
+    channels = [c for c in body.get("items", []) if c.get("enabled", True)]
+    deliveries = []
+    if channels and incident_ids:
+        deliveries = [
+            d
+            for d in await api.pages("/api/v1/notifications/deliveries", {"limit": 200}, most=1000)
+            if d.get("incident") in incident_ids
+        ]
+    return {"channels": len(channels), "deliveries": deliveries}
+
+
+async def notifications_settled(
+    api: ApiClient, incident_ids: set[int], *, wait_s: float = 15.0
+) -> dict[str, Any] | None:
+    """:func:`notifications`, once every delivery about ``incident_ids`` is final (sent or
+    failed) or ``wait_s`` has passed: deliveries run in the background, with retries."""
+    end = time.monotonic() + wait_s
+    while True:
+        found = await notifications(api, incident_ids)
+        if found is None or not found["channels"] or not incident_ids:
+            return found
+        final = all(d.get("status") in ("sent", "failed") for d in found["deliveries"])
+        if (found["deliveries"] and final) or time.monotonic() > end:
+            return found
+        await asyncio.sleep(1.0)
+
+
+def notification_rows(report: Any, found: dict[str, Any] | None) -> None:
+    """The notifications section of a drill's figures."""
+    report.section("notifications")
+    if found is None:
+        report.add(
+            "notifications", "notifications", None, "not configured (no /api/v1/notifications)"
+        )
+        return
+    if not found["channels"]:
+        report.add("notifications", "notifications", 0, "no channel configured")
+        return
+    sent = [d for d in found["deliveries"] if d.get("status") == "sent"]
+    report.add(
+        "notifications",
+        "deliveries",
+        len(found["deliveries"]),
+        f"{len(found['deliveries'])} about these incidents over {found['channels']} "
+        f"channel(s), {len(sent)} sent",
+    )
+    for d in found["deliveries"]:
+        report.rows.append(
+            (
+                f"  {d.get('channel')}",
+                f"{d.get('event')} of #{d.get('incident')}: {d.get('status')} after "
+                f"{d.get('attempts')} attempt(s)",
+            )
+        )

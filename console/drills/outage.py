@@ -133,6 +133,7 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
     found = await observe.incidents(api, since=fault_at, match=ours)
     incident = found[0] if found else None
     recorded = await observe.executions_recorded(api, agent, expected=len(traffic.samples))
+    notified = await observe.notifications_settled(api, {incident["id"]} if incident else set())
 
     # --- figures ----------------------------------------------------------------------------
     report = Report()
@@ -196,6 +197,7 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
         if resolved is None
         else f"{clock(resolved)} ({resolved - healed_at:.2f} s after the recovery)",
     )
+    observe.notification_rows(report, notified)
     report.section("totals")
     recovery = tally(phases["recovery"])
     report.add(
@@ -223,6 +225,9 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
         recorded >= len(traffic.samples),
         f"{recorded} of {len(traffic.samples)}",
     )
+    if notified is not None and notified["channels"]:
+        sent = [d for d in notified["deliveries"] if d.get("status") == "sent"]
+        report.check("the incident was notified", bool(sent), f"{len(sent)} delivery(ies) sent")
     return report
 
 

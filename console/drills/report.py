@@ -77,7 +77,9 @@ def seconds(value: float | None) -> str:
 
 
 def money(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.4f}"
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if abs(value) >= 10 else f"${value:,.4f}"
 
 
 def quantiles(latencies_s: Sequence[float]) -> str:

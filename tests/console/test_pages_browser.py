@@ -28,6 +28,7 @@ CONSOLE = [
     "/incidents/",
     "/keys/",
     "/audit/",
+    "/drills/",
 ]
 OTHERS = ["/api/v1/docs", "/admin/"]
 
