@@ -27,7 +27,7 @@ OPEN = {"open", "forced_open", "half_open"}
 
 @dataclass(frozen=True)
 class OutageOptions:
-    seconds: float = 30.0  # how long the primary is down
+    seconds: float = 45.0  # how long the primary is down (the demo's outages: 30-45 s)
     warmup_s: float = 5.0
     rate: float = 5.0  # requests/s offered throughout
     recovery_wait_s: float = 90.0  # after the outage: the longest wait for the breaker to close
@@ -164,7 +164,8 @@ async def run(setup: Setup, options: OutageOptions, *, template: str | None) -> 
         "primary_calls_during_outage",
         "primary calls during the outage",
         calls_during_outage,
-        f"{calls_during_outage} (of which {calls_before_open or 0} before the breaker opened)",
+        f"{calls_during_outage} ({calls_before_open or 0} before the breaker opened, "
+        f"{calls_during_outage - (calls_before_open or 0)} half-open probes after)",
     )
     time_to_close = None if breaker_closed_at is None else breaker_closed_at - healed_at
     report.add(

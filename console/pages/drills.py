@@ -28,7 +28,7 @@ PAGE_SIZE = 30
 POLL_S = 2
 PILL = {"passed": "ok", "failed": "bad", "error": "bad", "unsupported": "paused"}
 WHAT = {
-    "outage": "The primary model's upstream answers 503 for 30 s: time to open the breaker, "
+    "outage": "The primary model's upstream answers 503 for 45 s: time to open the breaker, "
     "requests served by the fallback model, the breaker incident opened and resolved.",
     "cost-spike": "A runaway loop of 4,000-token answers against a $0.50 daily budget: where "
     "the budget stops the spend, the requests it refuses, the incident and its notification.",

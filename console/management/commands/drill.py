@@ -20,7 +20,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--seconds": (
         "seconds",
         float,
-        "outage: how long the primary is down (30); cost-spike: "
+        "outage: how long the primary is down (45); cost-spike: "
         "the longest the runaway loop runs before the budget stops it (60)",
     ),
     "--warmup-s": ("warmup_s", float, "normal traffic before the fault (5)"),
