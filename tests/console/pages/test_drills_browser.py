@@ -31,9 +31,11 @@ def test_a_started_drill_is_followed_on_its_card_until_it_ends(
     card = f'section[data-drill="{found.group(1)}"]'
     status = wait_until(
         driver,
-        lambda d: (s := d.find_element(By.CSS_SELECTOR, card).get_attribute("data-status"))
-        not in ("queued", "running")
-        and s,
+        lambda d: (
+            (s := d.find_element(By.CSS_SELECTOR, card).get_attribute("data-status"))
+            not in ("queued", "running")
+            and s
+        ),
         seconds=30,
     )
     # This deployment has no worker supervisor: the drill says so rather than pretending.
