@@ -84,6 +84,16 @@ def drill_execute(
         log.exception("drill %s failed", drill_id)
         error = f"{type(exc).__name__}: {exc}"
         note(f"error: {error}")
+    except KeyboardInterrupt:  # Ctrl-C: the drill's clean-up has run (its `async with`)
+        note("interrupted")
+        drill_finish(
+            drill_id=drill_id,
+            status=DrillStatus.ERROR,
+            figures={},
+            log="\n".join(lines),
+            error="interrupted",
+        )
+        raise
     drill_finish(
         drill_id=drill_id, status=status, figures=figures, log="\n".join(lines), error=error
     )

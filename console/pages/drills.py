@@ -26,6 +26,8 @@ from console.tasks import DRILL_TIME_LIMIT_S
 
 PAGE_SIZE = 30
 POLL_S = 2
+# A drill still "running" past its task's hard time limit was lost with its process.
+STALE_AFTER_S = DRILL_TIME_LIMIT_S + 60
 PILL = {"passed": "ok", "failed": "bad", "error": "bad", "unsupported": "paused"}
 WHAT = {
     "outage": "The primary model's upstream answers 503 for 45 s: time to open the breaker, "
@@ -74,7 +76,7 @@ def drill_list(request: HttpRequest) -> HttpResponse:
             else []
         ),
         "can_start": can_start,
-        "active": next((d for d in drills if not d.done), None),
+        "active": selectors.drill_active(stale_after_s=STALE_AFTER_S) if can_start else None,
         "poll_s": POLL_S,
     }
     return render(request, "console/drills.html", context)
@@ -117,7 +119,7 @@ def drill_start(request: HttpRequest) -> HttpResponse:
     if agent and not Agent.objects.filter(name=agent).exists():
         messages.error(request, f"No drill started: agent: no agent {agent!r}.")
         return back
-    active = selectors.drill_active()
+    active = selectors.drill_active(stale_after_s=STALE_AFTER_S)
     if active is not None:
         messages.error(
             request,

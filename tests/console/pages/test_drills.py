@@ -140,5 +140,23 @@ def test_the_list_costs_the_same_few_queries_whatever_the_number_of_drills(role:
     with CaptureQueriesContext(connection) as many:
         assert client.get("/drills/").status_code == 200
     assert len(many) == len(few)
-    # session, user, role groups, the drills (+ the agents to copy for an operator)
-    assert len(few) == (5 if role == "operator" else 4), [q["sql"] for q in few.captured_queries]
+    # session, user, role groups, the drills (+ for an operator: the agents to copy and the
+    # drill still running, if any)
+    assert len(few) == (6 if role == "operator" else 4), [q["sql"] for q in few.captured_queries]
+
+
+def test_a_drill_lost_with_its_process_does_not_block_the_next_one() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from console.pages.drills import STALE_AFTER_S
+
+    lost = drill_create(kind="outage", options={}, actor="user:amy")
+    DrillRun.objects.filter(pk=lost.pk).update(
+        status=DrillStatus.RUNNING,
+        created_at=timezone.now() - timedelta(seconds=STALE_AFTER_S + 1),
+    )
+    page = _client("operator").get("/drills/").content.decode()
+    assert "one at a time" not in page
+    assert 'type="submit" disabled' not in page
