@@ -119,6 +119,9 @@ BREAKWATER_REDIS_TIMEOUT_S = env_float(
 # Cost spike: 5-minute spend above FACTOR x its 6-hour baseline and above MIN_USD.
 BREAKWATER_COST_SPIKE_FACTOR = env_float("BREAKWATER_COST_SPIKE_FACTOR", 3.0, min_value=1.0)
 BREAKWATER_COST_SPIKE_MIN_USD = env_float("BREAKWATER_COST_SPIKE_MIN_USD", 1.0, min_value=0.0)
+# Drills (console/drills/): the deployment they run against. Unset: `manage.py drill` uses
+# http://127.0.0.1:8000 and a drill started from /drills/ the address its page was served on.
+BREAKWATER_DRILL_URL = env_url("BREAKWATER_DRILL_URL", None, schemes=frozenset({"http", "https"}))
 
 # --- Notifications (incidents.notifications; docs/OPERATIONS.md, "Notifications") ---------
 # The console's address as the on-call opens it: links in notifications point here.

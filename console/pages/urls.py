@@ -8,6 +8,7 @@ from console.pages import (
     agents,
     audit,
     budgets,
+    drills,
     executions,
     incidents,
     keys,
@@ -71,4 +72,7 @@ urlpatterns = [
         notifications.notification_delivery,
         name="notification_delivery",
     ),
+    path("drills/", drills.drill_list, name="drills"),
+    path("drills/start/", drills.drill_start, name="drill_start"),
+    path("drills/<int:drill_id>/", drills.drill_card, name="drill"),
 ]

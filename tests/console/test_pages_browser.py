@@ -29,6 +29,7 @@ CONSOLE = [
     "/slos/",
     "/keys/",
     "/audit/",
+    "/drills/",
 ]
 OTHERS = ["/api/v1/docs", "/admin/"]
 
