@@ -11,13 +11,15 @@ thread, never on an event loop.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import time
 from collections.abc import Callable
 
 from django.conf import settings
 from django.db import close_old_connections
 
-from core.memory import MB, GrowthSettings, MemoryWatch, Verdict
+from core.memory import MB, GrowthSettings, MemoryWatch, Verdict, rss_bytes
 from incidents.models import Severity
 
 log = logging.getLogger("breakwater.memory")
@@ -99,10 +101,15 @@ def memory_incident_resolve_dead(role: str, pid: int, reason: str) -> None:
         log.exception("could not resolve the memory incident of %s process %d", role, pid)
 
 
-def memory_watch_start(role: str, *, on_sample: Callable[[int], None] | None = None) -> MemoryWatch:
-    """Start this process's memory watch (every ``BREAKWATER_MEMORY_SAMPLE_S`` seconds)."""
-    import os
-
+def memory_watch(
+    role: str,
+    *,
+    on_sample: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    read_rss: Callable[[], int] = rss_bytes,
+) -> MemoryWatch:
+    """This process's memory watch, not started, whose detector opens and resolves the
+    process's ``memory_growth`` incident."""
     pid = os.getpid()
     watch: MemoryWatch | None = None
 
@@ -122,5 +129,36 @@ def memory_watch_start(role: str, *, on_sample: Callable[[int], None] | None = N
         on_open=on_open,
         on_clear=on_clear,
         on_sample=on_sample,
+        clock=clock,
+        read_rss=read_rss,
     )
-    return watch.start()
+    return watch
+
+
+def memory_watch_start(role: str, *, on_sample: Callable[[int], None] | None = None) -> MemoryWatch:
+    """Start this process's memory watch (every ``BREAKWATER_MEMORY_SAMPLE_S`` seconds)."""
+    return memory_watch(role, on_sample=on_sample).start()
+
+
+_watch: MemoryWatch | None = None
+
+
+def memory_watch_start_once(role: str) -> MemoryWatch:
+    """This process's one watch (a forked child gets its own): for processes whose start-up
+    hooks may fire more than once (Celery's ``worker_process_init`` and ``worker_ready``)."""
+    global _watch
+    if _watch is None or _watch.pid != os.getpid():
+        from core.memory import RECYCLES
+
+        for reason in ("max_tasks", "max_rss") if role == "worker" else ():
+            RECYCLES.labels(role=role, reason=reason)
+        _watch = memory_watch_start(role)
+    return _watch
+
+
+def memory_watch_stop() -> None:
+    """Stop this process's watch started by :func:`memory_watch_start_once`, if any."""
+    global _watch
+    watch, _watch = _watch, None
+    if watch is not None and watch.pid == os.getpid():
+        watch.stop()
