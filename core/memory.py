@@ -10,9 +10,10 @@ The detector is pure (its caller gives it the time): it ignores a warm-up (a pro
 modules, pools and caches, and grows while it does), then fits a least-squares line to the RSS
 samples of the last ``window_s`` seconds. It fires when
 
-* the slope exceeds the growth threshold, the line fits (R² at least ``min_r2``) and both halves
-  of the window grow on their own (at least half the threshold each): a single step (a cache
-  filling once, a big request) makes one half flat and does not fire; or
+* the slope exceeds the growth threshold, the line fits (R² at least ``min_r2``: a single step,
+  a cache filled at once, fits a line with R² 0.75 at best) and each third of the window grows
+  on its own (at least half the threshold): a burst of growth that started and ended inside the
+  window (a cache filling for a few minutes, a long warm-up) leaves a third flat; or
 * the RSS is over the limit (when a limit is set).
 
 It clears when the slope falls under half the threshold (and the RSS under the limit): the
@@ -164,13 +165,14 @@ class GrowthDetector:
         threshold = self.settings.growth_bytes_per_s
         if threshold <= 0 or fit.slope <= threshold or fit.r2 < self.settings.min_r2:
             return False
-        middle = points[0][0] + (points[-1][0] - points[0][0]) / 2
-        first = [p for p in points if p[0] <= middle]
-        second = [p for p in points if p[0] >= middle]
-        return (
-            least_squares(first).slope >= threshold / 2
-            and least_squares(second).slope >= threshold / 2
-        )
+        # Growth across the whole window, not a burst inside it: every third grows on its own.
+        start, span = points[0][0], points[-1][0] - points[0][0]
+        for third in range(3):
+            low, high = start + span * third / 3, start + span * (third + 1) / 3
+            part = [p for p in points if low <= p[0] <= high]
+            if least_squares(part).slope < threshold / 2:
+                return False
+        return True
 
     def observe(self, at: float, rss: int) -> Verdict:
         s = self.settings

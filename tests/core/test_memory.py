@@ -93,6 +93,51 @@ def test_a_single_step_does_not_fire_even_with_a_steep_fitted_slope() -> None:
     assert not any(v.firing for v in verdicts)
 
 
+def test_a_single_step_fits_a_line_too_poorly_to_fire() -> None:
+    # Whatever its height, a step's least-squares fit has R² <= 0.75 (0.75 when centred).
+    points = [(float(x), 0.0 if x < 30 else 30.0 * MB) for x in range(0, 61, 2)]
+    assert least_squares(points).r2 == pytest.approx(0.75, abs=0.01)
+
+
+@pytest.mark.parametrize("rate_times_threshold", [3, 5, 20])
+def test_a_burst_of_growth_a_third_of_a_window_long_does_not_fire(
+    rate_times_threshold: float,
+) -> None:
+    # A cache filling for 20 s of a 60 s window, then full: a steep, well-fitted slope in the
+    # windows around it, but a third of each such window is flat.
+    detector = GrowthDetector(SETTINGS, started_at=0.0)
+    rate = rate_times_threshold * SETTINGS.growth_bytes_per_s
+
+    def rss(t: float) -> float:
+        return BASE + rate * min(max(t - 150.0, 0.0), 20.0)
+
+    verdicts = _run(detector, rss, 0, 400)
+    fitted = [v for v in verdicts if v.slope and v.slope > SETTINGS.growth_bytes_per_s]
+    assert any(v.r2 is not None and v.r2 >= SETTINGS.min_r2 for v in fitted)
+    assert not any(v.firing for v in verdicts)
+
+
+def test_growth_over_two_thirds_of_a_window_fires() -> None:
+    detector = GrowthDetector(SETTINGS, started_at=0.0)
+    rate = 3 * SETTINGS.growth_bytes_per_s
+    verdicts = _run(detector, lambda t: BASE + rate * min(max(t - 150.0, 0.0), 40.0), 0, 400)
+    assert any(v.firing for v in verdicts)
+
+
+def test_a_noisy_steady_leak_with_the_default_settings_fires_once_and_stays_firing() -> None:
+    settings = GrowthSettings()  # 300 s warm-up, 600 s window, 50 MB/hour
+    detector = GrowthDetector(settings, started_at=0.0)
+    noise = random.Random(1)
+    rate = 1.5 * settings.growth_bytes_per_s
+    verdicts = _run(
+        detector, lambda t: BASE + rate * t + noise.uniform(-2 * MB, 2 * MB), 0, 7200, every_s=5
+    )
+    opened = [i * 5 for i, v in enumerate(verdicts) if v.opened]
+    assert len(opened) == 1
+    assert 300 + 0.8 * 600 <= opened[0] <= 300 + 600 + 60
+    assert not any(v.cleared for v in verdicts)
+
+
 def test_noise_around_a_flat_level_does_not_fire() -> None:
     noise = random.Random(7)
     detector = GrowthDetector(SETTINGS, started_at=0.0)
