@@ -101,6 +101,14 @@ def _memory_watch_stop(exitcode: object = None, **_: object) -> None:
     if reason is not None:
         RECYCLES.labels(role="worker", reason=reason).inc()
     memory_watch_stop()
+    _forget_live_gauges()
+
+
+def _forget_live_gauges() -> None:
+    """This process's live gauges (its RSS series) leave the multiprocess directory with it."""
+    from agents.metrics import mark_process_dead
+
+    mark_process_dead(os.getpid())
 
 
 @worker_shutdown.connect
@@ -108,3 +116,4 @@ def _memory_watch_stop_main(**_: object) -> None:
     from incidents.memory import memory_watch_stop
 
     memory_watch_stop()
+    _forget_live_gauges()
