@@ -158,6 +158,35 @@ if EMAIL_USE_TLS and EMAIL_USE_SSL:
     raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL: set one of them, not both")
 EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, min_value=0.1, max_value=120)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "breakwater@localhost")
+# Memory watch (core/memory.py, docs/OPERATIONS.md "Memory and recycling"): every process samples
+# its RSS every SAMPLE_S; after WARMUP_S, a least-squares slope over WINDOW_S above
+# GROWTH_MB_PER_HOUR (0: off), or an RSS over LIMIT_MB (0: none), opens a memory_growth incident.
+BREAKWATER_MEMORY_SAMPLE_S = env_float(
+    "BREAKWATER_MEMORY_SAMPLE_S", 5.0, min_value=0.05, max_value=600
+)
+BREAKWATER_MEMORY_WINDOW_S = env_float("BREAKWATER_MEMORY_WINDOW_S", 600.0, min_value=1.0)
+BREAKWATER_MEMORY_WARMUP_S = env_float("BREAKWATER_MEMORY_WARMUP_S", 300.0, min_value=0.0)
+BREAKWATER_MEMORY_GROWTH_MB_PER_HOUR = env_float(
+    "BREAKWATER_MEMORY_GROWTH_MB_PER_HOUR", 50.0, min_value=0.0
+)
+BREAKWATER_MEMORY_LIMIT_MB = env_float("BREAKWATER_MEMORY_LIMIT_MB", 0.0, min_value=0.0)
+if BREAKWATER_MEMORY_WINDOW_S < 4 * BREAKWATER_MEMORY_SAMPLE_S:
+    raise ImproperlyConfigured(
+        "BREAKWATER_MEMORY_WINDOW_S must hold at least 4 samples of BREAKWATER_MEMORY_SAMPLE_S "
+        f"({BREAKWATER_MEMORY_WINDOW_S:g} < 4 x {BREAKWATER_MEMORY_SAMPLE_S:g})"
+    )
+# Drills only: every serving process leaks this many bytes per second from start-up.
+BREAKWATER_MEMORY_LEAK_BYTES_PER_S = env_float(
+    "BREAKWATER_MEMORY_LEAK_BYTES_PER_S", 0.0, min_value=0.0
+)
+# `serve` workers (console/supervisor.py): N processes on one socket; each is replaced after
+# MAX_REQUESTS (+ up to JITTER, default a tenth) requests or past MAX_RSS_MB (0: never).
+BREAKWATER_SERVE_WORKERS = env_int("BREAKWATER_SERVE_WORKERS", 1, min_value=1, max_value=64)
+BREAKWATER_SERVE_MAX_REQUESTS = env_int("BREAKWATER_SERVE_MAX_REQUESTS", 0, min_value=0)
+BREAKWATER_SERVE_MAX_REQUESTS_JITTER = env_int(
+    "BREAKWATER_SERVE_MAX_REQUESTS_JITTER", BREAKWATER_SERVE_MAX_REQUESTS // 10, min_value=0
+)
+BREAKWATER_SERVE_MAX_RSS_MB = env_float("BREAKWATER_SERVE_MAX_RSS_MB", 0.0, min_value=0.0)
 
 # --- Applications ------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -291,6 +320,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("BREAKWATER_CELERY_VISIBILITY_S", 300, min_value=30)
 }
+# Worker recycling (prefork pool): a worker process is replaced after MAX_TASKS tasks, or after
+# the task that took its RSS past MAX_MEMORY_MB (0: never). Celery's setting is in KiB.
+_worker_max_memory_mb = env_int("BREAKWATER_WORKER_MAX_MEMORY_MB", 0, min_value=0)
+_worker_max_tasks = env_int("BREAKWATER_WORKER_MAX_TASKS", 0, min_value=0)
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = _worker_max_memory_mb * 1024 or None
+CELERY_WORKER_MAX_TASKS_PER_CHILD = _worker_max_tasks or None
 BREAKWATER_EXECUTION_QUEUE = env_str("BREAKWATER_EXECUTION_QUEUE", "celery")
 BREAKWATER_EXECUTION_CLAIM_GRACE_S = env_float(
     "BREAKWATER_EXECUTION_CLAIM_GRACE_S", 60.0, min_value=1.0, max_value=3600.0

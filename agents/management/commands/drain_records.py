@@ -56,6 +56,9 @@ class Command(BaseCommand):
                 f" ({total.rejected} set aside)"
             )
             return
+        from incidents.memory import memory_watch_start
+
+        watch = await asyncio.to_thread(memory_watch_start, "drain_records")
         drainer = RecordDrainer(drain, interval_s=interval_s)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -65,4 +68,5 @@ class Command(BaseCommand):
         self.stdout.write("draining records; Ctrl-C stops")
         await stop.wait()
         await drainer.stop()
+        await asyncio.to_thread(watch.stop)
         self.stdout.write(f"stopped after {drainer.drained} events")
