@@ -21,10 +21,8 @@ from django.db.models import Case, Count, F, IntegerField, Min, Sum, Value, When
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from agents.metrics import set_budget_remaining
 from agents.models import MONEY_MAX, Execution
 from agents.runtime.budgets import window_bounds
-from budgets.metrics import set_budget_forecast
 from budgets.models import (
     ALL_AGENTS,
     LATENCY_BUCKETS_MS,
@@ -201,17 +199,12 @@ def _rule(budget: Budget) -> Any:
 def budgets_observe(
     *, now: datetime | None = None, usage_reader: UsageReader = budget_usage_read
 ) -> list[BudgetStatus]:
-    """Compute every budget's state and forecast and publish them as gauges
-    (``agent_budget_remaining_dollars``, ``agent_budget_forecast_dollars``,
-    ``agent_budget_forecast_ratio``)."""
+    """Compute every budget's state and forecast (the periodic job). The budget gauges are not
+    published from here: ``/metrics`` computes them at scrape time (budgets/metrics.py)."""
     now = now or timezone.now()
     spans = budget_spans(budget_list(), now=now)
     usage = usage_reader(tuple(span.key for span in spans))
-    statuses = budget_statuses(spans=spans, usage=usage, now=now)
-    for status in statuses:
-        set_budget_remaining(status.label, status.remaining_usd)
-        set_budget_forecast(status.label, float(status.forecast_usd), status.predictability)
-    return statuses
+    return budget_statuses(spans=spans, usage=usage, now=now)
 
 
 # --- rollups ---------------------------------------------------------------------------------
