@@ -13,7 +13,8 @@ Starts ``manage.py serve`` processes on the environment's database and Redis (``
 
 Then, per path, ``--n`` sequential GETs on a kept-alive connection to each server, interleaved
 (one request to each in turn, so drift hits all alike), after ``--warmup`` untimed ones; it
-prints the median and p95 in ms. ``/metrics`` is timed on ``on``, and with ``--baseline ROOT``
+prints the median and p95 in ms, and the server's CPU time per request (the serve process
+tree's, from /proc: what a loaded machine distorts least). ``/metrics`` is timed on ``on``, and with ``--baseline ROOT``
 also on a ``serve`` run from another checkout (e.g. the main branch before #16), interleaved. An API key with the read
 scope is created (``manage.py create_api_key``). Usage::
 
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import HOST, kill_group, provenance, wait_ready  # noqa: E402
+from bench.common import HOST, kill_group, provenance, tree_cpu_s, wait_ready  # noqa: E402
 
 DEFAULT_PATHS = ("/api/v1/agents", "/api/v1/stats/agents?window=24h")
 VARIANTS: dict[str, dict[str, str]] = {
@@ -123,31 +124,42 @@ def main() -> None:
                 wait_ready(proc, f"http://{HOST}:{port}/healthz", log)
                 servers[name] = (proc, http.client.HTTPConnection(HOST, port, timeout=30))
             print(f"metrics benchmark, {provenance(('console', 'agents', 'budgets'))}")
-            print(f"{'path':40} {'variant':8} {'p50 ms':>7} {'p95 ms':>7}")
+            print(f"{'path':40} {'variant':8} {'p50 ms':>7} {'p95 ms':>7} {'CPU µs/req':>10}")
             measured = {name: servers[name] for name in VARIANTS}
             for path in paths:
                 samples: dict[str, list[float]] = {name: [] for name in measured}
+                cpu: dict[str, float] = {}
                 for i in range(args.warmup + args.n):
+                    if i == args.warmup:
+                        cpu = {name: tree_cpu_s(proc.pid) for name, (proc, _) in measured.items()}
                     for name, (_, conn) in measured.items():
                         elapsed = _get(conn, path, headers)
                         if i >= args.warmup:
                             samples[name].append(elapsed)
-                for name in measured:
-                    print(f"{path:40} {name:8} {_stats(samples[name])}")
+                for name, (proc, _) in measured.items():
+                    per_request = (tree_cpu_s(proc.pid) - cpu[name]) / args.n * 1e6
+                    print(f"{path:40} {name:8} {_stats(samples[name])} {per_request:10.0f}")
                 off = statistics.median(samples["off"])
                 for name in ("on", "stock"):
                     delta = statistics.median(samples[name]) - off
                     print(f"{'':40} {name} - off: {delta * 1000:+.0f} µs at the median")
             scraped = [name for name in ("on", "baseline") if name in servers]
             scrapes: dict[str, list[float]] = {name: [] for name in scraped}
+            cpu = {}
             for i in range(args.warmup + args.n):
+                if i == args.warmup:
+                    cpu = {name: tree_cpu_s(servers[name][0].pid) for name in scraped}
                 for name in scraped:
                     elapsed = _get(servers[name][1], "/metrics", {})
                     if i >= args.warmup:
                         scrapes[name].append(elapsed)
             for name in scraped:
+                per_scrape = (tree_cpu_s(servers[name][0].pid) - cpu[name]) / args.n * 1e6
                 size = len(_body(servers[name][1]))
-                print(f"{'/metrics':40} {name:8} {_stats(scrapes[name])}  ({size:,} bytes)")
+                print(
+                    f"{'/metrics':40} {name:8} {_stats(scrapes[name])} {per_scrape:10.0f}"
+                    f"  ({size:,} bytes)"
+                )
         finally:
             for proc, conn in servers.values():
                 conn.close()

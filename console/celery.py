@@ -6,6 +6,7 @@ import os
 
 from celery import Celery
 from celery.signals import (
+    beat_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -36,6 +37,16 @@ def _heartbeat_start(**_: object) -> None:
     from agents.executions.processes import current_process
 
     current_process("worker").start()
+
+
+@beat_init.connect
+def _beat_heartbeat_start(**_: object) -> None:
+    """Beat holds a heartbeat too (role ``beat``), so ``breakwater_processes{role="beat"}``
+    says whether the schedule runs. It owns no executions; when it dies its row is marked dead
+    like any other."""
+    from agents.executions.processes import current_process
+
+    current_process("beat").start()
 
 
 @worker_process_shutdown.connect

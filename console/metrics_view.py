@@ -189,10 +189,9 @@ def _budget_statuses(
 def _database_read() -> _DatabaseRead:
     catalog = _catalog_read()
     roles = processes_live_by_role()
-    # A process role every deployment of this mode has reads 0 even before its first row.
-    roles.setdefault("serve", 0)
-    if not embedded():
-        roles.setdefault("worker", 0)
+    # The roles every deployment of this mode runs read 0 even before their first row.
+    for role in ("serve",) if embedded() else ("serve", "worker", "beat"):
+        roles.setdefault(role, 0)
     try:
         migrations: dict[str, tuple[int, int]] | None = _migration_counts()
     except Exception:

@@ -14,6 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from agents.backends import journal_drain
+from agents.executions.processes import current_process
 from agents.executions.recording import DrainResult, RecordDrainer
 
 
@@ -56,6 +57,10 @@ class Command(BaseCommand):
                 f" ({total.rejected} set aside)"
             )
             return
+        # A heartbeat (role ``drainer``): ``breakwater_processes`` then counts the standalone
+        # recorders, and a dead one's row is marked dead like any other process's.
+        heartbeat = current_process("drainer")
+        await asyncio.to_thread(heartbeat.start)
         drainer = RecordDrainer(drain, interval_s=interval_s)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -65,4 +70,5 @@ class Command(BaseCommand):
         self.stdout.write("draining records; Ctrl-C stops")
         await stop.wait()
         await drainer.stop()
+        await asyncio.to_thread(heartbeat.stop)
         self.stdout.write(f"stopped after {drainer.drained} events")
