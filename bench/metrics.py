@@ -9,6 +9,7 @@ Starts ``manage.py serve`` processes on the environment's database and Redis (``
 * ``stock``: django-prometheus' own middleware classes (``MiddlewareMixin``: each hook through
   ``sync_to_async``), database wrapper and cache backends as for ``on``
   (``bench/django_metrics_stock.py``);
+* ``nodb``: as ``on`` without the database wrapper (``bench/django_metrics_nodb.py``);
 * ``off``: ``BREAKWATER_DJANGO_METRICS=0``.
 
 Then, per path, ``--n`` sequential GETs on a kept-alive connection to each server, interleaved
@@ -46,6 +47,7 @@ DEFAULT_PATHS = ("/api/v1/agents", "/api/v1/stats/agents?window=24h")
 VARIANTS: dict[str, dict[str, str]] = {
     "on": {},
     "stock": {"DJANGO_SETTINGS_MODULE": "bench.django_metrics_stock"},
+    "nodb": {"DJANGO_SETTINGS_MODULE": "bench.django_metrics_nodb"},
     "off": {"BREAKWATER_DJANGO_METRICS": "0"},
 }
 
@@ -140,7 +142,7 @@ def main() -> None:
                     per_request = (tree_cpu_s(proc.pid) - cpu[name]) / args.n * 1e6
                     print(f"{path:40} {name:8} {_stats(samples[name])} {per_request:10.0f}")
                 off = statistics.median(samples["off"])
-                for name in ("on", "stock"):
+                for name in ("on", "stock", "nodb"):
                     delta = statistics.median(samples[name]) - off
                     print(f"{'':40} {name} - off: {delta * 1000:+.0f} µs at the median")
             scraped = [name for name in ("on", "baseline") if name in servers]

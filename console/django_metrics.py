@@ -33,6 +33,7 @@ from django_prometheus.cache.metrics import (
     django_cache_hits_total,
     django_cache_misses_total,
 )
+from django_prometheus.utils import Time
 
 _MISSING = object()
 
@@ -53,6 +54,14 @@ class PrometheusAfterMiddleware(prometheus_middleware.PrometheusAfterMiddleware)
         self.process_request(request)
         response = await self.get_response(request)
         return self.process_response(request, response)  # type: ignore[no-any-return]
+
+    def process_request(self, request: HttpRequest) -> None:
+        try:
+            super().process_request(request)
+        except ValueError:
+            # A malformed Content-Length (its body-size histogram): the route answers the
+            # request as it would without metrics, and its latency is still measured.
+            request.prometheus_after_middleware_event = Time()  # type: ignore[attr-defined]
 
     # Coroutines, so that Django's async handler awaits them instead of wrapping them in
     # sync_to_async (django.core.handlers.base.BaseHandler.adapt_method_mode).
