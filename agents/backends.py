@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,6 +43,8 @@ from agents.executions.recording import (
     journal_directory,
     redis_drain,
 )
+from agents.executions.recording.files import journal_oldest_at
+from agents.executions.recording.streams import stream_lag_s
 from agents.executions.sessions import LocalSessions, RedisSessions
 from agents.runtime.cache import MemoryCache, RedisCache, ResponseCache
 from agents.runtime.clock import SystemClock
@@ -176,6 +179,35 @@ def on_state_sync(make: Callable[[StateStore], Awaitable[T]], store: StateStore 
             await close_loop_clients()
 
     return asyncio.run(run())
+
+
+# --- scrape-time reads (/metrics) ------------------------------------------------------------
+
+# A loop's wire -> a RedisState on it (building one reads and hashes the Lua library).
+_scrape_states: weakref.WeakKeyDictionary[Any, StateStore] = weakref.WeakKeyDictionary()
+
+
+def state_for_metrics() -> StateStore:
+    """The shared state for ``/metrics`` in the running loop: embedded, the process's
+    ``MemoryState``; distributed, a ``RedisState`` on the loop's pipelined wire, so that the
+    breaker and budget reads issued together leave in one write (one round trip)."""
+    if embedded():
+        return process_memory_state()
+    wire = get_async_wire()
+    state = _scrape_states.get(wire)
+    if state is None:
+        state = _scrape_states[wire] = RedisState(wire, prefix=PREFIX)
+    return state
+
+
+async def journal_lag_s(now: float) -> float:
+    """Age of the oldest execution record accepted into this mode's journal and not yet in the
+    database (0 when there is none): the files' oldest undrained event against ``now`` (epoch
+    seconds), or the Redis stream's oldest entry by Redis's clock."""
+    if embedded():
+        oldest = await asyncio.to_thread(journal_oldest_at, journal_directory())
+        return 0.0 if oldest is None else max(0.0, now - oldest)
+    return await stream_lag_s(get_async_wire())
 
 
 # --- queued work -----------------------------------------------------------------------------------

@@ -3,18 +3,25 @@
 Labels are bounded: agent name, status, token type, fallback reason, budget scope and the
 deployment id (bounded by configuration). Execution ids never become labels.
 
+Two kinds of series:
+
+- **What processes count** (requests, durations, tokens, cost, cache hits, fallbacks, retries,
+  active requests): the event sink below updates them on the hot path, in this process's
+  registry (or its multiprocess files).
+- **What mirrors shared state** (breaker states, budgets, drain lag, live processes): no
+  process holds them. ``/metrics`` (console/metrics_view.py) reads Redis (or the embedded
+  process's state), the journal and the database at scrape time and adds them as gauges
+  (:func:`breaker_families` and friends), so they exist from start-up for every agent,
+  deployment and budget, say the same whichever process is scraped, and vanish with the object.
+  At the same scrape, :func:`complete_agent_families` gives every known agent a zero sample of
+  each per-agent counter it has not counted yet, and drops the series of deleted agents.
+
 Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set *before* prometheus_client is
 first imported, every process writes its values to mmap files in that directory and ``/metrics``
-(console/metrics_view.py) merges them with ``MultiProcessCollector``. Counters and histograms of
-dead processes stay in the directory on purpose (their increments are part of the totals). Gauges
-choose how they merge:
-
-- ``agent_active_requests`` is ``livesum``: the sum over live processes; a dead process's requests
-  are no longer active, so its file must go (:func:`cleanup_dead_processes`).
-- breaker and budget gauges are ``mostrecent``: they mirror shared state (Redis) that any process
-  may observe changing, so the value written last wins, whichever process wrote it and whether or
-  not it is still alive. ``max`` would keep reporting an "open" that another process has since
-  seen close.
+merges them with ``MultiProcessCollector``. Counters and histograms of dead processes stay in the
+directory on purpose (their increments are part of the totals). ``agent_active_requests`` is
+``livesum``: the sum over live processes; a dead process's requests are no longer active, so its
+file must go (:func:`cleanup_dead_processes`).
 """
 
 from __future__ import annotations
@@ -24,14 +31,17 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
-from decimal import Decimal
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
+from agents.runtime.errors import FallbackReason
 from agents.runtime.state import BREAKER_GAUGE, BreakerState, Transition
 from agents.runtime.types import ExecutionResult, ExecutionStatus, Step
 
@@ -87,24 +97,6 @@ COST = Counter(
     "Provider cost of agent executions in US dollars.",
     ["agent"],
 )
-CIRCUIT_BREAKER_STATE = Gauge(
-    "agent_circuit_breaker_state",
-    "Agent circuit breaker: 0 closed, 1 half-open, 2 open.",
-    ["agent"],
-    multiprocess_mode="mostrecent",
-)
-DEPLOYMENT_BREAKER_STATE = Gauge(
-    "agent_deployment_breaker_state",
-    "Model deployment circuit breaker: 0 closed, 1 half-open, 2 open.",
-    ["deployment"],
-    multiprocess_mode="mostrecent",
-)
-BUDGET_REMAINING = Gauge(
-    "agent_budget_remaining_dollars",
-    "Budget left in the current window, in US dollars.",
-    ["scope"],
-    multiprocess_mode="mostrecent",
-)
 CACHE_HITS = Counter(
     "agent_cache_hits_total",
     "Agent executions answered from the response cache.",
@@ -149,30 +141,6 @@ def upstream_error_kind(step: Step) -> str | None:
     if step.outcome == "ProviderError" and step.detail.startswith("transport error"):
         return "connection"
     return UPSTREAM_ERROR_KINDS.get(step.outcome, "other")
-
-
-def set_budget_remaining(scope: str, remaining_usd: Decimal | float) -> None:
-    """Publish what is left of a budget. ``scope`` must be bounded, e.g. ``global``, ``agent:x``."""
-    BUDGET_REMAINING.labels(scope=scope).set(float(remaining_usd))
-
-
-def set_breaker_state(key: str, state: BreakerState) -> bool:
-    """Publish a breaker's state (``agent:<name>`` or ``deployment:<id>``); False for another
-    kind of key.
-
-    Transitions set it, and so does every read of a breaker's state through the API: an open
-    breaker moves to half-open lazily, at the next call after its recovery time, and a read in
-    between reports it half-open (probe-able); the gauge then says the same as the API.
-    """
-    kind, _, name = key.partition(":")
-    value = BREAKER_GAUGE[state]
-    if kind == "agent" and name:
-        CIRCUIT_BREAKER_STATE.labels(agent=name).set(value)
-    elif kind == "deployment" and name:
-        DEPLOYMENT_BREAKER_STATE.labels(deployment=name).set(value)
-    else:
-        return False
-    return True
 
 
 def count_retries(steps: Iterable[Step]) -> int:
@@ -228,11 +196,9 @@ class MetricsEvents:
         return None
 
     def breaker_transition(self, transition: Transition) -> None:
-        try:
-            if not set_breaker_state(transition.key, transition.to_state):
-                logger.warning("breaker transition with an unknown key %r", transition.key)
-        except Exception:
-            logger.exception("metrics: breaker_transition failed")
+        """Nothing to do: the breaker gauges are read from the shared state at scrape time
+        (:func:`breaker_families`), whichever process saw the transition."""
+        return None
 
     def _children(self, agent: str) -> _AgentMetrics:
         """The agent's labelled children, looked up once (``labels()`` validates, locks and
@@ -291,6 +257,157 @@ class MetricsEvents:
             if child is None:
                 child = self._upstream[key] = UPSTREAM_ERRORS.labels(deployment=key[0], kind=kind)
             child.inc()
+
+
+# --- scrape time: series of every known object ---------------------------------------------
+
+ZERO_STATUSES = (
+    "succeeded",
+    "degraded",
+    "failed",
+)  # the SLIs' valid statuses (docs/INTERFACES.md §5)
+TOKEN_TYPES = ("input", "output")
+FALLBACK_REASONS: tuple[str, ...] = get_args(FallbackReason)
+_INF = float("inf")
+
+
+# Family name (as prometheus_client names it: a counter without ``_total``) -> its type and the
+# label sets (beside ``agent``) that a known agent has from start-up, each at 0.
+_PER_AGENT: dict[str, tuple[str, tuple[tuple[str, tuple[dict[str, str], ...]], ...]]] = {
+    "agent_requests": (
+        "counter",
+        (("agent_requests_total", tuple({"status": s} for s in ZERO_STATUSES)),),
+    ),
+    "agent_llm_tokens": (
+        "counter",
+        (("agent_llm_tokens_total", tuple({"type": t} for t in TOKEN_TYPES)),),
+    ),
+    "agent_cost_dollars": ("counter", (("agent_cost_dollars_total", ({},)),)),
+    "agent_cache_hits": ("counter", (("agent_cache_hits_total", ({},)),)),
+    "agent_retries": ("counter", (("agent_retries_total", ({},)),)),
+    "agent_fallbacks": (
+        "counter",
+        (("agent_fallbacks_total", tuple({"reason": r} for r in FALLBACK_REASONS)),),
+    ),
+    "agent_active_requests": ("gauge", (("agent_active_requests", ({},)),)),
+    "agent_request_duration_seconds": (
+        "histogram",
+        (
+            (
+                "agent_request_duration_seconds_bucket",
+                tuple({"le": floatToGoString(b)} for b in (*DURATION_BUCKETS, _INF)),  # type: ignore[no-untyped-call]
+            ),
+            ("agent_request_duration_seconds_count", ({},)),
+            ("agent_request_duration_seconds_sum", ({},)),
+        ),
+    ),
+}
+_DOCUMENTATION = {
+    "agent_requests": REQUESTS._documentation,
+    "agent_llm_tokens": LLM_TOKENS._documentation,
+    "agent_cost_dollars": COST._documentation,
+    "agent_cache_hits": CACHE_HITS._documentation,
+    "agent_retries": RETRIES._documentation,
+    "agent_fallbacks": FALLBACKS._documentation,
+    "agent_active_requests": ACTIVE_REQUESTS._documentation,
+    "agent_request_duration_seconds": REQUEST_DURATION._documentation,
+}
+
+
+def complete_agent_families(
+    families: Iterable[Metric], agents: frozenset[str] | None
+) -> Iterator[Metric]:
+    """The processes' families, with the per-agent ones made whole for ``agents`` (the agents
+    that exist now): a zero sample for every label set a known agent has not counted yet (its
+    statuses, token types, fallback reasons, histogram buckets), and no sample of an agent that
+    no longer exists. ``agents=None`` (the catalog could not be read): the families as they
+    are. Other families pass through untouched."""
+    seen: set[str] = set()
+    for family in families:
+        spec = _PER_AGENT.get(family.name)
+        if spec is None or agents is None:
+            yield family
+            continue
+        seen.add(family.name)
+        yield _completed(family, spec[1], agents)
+    if agents is None:
+        return
+    for name, (typ, samples) in _PER_AGENT.items():
+        if name not in seen:
+            yield _completed(Metric(name, _DOCUMENTATION[name], typ), samples, agents)
+
+
+def _completed(
+    family: Metric,
+    expected: tuple[tuple[str, tuple[dict[str, str], ...]], ...],
+    agents: frozenset[str],
+) -> Metric:
+    kept = [s for s in family.samples if s.labels.get("agent") in agents]
+    present = {(s.name, tuple(sorted(s.labels.items()))) for s in kept}
+    for agent in sorted(agents):
+        for sample_name, label_sets in expected:
+            for extra in label_sets:
+                labels = {"agent": agent, **extra}
+                if (sample_name, tuple(sorted(labels.items()))) not in present:
+                    kept.append(Sample(sample_name, labels, 0.0))
+    family.samples = kept
+    return family
+
+
+def breaker_families(
+    agents: Mapping[str, BreakerState], deployments: Mapping[int, BreakerState]
+) -> list[Metric]:
+    """``agent_circuit_breaker_state{agent}`` and ``agent_deployment_breaker_state{deployment}``
+    (0 closed, 1 half-open, 2 open) of every agent and deployment, as the shared state says."""
+    agent_family = GaugeMetricFamily(
+        "agent_circuit_breaker_state",
+        "Agent circuit breaker: 0 closed, 1 half-open, 2 open.",
+        labels=["agent"],
+    )
+    for name, state in sorted(agents.items()):
+        agent_family.add_metric([name], BREAKER_GAUGE[state])
+    deployment_family = GaugeMetricFamily(
+        "agent_deployment_breaker_state",
+        "Model deployment circuit breaker: 0 closed, 1 half-open, 2 open.",
+        labels=["deployment"],
+    )
+    for ident, state in sorted(deployments.items()):
+        deployment_family.add_metric([str(ident)], BREAKER_GAUGE[state])
+    return [agent_family, deployment_family]
+
+
+def drain_lag_family(lag_s: float) -> Metric:
+    return GaugeMetricFamily(
+        "breakwater_drain_lag_seconds",
+        "Age of the oldest execution record accepted into the journal but not yet stored in "
+        "the database (0 when the journal is empty).",
+        value=max(0.0, lag_s),
+    )
+
+
+def processes_family(live: Mapping[str, int]) -> Metric:
+    family = GaugeMetricFamily(
+        "breakwater_processes",
+        "Live processes by role, from their heartbeats (0: every process of a role is down).",
+        labels=["role"],
+    )
+    for role, count in sorted(live.items()):
+        family.add_metric([role], count)
+    return family
+
+
+def source_up_family(up: Mapping[str, bool]) -> Metric:
+    """``breakwater_metrics_source_up{source}``: whether this scrape could read ``source``
+    (``shared_state``, ``database``, ``journal``); the series read from it are missing when 0."""
+    family = GaugeMetricFamily(
+        "breakwater_metrics_source_up",
+        "1 when this scrape read the source (shared_state, database, journal), 0 when it failed "
+        "and the series from it are missing.",
+        labels=["source"],
+    )
+    for source, ok in sorted(up.items()):
+        family.add_metric([source], 1.0 if ok else 0.0)
+    return family
 
 
 # --- multiprocess mode --------------------------------------------------------------------------

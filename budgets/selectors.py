@@ -315,12 +315,15 @@ def budget_statuses(
     usage: Mapping[str, tuple[int, int] | BudgetWindow],
     now: datetime,
     floors: Mapping[int, int] | None = None,
+    rates: Mapping[int, Decimal] | None = None,
 ) -> list[BudgetStatus]:
     """State and forecast of each budget. One query (the ledger's recent spend), and one more
     when a window is unknown to the shared state (then its spend is the ledger's).
 
     ``forecast_usd = spent + rate x time left``, where the rate is the ledger's spend over the
-    last 60 minutes (or since the window began, if that is shorter) per second. ``floors``
+    last 60 minutes (or since the window began, if that is shorter) per second. ``rates``
+    (budget id -> USD per second, e.g. from an earlier call's ``rate_usd_per_hour``): when it
+    has every budget, the ledger's recent spend is not read. ``floors``
     (:func:`budget_call_floors`) and the smallest amount refused in the window decide
     ``exceeded`` below 100%.
     """
@@ -333,8 +336,15 @@ def budget_statuses(
         ledger = ledger_micros(unknown)
         for span in unknown:
             windows[span.key] = BudgetWindow(ledger[span.key], 0, ready=False)
+    if rates is not None and all(span.budget.pk in rates for span in spans):
+        per_second = [rates[span.budget.pk] for span in spans]
+    else:
+        per_second = [
+            recent / Decimal(seconds) if seconds > 0 else Decimal(0)
+            for recent, seconds in _recent_spend(spans, now)
+        ]
     statuses = []
-    for span, (recent, seconds) in zip(spans, _recent_spend(spans, now), strict=True):
+    for span, rate in zip(spans, per_second, strict=True):
         budget = span.budget
         window = windows.get(span.key, BudgetWindow(0, 0))
         spent, reserved = micros_to_usd(window.spent), micros_to_usd(window.reserved)
@@ -360,7 +370,6 @@ def budget_statuses(
             alert_at_pct=budget.alert_at_pct,
             floor=floor_usd,
         )
-        rate = recent / Decimal(seconds) if seconds > 0 else Decimal(0)
         left = Decimal(max(0.0, (span.end - now).total_seconds()))
         forecast = (spent + rate * left).quantize(_USD)
         statuses.append(

@@ -23,12 +23,10 @@ from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from agents.config.live import LiveConfig
-from agents.metrics import set_budget_remaining
 from agents.models import MONEY_MAX, SLO_DEFAULT_LATENCY_MS, Agent, Execution
 from agents.runtime.budgets import window_bounds
 from agents.runtime.state import BudgetWindow
 from budgets.incidents import budget_incidents_sync
-from budgets.metrics import set_budget_forecast
 from budgets.models import (
     ALL_AGENTS,
     LATENCY_BUCKETS_MS,
@@ -211,11 +209,11 @@ def budgets_observe(
     usage_reader: WindowReader = budget_windows_read,
     floors: Mapping[int, int] | None = None,
 ) -> list[BudgetStatus]:
-    """Compute every budget's state and forecast, publish them as gauges
-    (``agent_budget_remaining_dollars``, ``agent_budget_forecast_dollars``,
-    ``agent_budget_forecast_ratio``), and open or resolve the budgets' incidents
-    (:mod:`budgets.incidents`). ``floors`` (budget id -> micro-USD of the smallest worst-case
-    call it must admit) defaults to the live configuration's (:func:`job_call_floors`)."""
+    """Compute every budget's state and forecast (the periodic job), and open or resolve the
+    budgets' incidents (:mod:`budgets.incidents`). The budget gauges are not published from
+    here: ``/metrics`` computes them at scrape time (budgets/metrics.py). ``floors`` (budget id
+    -> micro-USD of the smallest worst-case call it must admit) defaults to the live
+    configuration's (:func:`job_call_floors`)."""
     now = now or timezone.now()
     budgets = budget_list()
     spans = budget_spans(budgets, now=now)
@@ -223,12 +221,9 @@ def budgets_observe(
     if floors is None:
         floors = job_call_floors(budgets)
     statuses = budget_statuses(spans=spans, usage=usage, now=now, floors=floors)
-    for status in statuses:
-        set_budget_remaining(status.label, status.remaining_usd)
-        set_budget_forecast(status.label, float(status.forecast_usd), status.predictability)
     try:
         budget_incidents_sync(statuses, now=now)
-    except Exception:  # the gauges are published either way; the next run tries again
+    except Exception:  # the next run tries again
         log.exception("could not open or resolve budget incidents")
     return statuses
 

@@ -39,6 +39,16 @@ def _heartbeat_start(**_: object) -> None:
     current_process("worker").start()
 
 
+@beat_init.connect
+def _beat_heartbeat_start(**_: object) -> None:
+    """Beat holds a heartbeat too (role ``beat``), so ``breakwater_processes{role="beat"}``
+    says whether the schedule runs. It owns no executions; when it dies its row is marked dead
+    like any other."""
+    from agents.executions.processes import current_process
+
+    current_process("beat").start()
+
+
 @worker_process_shutdown.connect
 @worker_shutdown.connect
 def _heartbeat_stop(**_: object) -> None:

@@ -307,6 +307,24 @@ else:
         }
     }
 
+# --- Django-side metrics (django-prometheus; docs/DECISIONS.md #16) ----------------------
+# HTTP by view, database and cache metrics in the one /metrics. The lean execute doors skip
+# Django's middleware, so they stay outside it (console/asgi.py).
+BREAKWATER_DJANGO_METRICS = env_bool("BREAKWATER_DJANGO_METRICS", True)
+if BREAKWATER_DJANGO_METRICS:
+    MIDDLEWARE = [
+        "console.django_metrics.PrometheusBeforeMiddleware",
+        *MIDDLEWARE,
+        "console.django_metrics.PrometheusAfterMiddleware",
+    ]
+    _db["ENGINE"] = {
+        "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+        "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    }.get(str(_db["ENGINE"]), str(_db["ENGINE"]))
+    CACHES["default"]["BACKEND"] = (
+        "console.django_metrics.LocMemCache" if EMBEDDED else "console.django_metrics.RedisCache"
+    )
+
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -21,7 +21,6 @@ What it shows: provider error text in ``steps[].detail`` and ``error`` only to `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +34,6 @@ from agents.access.disclosure import render_execution, sees_provider_text
 from agents.doors.auth import ApiKeyAuth
 from agents.doors.execute import execute_now
 from agents.engine import get_engine
-from agents.metrics import set_breaker_state
 from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER
 from agents.runtime.state import (
     BreakerConfig,
@@ -215,9 +213,7 @@ async def agent_delete(request: HttpRequest, name: str) -> Status:
 
 def _breaker_out(snapshot: BreakerSnapshot) -> dict[str, Any]:
     # The snapshot is the breaker's effective state (open past its recovery time reads
-    # half_open); the gauge is set from the same reading so that /metrics agrees with the API.
-    with contextlib.suppress(Exception):  # metrics never fail a request
-        set_breaker_state(snapshot.key, snapshot.state)
+    # half_open); /metrics reads the same snapshot at scrape time, so they agree.
     return {
         "key": snapshot.key,
         "state": snapshot.state.value,

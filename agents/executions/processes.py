@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from agents.models import WorkerProcess
@@ -188,3 +189,26 @@ def processes_prune(*, now: datetime | None = None, keep_days: int = 7) -> int:
     cutoff = now - timedelta(days=keep_days)
     deleted, _ = WorkerProcess.objects.filter(beat_at__lt=cutoff).delete()
     return deleted
+
+
+def processes_live_by_role(*, now: datetime | None = None) -> dict[str, int]:
+    """Live processes per role (``serve``, ``worker``, ...), for ``breakwater_processes``.
+
+    Live: started, not stopped, not marked dead, and beating within ``BREAKWATER_DEAD_AFTER_S``.
+    Every role with a row (rows are kept a week, :func:`processes_prune`) is listed, at 0 when
+    none of its processes is live, so that a role that went down reads 0 instead of vanishing.
+    One query.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.BREAKWATER_DEAD_AFTER_S)
+    rows = (
+        WorkerProcess.objects.order_by()
+        .values("kind")
+        .annotate(
+            live=Count(
+                "id",
+                filter=Q(dead_at__isnull=True, stopped_at__isnull=True, beat_at__gte=cutoff),
+            )
+        )
+    )
+    return {row["kind"]: int(row["live"]) for row in rows}

@@ -5,26 +5,64 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.test import AsyncRequestFactory
+from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
+from agents.backends import state_for_jobs
+from agents.config.apply import config_apply, config_parse
 from agents.events import CompositeEvents
+from agents.executions.recording import FileJournal, drain_files_once
+from agents.executions.recording.files import journal_oldest_at
+from agents.executions.recording.streams import stream_lag_s
 from agents.metrics import (
+    DURATION_BUCKETS,
     MetricsEvents,
+    breaker_families,
     cleanup_dead_processes,
+    complete_agent_families,
     count_retries,
     prepare_multiprocess_dir,
-    set_budget_remaining,
 )
+from agents.models import Agent, ModelDeployment, WorkerProcess
 from agents.runtime.errors import FallbackReason
-from agents.runtime.state import BreakerState, Transition
-from agents.runtime.types import ExecutionResult, ExecutionStatus, Step, Usage
+from agents.runtime.state import (
+    BreakerConfig,
+    BreakerState,
+    BudgetHold,
+    Completion,
+    Transition,
+    WindowInit,
+    agent_breaker_key,
+    deployment_breaker_key,
+)
+from agents.runtime.types import (
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutionStatus,
+    Message,
+    Step,
+    Usage,
+)
+from agents.services import agent_delete
+from budgets.selectors import budget_list, budget_scope_label, budget_spans
 from console import metrics_view
+from core.redis import close_loop_clients
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -260,36 +298,12 @@ def test_a_finish_without_a_start_or_twice_never_drives_active_requests_negative
     assert value("agent_active_requests", agent=agent) == base
 
 
-def test_agent_breaker_transitions_set_the_gauge_to_0_1_or_2() -> None:
-    events = MetricsEvents()
-    expected = {
-        BreakerState.OPEN: 2,
-        BreakerState.HALF_OPEN: 1,
-        BreakerState.CLOSED: 0,
-        BreakerState.FORCED_OPEN: 2,
-        BreakerState.FORCED_CLOSED: 0,
-        BreakerState.DISABLED: 0,
-    }
-    for state, gauge in expected.items():
-        events.breaker_transition(transition("agent:metrics-breaker", state))
-        assert value("agent_circuit_breaker_state", agent="metrics-breaker") == gauge, state
-
-
-def test_deployment_breaker_transitions_set_the_deployment_gauge_by_id() -> None:
-    events = MetricsEvents()
-    events.breaker_transition(transition("deployment:9071", BreakerState.OPEN))
-    assert value("agent_deployment_breaker_state", deployment="9071") == 2
-    assert REGISTRY.get_sample_value("agent_circuit_breaker_state", {"agent": "9071"}) is None
-
-    events.breaker_transition(transition("deployment:9071", BreakerState.HALF_OPEN))
-    assert value("agent_deployment_breaker_state", deployment="9071") == 1
-
-
-def test_a_transition_with_an_unknown_key_is_ignored() -> None:
-    MetricsEvents().breaker_transition(transition("model:whatever", BreakerState.OPEN))
-    assert REGISTRY.get_sample_value("agent_circuit_breaker_state", {"agent": "whatever"}) is None
+def test_a_breaker_transition_sets_no_gauge_in_the_process() -> None:
+    # The breaker gauges are read from the shared state at scrape time (whichever process saw
+    # the transition); a process-held copy would go stale or survive a deleted agent.
+    MetricsEvents().breaker_transition(transition("agent:metrics-breaker", BreakerState.OPEN))
     assert (
-        REGISTRY.get_sample_value("agent_deployment_breaker_state", {"deployment": "whatever"})
+        REGISTRY.get_sample_value("agent_circuit_breaker_state", {"agent": "metrics-breaker"})
         is None
     )
 
@@ -300,11 +314,109 @@ def test_metrics_events_swallow_errors_instead_of_raising() -> None:
     events.breaker_transition(None)  # type: ignore[arg-type]
 
 
-def test_the_budget_setter_publishes_remaining_dollars_per_scope() -> None:
-    set_budget_remaining("global", Decimal("812.50"))
-    assert value("agent_budget_remaining_dollars", scope="global") == 812.5
-    set_budget_remaining("global", Decimal("0"))
-    assert value("agent_budget_remaining_dollars", scope="global") == 0
+# --- scrape-time families --------------------------------------------------------------------
+
+
+def family(families: list[Metric], name: str) -> Metric:
+    (found,) = [f for f in families if f.name == name]
+    return found
+
+
+def samples(metric: Metric) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in metric.samples}
+
+
+def test_a_known_agent_without_traffic_gets_a_zero_of_every_per_agent_series() -> None:
+    families = list(complete_agent_families([], frozenset({"quiet"})))
+
+    requests = samples(family(families, "agent_requests"))
+    assert requests == {
+        ("agent_requests_total", (("agent", "quiet"), ("status", status))): 0.0
+        for status in ("succeeded", "degraded", "failed")
+    }
+    reasons = {dict(labels)["reason"] for _, labels in samples(family(families, "agent_fallbacks"))}
+    assert reasons == {
+        "circuit_open", "budget_exceeded", "rate_limited", "timeout", "llm_error", "tool_error"
+    }  # fmt: skip
+    types = {dict(labels)["type"] for _, labels in samples(family(families, "agent_llm_tokens"))}
+    assert types == {"input", "output"}
+    for name in ("agent_cost_dollars", "agent_cache_hits", "agent_retries"):
+        assert samples(family(families, name)) == {(f"{name}_total", (("agent", "quiet"),)): 0.0}
+    assert samples(family(families, "agent_active_requests")) == {
+        ("agent_active_requests", (("agent", "quiet"),)): 0.0
+    }
+    duration = samples(family(families, "agent_request_duration_seconds"))
+    buckets = {
+        dict(labels)["le"]
+        for name, labels in duration
+        if name == "agent_request_duration_seconds_bucket"
+    }
+    assert {"0.5", "1.0", "2.0", "60.0", "+Inf"} <= buckets
+    assert len(buckets) == len(DURATION_BUCKETS) + 1
+    assert set(duration.values()) == {0.0}
+    assert duration[("agent_request_duration_seconds_count", (("agent", "quiet"),))] == 0.0
+
+
+def test_counted_samples_stay_and_get_no_zero_twin() -> None:
+    counted = Metric("agent_requests", "d", "counter")
+    counted.add_sample("agent_requests_total", {"agent": "busy", "status": "succeeded"}, 7.0)
+
+    (requests,) = [
+        f
+        for f in complete_agent_families([counted], frozenset({"busy"}))
+        if f.name == "agent_requests"
+    ]
+
+    values = samples(requests)
+    assert values[("agent_requests_total", (("agent", "busy"), ("status", "succeeded")))] == 7.0
+    assert values[("agent_requests_total", (("agent", "busy"), ("status", "failed")))] == 0.0
+    assert len(requests.samples) == 3
+
+
+def test_samples_of_an_agent_that_no_longer_exists_are_dropped() -> None:
+    counted = Metric("agent_cost_dollars", "d", "counter")
+    counted.add_sample("agent_cost_dollars_total", {"agent": "deleted"}, 1.5)
+    counted.add_sample("agent_cost_dollars_total", {"agent": "kept"}, 2.5)
+    other = Metric("django_db_execute", "d", "counter")
+    other.add_sample("django_db_execute_total", {"alias": "default", "vendor": "sqlite"}, 3.0)
+
+    families = list(complete_agent_families([counted, other], frozenset({"kept"})))
+
+    assert samples(family(families, "agent_cost_dollars")) == {
+        ("agent_cost_dollars_total", (("agent", "kept"),)): 2.5
+    }
+    assert family(families, "django_db_execute").samples == other.samples
+
+
+def test_an_unknown_catalog_leaves_the_processes_families_as_they_are() -> None:
+    counted = Metric("agent_cost_dollars", "d", "counter")
+    counted.add_sample("agent_cost_dollars_total", {"agent": "anyone"}, 1.5)
+
+    families = list(complete_agent_families([counted], None))
+
+    assert families == [counted]
+
+
+def test_breaker_families_map_every_state_to_0_1_or_2() -> None:
+    states = {
+        "closed": BreakerState.CLOSED,
+        "half-open": BreakerState.HALF_OPEN,
+        "open": BreakerState.OPEN,
+        "forced-open": BreakerState.FORCED_OPEN,
+        "forced-closed": BreakerState.FORCED_CLOSED,
+        "disabled": BreakerState.DISABLED,
+    }
+    agents, deployments = breaker_families(states, {7: BreakerState.OPEN})
+
+    assert samples(agents) == {
+        ("agent_circuit_breaker_state", (("agent", "closed"),)): 0,
+        ("agent_circuit_breaker_state", (("agent", "half-open"),)): 1,
+        ("agent_circuit_breaker_state", (("agent", "open"),)): 2,
+        ("agent_circuit_breaker_state", (("agent", "forced-open"),)): 2,
+        ("agent_circuit_breaker_state", (("agent", "forced-closed"),)): 0,
+        ("agent_circuit_breaker_state", (("agent", "disabled"),)): 0,
+    }
+    assert samples(deployments) == {("agent_deployment_breaker_state", (("deployment", "7"),)): 2}
 
 
 # --- CompositeEvents -------------------------------------------------------------------------
@@ -378,12 +490,80 @@ def test_composite_events_feed_the_metrics() -> None:
 
 # --- /metrics --------------------------------------------------------------------------------
 
+DOC = """
+providers:
+  - {{name: sim-{tag}, kind: simulated}}
+models:
+  - {{name: m-{tag}, provider: sim-{tag}, upstream_model: a, input_usd_per_mtok: 1, output_usd_per_mtok: 2}}
+  - {{name: m-{tag}, provider: sim-{tag}, upstream_model: b, input_usd_per_mtok: 1, output_usd_per_mtok: 2}}
+agents:
+  - {{name: support-{tag}, model: m-{tag}, daily_budget_usd: 50}}
+  - {{name: billing-{tag}, model: m-{tag}}}
+budgets:
+  - {{scope: global, daily_limit_usd: 1000, monthly_limit_usd: 20000}}
+"""
 
-async def test_the_metrics_view_answers_the_text_exposition_with_every_metric_name(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@dataclass(frozen=True)
+class World:
+    support: str
+    billing: str
+    deployments: tuple[int, ...]
+    budgets: dict[str, int]  # scope label -> id
+
+
+def _world() -> World:
+    tag = uuid.uuid4().hex[:8]
+    config_apply(document=config_parse(DOC.format(tag=tag)))
+    return World(
+        support=f"support-{tag}",
+        billing=f"billing-{tag}",
+        deployments=tuple(
+            ModelDeployment.objects.filter(name=f"m-{tag}")
+            .order_by("id")
+            .values_list("id", flat=True)
+        ),
+        budgets={budget_scope_label(b): b.pk for b in budget_list()},
+    )
+
+
+@pytest.fixture
+async def world(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    MetricsEvents().execution_finished(result("metrics-view"))
+    yield await sync_to_async(_world)()
+    await close_loop_clients()
+
+
+async def scrape(accept: str = "") -> str:
+    headers = {"accept": accept} if accept else {}
+    response = await metrics_view.metrics(AsyncRequestFactory().get("/metrics", headers=headers))
+    assert response.status_code == 200
+    return str(response.content.decode())
+
+
+def parse(body: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for metric in text_string_to_metric_families(body)
+        for sample in metric.samples
+    }
+
+
+def sample(values: Samples, name: str, **labels: str) -> float | None:
+    return values.get((name, frozenset(labels.items())))
+
+
+def with_label(values: Samples, label: str, value: str) -> list[str]:
+    return sorted({name for name, labels in values if (label, value) in labels})
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_metrics_view_answers_the_text_exposition_with_every_metric_name(
+    world: World,
+) -> None:
+    MetricsEvents().execution_finished(result(world.support))
 
     response = await metrics_view.metrics(AsyncRequestFactory().get("/metrics"))
 
@@ -399,27 +579,269 @@ async def test_the_metrics_view_answers_the_text_exposition_with_every_metric_na
         "agent_circuit_breaker_state",
         "agent_deployment_breaker_state",
         "agent_budget_remaining_dollars",
+        "agent_budget_limit_dollars",
+        "agent_budget_forecast_dollars",
+        "agent_budget_forecast_ratio",
         "agent_cache_hits_total",
         "agent_fallbacks_total",
         "agent_retries_total",
+        "breakwater_drain_lag_seconds",
+        "breakwater_processes",
+        "breakwater_metrics_source_up",
+        "django_migrations_applied_total",
+        "django_migrations_unapplied_total",
     ):
-        assert f"# TYPE {name.removesuffix('_bucket')} " in body or f"# TYPE {name} " in body
-    assert 'agent_requests_total{agent="metrics-view",status="succeeded"}' in body
+        base = name.removesuffix("_bucket").removesuffix("_total")
+        assert f"# TYPE {base} " in body or f"# TYPE {name} " in body, name
+    assert f'agent_requests_total{{agent="{world.support}",status="succeeded"}} 1.0' in body
 
 
-async def test_the_metrics_view_speaks_openmetrics_when_asked() -> None:
+@pytest.mark.django_db(transaction=True)
+async def test_every_agent_deployment_and_budget_has_its_gauges_before_any_traffic(
+    world: World,
+) -> None:
+    values = parse(await scrape())
+
+    for agent in (world.support, world.billing):
+        assert sample(values, "agent_circuit_breaker_state", agent=agent) == 0
+    for ident in world.deployments:
+        assert sample(values, "agent_deployment_breaker_state", deployment=str(ident)) == 0
+    assert set(world.budgets) == {"global", "global:monthly", f"agent:{world.support}"}
+    limits = {"global": 1000, "global:monthly": 20000, f"agent:{world.support}": 50}
+    for scope, limit in limits.items():
+        assert sample(values, "agent_budget_limit_dollars", scope=scope) == limit
+        assert sample(values, "agent_budget_remaining_dollars", scope=scope) == limit
+        assert sample(values, "agent_budget_forecast_dollars", scope=scope) == 0
+        assert sample(values, "agent_budget_forecast_ratio", scope=scope) == 0
+    for source in ("database", "shared_state", "journal"):
+        assert sample(values, "breakwater_metrics_source_up", source=source) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_known_agents_counters_read_zero_before_its_first_execution(world: World) -> None:
+    values = parse(await scrape())
+
+    for status in ("succeeded", "degraded", "failed"):
+        assert sample(values, "agent_requests_total", agent=world.billing, status=status) == 0
+    for kind in ("input", "output"):
+        assert sample(values, "agent_llm_tokens_total", agent=world.billing, type=kind) == 0
+    for reason in ("circuit_open", "budget_exceeded", "timeout", "llm_error"):
+        assert sample(values, "agent_fallbacks_total", agent=world.billing, reason=reason) == 0
+    for name in ("agent_cost_dollars_total", "agent_cache_hits_total", "agent_retries_total"):
+        assert sample(values, name, agent=world.billing) == 0
+    assert sample(values, "agent_active_requests", agent=world.billing) == 0
+    bucket = "agent_request_duration_seconds_bucket"
+    for le in ("0.5", "1.0", "2.0", "+Inf"):
+        assert sample(values, bucket, agent=world.billing, le=le) == 0
+    assert sample(values, "agent_request_duration_seconds_count", agent=world.billing) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_breakers_read_from_the_shared_state_whoever_moved_them(world: World) -> None:
+    store = await state_for_jobs()
+    await store.breaker_command(agent_breaker_key(world.support), "force_open")
+    await store.breaker_command(deployment_breaker_key(world.deployments[1]), "force_open")
+
+    values = parse(await scrape())
+    assert sample(values, "agent_circuit_breaker_state", agent=world.support) == 2
+    assert sample(values, "agent_circuit_breaker_state", agent=world.billing) == 0
+    assert (
+        sample(values, "agent_deployment_breaker_state", deployment=str(world.deployments[0])) == 0
+    )
+    assert (
+        sample(values, "agent_deployment_breaker_state", deployment=str(world.deployments[1])) == 2
+    )
+
+    await store.breaker_command(agent_breaker_key(world.support), "reset")
+    await store.breaker_command(deployment_breaker_key(world.deployments[1]), "reset")
+    values = parse(await scrape())
+    assert sample(values, "agent_circuit_breaker_state", agent=world.support) == 0
+    assert (
+        sample(values, "agent_deployment_breaker_state", deployment=str(world.deployments[1])) == 0
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_spend_settled_in_the_shared_state_lowers_the_budget_remaining(world: World) -> None:
+    scope = f"agent:{world.support}"
+    (span,) = [
+        s
+        for s in budget_spans(await sync_to_async(budget_list)(), now=timezone.now())
+        if s.budget.pk == world.budgets[scope]
+    ]
+    store = await state_for_jobs()
+    entry_id = str(uuid.uuid4())
+    await store.budget_prepare((WindowInit(span.key, 0, 86_400.0),))
+    assert (
+        await store.budget_reserve(
+            (BudgetHold(span.key, 10**9, 20_000_000, 86_400.0),), entry_id, 60.0
+        )
+    )[0]
+
+    values = parse(await scrape())
+    assert sample(values, "agent_budget_remaining_dollars", scope=scope) == 30  # reserved counts
+
+    await store.complete(
+        Completion(
+            attempt=None,
+            deployment_breaker=BreakerConfig(),
+            entry_id=entry_id,
+            budget_settlements=((span.key, 12_500_000),),
+        )
+    )
+    values = parse(await scrape())
+    assert sample(values, "agent_budget_remaining_dollars", scope=scope) == 37.5
+    assert sample(values, "agent_budget_limit_dollars", scope=scope) == 50
+    assert sample(values, "agent_budget_forecast_dollars", scope=scope) >= 12.5  # type: ignore[operator]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_deleted_agents_series_are_gone_at_the_next_scrape(world: World) -> None:
+    MetricsEvents().execution_finished(result(world.support, cost="0.5"))
+    before = parse(await scrape())
+    assert sample(before, "agent_cost_dollars_total", agent=world.support) == 0.5
+    assert sample(before, "agent_budget_remaining_dollars", scope=f"agent:{world.support}") == 50
+
+    await sync_to_async(agent_delete)(name=world.support, actor="test")
+
+    after = parse(await scrape())
+    assert with_label(after, "agent", world.support) == []
+    assert with_label(after, "scope", f"agent:{world.support}") == []
+    assert sample(after, "agent_circuit_breaker_state", agent=world.billing) == 0
+    assert sample(after, "agent_requests_total", agent=world.billing, status="failed") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_deleted_deployments_breaker_series_is_gone_at_the_next_scrape(
+    world: World,
+) -> None:
+    gone = str(world.deployments[1])
+    assert sample(parse(await scrape()), "agent_deployment_breaker_state", deployment=gone) == 0
+
+    await sync_to_async(ModelDeployment.objects.filter(pk=world.deployments[1]).delete)()
+
+    values = parse(await scrape())
+    assert with_label(values, "deployment", gone) == []
+    assert (
+        sample(values, "agent_deployment_breaker_state", deployment=str(world.deployments[0])) == 0
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_processes_count_live_heartbeats_by_role_and_a_role_down_reads_zero(
+    world: World,
+) -> None:
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.BREAKWATER_DEAD_AFTER_S + 5)
+
+    def rows() -> None:
+        for kind, beat_at, dead in [
+            ("serve", now, False),
+            ("serve", now, False),
+            ("worker", stale, False),  # stopped beating
+            ("worker", now, True),  # marked dead
+            ("drainer", now, False),
+        ]:
+            WorkerProcess.objects.create(
+                id=str(uuid.uuid4()), kind=kind, host="h", pid=1, beat_at=beat_at,
+                dead_at=now if dead else None,
+            )  # fmt: skip
+
+    await sync_to_async(rows)()
+    values = parse(await scrape())
+
+    assert sample(values, "breakwater_processes", role="serve") == 2
+    assert sample(values, "breakwater_processes", role="worker") == 0
+    assert sample(values, "breakwater_processes", role="drainer") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_migration_gauges_say_everything_is_applied(world: World) -> None:
+    values = parse(await scrape())
+
+    assert sample(values, "django_migrations_unapplied_total", connection="default") == 0
+    assert (sample(values, "django_migrations_applied_total", connection="default") or 0) > 20
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_metrics_view_speaks_openmetrics_when_asked(world: World) -> None:
     request = AsyncRequestFactory().get(
         "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
     )
     response = await metrics_view.metrics(request)
     assert response.status_code == 200
     assert response["Content-Type"].startswith("application/openmetrics-text")
-    assert response.content.decode().rstrip().endswith("# EOF")
+    body = response.content.decode()
+    assert body.rstrip().endswith("# EOF")
+    assert f'agent_circuit_breaker_state{{agent="{world.support}"}} 0.0' in body
 
 
 async def test_the_metrics_view_refuses_post() -> None:
     response = await metrics_view.metrics(AsyncRequestFactory().post("/metrics"))
     assert response.status_code == 405
+
+
+async def test_without_a_database_the_scrape_still_answers_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No django_db mark: every query fails, as with a database that is down.
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    MetricsEvents().execution_finished(result("metrics-no-database"))
+
+    values = parse(await scrape())
+
+    assert sample(values, "breakwater_metrics_source_up", source="database") == 0
+    assert not with_label(values, "scope", "global")
+    # Unknown catalog: the counted series are kept as they are, not filtered.
+    assert sample(
+        values, "agent_requests_total", agent="metrics-no-database", status="succeeded"
+    ) == 1  # fmt: skip
+    await close_loop_clients()
+
+
+# --- drain lag -------------------------------------------------------------------------------
+
+
+def request(execution_id: str) -> ExecutionRequest:
+    return ExecutionRequest(
+        execution_id=execution_id, agent="lagging", messages=(Message("user", "hi"),)
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_file_journals_oldest_undrained_record_dates_the_lag(tmp_path: Path) -> None:
+    journal = FileJournal(tmp_path)
+    written_at = time.time() - 30
+    await journal.started(request(str(uuid.uuid4())), written_at)
+    later = ExecutionRequest(
+        execution_id=str(uuid.uuid4()), agent="lagging", messages=(Message("user", "hi"),)
+    )
+    await journal.started(later, written_at + 10)
+
+    assert journal_oldest_at(tmp_path) == pytest.approx(written_at)
+
+    await sync_to_async(drain_files_once)(tmp_path)
+    assert journal_oldest_at(tmp_path) is None
+    journal.close()
+
+
+async def test_the_redis_streams_oldest_entry_dates_the_lag(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    stream = f"test:journal:{uuid.uuid4().hex}"
+    try:
+        assert await stream_lag_s(client, stream) == 0
+        (seconds, micros) = await client.time()
+        accepted_ms = seconds * 1000 + micros // 1000 - 30_000
+        await client.xadd(stream, {"e": b"{}"}, id=f"{accepted_ms}-0")
+        await client.xadd(stream, {"e": b"{}"}, id=f"{accepted_ms + 20_000}-0")
+
+        assert await stream_lag_s(client, stream) == pytest.approx(30, abs=2)
+
+        await client.xdel(stream, f"{accepted_ms}-0")
+        assert await stream_lag_s(client, stream) == pytest.approx(10, abs=2)
+    finally:
+        await client.delete(stream)
+        await client.aclose()
 
 
 # --- multiprocess mode -----------------------------------------------------------------------
@@ -429,11 +851,10 @@ WORKER = textwrap.dedent(
     import sys
     from decimal import Decimal
 
-    from agents.metrics import MetricsEvents, prepare_multiprocess_dir
-    from agents.runtime.state import BreakerState, Transition
+    from agents.metrics import MetricsEvents
     from agents.runtime.types import ExecutionResult, ExecutionStatus, Usage
 
-    count, breaker = int(sys.argv[1]), sys.argv[2]
+    count = int(sys.argv[1])
     events = MetricsEvents()
     events.execution_started("still-running", "mp-agent")  # never finishes: the process dies
     for index in range(count):
@@ -443,27 +864,23 @@ WORKER = textwrap.dedent(
             fallback_reason=None, cached=False, usage=Usage(10, 5), cost_usd=Decimal("0.001"),
             latency_ms=200.0, created_at=0.0, finished_at=0.2,
         ))
-    if breaker != "-":
-        events.breaker_transition(
-            Transition("agent:mp-agent", BreakerState.CLOSED, BreakerState(breaker), 0.0, "")
-        )
     """
 )
 
 
-def run_workers(directory: Path, count: int, breakers: list[str]) -> list[int]:
-    """Run one worker process per entry of ``breakers`` at once; return their (dead) pids."""
+def run_workers(directory: Path, count: int, processes: int = 3) -> list[int]:
+    """Run ``processes`` worker processes at once; return their (dead) pids."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
     env.pop("DJANGO_SETTINGS_MODULE", None)  # the metrics need no Django
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(count), breaker],
+            [sys.executable, "-c", WORKER, str(count)],
             cwd=ROOT,
             env=env,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for breaker in breakers
+        for _ in range(processes)
     ]
     for worker in workers:
         _, stderr = worker.communicate(timeout=60)
@@ -483,7 +900,7 @@ def multiproc_dir(tmp_path: Path) -> Path:
 
 
 def test_counters_from_several_processes_add_up(multiproc_dir: Path) -> None:
-    run_workers(multiproc_dir, 40, ["-", "-", "-"])
+    run_workers(multiproc_dir, 40)
 
     registry = collect(multiproc_dir)
     labels = {"agent": "mp-agent", "status": "succeeded"}
@@ -504,7 +921,7 @@ def test_counters_from_several_processes_add_up(multiproc_dir: Path) -> None:
 def test_cleanup_forgets_dead_processes_active_requests_but_keeps_their_counts(
     multiproc_dir: Path,
 ) -> None:
-    pids = run_workers(multiproc_dir, 5, ["-", "-", "-"])
+    pids = run_workers(multiproc_dir, 5)
     # A live process's gauge file must survive; our parent runs as long as this test does.
     live_file = multiproc_dir / f"gauge_livesum_{os.getppid()}.db"
     shutil.copy(multiproc_dir / f"gauge_livesum_{pids[0]}.db", live_file)
@@ -529,19 +946,8 @@ def test_cleanup_forgets_dead_processes_active_requests_but_keeps_their_counts(
     assert cleanup_dead_processes(multiproc_dir) == []
 
 
-def test_the_breaker_gauge_reports_the_latest_transition_seen_by_any_process(
-    multiproc_dir: Path,
-) -> None:
-    run_workers(multiproc_dir, 0, ["open"])
-    run_workers(multiproc_dir, 0, ["closed"])  # a later process saw it close, then died
-    cleanup_dead_processes(multiproc_dir)
-
-    registry = collect(multiproc_dir)
-    assert registry.get_sample_value("agent_circuit_breaker_state", {"agent": "mp-agent"}) == 0
-
-
 def test_prepare_wipes_files_left_by_a_previous_run(multiproc_dir: Path) -> None:
-    run_workers(multiproc_dir, 3, ["-"])
+    run_workers(multiproc_dir, 3, processes=1)
     assert list(multiproc_dir.glob("*.db"))
 
     prepare_multiprocess_dir(multiproc_dir)
@@ -549,18 +955,26 @@ def test_prepare_wipes_files_left_by_a_previous_run(multiproc_dir: Path) -> None
     assert list(multiproc_dir.glob("*.db")) == []
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_the_metrics_view_merges_every_process_in_multiprocess_mode(
     multiproc_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_workers(multiproc_dir, 7, ["-", "-", "-"])
+    for name in ("mp-agent", "mp-quiet"):
+        await sync_to_async(Agent.objects.create)(name=name, model="m")
+    run_workers(multiproc_dir, 7)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(multiproc_dir))
 
     response = await metrics_view.metrics(AsyncRequestFactory().get("/metrics"))
+    await close_loop_clients()
 
     assert response.status_code == 200
     body = response.content.decode()
     assert 'agent_requests_total{agent="mp-agent",status="succeeded"} 21.0' in body
     # The dead workers' in-flight executions were cleaned up before the scrape.
-    assert 'agent_active_requests{agent="mp-agent"}' not in body
+    assert 'agent_active_requests{agent="mp-agent"} 0.0' in body
+    # A known agent no process has counted yet reads zero, from the merged files too.
+    assert 'agent_requests_total{agent="mp-quiet",status="succeeded"} 0.0' in body
+    assert 'agent_circuit_breaker_state{agent="mp-quiet"} 0.0' in body
     # Only the merged files are exported, not this process's own registry.
     assert "metrics-view" not in body
+    assert body.count("# TYPE agent_requests_total counter") == 1

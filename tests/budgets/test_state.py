@@ -7,11 +7,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from agents.access.keys import generate_key
 from agents.models import Agent, ApiKey
+from budgets.metrics import budget_families
 from budgets.selectors import (
+    BudgetStatus,
     budget_get,
     budget_list,
     budget_scope_label,
@@ -228,12 +229,14 @@ def test_a_restricted_key_sees_its_agents_budgets_and_its_own() -> None:
             budget_get(budget_id=hidden.pk, principal=limited)
 
 
-def _gauge(name: str, scope: str) -> float | None:
-    return REGISTRY.get_sample_value(name, {"scope": scope})
+def _gauge(families: list[Any], name: str, scope: str) -> float | None:
+    (family,) = [f for f in families if f.name == name]
+    values = [s.value for s in family.samples if s.labels == {"scope": scope}]
+    return values[0] if values else None
 
 
 @pytest.mark.django_db
-def test_observing_publishes_remaining_and_forecast_gauges_per_scope() -> None:
+def test_observed_budgets_become_remaining_limit_and_forecast_gauges_per_scope() -> None:
     agent = Agent.objects.create(name="observed", model="m")
     b = budget("agent", agent=agent, limit="20")
     monthly = budget("agent", agent=agent, limit="300", window="monthly")
@@ -243,13 +246,37 @@ def test_observing_publishes_remaining_and_forecast_gauges_per_scope() -> None:
     spend("1", at=NOW - timedelta(minutes=30), agent="observed")
 
     statuses = budgets_observe(now=NOW, usage_reader=counters)
+    families = budget_families(statuses)
 
     assert len(statuses) == 2
-    assert _gauge("agent_budget_remaining_dollars", "agent:observed") == 15.0
-    assert _gauge("agent_budget_remaining_dollars", "agent:observed:monthly") == 300.0
+    assert _gauge(families, "agent_budget_remaining_dollars", "agent:observed") == 15.0
+    assert _gauge(families, "agent_budget_remaining_dollars", "agent:observed:monthly") == 300.0
+    assert _gauge(families, "agent_budget_limit_dollars", "agent:observed") == 20.0
     # $1 over the last hour, 14 hours left.
-    assert _gauge("agent_budget_forecast_dollars", "agent:observed") == 5 + 1 * 14
-    assert _gauge("agent_budget_forecast_ratio", "agent:observed") == pytest.approx(19 / 20)
+    assert _gauge(families, "agent_budget_forecast_dollars", "agent:observed") == 5 + 1 * 14
+    assert _gauge(families, "agent_budget_forecast_ratio", "agent:observed") == pytest.approx(
+        19 / 20
+    )
+
+
+def test_a_budget_without_a_limit_has_no_forecast_ratio() -> None:
+    import math
+    from dataclasses import replace
+
+    status = BudgetStatus(
+        id=1, scope="global", target="*", label="global", window="daily", window_id="d",
+        window_starts_at=NOW, window_ends_at=NOW, timezone="UTC", limit_usd=Decimal(0),
+        base_limit_usd=Decimal(0), spent_usd=Decimal(0), reserved_usd=Decimal(0),
+        remaining_usd=Decimal(0), forecast_usd=Decimal(0), rate_usd_per_hour=Decimal(0),
+        predictability=None, state="exceeded", threshold=None, warn_at_pct=80, alert_at_pct=95,
+        paused=False, raise_usd=None, raise_until=None,
+    )  # fmt: skip
+
+    families = budget_families([status, replace(status, id=2, label="global:monthly")])
+
+    ratio = _gauge(families, "agent_budget_forecast_ratio", "global")
+    assert ratio is not None
+    assert math.isnan(ratio)
 
 
 # --- reading the counters from a job -------------------------------------------------------

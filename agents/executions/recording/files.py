@@ -333,3 +333,37 @@ def file_drain(directory: Path, *, batch_size: int = 1000) -> Callable[[], Await
         )
 
     return drain
+
+
+def journal_oldest_at(directory: Path) -> float | None:
+    """When the oldest event not yet stored was written (epoch seconds), None when every event
+    is stored: per journal file, the first complete line past its drained offset. An event's
+    time is its ``finished_at`` (a ``finished`` event) or ``created_at`` (a ``started`` one),
+    which is when the writer appended it, give or take the write itself. Reads one line per
+    file with something left; no lock (a drain running meanwhile only makes it older)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    oldest: float | None = None
+    for entry in os.scandir(directory):
+        if not JOURNAL_RE.match(entry.name):
+            continue
+        f = _File(Path(entry.path), 0, 0)
+        offset = _read_offset(f)
+        try:
+            with open(f.path, "rb") as fh:
+                if offset >= os.fstat(fh.fileno()).st_size:
+                    continue
+                fh.seek(offset)
+                line = fh.readline()
+        except FileNotFoundError:  # drained and deleted since the listing
+            continue
+        if not line.endswith(b"\n"):
+            continue  # being written (or torn): nothing complete past the offset yet
+        try:
+            event = json.loads(line)
+            at = float(event.get("finished_at") or event["created_at"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            at = entry.stat().st_mtime  # unreadable: the drainer sets it aside; still waiting
+        oldest = at if oldest is None else min(oldest, at)
+    return oldest

@@ -362,3 +362,21 @@ def redis_drain(
         return result
 
     return drain
+
+
+async def stream_lag_s(client: RedisCommands, stream: str = STREAM) -> float:
+    """Age in seconds of the stream's oldest entry (0 when empty), by Redis's own clock.
+
+    The drainers delete what they stored, so the oldest entry is the oldest event not yet in
+    the database (pending ones included: read by a drainer that has not stored them yet). Its
+    id is the time ``XADD`` accepted it. Two commands, sent together (one round trip on a
+    pipelining client)."""
+    first, now = await asyncio.gather(
+        client.execute_command("XRANGE", stream, "-", "+", "COUNT", 1),
+        client.execute_command("TIME"),
+    )
+    if not first:
+        return 0.0
+    accepted_ms, _ = _id_key(_stream_id(first[0][0]))
+    now_s = int(_text(now[0])) + int(_text(now[1])) / 1_000_000
+    return max(0.0, now_s - accepted_ms / 1000)

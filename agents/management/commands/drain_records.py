@@ -14,6 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from agents.backends import journal_drain
+from agents.executions.processes import current_process
 from agents.executions.recording import DrainResult, RecordDrainer
 
 
@@ -59,6 +60,10 @@ class Command(BaseCommand):
         from incidents.memory import memory_watch_start
 
         watch = await asyncio.to_thread(memory_watch_start, "drain_records")
+        # A heartbeat (role ``drainer``): ``breakwater_processes`` then counts the standalone
+        # recorders, and a dead one's row is marked dead like any other process's.
+        heartbeat = current_process("drainer")
+        await asyncio.to_thread(heartbeat.start)
         drainer = RecordDrainer(drain, interval_s=interval_s)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -68,5 +73,6 @@ class Command(BaseCommand):
         self.stdout.write("draining records; Ctrl-C stops")
         await stop.wait()
         await drainer.stop()
+        await asyncio.to_thread(heartbeat.stop)
         await asyncio.to_thread(watch.stop)
         self.stdout.write(f"stopped after {drainer.drained} events")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
-from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
@@ -192,8 +192,7 @@ async def test_forcing_a_breaker_open_degrades_calls_audits_and_opens_an_inciden
     assert audit.reason == "drill"
     assert audit.before == {"state": "closed"}
     assert audit.after == {"state": "forced_open"}
-    gauge = REGISTRY.get_sample_value("agent_circuit_breaker_state", {"agent": world.agent})
-    assert gauge == 2
+    assert await _scraped("agent_circuit_breaker_state", agent=world.agent) == 2
 
     await engine_shutdown()  # waits for the incident writer
     incident = await _incident(f"agent:{world.agent}")
@@ -244,8 +243,19 @@ async def _past(open_until: str) -> None:
     await asyncio.sleep(max(0.0, delay) + 0.05)
 
 
-def _gauge(agent: str) -> float | None:
-    return REGISTRY.get_sample_value("agent_circuit_breaker_state", {"agent": agent})
+async def _scraped(name: str, **labels: str) -> float | None:
+    """A sample of ``GET /metrics`` (breaker gauges are read from the shared state there)."""
+    response = await AsyncClient().get("/metrics")
+    assert response.status_code == 200
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+async def _gauge(agent: str) -> float | None:
+    return await _scraped("agent_circuit_breaker_state", agent=agent)
 
 
 async def test_after_its_recovery_time_an_open_breaker_reads_half_open_and_so_does_the_gauge(
@@ -256,21 +266,21 @@ async def test_after_its_recovery_time_an_open_breaker_reads_half_open_and_so_do
     opened = (await call(world.keys["read"], "GET", path)).json()
     assert opened["state"] == "open"
     assert opened["open_until"] is not None  # when it becomes probe-able
-    assert _gauge(world.waking) == 2
+    assert await _gauge(world.waking) == 2
 
     await _past(opened["open_until"])
     for _ in range(2):  # reading it does not move it
         probeable = (await call(world.keys["read"], "GET", path)).json()
         assert (probeable["state"], probeable["open_until"]) == ("half_open", None)
         assert probeable["probes_in_flight"] == 0
-    assert _gauge(world.waking) == 1  # /metrics says what the API says
+    assert await _gauge(world.waking) == 1  # /metrics says what the API says
 
     # The next call is the probe; the model still fails, so the breaker opens again.
     assert (await execute(world, world.waking))["fallback_reason"] == "llm_error"
     reopened = (await call(world.keys["read"], "GET", path)).json()
     assert reopened["state"] == "open"
     assert reopened["open_until"] > opened["open_until"]
-    assert _gauge(world.waking) == 2
+    assert await _gauge(world.waking) == 2
 
 
 async def test_a_deployment_breaker_past_its_recovery_time_reads_half_open(world: World) -> None:
@@ -288,10 +298,7 @@ async def test_a_deployment_breaker_past_its_recovery_time_reads_half_open(world
     await _past(opened["open_until"])
     probeable = breaker((await call(world.keys["read"], "GET", "/api/v1/deployments")).json())
     assert (probeable["state"], probeable["open_until"]) == ("half_open", None)
-    gauge = REGISTRY.get_sample_value(
-        "agent_deployment_breaker_state", {"deployment": str(world.broken)}
-    )
-    assert gauge == 1
+    assert await _scraped("agent_deployment_breaker_state", deployment=str(world.broken)) == 1
 
 
 async def test_disabling_a_breaker_admits_everything(world: World) -> None:
@@ -384,9 +391,7 @@ async def test_a_forced_open_deployment_takes_its_model_out_of_service(world: Wo
             action="breaker_force_open", target_id=f"deployment:{world.deployment}"
         ).exists
     )()
-    gauge = REGISTRY.get_sample_value(
-        "agent_deployment_breaker_state", {"deployment": str(world.deployment)}
-    )
+    gauge = await _scraped("agent_deployment_breaker_state", deployment=str(world.deployment))
     assert gauge == 2
 
     await call(world.keys["operate"], "POST", path, {"action": "reset"})
