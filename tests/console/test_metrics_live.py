@@ -121,8 +121,8 @@ def test_a_fresh_serve_exports_every_series_and_drops_a_deleted_agents(tmp_path:
 
         for agent in ("alpha", "beta"):
             assert value(first, "agent_circuit_breaker_state", agent=agent) == 0
-            for status in ("succeeded", "degraded", "failed"):
-                assert value(first, "agent_requests_total", agent=agent, status=status) == 0
+            for name in ("succeeded", "degraded", "failed"):
+                assert value(first, "agent_requests_total", agent=agent, status=name) == 0
             assert value(first, "agent_request_duration_seconds_bucket", agent=agent, le="2.0") == 0
             assert value(first, "agent_cost_dollars_total", agent=agent) == 0
         for ident in deployments:

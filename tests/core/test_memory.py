@@ -226,7 +226,7 @@ def _sample_value(name: str, role: str) -> float | None:
 
 def test_the_watch_publishes_rss_and_slope_and_reports_opening_and_clearing() -> None:
     clock = FakeClock()
-    rss = {"now": BASE}
+    rss: dict[str, float] = {"now": BASE}
     events: list[tuple[str, Verdict]] = []
     watch = MemoryWatch(
         "test-watch",

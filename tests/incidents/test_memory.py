@@ -31,7 +31,7 @@ class Process:
 
     def __init__(self) -> None:
         self.now = 0.0
-        self.rss = 200 * MB
+        self.rss: float = 200 * MB
 
     def clock(self) -> float:
         return self.now
