@@ -40,5 +40,5 @@ def test_a_started_drill_is_followed_on_its_card_until_it_ends(
     )
     # This deployment has no worker supervisor: the drill says so rather than pretending.
     assert status == "unsupported"
-    assert "serve --workers" in driver.find_element(By.CSS_SELECTOR, card).text
+    assert "leak injection is not built yet" in driver.find_element(By.CSS_SELECTOR, card).text
     assert browser_errors(driver) == []
