@@ -111,6 +111,16 @@ def base_url_refusal(url: str) -> str | None:
     return f"{reason}; refused unless the host is in BREAKWATER_PROVIDER_ALLOW_HOSTS"
 
 
+def checked_url(value: str) -> str:
+    """``value`` as an http(s) URL a provider or a notification channel may use: normalized,
+    bounded, and not a cloud metadata address (:func:`base_url_refusal`)."""
+    value = _http_url(value)
+    refusal = base_url_refusal(value)
+    if refusal is not None:
+        raise ValueError(refusal)
+    return value
+
+
 class SimulationSpec(Spec):
     """Behaviour of a ``simulated`` provider: deterministic for a given seed."""
 
@@ -130,13 +140,7 @@ class ProviderSpec(Spec):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = _http_url(value)
-        refusal = base_url_refusal(value)
-        if refusal is not None:
-            raise ValueError(refusal)
-        return value
+        return None if value is None else checked_url(value)
 
     @model_validator(mode="after")
     def _kind_rules(self) -> ProviderSpec:
@@ -359,13 +363,7 @@ class NotificationSpec(Spec):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = _http_url(value)
-        refusal = base_url_refusal(value)
-        if refusal is not None:
-            raise ValueError(refusal)
-        return value
+        return None if value is None else checked_url(value)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> NotificationSpec:
