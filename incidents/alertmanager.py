@@ -16,6 +16,14 @@ Each alert is one incident, ``kind`` ``alert``, keyed ``alertmanager:<alertname>
 - a resolved alert resolves the open incident with its ``endsAt``, unless it is about an older
   episode than the one open (notifications delivered out of order).
 
+An alert that mirrors a condition Breakwater detects itself (its breaker, budget, quota, SLO and
+spend-spike alerts: deploy/prometheus) names Breakwater's own incident in the label
+``breakwater_incident`` (that incident's dedup key; a budget may be named by its ``scope`` label,
+``budget:<scope>:exhausted|forecast``). While that incident is open, the alert joins its timeline
+(one ``alert`` entry per episode and change, one ``alert_resolved`` entry) instead of opening a
+second incident for the same cause; Breakwater's detector still resolves it. When that incident
+is not open (the alert came first, or the detector missed it), the alert opens its own as above.
+
 A key restricted to some agents may only send alerts that name one of them in ``labels.agent``;
 anything else refuses the whole notification (403) before anything is written.
 """
@@ -27,12 +35,16 @@ from typing import Any
 
 from agents.access.auth import PermissionDenied
 from agents.models import Agent
-from incidents.models import Incident, IncidentStatus, Severity
+from budgets.models import Budget
+from budgets.selectors import budget_scope_label
+from incidents.models import Incident, IncidentEvent, IncidentStatus, Severity
 from incidents.schemas import AlertmanagerAlertIn, AlertmanagerIn
 from incidents.services import incident_event_add, incident_open, incident_resolve_by_key
 
 KIND = "alert"
 ALERTNAME_IN_KEY_MAX = 120
+MIRROR_LABEL = "breakwater_incident"
+MIRROR_EVENTS = ("alert", "alert_resolved")
 
 # labels.severity (lower-cased) -> incident severity; missing or anything else: major.
 SEVERITY_LABELS = {
@@ -128,14 +140,23 @@ def alertmanager_receive(
     _refuse_outsiders(payload, allowed)
     named = {a.labels["agent"] for a in payload.alerts if a.labels.get("agent")}
     known = set(Agent.objects.filter(name__in=named).values_list("name", flat=True))
-    out: dict[str, Any] = {"opened": [], "updated": [], "resolved": [], "unchanged": 0}
+    out: dict[str, Any] = {
+        "opened": [],
+        "updated": [],
+        "resolved": [],
+        "attached": [],
+        "unchanged": 0,
+    }
     for alert in payload.alerts:
         snapshot = _snapshot(alert, payload)
         key = alert_key(alert)
         current = (
             Incident.objects.filter(dedup_key=key).exclude(status=IncidentStatus.RESOLVED).first()
         )
-        if alert.status == "firing":
+        mirrored = _mirrored(alert, allowed) if current is None else None
+        if mirrored is not None:
+            action, incident_id = _attach(alert, snapshot, mirrored, actor)
+        elif alert.status == "firing":
             action, incident_id = _fire(alert, snapshot, key, current, known, actor)
         else:
             action, incident_id = _resolve(alert, snapshot, key, current, actor)
@@ -144,6 +165,73 @@ def alertmanager_receive(
         else:
             out[action].append(incident_id)
     return out
+
+
+def _mirror_keys(name: str) -> list[str]:
+    """The dedup keys a ``breakwater_incident`` label names: itself, or for a budget named by
+    its scope label (``budget:global:monthly:exhausted``) the keys of the budgets with it."""
+    kind, _, rest = name.partition(":")
+    scope, _, which = rest.rpartition(":")
+    if kind != "budget" or scope.isdigit() or which not in {"exhausted", "forecast"}:
+        return [name]
+    return [
+        f"budget:{budget.pk}:{which}"
+        for budget in Budget.objects.select_related("agent", "api_key")
+        if budget_scope_label(budget) == scope
+    ]
+
+
+def _mirrored(alert: AlertmanagerAlertIn, allowed: frozenset[str]) -> Incident | None:
+    """Breakwater's own incident this alert mirrors: the latest incident under the key its
+    ``breakwater_incident`` label names if it is open, or if this alert episode (its
+    fingerprint and ``startsAt``) is on its timeline already (a repeat after it resolved).
+    A key restricted to some agents only reaches incidents of those agents."""
+    name = alert.labels.get(MIRROR_LABEL, "").strip()
+    if not name:
+        return None
+    keys = _mirror_keys(name)
+    latest = (
+        Incident.objects.filter(dedup_key__in=keys).exclude(kind=KIND).order_by("-opened_at", "-id")
+    ).first()
+    if latest is None or (allowed and latest.agent_name not in allowed):
+        return None
+    if latest.status != IncidentStatus.RESOLVED:
+        return latest
+    seen = _last_mirror_entry(latest, alert.fingerprint)
+    if seen is not None and seen.data.get("startsAt") == _when(alert.startsAt):
+        return latest
+    return None
+
+
+def _last_mirror_entry(incident: Incident, fingerprint: str) -> IncidentEvent | None:
+    return (
+        incident.events.filter(kind__in=MIRROR_EVENTS, data__fingerprint=fingerprint)
+        .order_by("-at", "-id")
+        .first()
+    )
+
+
+def _attach(
+    alert: AlertmanagerAlertIn, snapshot: dict[str, Any], incident: Incident, actor: str
+) -> tuple[str, int | None]:
+    """Put the alert on Breakwater's own incident's timeline: one ``alert`` entry per episode
+    or change while it fires, one ``alert_resolved`` entry when it resolves; nothing for a
+    repeat, nothing on an incident that is resolved already."""
+    name = alert.labels["alertname"]
+    last = _last_mirror_entry(incident, alert.fingerprint)
+    kind = "alert" if alert.status == "firing" else "alert_resolved"
+    if last is not None and last.kind == kind and _same(dict(last.data), snapshot):
+        return "unchanged", incident.pk
+    if incident.status == IncidentStatus.RESOLVED or (kind == "alert_resolved" and last is None):
+        return "unchanged", incident.pk
+    if kind == "alert":
+        message = f"{name} firing in Prometheus since {snapshot['startsAt']}{_description(alert)}"
+    else:
+        message = f"{name} resolved in Alertmanager (ended {snapshot['endsAt'] or 'now'})"
+    incident_event_add(
+        incident=incident, kind=kind, message=message[:2000], data=snapshot, actor=actor
+    )
+    return "attached", incident.pk
 
 
 def _fire(

@@ -216,4 +216,9 @@ class AlertmanagerOut(Schema):
     opened: list[int] = Field(description="Incidents opened.")
     updated: list[int] = Field(description="Open incidents whose alert changed (a timeline entry).")
     resolved: list[int] = Field(description="Incidents resolved.")
+    attached: list[int] = Field(
+        default_factory=list,
+        description="Breakwater's own open incidents an alert joined (a timeline entry) instead "
+        "of opening a second one: alerts whose `breakwater_incident` label names them.",
+    )
     unchanged: int = Field(description="Alerts that changed nothing (Alertmanager's repeats).")

@@ -2,9 +2,10 @@
 scrapes a live ``serve`` with the shipped rules (a copy with short ``for:``), Debian's
 Alertmanager routes with the shipped routing tree to Breakwater's receiver and to a webhook
 listener of the test's own. An outage of the agent's only upstream (fakellm answering 503) opens
-its breaker: the breaker alert fires in Prometheus, reaches the webhook and opens an incident
-through Breakwater's receiver; the upstream comes back, the breaker closes, and all three see it
-resolved.
+its breaker: Breakwater opens its breaker incident, the breaker alert fires in Prometheus,
+reaches the webhook and, through Breakwater's receiver, joins that incident's timeline (its
+``breakwater_incident`` label names it: no second incident for one cause); the upstream comes
+back, the breaker closes, and all three see it resolved.
 """
 
 from __future__ import annotations
@@ -183,18 +184,29 @@ def routed_to(url: str, alertname: str) -> set[str]:
     }
 
 
-def alert_incident(live: Breakwater) -> dict[str, Any] | None:
-    """The incident Breakwater's receiver opened for the agent breaker alert, if any."""
+def breaker_incident(live: Breakwater) -> dict[str, Any] | None:
+    """Breakwater's own incident for the agent's breaker, if any; and no ``alert`` incident
+    about the same breaker beside it."""
     status, body = live.call("GET", "/api/v1/incidents?kind=alert")
     assert status == 200, body
-    found = [
-        item
-        for item in body["items"]
-        if item["kind"] == "alert"
-        and item["title"] == "The circuit breaker of agent outage is open"
+    about_the_breaker = [
+        i["title"]
+        for i in body["items"]
+        if i["timeline"][0]["data"]["labels"].get("breakwater_incident") == "breaker:agent:outage"
     ]
-    assert len(found) <= 1, found
-    return found[0] if found else None
+    assert about_the_breaker == [], "an alert opened a second incident for the breaker"
+    status, body = live.call("GET", "/api/v1/incidents?kind=breaker_open&agent=outage")
+    assert status == 200, body
+    assert len(body["items"]) <= 1, body["items"]
+    return body["items"][0] if body["items"] else None
+
+
+def alert_on_timeline(live: Breakwater) -> bool:
+    incident = breaker_incident(live)
+    return incident is not None and any(
+        e["kind"] == "alert" and e["data"]["labels"]["alertname"] == "AgentCircuitBreakerOpen"
+        for e in incident["timeline"]
+    )
 
 
 def eventually(check: Callable[[], bool], what: str, deadline_s: float = 30.0) -> None:
@@ -292,6 +304,7 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
         "alertname": "AgentCircuitBreakerOpen",
         "agent": "outage",
         "severity": "critical",
+        "breakwater_incident": "breaker:agent:outage",
     }
     assert notified["annotations"]["runbook_url"] == "docs/OPERATIONS.md#agentcircuitbreakeropen"
     # The outage goes on (the breaker refuses, or a probe fails): bad for availability. These
@@ -300,10 +313,11 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
     # to rate()).
     for _ in range(3):
         assert live.execute("outage", "still down?")["status"] in {"failed", "degraded"}
-    # Alertmanager routes it to Breakwater's receiver too, which opens an incident.
+    # Breakwater opened its own breaker incident; Alertmanager routes the alert to Breakwater's
+    # receiver too, which puts it on that incident's timeline instead of opening a second one.
     assert routed_to(alertmanager, "AgentCircuitBreakerOpen") == {"breakwater", "oncall"}
-    eventually(lambda: alert_incident(live) is not None, "an incident opened by the alert")
-    incident = alert_incident(live)
+    eventually(lambda: alert_on_timeline(live), "the alert on the breaker incident's timeline")
+    incident = breaker_incident(live)
     assert incident is not None
     assert (incident["severity"], incident["agent"], incident["status"]) == (
         "critical",
@@ -330,8 +344,8 @@ def test_an_upstream_outage_fires_the_breaker_alert_and_its_end_resolves_it(
         "the resolved alert at the on-call webhook",
     )
     eventually(
-        lambda: (alert_incident(live) or {}).get("status") == "resolved",
-        "the alert's incident resolved",
+        lambda: (breaker_incident(live) or {}).get("status") == "resolved",
+        "the breaker incident resolved",
     )
 
     # The recording rules read the live series: the outage's failures are availability errors,

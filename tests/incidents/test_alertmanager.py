@@ -17,6 +17,7 @@ from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
 from incidents.alertmanager import alert_severity
 from incidents.models import Incident, IncidentEvent
+from incidents.services import incident_open, incident_resolve_by_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,10 +25,12 @@ DOC = """
 providers:
   - {name: sim, kind: simulated}
 models:
-  - {name: m, provider: sim, upstream_model: m-1}
+  - {name: m, provider: sim, upstream_model: m-1, input_usd_per_mtok: 1, output_usd_per_mtok: 2}
 agents:
   - {name: helper, model: m}
   - {name: other, model: m}
+budgets:
+  - {scope: global, daily_limit_usd: 10, monthly_limit_usd: 100}
 """
 PATH = "/api/v1/alerts/alertmanager"
 FIRING_SINCE = "2026-03-01T12:00:05.123456789Z"  # Go's time format: nanoseconds
@@ -118,6 +121,7 @@ async def test_a_firing_alert_opens_an_incident_with_its_labels_and_annotations(
         "opened": [incident.pk],
         "updated": [],
         "resolved": [],
+        "attached": [],
         "unchanged": 0,
     }
     assert incident.kind == "alert"
@@ -175,6 +179,7 @@ async def test_a_resolved_alert_resolves_its_incident_and_its_repeats_change_not
         "opened": [],
         "updated": [],
         "resolved": [breaker.pk],
+        "attached": [],
         "unchanged": 1,
     }
     assert again.json()["unchanged"] == 1
@@ -302,3 +307,141 @@ async def test_a_notification_over_the_body_limit_is_refused(keys: dict[str, str
 )
 def test_the_severity_label_maps_to_an_incident_severity(label: str, severity: str) -> None:
     assert alert_severity({"severity": label} if label else {}) == severity
+
+
+def mirroring(alert: dict[str, Any], incident_key: str) -> dict[str, Any]:
+    """``alert`` as the shipped rules send it when Breakwater has an incident class of its own
+    for it: its ``breakwater_incident`` label names that incident."""
+    out = copy.deepcopy(alert)
+    out["labels"]["breakwater_incident"] = incident_key
+    return out
+
+
+def _own_breaker_incident() -> Incident:
+    incident, _ = incident_open(
+        kind="breaker_open",
+        dedup_key="breaker:agent:helper",
+        title="Circuit breaker open: agent helper",
+        message="breaker opened (2 failures)",
+        severity="critical",
+        agent_name="helper",
+    )
+    return incident
+
+
+async def test_an_alert_about_an_open_breakwater_incident_joins_its_timeline_instead_of_a_second(
+    keys: dict[str, str],
+) -> None:
+    own = await sync_to_async(_own_breaker_incident)()
+    alert = mirroring(BREAKER, "breaker:agent:helper")
+
+    first = await post(keys["operate"], notification(alert))
+    repeats = [await post(keys["operate"], notification(alert)) for _ in range(3)]
+    ended = await post(keys["operate"], notification(resolved(alert), status="resolved"))
+    again = await post(keys["operate"], notification(resolved(alert), status="resolved"))
+
+    assert first.json() == {
+        "opened": [],
+        "updated": [],
+        "resolved": [],
+        "attached": [own.pk],
+        "unchanged": 0,
+    }
+    assert [r.json()["unchanged"] for r in repeats] == [1, 1, 1]
+    assert ended.json()["attached"] == [own.pk]
+    assert again.json()["unchanged"] == 1
+    ((incident, timeline),) = await sync_to_async(_incidents)()  # no second incident
+    assert incident.pk == own.pk
+    assert [e.kind for e in timeline] == ["opened", "alert", "alert_resolved"]
+    assert timeline[1].message.startswith(
+        "BreakwaterAgentBreakerOpen firing in Prometheus since 2026-03-01T12:00:05.123456+00:00"
+    )
+    assert timeline[1].data["fingerprint"] == BREAKER["fingerprint"]
+    # Breakwater's detector owns the incident: the alert's end does not resolve it.
+    assert incident.status == "open"
+
+
+async def test_a_key_restricted_to_some_agents_cannot_write_on_another_agents_incident(
+    keys: dict[str, str],
+) -> None:
+    def others() -> Incident:
+        incident, _ = incident_open(
+            kind="breaker_open",
+            dedup_key="breaker:agent:other",
+            title="Circuit breaker open: agent other",
+            message="breaker opened",
+            agent_name="other",
+        )
+        return incident
+
+    theirs = await sync_to_async(others)()
+    alert = mirroring(BREAKER, "breaker:agent:other")  # labels.agent is helper: allowed
+
+    response = await post(keys["helper"], notification(alert))
+
+    assert response.json()["attached"] == []
+    assert len(response.json()["opened"]) == 1  # an alert incident of helper's own
+    timeline = await sync_to_async(lambda: [e.kind for e in theirs.events.all()])()
+    assert timeline == ["opened"]
+
+
+async def test_a_repeat_after_breakwater_resolved_its_incident_opens_nothing(
+    keys: dict[str, str],
+) -> None:
+    await sync_to_async(_own_breaker_incident)()
+    alert = mirroring(BREAKER, "breaker:agent:helper")
+    await post(keys["operate"], notification(alert))
+    # The breaker closes: Breakwater resolves at once; Prometheus still fires for a scrape or two.
+    await sync_to_async(incident_resolve_by_key)(
+        dedup_key="breaker:agent:helper", message="breaker closed"
+    )
+
+    repeat = await post(keys["operate"], notification(alert))
+    ended = await post(keys["operate"], notification(resolved(alert), status="resolved"))
+
+    assert repeat.json()["unchanged"] == 1
+    assert ended.json()["unchanged"] == 1
+    ((incident, timeline),) = await sync_to_async(_incidents)()
+    assert incident.status == "resolved"
+    assert [e.kind for e in timeline] == ["opened", "alert", "resolved"]
+
+
+async def test_an_alert_naming_no_open_breakwater_incident_opens_its_own(
+    keys: dict[str, str],
+) -> None:
+    response = await post(keys["operate"], notification(mirroring(BREAKER, "breaker:agent:helper")))
+
+    ((incident, _),) = await sync_to_async(_incidents)()
+    assert response.json()["opened"] == [incident.pk]
+    assert incident.kind == "alert"
+
+
+async def test_a_budget_alert_finds_the_budgets_incident_by_its_scope_label(
+    keys: dict[str, str],
+) -> None:
+    from budgets.incidents import exhausted_key
+    from budgets.models import Budget
+
+    def own() -> Incident:
+        monthly = Budget.objects.get(window="monthly")
+        incident, _ = incident_open(
+            kind="budget_exhausted",
+            dedup_key=exhausted_key(monthly.pk),
+            title="Budget global:monthly exhausted",
+            message="100.00 of 100.00 USD spent",
+            severity="critical",
+        )
+        return incident
+
+    incident = await sync_to_async(own)()
+    alert = mirroring(LAG, "budget:global:monthly:exhausted")
+    alert["labels"].update(alertname="BudgetExhausted", scope="global:monthly")
+    daily = mirroring(LAG, "budget:global:exhausted")  # no incident for the daily budget
+    daily["labels"].update(alertname="BudgetExhausted", scope="global")
+    daily["fingerprint"] = "1111222233334444"
+
+    response = await post(keys["operate"], notification(alert, daily))
+
+    assert response.json()["attached"] == [incident.pk]
+    assert len(response.json()["opened"]) == 1
+    assert await sync_to_async(Incident.objects.filter(kind="alert").count)() == 1
