@@ -44,7 +44,7 @@ NEEDED_METRICS = (
 )
 LEAK_MAX_BYTES_PER_S = 100 * MB  # the endpoint's cap
 SETUP_HINT = (
-    "serve with REDIS_URL set and `serve --workers 2 --max-rss-mb 400`, with "
+    "`serve --workers 2 --max-rss-mb 400` in distributed mode (REDIS_URL), with "
     "BREAKWATER_MEMORY_SAMPLE_S=0.5 BREAKWATER_MEMORY_WINDOW_S=10 BREAKWATER_MEMORY_WARMUP_S=10 "
     "BREAKWATER_MEMORY_GROWTH_MB_PER_HOUR=18000 for a drill of about a minute "
     "(docs/OPERATIONS.md, Drills)"
@@ -165,7 +165,7 @@ async def _preflight(api: ApiClient, options: MemoryLeakOptions) -> dict[str, An
             f"--seconds {options.seconds:g}: this deployment's memory watch judges growth over "
             f"{watch['window_s']:g} s (BREAKWATER_MEMORY_WINDOW_S) after a "
             f"{watch['warmup_s']:g} s warm-up, so detecting and recycling a leak takes about "
-            f"{needed:.0f} s: give --seconds {math.ceil(needed * 1.5)}, or {SETUP_HINT}"
+            f"{needed:.0f} s: give --seconds {math.ceil(needed * 1.5)}, or run {SETUP_HINT}"
         )
     return dict(info)
 
@@ -297,6 +297,19 @@ async def run(setup: Setup, options: MemoryLeakOptions, *, template: str | None)
     await asyncio.sleep(options.after_s)
     await traffic.stop()
     log(f"traffic stopped: {len(traffic.samples)} requests")
+    for s in traffic.samples:
+        if s.resent:
+            log(
+                f"re-sent {s.resent} time(s) with its Idempotency-Key, sent "
+                f"{s.sent_s - leak_mono:+.2f} s from the leak: finally HTTP {s.http or 'none'} "
+                f"{s.status}, execution {s.execution_id or '-'}"
+            )
+        if not s.answered:  # what an operator needs to look into it
+            log(
+                f"not answered 200: HTTP {s.http or 'none'} {s.status or ''} "
+                f"{s.fallback_reason or ''}, sent {s.sent_s - leak_mono:+.2f} s from the leak, "
+                f"after {s.latency_s:.2f} s, execution {s.execution_id or '-'}"
+            )
     recorded, distinct = await _recorded(api, agent, expected=len(traffic.samples))
     if incident is not None:
         incident = await api.ok("GET", f"/api/v1/incidents/{incident['id']}")
@@ -425,9 +438,10 @@ async def run(setup: Setup, options: MemoryLeakOptions, *, template: str | None)
     )
     report.add(
         "resent",
-        "re-sent (closed unanswered)",
+        "re-sent (503 Retry-After, closed)",
         resent,
-        f"{resent} (same Idempotency-Key; the server ran each once)",
+        f"{resent} time(s), {sum(1 for s in samples if s.resent)} request(s) "
+        "(same Idempotency-Key)",
     )
     report.add(
         "leak_latency", "latency during the leak", quantiles([s.latency_s for s in leak_phase])

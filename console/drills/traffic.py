@@ -30,7 +30,7 @@ class Sample:
     fallback_reason: str
     cost_usd: float
     execution_id: str
-    resent: int = 0  # times re-sent after a connection closed before any answer (``resend``)
+    resent: int = 0  # times re-sent: closed unanswered, or 503 with Retry-After (``resend``)
 
     @property
     def answered(self) -> bool:
@@ -47,8 +47,9 @@ class Traffic:
     max_tokens: int | None = None
     phase: str = "baseline"
     # Each request carries an ``Idempotency-Key``; one whose connection closed before any
-    # answer (a keep-alive connection the server closed as it shut down) is sent again with the
-    # same key, up to this many times: the server runs it at most once (0: never re-sent).
+    # answer (a keep-alive connection the server closed as it shut down), or that was answered
+    # 503 with ``Retry-After``, is sent again with the same key, up to this many times: the
+    # server runs it at most once (0: never re-sent).
     resend: int = 0
     samples: list[Sample] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
@@ -100,7 +101,7 @@ class Traffic:
         resent = 0
         http, answer = 0, cast(Any, {})
         while True:
-            http, answer = 0, cast(Any, {})
+            http, answer, retry_after = 0, cast(Any, {}), None
             try:
                 async with self.client.session.post(
                     f"{self.client.base_url}/api/v1/agents/{self.agent}/execute",
@@ -108,6 +109,7 @@ class Traffic:
                     headers=headers,
                 ) as response:
                     http = response.status
+                    retry_after = response.headers.get("Retry-After")
                     with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
                         answer = await response.json(content_type=None) or {}
             except aiohttp.ServerDisconnectedError:
@@ -116,6 +118,13 @@ class Traffic:
                     continue
             except (aiohttp.ClientError, TimeoutError):
                 pass
+            if http == 503 and retry_after is not None and resent < self.resend:
+                # "Try again": what a client that sent an Idempotency-Key does (the server
+                # answers the retry from the first attempt's record if that one ran).
+                resent += 1
+                with contextlib.suppress(ValueError):
+                    await asyncio.sleep(min(float(retry_after), 1.0))
+                continue
             break
         if not isinstance(answer, dict):
             answer = {}
