@@ -141,6 +141,7 @@ def _mount() -> None:
     from budgets.api import router as budgets_router
     from budgets.slo_api import router as slos_router
     from console.audit_api import router as audit_router
+    from console.drills.api import router as drills_router
     from incidents.api import router as incidents_router
 
     for agents_router in agents_routers:
@@ -149,6 +150,7 @@ def _mount() -> None:
     api.add_router("/", incidents_router)
     api.add_router("/", audit_router)
     api.add_router("/", slos_router)
+    api.add_router("/", drills_router)
 
 
 _mount()

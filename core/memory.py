@@ -252,6 +252,14 @@ class MemoryWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: Verdict | None = None
+        # What the process's owner says about it (``serve`` sets them on a supervised worker):
+        # the drill's endpoint reports them, so a drill knows whether a leak here is recycled.
+        self.supervised = False
+        self.recycle_rss_bytes = 0  # 0: never recycled on its RSS
+
+    @property
+    def uptime_s(self) -> float:
+        return self._clock() - self.detector.started_at
 
     def sample(self) -> Verdict | None:
         """One sample (the thread calls it; tests call it with a fake clock)."""
@@ -283,6 +291,8 @@ class MemoryWatch:
             log.exception("memory watch: incident update failed")
 
     def start(self) -> MemoryWatch:
+        global _current
+        _current = self
         if self._thread is None:
             self.sample()
             self._thread = threading.Thread(target=self._loop, name="bw-memory", daemon=True)
@@ -307,36 +317,56 @@ class MemoryWatch:
             self._call(self._on_clear, self.last)
 
 
+_current: MemoryWatch | None = None
+
+
+def current_watch() -> MemoryWatch | None:
+    """The memory watch this process started last (None: none, or it was started in the
+    parent of this forked process)."""
+    watch = _current
+    return watch if watch is not None and watch.pid == os.getpid() else None
+
+
 # --- the injectable leak (drills) ---------------------------------------------------------------
+
+# The most a drill may leak: a leak is meant to be seen and recycled, not to take the host down
+# (the drill endpoint refuses more; docs/INTERFACES.md §4).
+LEAK_MAX_BYTES_PER_S = 100 * MB
+LEAK_DEFAULT_MAX_BYTES = 1024 * MB
 
 
 class _Leak:
     """Allocates ``bytes_per_second`` of touched memory (so it is resident) in ticks, and keeps
-    it until :func:`leak_stop`."""
+    it until :func:`leak_stop`; it stops growing once it holds ``max_bytes`` (0: no cap)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._chunks: list[bytes] = []
+        self._held = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rate = 0.0
+        self.max_bytes = 0
 
-    def start(self, bytes_per_second: float, *, tick_s: float = 0.25) -> None:
+    def start(self, bytes_per_second: float, *, max_bytes: int = 0, tick_s: float = 0.25) -> None:
         if not math.isfinite(bytes_per_second) or bytes_per_second <= 0:
             raise ValueError(f"bytes_per_second: must be > 0, got {bytes_per_second}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes: must be >= 0, got {max_bytes}")
         self.stop(free=False)
         with self._lock:
             self.rate = bytes_per_second
+            self.max_bytes = max_bytes
             self._stop = threading.Event()
             self._thread = threading.Thread(
                 target=self._run,
-                args=(bytes_per_second, tick_s, self._stop),
+                args=(bytes_per_second, max_bytes, tick_s, self._stop),
                 daemon=True,
                 name="bw-leak",
             )
             self._thread.start()
 
-    def _run(self, rate: float, tick_s: float, stop: threading.Event) -> None:
+    def _run(self, rate: float, cap: int, tick_s: float, stop: threading.Event) -> None:
         due = 0.0
         last = time.monotonic()
         while not stop.wait(tick_s):
@@ -344,36 +374,48 @@ class _Leak:
             due += rate * (now - last)
             last = now
             size = int(due)
+            if cap:
+                size = min(size, cap - self._held)
             if size > 0:
                 due -= size
                 chunk = b"\xa5" * size  # written, so its pages are resident
                 with self._lock:
                     self._chunks.append(chunk)
+                    self._held += size
+                    full = bool(cap) and self._held >= cap
+                    if full:
+                        self.rate = 0.0
+                if full:
+                    log.warning("memory drill: the leak reached its cap (%d bytes); holding", cap)
+                    return
 
     def stop(self, *, free: bool = True) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
             self._stop.set()
             self.rate = 0.0
+            self.max_bytes = 0
         if thread is not None:
             thread.join(timeout=5)
         if free:
             with self._lock:
                 self._chunks.clear()
+                self._held = 0
 
     def held(self) -> int:
         with self._lock:
-            return sum(len(chunk) for chunk in self._chunks)
+            return self._held
 
 
 _leak = _Leak()
 
 
-def leak_start(bytes_per_second: float) -> None:
+def leak_start(bytes_per_second: float, *, max_bytes: int = 0) -> None:
     """Start leaking ``bytes_per_second`` in this process (replaces a running leak; keeps what
-    was leaked so far). For drills: the memory watch must see it, the worker must be recycled."""
+    was leaked so far), until it holds ``max_bytes`` (0: no cap). For drills: the memory watch
+    must see it, the worker must be recycled."""
     log.warning("memory drill: leaking %.0f bytes/s in process %d", bytes_per_second, os.getpid())
-    _leak.start(bytes_per_second)
+    _leak.start(bytes_per_second, max_bytes=max_bytes)
 
 
 def leak_stop() -> int:
@@ -383,6 +425,6 @@ def leak_stop() -> int:
     return held
 
 
-def leak_status() -> tuple[float, int]:
-    """(bytes per second now, 0 when stopped; bytes held)."""
-    return _leak.rate, _leak.held()
+def leak_status() -> tuple[float, int, int]:
+    """(bytes per second now, 0 when stopped or capped; bytes held; the cap, 0: none)."""
+    return _leak.rate, _leak.held(), _leak.max_bytes

@@ -46,8 +46,11 @@ def get_async_redis() -> aioredis.Redis:
             settings.REDIS_URL,
             max_connections=settings.BREAKWATER_REDIS_MAX_CONNECTIONS,
             # A pooled connection that died with a restarted Redis fails its next command:
-            # that command is sent once more on a new connection (a timeout is not retried).
-            retry=Retry(NoBackoff(), 1),
+            # that command is sent once more on a new connection. A timeout is not retried:
+            # the command may have run (its answer was late), and an Idempotency-Key's SET NX
+            # run twice answers the first request 409. redis-py's Retry retries TimeoutError
+            # unless told otherwise (tests/core/test_redis.py).
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             retry_on_error=[redis.ConnectionError],
             timeout=5,
             socket_connect_timeout=settings.BREAKWATER_REDIS_TIMEOUT_S,

@@ -340,6 +340,10 @@ ROWS = [
     _row("revoke key", "POST", "/api/v1/keys/{key}/revoke", (OK, DENIED, DENIED, DENIED, DENIED, N), {"reason": "drill"}),
     # The audit trail names every agent's and key's changes: unrestricted admin keys only.
     _row("audit", "GET", "/api/v1/audit", (OK, DENIED, DENIED, DENIED, DENIED, N)),
+    # The memory-leak drill's lever acts on a whole process: unrestricted admin keys only.
+    _row("drill memory", "GET", "/api/v1/drills/memory", (OK, DENIED, DENIED, DENIED, DENIED, N)),
+    _row("drill leak", "POST", "/api/v1/drills/memory/leak", (OK, DENIED, DENIED, DENIED, DENIED, N), {"bytes_per_second": 1, "max_bytes": 1}),
+    _row("stop drill leak", "DELETE", "/api/v1/drills/memory/leak", (OK, DENIED, DENIED, DENIED, DENIED, N)),
     # Channels and the delivery log name every agent's incidents: unrestricted admin keys only.
     _row("notification channels", "GET", "/api/v1/notifications", (OK, DENIED, DENIED, DENIED, DENIED, N)),
     _row("put notification channel", "POST", "/api/v1/notifications", (CREATED, DENIED, DENIED, DENIED, DENIED, N), {"name": "fresh-hook", "kind": "webhook", "url": "http://127.0.0.1:9/fresh"}),

@@ -30,6 +30,7 @@ class Sample:
     fallback_reason: str
     cost_usd: float
     execution_id: str
+    resent: int = 0  # times re-sent: closed unanswered, or 503 with Retry-After (``resend``)
 
     @property
     def answered(self) -> bool:
@@ -45,6 +46,11 @@ class Traffic:
     prompt: str = "Where is my order? It was due on Monday."
     max_tokens: int | None = None
     phase: str = "baseline"
+    # Each request carries an ``Idempotency-Key``; one whose connection closed before any
+    # answer (a keep-alive connection the server closed as it shut down), or that was answered
+    # 503 with ``Retry-After``, is sent again with the same key, up to this many times: the
+    # server runs it at most once (0: never re-sent).
+    resend: int = 0
     samples: list[Sample] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
     _pending: set[asyncio.Task[Sample]] = field(default_factory=set)
@@ -90,18 +96,36 @@ class Traffic:
             body["max_tokens"] = self.max_tokens
         sent = time.monotonic()
         headers = {"Authorization": f"Bearer {self.client.api_key}"}
+        if self.resend:
+            headers["Idempotency-Key"] = f"{self.agent}-{number}"
+        resent = 0
         http, answer = 0, cast(Any, {})
-        try:
-            async with self.client.session.post(
-                f"{self.client.base_url}/api/v1/agents/{self.agent}/execute",
-                json=body,
-                headers=headers,
-            ) as response:
-                http = response.status
-                with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
-                    answer = await response.json(content_type=None) or {}
-        except (aiohttp.ClientError, TimeoutError):
-            pass
+        while True:
+            http, answer, retry_after = 0, cast(Any, {}), None
+            try:
+                async with self.client.session.post(
+                    f"{self.client.base_url}/api/v1/agents/{self.agent}/execute",
+                    json=body,
+                    headers=headers,
+                ) as response:
+                    http = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+                        answer = await response.json(content_type=None) or {}
+            except aiohttp.ServerDisconnectedError:
+                if resent < self.resend:  # closed before any answer: the same key again
+                    resent += 1
+                    continue
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if http == 503 and retry_after is not None and resent < self.resend:
+                # "Try again": what a client that sent an Idempotency-Key does (the server
+                # answers the retry from the first attempt's record if that one ran).
+                resent += 1
+                with contextlib.suppress(ValueError):
+                    await asyncio.sleep(min(float(retry_after), 1.0))
+                continue
+            break
         if not isinstance(answer, dict):
             answer = {}
         error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
@@ -115,6 +139,7 @@ class Traffic:
             fallback_reason=str(answer.get("fallback_reason") or ""),
             cost_usd=float(answer.get("cost_usd") or 0.0),
             execution_id=str(answer.get("execution_id") or ""),
+            resent=resent,
         )
         self.samples.append(sample)
         return sample

@@ -34,8 +34,9 @@ WHAT = {
     "requests served by the fallback model, the breaker incident opened and resolved.",
     "cost-spike": "A runaway loop of 4,000-token answers against a $0.50 daily budget: where "
     "the budget stops the spend, the requests it refuses, the incident and its notification.",
-    "memory-leak": "An allocation growth injected in a serve worker: detected, the worker "
-    "recycled, no request lost (needs serve --workers).",
+    "memory-leak": "An allocation growth injected in one serve worker: the RSS growth, the "
+    "memory_growth incident, the worker recycled, no request lost (needs serve --workers N "
+    "--max-rss-mb M).",
 }
 
 

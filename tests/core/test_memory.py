@@ -287,13 +287,27 @@ def test_the_injected_leak_grows_this_processs_rss_until_stopped() -> None:
         while leak_status()[1] < 10 * MB:
             assert time.monotonic() < deadline, "the leak allocated nothing"
             time.sleep(0.05)
-        rate, held = leak_status()
+        rate, held, cap = leak_status()
         assert rate == 40 * MB
+        assert cap == 0
         assert rss_bytes() - before >= held // 2  # the pages are written, so resident
     finally:
         freed = leak_stop()
     assert freed >= 10 * MB
-    assert leak_status() == (0.0, 0)
+    assert leak_status() == (0.0, 0, 0)
+
+
+def test_a_capped_leak_stops_growing_at_its_cap_and_holds_it() -> None:
+    leak_start(40 * MB, max_bytes=6 * MB)
+    try:
+        deadline = time.monotonic() + 10
+        while leak_status()[0] > 0:  # the rate falls to 0 once the cap is reached
+            assert time.monotonic() < deadline, "the leak never reached its cap"
+            time.sleep(0.05)
+        time.sleep(0.3)  # a tick after the cap: nothing more
+        assert leak_status() == (0.0, 6 * MB, 6 * MB)
+    finally:
+        assert leak_stop() == 6 * MB
 
 
 def test_a_leak_rate_must_be_positive() -> None:

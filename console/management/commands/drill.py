@@ -21,16 +21,27 @@ FLAGS: dict[str, tuple[str, type, str]] = {
         "seconds",
         float,
         "outage: how long the primary is down (45); cost-spike: "
-        "the longest the runaway loop runs before the budget stops it (60)",
+        "the longest the runaway loop runs before the budget stops it (60); memory-leak: the "
+        "longest wait, from the injection, for the detection and the recycle (120)",
     ),
     "--warmup-s": ("warmup_s", float, "normal traffic before the fault (5)"),
-    "--rate": ("rate", float, "requests/s offered (outage 5, cost-spike 2 before the spike)"),
+    "--rate": (
+        "rate",
+        float,
+        "requests/s offered (outage 5, cost-spike 2 before the spike, memory-leak 5)",
+    ),
     "--spike-rate": ("spike_rate", float, "cost-spike: requests/s of the runaway loop (10)"),
     "--budget-usd": ("budget_usd", float, "cost-spike: the drill agent's daily budget (0.50)"),
     "--recovery-wait-s": (
         "recovery_wait_s",
         float,
         "outage: the longest wait for the breaker to close after recovery (90)",
+    ),
+    "--leak-mb-per-s": (
+        "leak_mb_per_s",
+        float,
+        "memory-leak: the leak's growth in MiB/s (default: reach the worker's --max-rss-mb "
+        "about one and a half detector windows after the injection)",
     ),
     "--incident-wait-s": (
         "incident_wait_s",

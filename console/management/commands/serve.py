@@ -361,7 +361,11 @@ def _memory_watch(control: ControlPipe | None, max_rss_mb: float) -> MemoryWatch
         check = control.rss_check(int(max_rss_mb * MB))
     if settings.BREAKWATER_MEMORY_LEAK_BYTES_PER_S > 0:
         leak_start(settings.BREAKWATER_MEMORY_LEAK_BYTES_PER_S)
-    return memory_watch_start("serve", on_sample=check)
+    watch = memory_watch_start("serve", on_sample=check)
+    # For the drill endpoint (console/drills/api.py): is a leak here recycled, and past what?
+    watch.supervised = control is not None
+    watch.recycle_rss_bytes = int(max_rss_mb * MB) if check is not None else 0
+    return watch
 
 
 async def _tell_ready(server: uvicorn.Server, control: ControlPipe) -> None:

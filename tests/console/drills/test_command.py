@@ -15,6 +15,8 @@ from console.drills.runner import scenario_options
     [
         (["outage", "--budget-usd", "1"], "--budget-usd: the outage drill has no such setting"),
         (["cost-spike", "--recovery-wait-s", "5"], "--recovery-wait-s: the cost-spike drill"),
+        (["outage", "--leak-mb-per-s", "5"], "--leak-mb-per-s: the outage drill has no such"),
+        (["memory-leak", "--leak-mb-per-s", "-1"], "--leak-mb-per-s: must be >= 0, got -1"),
         (["outage", "--rate", "0"], "--rate: must be > 0"),
         (["outage", "--seconds", "-1"], "--seconds: must be >= 0"),
         (

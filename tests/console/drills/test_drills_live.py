@@ -121,12 +121,18 @@ def test_the_cost_spike_drill_stops_the_spend_at_the_budget(server: ConsoleServe
     assert leftovers(server) == {"agents": [], "providers": [], "keys": []}
 
 
-def test_the_memory_leak_drill_says_what_the_deployment_lacks(server: ConsoleServer) -> None:
+def test_the_memory_leak_drill_says_what_a_single_serve_lacks_and_leaks_nothing(
+    server: ConsoleServer,
+) -> None:
+    # An embedded serve is one process with no supervisor: nothing would recycle a leak.
     code, result = drill(server, "memory-leak")
     assert code == 2
     assert result["status"] == "unsupported"
-    assert "leak injection is not built yet" in result["error"]
-    assert leftovers(server)["keys"] == []
+    assert "is not a supervised worker" in result["error"]
+    assert "serve --workers 2 --max-rss-mb 400" in result["error"]
+    _, memory = server.api("GET", "/api/v1/drills/memory")
+    assert memory["leak"] == {"bytes_per_second": 0, "held_bytes": 0, "max_bytes": 0}
+    assert leftovers(server) == {"agents": [], "providers": [], "keys": []}
 
 
 def test_a_drill_against_no_server_is_an_error_and_leaves_no_key(

@@ -20,6 +20,13 @@ def test_a_started_drill_is_followed_on_its_card_until_it_ends(
 ) -> None:
     driver = browser_as("operator")
     driver.get(f"{live_console.url}/drills/")
+    # Each radio button sits beside its label, on the same line, not above it.
+    for kind in ("outage", "cost-spike", "memory-leak"):
+        radio = driver.find_element(By.ID, f"kind-{kind}").rect
+        label = driver.find_element(By.CSS_SELECTOR, f'label[for="kind-{kind}"]').rect
+        assert radio["x"] + radio["width"] <= label["x"], (kind, radio, label)
+        assert radio["y"] < label["y"] + label["height"], (kind, radio, label)
+        assert label["y"] < radio["y"] + radio["height"], (kind, radio, label)
     driver.find_element(By.ID, "kind-memory-leak").click()
     driver.find_element(By.CSS_SELECTOR, 'form[action="/drills/start/"] button').click()
     alert = wait_until(driver, lambda d: d.switch_to.alert)
@@ -38,7 +45,7 @@ def test_a_started_drill_is_followed_on_its_card_until_it_ends(
         ),
         seconds=30,
     )
-    # This deployment has no worker supervisor: the drill says so rather than pretending.
+    # This deployment is one serve process, no supervisor: the drill says so, leaks nothing.
     assert status == "unsupported"
-    assert "leak injection is not built yet" in driver.find_element(By.CSS_SELECTOR, card).text
+    assert "is not a supervised worker" in driver.find_element(By.CSS_SELECTOR, card).text
     assert browser_errors(driver) == []
