@@ -120,20 +120,47 @@ def executions_prune(
     now: datetime | None = None,
     days: int | None = None,
     budget_s: float | None = RUN_BUDGET_S,
+    actor: str = "",
+    reason: str = "",
+    **batching: Any,
+) -> RetentionRun:
+    """Delete the finished executions older than ``days`` (``BREAKWATER_RETENTION_DAYS``) in
+    batches (module doc) until none is left or ``budget_s`` is spent (None: until done). With an
+    ``actor`` (an operator's run, not the scheduled policy) a run that deleted rows is audited.
+    ``batching``: :func:`executions_delete_before`'s knobs (tests, the command's progress)."""
+    days = settings.BREAKWATER_RETENTION_DAYS if days is None else days
+    cutoff = retention_cutoff(now=now or timezone.now(), days=days)
+    run = executions_delete_before(cutoff=cutoff, budget_s=budget_s, **batching)
+    if run.deleted and actor:
+        audit_record(
+            actor=actor,
+            action="executions_prune",
+            target_type="execution",
+            target_id=f"created_before:{cutoff.isoformat()}",
+            after={
+                "deleted": run.deleted,
+                "days": days,
+                "cutoff": cutoff,
+                "finished": run.finished,
+            },
+            reason=reason,
+        )
+    return run
+
+
+def executions_delete_before(
+    *,
+    cutoff: datetime,
+    budget_s: float | None = RUN_BUDGET_S,
     batch_target_s: float = BATCH_TARGET_S,
     pause_min_s: float = PAUSE_MIN_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     on_batch: Callable[[int, int], None] | None = None,
-    actor: str = "",
-    reason: str = "",
 ) -> RetentionRun:
-    """Delete the finished executions older than ``days`` (``BREAKWATER_RETENTION_DAYS``) in
-    batches (module doc) until none is left or ``budget_s`` is spent (None: until done).
-    ``on_batch(deleted, total)`` is told after each batch (the command's progress). With an
-    ``actor`` (an operator's run, not the scheduled policy) a run that deleted rows is audited."""
-    days = settings.BREAKWATER_RETENTION_DAYS if days is None else days
-    cutoff = retention_cutoff(now=now or timezone.now(), days=days)
+    """The batches of :func:`executions_prune` for an explicit ``cutoff`` (no clamp: callers
+    other than ``executions_prune`` are benchmarks on their own data). ``on_batch(deleted,
+    total)`` is told after each batch."""
     started = clock()
     size, since = BATCH_FIRST, None
     deleted = batches = 0
@@ -170,15 +197,6 @@ def executions_prune(
         oldest_kept=oldest,
         elapsed_s=clock() - started,
     )
-    if deleted and actor:
-        audit_record(
-            actor=actor,
-            action="executions_prune",
-            target_type="execution",
-            target_id=f"created_before:{cutoff.isoformat()}",
-            after={"deleted": deleted, "days": days, "cutoff": cutoff, "finished": finished},
-            reason=reason,
-        )
     if deleted:
         log.info(
             "retention: %d executions created before %s deleted in %d batches (%.1fs)%s",
