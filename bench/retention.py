@@ -160,6 +160,17 @@ def _start_writers(n: int, rate: float, work: Path) -> tuple[list[subprocess.Pop
     return procs, stop
 
 
+def _wait_for_first_drains(work: Path, n: int, timeout_s: float = 120.0) -> None:
+    """Until every writer has drained a few times (Django's set-up takes seconds under load)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        files = [work / f"w{i}" for i in range(n)]
+        if all(f.exists() and len(f.read_text().splitlines()) >= 10 for f in files):
+            return
+        time.sleep(0.5)
+    raise SystemExit("writers did not start")
+
+
 def _stop_writers(procs: list[subprocess.Popen[bytes]], stop: Path) -> None:
     stop.touch()
     for p in procs:
@@ -217,18 +228,22 @@ def delete(args: argparse.Namespace) -> None:
     now = timezone.now()
     cutoff = retention_cutoff(now=now, days=args.keep_days)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM agents_execution")
+        # The planner's estimate: counting 15M rows is a scan of the whole table.
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = 'agents_execution'")
         total = cursor.fetchone()[0]
-        cursor.execute("SELECT count(*) FROM agents_execution WHERE created_at < %s", [cutoff])
-        old = cursor.fetchone()[0]
-    print(f"executions: {total:,}; created before {cutoff:%Y-%m-%d %H:%M} UTC: {old:,}")
+        cursor.execute("SELECT min(created_at) FROM agents_execution")
+        oldest = cursor.fetchone()[0]
+    print(
+        f"executions: about {total:,}, the oldest {oldest:%Y-%m-%d %H:%M}; deleting those "
+        f"created before {cutoff:%Y-%m-%d %H:%M} UTC"
+    )
     connection.close()
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     procs, stop = _start_writers(args.writers, args.rate, work)
     try:
-        time.sleep(3)  # connections up, first drains done
+        _wait_for_first_drains(work, args.writers)
         t_base = time.time()
         load_before = _loadavg()
         time.sleep(args.baseline_s)
@@ -242,7 +257,9 @@ def delete(args: argparse.Namespace) -> None:
     base = _summary(_latencies(work, args.writers, t_base, t_delete))
     during = _summary(_latencies(work, args.writers, t_delete, t_end))
     figures = {
-        "executions_before": total,
+        "executions_before_estimate": total,
+        "oldest_before": oldest.isoformat() if oldest else None,
+        "cutoff": cutoff.isoformat(),
         "deleted": run.deleted,
         "batches": run.batches,
         "delete_wall_s": round(run.elapsed_s, 1),

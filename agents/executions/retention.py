@@ -54,6 +54,12 @@ FINISHED = (
 BATCH_TARGET_S = 0.25  # a batch's wall time the size adapts to: a short transaction
 BATCH_MIN, BATCH_FIRST, BATCH_MAX = 100, 1000, 10_000
 PAUSE_MIN_S = 0.05  # after every batch, at least this, and at least as long as the batch took
+# Each batch is also bounded in time of creation: ``[lo, lo + span)``. The span adapts to hold
+# about a batch of rows, so a batch never reads more than its window whatever plan the database
+# picks (without statistics, PostgreSQL bitmap-scans the whole range and sorts it: a day of rows
+# per batch).
+SPAN_FIRST = timedelta(minutes=1)
+SPAN_MIN, SPAN_MAX = timedelta(seconds=1), timedelta(days=1)
 RUN_BUDGET_S = 60.0  # one scheduled run (every 300 s, console/schedule.py)
 ROLLUP_RECOMPUTED_DAYS = 2  # today and yesterday: budgets.services.rollups_refresh(days=2)
 
@@ -78,28 +84,26 @@ def retention_cutoff(*, now: datetime, days: int) -> datetime:
     return min(now - timedelta(days=days), protected)
 
 
-def _delete_batch(since: datetime | None, cutoff: datetime, size: int) -> tuple[int, datetime]:
-    """Delete up to ``size`` of the oldest finished executions created in ``[since, cutoff)``;
-    return how many and the newest ``created_at`` among them (where the next batch starts)."""
+def _delete_batch(lo: datetime, hi: datetime, size: int) -> tuple[int, datetime | None]:
+    """Delete up to ``size`` of the oldest finished executions created in ``[lo, hi)``; return
+    how many and the newest ``created_at`` among them."""
     table = connection.ops.quote_name(Execution._meta.db_table)
     statuses = ", ".join(["%s"] * len(FINISHED))
-    lower = "created_at >= %s AND " if since is not None else ""
     # SKIP LOCKED: a row another transaction holds (a concurrent run; the recorder rewriting
     # it) is left for the next run instead of waited for.
     lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
     sql = (
         f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "  # noqa: S608 - no user input
-        f"WHERE {lower}created_at < %s AND status IN ({statuses}) "
+        f"WHERE created_at >= %s AND created_at < %s AND status IN ({statuses}) "
         f"ORDER BY created_at, id LIMIT %s{lock}) RETURNING created_at"
     )
     stamp = connection.ops.adapt_datetimefield_value  # SQLite stores naive UTC text
-    params: list[Any] = [stamp(since)] if since is not None else []
-    params += [stamp(cutoff), *[str(s) for s in FINISHED], size]
+    params: list[Any] = [stamp(lo), stamp(hi), *[str(s) for s in FINISHED], size]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         stamps = [row[0] for row in cursor.fetchall()]
     if not stamps:
-        return 0, cutoff
+        return 0, None
     newest = max(stamps)
     if isinstance(newest, str):  # SQLite hands RETURNING's timestamps back as text
         newest = datetime.fromisoformat(newest)
@@ -108,11 +112,15 @@ def _delete_batch(since: datetime | None, cutoff: datetime, size: int) -> tuple[
     return len(stamps), newest
 
 
-def oldest_execution_at() -> datetime | None:
-    """The oldest ``created_at`` left: one seek on the ``execution_time`` index."""
-    return (
-        Execution.objects.order_by("created_at", "id").values_list("created_at", flat=True).first()
+def oldest_execution_at(*, since: datetime | None = None) -> datetime | None:
+    """The oldest ``created_at`` left (at or after ``since``): one seek on the ``execution_time``
+    index."""
+    executions = (
+        Execution.objects.all()
+        if since is None
+        else Execution.objects.filter(created_at__gte=since)
     )
+    return executions.order_by("created_at", "id").values_list("created_at", flat=True).first()
 
 
 def executions_prune(
@@ -162,12 +170,14 @@ def executions_delete_before(
     other than ``executions_prune`` are benchmarks on their own data). ``on_batch(deleted,
     total)`` is told after each batch."""
     started = clock()
-    size, since = BATCH_FIRST, None
+    size, span = BATCH_FIRST, SPAN_FIRST
     deleted = batches = 0
-    finished = False
-    while True:
+    lo = oldest_execution_at()
+    while lo is not None and lo < cutoff:
+        hi = min(lo + span, cutoff)
         t0 = clock()
-        count, since = _delete_batch(since, cutoff, size)
+        asked = size
+        count, newest = _delete_batch(lo, hi, asked)
         took = clock() - t0
         if count:
             batches += 1
@@ -175,17 +185,26 @@ def executions_delete_before(
             RETENTION_DELETED.inc(count)
             if on_batch is not None:
                 on_batch(count, deleted)
-        if count < size:
-            finished = True
-            break
-        # Aim at the target: grow while fast, shrink at once when slow.
+        # Aim the size at the time target: grow while fast, shrink at once when slow.
         if took > batch_target_s:
             size = max(BATCH_MIN, int(size * batch_target_s / took))
-        elif took < batch_target_s / 2:
+        elif took < batch_target_s / 2 and count >= asked / 2:
             size = min(BATCH_MAX, size * 2)
-        sleep(max(pause_min_s, took))
+        if newest is not None and count >= asked:
+            # The window held more: go on from the newest row deleted (rows of that same
+            # instant may be left), with a narrower window.
+            lo, span = newest, max(span / 2, SPAN_MIN)
+        else:
+            if count < asked / 2:
+                span = min(span * 2, SPAN_MAX)
+            lo = oldest_execution_at(since=hi)  # past a gap in one seek
+        if lo is None or lo >= cutoff:
+            break
+        if count:
+            sleep(max(pause_min_s, took))
         if budget_s is not None and clock() - started >= budget_s:
             break
+    finished = lo is None or lo >= cutoff
     oldest = oldest_execution_at()
     if oldest is not None:
         RETENTION_OLDEST.set(oldest.timestamp())

@@ -52,7 +52,7 @@ def _prune(clock: FakeClock | None = None, **kwargs: Any) -> Any:
 
 
 def _old(n: int, *, days: float = 40, status: str = "succeeded") -> list[uuid.UUID]:
-    """``n`` executions created ``days`` ago, one second apart, in one insert."""
+    """``n`` executions created ``days`` ago, 10 ms apart, in one insert."""
     start = NOW - timedelta(days=days)
     rows = Execution.objects.bulk_create(
         Execution(
@@ -61,7 +61,7 @@ def _old(n: int, *, days: float = 40, status: str = "succeeded") -> list[uuid.UU
             model="m",
             latency_ms=100,
             cost_usd=Decimal("0.001"),
-            created_at=start + timedelta(seconds=i),
+            created_at=start + timedelta(milliseconds=10 * i),
         )
         for i in range(n)
     )
@@ -269,3 +269,15 @@ def test_the_scheduled_policy_is_not_audited(db: None) -> None:
 def test_the_command_refuses_less_than_a_day(db: None) -> None:
     with pytest.raises(CommandError, match="--days: must be at least 1, got 0"):
         call_command("prune_executions", "--days", "0")
+
+
+def test_a_gap_in_the_history_costs_one_seek_and_no_pause(db: None) -> None:
+    _old(5, days=40)
+    _old(5, days=35)
+    clock = FakeClock()
+
+    run = _prune(clock)
+
+    assert run.deleted == 10
+    assert run.batches == 2  # one window per cluster, not a walk over the 5 days between
+    assert len(clock.slept) == 1
