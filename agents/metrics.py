@@ -118,6 +118,19 @@ UPSTREAM_ERRORS = Counter(
     "Failed provider attempts by deployment and kind (quota = insufficient quota or billing).",
     ["deployment", "kind"],
 )
+
+# Retention (agents.executions.retention), counted by the process that runs the job: `serve` in
+# embedded mode, a Celery worker in distributed mode (in /metrics where its multiprocess
+# directory is merged, as for every worker-side series).
+RETENTION_DELETED = Counter(
+    "breakwater_retention_deleted",
+    "Raw executions deleted by retention (BREAKWATER_RETENTION_DAYS); ledger and rollups stay.",
+)
+RETENTION_OLDEST = Gauge(
+    "breakwater_retention_oldest_execution_timestamp_seconds",
+    "Creation time of the oldest execution kept, as of the last retention run.",
+    multiprocess_mode="mostrecent",
+)
 # A failed attempt's step outcome (the failure class) -> the bounded ``kind`` label.
 UPSTREAM_ERROR_KINDS = {
     "QuotaExhausted": "quota",

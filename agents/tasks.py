@@ -8,7 +8,7 @@ import redis.exceptions
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from agents.executions import queue, runner, settle
+from agents.executions import queue, retention, runner, settle
 
 # Worth another delivery: the database, Redis or the network was unreachable before the run
 # started (the claim was given back). Anything else is a bug or bad data: retrying repeats it.
@@ -63,3 +63,10 @@ def executions_settle_dead() -> int:
 @shared_task(name="agents.tasks.executions_requeue_stale", acks_late=True, time_limit=120)
 def executions_requeue_stale() -> int:
     return queue.executions_requeue_stale()
+
+
+@shared_task(name="agents.tasks.executions_prune", acks_late=True, time_limit=180)
+def executions_prune() -> int:
+    """Finished executions past ``BREAKWATER_RETENTION_DAYS`` deleted (a run stops after
+    ``retention.RUN_BUDGET_S``; the next one goes on)."""
+    return retention.executions_prune().deleted

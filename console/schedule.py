@@ -34,6 +34,9 @@ JOBS: tuple[Job, ...] = (
     Job("slo-burn-check", "budgets.tasks.slo_burn_check", every_s=60),
     Job("notifications-sweep", "incidents.tasks.notifications_sweep", every_s=30),
     Job("incidents-sweep", "incidents.tasks.incidents_sweep", every_s=60),
+    # Retention: finished executions past BREAKWATER_RETENTION_DAYS, in batches of at most a
+    # minute per run (agents/executions/retention.py).
+    Job("executions-prune", "agents.tasks.executions_prune", every_s=300),
 )
 
 

@@ -81,6 +81,9 @@ BREAKWATER_MAX_CONNECTIONS = env_int(
 BREAKWATER_STALE_EXECUTION_S = env_int(
     "BREAKWATER_STALE_EXECUTION_S", 3900, min_value=60
 )  # > the longest agent deadline (3600 s)
+# Finished executions created more than this many days ago are deleted
+# (agents.executions.retention); the ledger and the rollups are kept. 1 to 36,500.
+BREAKWATER_RETENTION_DAYS = env_int("BREAKWATER_RETENTION_DAYS", 30, min_value=1, max_value=36_500)
 # Python callables agents may use as tools ("module:function"), and webhook hosts that may
 # resolve to private addresses (everything else private/loopback/link-local is refused).
 BREAKWATER_TOOL_ALLOW_LIST = env_list(

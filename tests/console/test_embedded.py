@@ -169,9 +169,36 @@ async def test_the_scheduler_drives_the_real_worker_through_a_real_job() -> None
     assert execution.status == "failed"
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_the_embedded_scheduler_runs_retention_on_the_real_worker() -> None:
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+    from django.utils import timezone
+
+    from agents.models import Execution
+
+    def create(days: int, status: str) -> Execution:
+        at = timezone.now() - timedelta(days=days)
+        return Execution.objects.create(agent_name="support", status=status, created_at=at)
+
+    old = await sync_to_async(create)(40, "succeeded")
+    old_queued = await sync_to_async(create)(40, "queued")
+    recent = await sync_to_async(create)(3, "succeeded")
+    [job] = [job for job in JOBS if job.task == "agents.tasks.executions_prune"]
+    worker, clock = EmbeddedWorker(threads=1), FakeClock()
+    EmbeddedScheduler(worker=worker, jobs=(job,), clock=clock).tick({job.name: clock.now})
+    await worker.stop()
+
+    left = await sync_to_async(lambda: set(Execution.objects.values_list("id", flat=True)))()
+    await sync_to_async(lambda: connection.close())()
+    assert left == {old_queued.id, recent.id}
+    assert old.id not in left
+
+
 @pytest.mark.parametrize(
     ("task", "every_s"),
     [
+        ("agents.tasks.executions_prune", 300),
         ("agents.tasks.executions_requeue_stale", 60),
         ("budgets.tasks.rollups_refresh", 60),
         ("budgets.tasks.budgets_reconcile", 300),

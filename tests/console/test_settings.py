@@ -23,6 +23,7 @@ SETTINGS_VARS = (
     "BREAKWATER_ENCRYPTION_KEYS",
     "BREAKWATER_MAX_BODY_BYTES",
     "BREAKWATER_STALE_EXECUTION_S",
+    "BREAKWATER_RETENTION_DAYS",
     "BREAKWATER_READYZ_TIMEOUT_S",
     "BREAKWATER_HTTPS",
     "SECURE_HSTS_SECONDS",
@@ -69,6 +70,9 @@ def test_django_starts_with_no_configuration_at_all(tmp_path: Path) -> None:
         ("LOG_LEVEL", "LOUD", "unknown level"),
         ("BREAKWATER_READYZ_TIMEOUT_S", "nan", "expected a finite number"),
         ("ALLOWED_HOSTS", "example.com,,", "empty item"),
+        ("BREAKWATER_RETENTION_DAYS", "0", "must be >= 1, got 0"),
+        ("BREAKWATER_RETENTION_DAYS", "-3", "must be >= 1, got -3"),
+        ("BREAKWATER_RETENTION_DAYS", "7.5", "expected an integer, got '7.5'"),
     ],
 )
 def test_a_bad_variable_stops_start_up_naming_it(
