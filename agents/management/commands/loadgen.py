@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import json
+from pathlib import Path
+from typing import IO, Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -26,25 +28,64 @@ class Command(BaseCommand):
         parser.add_argument("--key", default=None, help="API key (default: create one)")
         parser.add_argument("--agents", default="", help="comma-separated subset")
         parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument(
+            "--record",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="write one JSON line per request (its id, status, execution id, latency)",
+        )
+        parser.add_argument(
+            "--retries",
+            type=int,
+            default=0,
+            help="with --record: resend a REST request that got no answer, same Idempotency-Key",
+        )
+        parser.add_argument("--run-id", default="lg", help="with --record: request id prefix")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["rate"] <= 0 or options["rate"] > 10_000:
             raise CommandError("--rate: must be > 0 and <= 10000")
         if options["duration"] < 0:
             raise CommandError("--duration: must be >= 0")
+        if options["retries"] < 0 or options["retries"] > 10:
+            raise CommandError("--retries: must be between 0 and 10")
+        if options["retries"] and options["record"] is None:
+            raise CommandError("--retries: needs --record (retried requests carry their id)")
+        run_id = options["run_id"]
+        if not run_id or len(run_id) > 64 or not run_id.replace("-", "").isalnum():
+            raise CommandError("--run-id: letters, digits and '-', at most 64 characters")
+        out: IO[str] | None = None
+        if options["record"] is not None:
+            try:
+                out = options["record"].open("w", buffering=1)
+            except OSError as exc:
+                raise CommandError(f"--record: cannot write {options['record']}: {exc}") from exc
         key = options["key"] or ensure_loadgen_key()
         agents = [a for a in options["agents"].split(",") if a] or None
         stats = LoadStats()
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(
-                run_load(
-                    base_url=options["url"].rstrip("/"),
-                    api_key=key,
-                    rate=options["rate"],
-                    duration_s=options["duration"] or None,
-                    agents=agents,
-                    seed=options["seed"],
-                    stats=stats,
+
+        def record(entry: dict[str, Any]) -> None:
+            assert out is not None
+            out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(
+                    run_load(
+                        base_url=options["url"].rstrip("/"),
+                        api_key=key,
+                        rate=options["rate"],
+                        duration_s=options["duration"] or None,
+                        agents=agents,
+                        seed=options["seed"],
+                        stats=stats,
+                        record=record if out is not None else None,
+                        run_id=run_id,
+                        retries=options["retries"],
+                    )
                 )
-            )
+        finally:
+            if out is not None:
+                out.close()
         self.stdout.write(stats.summary())
