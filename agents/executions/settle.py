@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -18,7 +19,7 @@ from agents.executions.processes import processes_mark_dead
 from agents.executions.queue import execution_dispatch, journal_drain_once
 from agents.models import Agent, Execution, ExecutionStatus, ModelDeployment, WorkerProcess
 from agents.runtime.budgets import to_micros, window_bounds
-from agents.runtime.state import Abandon
+from agents.runtime.state import Abandon, StateStore
 from budgets.models import Budget, BudgetScope, SpendEntry
 from budgets.rules import budget_rule
 
@@ -53,6 +54,10 @@ def _budget_keys(rows: list[Any]) -> dict[Any, tuple[str, ...]]:
     return keys
 
 
+async def _abandon(state: StateStore, *, request: Abandon) -> dict[str, int]:
+    return await state.abandon(request)
+
+
 def executions_settle_dead(
     *, store: Any = None, now: datetime | None = None, batch: int = 500
 ) -> SettleDead:
@@ -67,7 +72,8 @@ def executions_settle_dead(
       larger of what the store held and what its ``started`` event journaled);
     * a queued execution is queued again (and dispatched): the abandoned attempt's charge is a
       ledger entry of its own (id ``uuid5(execution id, owner)``), since the execution's own
-      entry is its next run's;
+      entry is its next run's; its lease id (the execution id) is not marked gone, so that the
+      next run is admitted;
     * any other is failed (``error.type`` ``process_died``), its cost and ledger entry that
       charge.
 
@@ -93,17 +99,22 @@ def executions_settle_dead(
         return SettleDead()
     keys = _budget_keys(rows)
     deployments = tuple(ModelDeployment.objects.values_list("id", flat=True))
-    held: dict[str, int] = on_state_sync(
-        lambda state: state.abandon(
-            Abandon(
-                lease_ids=tuple(str(row.pk) for row in rows),
-                deployment_ids=deployments,
-                budget_keys=tuple(sorted({k for ks in keys.values() for k in ks})),
-                charge=True,
-            )
-        ),
-        store,
-    )
+    budget_keys = tuple(sorted({k for ks in keys.values() for k in ks}))
+    held: dict[str, int] = {}
+    # A queued execution runs again under its own id (its lease id): its lease is not marked
+    # gone, or the next run's admission would be refused as late.
+    for requeue in (False, True):
+        lease_ids = tuple(str(row.pk) for row in rows if (row.queued_at is not None) is requeue)
+        if not lease_ids:
+            continue
+        request = Abandon(
+            lease_ids=lease_ids,
+            deployment_ids=deployments,
+            budget_keys=budget_keys,
+            charge=True,
+            tombstone_ttl_s=0.0 if requeue else Abandon.tombstone_ttl_s,
+        )
+        held.update(on_state_sync(partial(_abandon, request=request), store))
     owners = {p.id: p for p in WorkerProcess.objects.filter(id__in={row.owner for row in rows})}
     failed = requeued = charged = 0
     dispatch: list[tuple[str, str]] = []

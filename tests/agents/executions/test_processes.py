@@ -169,6 +169,23 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     assert entries[lost.pk] == 3_000
     # The requeued execution's abandoned attempt is charged under an entry of its own.
     assert entries[uuid.uuid5(queued.pk, f"abandoned:{dead.id}")] == 4_000
+
+    # The failed execution's lease is gone for good; the requeued one runs again under its id.
+    def readmit(execution: Execution) -> str | None:
+        again = AdmitRequest(
+            lease_id=str(execution.pk),
+            lease_ttl_s=90.0,
+            agent_breaker_key=None,
+            agent_breaker=None,
+            rate_limits=(),
+            candidates=(Candidate(deployment_id, 10),),
+            deployment_breaker=BreakerConfig(),
+            budgets=(BudgetHold(key, 10_000_000, 3_000, 86_400.0),),
+        )
+        return asyncio.run(store.admit(again)).refusal
+
+    assert readmit(lost) == "late"
+    assert readmit(queued) is None
     # Settling again changes nothing.
     assert executions_settle_dead(store=store).failed == 0
     assert SpendEntry.objects.count() == 2
