@@ -553,9 +553,18 @@ class Stack:
         """Apply the config (the database is migrated already), create the keys side by side:
         ``keys`` (name -> scopes, agents: ``self.keys[name]``) and, with ``admin``, the admin
         key the observers read the API with (``self.admin_key``)."""
+        self.apply_config()
+        self.create_keys(keys, admin=admin)
+
+    def apply_config(self) -> None:
         path = self.tmp / "breakwater.yaml"
         path.write_text(self.config)
         self.manage("apply", "-f", str(path))
+
+    def create_keys(
+        self, keys: Mapping[str, tuple[str, Sequence[str]]], *, admin: bool = True
+    ) -> None:
+        """The keys of :meth:`setup`, created side by side."""
         wanted = {**({"chaos-admin": ("admin", ())} if admin else {}), **keys}
         procs = {}
         for name, (scopes, agents) in wanted.items():
