@@ -71,16 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = scenario.run(tmp, shape)
         if result.error and args.keep is None:
-            print(_logs(tmp), flush=True)
+            print(stack.logs(tmp, 1500), flush=True)
     finally:
         signal.alarm(0)
         stack.stop_all()
         stack.drop_templates()
         if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            for path in [*tmp.rglob("*.log"), *tmp.rglob("*.jsonl")]:
-                target = args.keep / path.relative_to(tmp).as_posix().replace("/", "--")
-                shutil.copyfile(path, target)
+            stack.keep(tmp, args.keep, ("*.log", "*.jsonl"))
         shutil.rmtree(tmp, ignore_errors=True)
     print(result.summary())
     print()
@@ -92,15 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     if result.error:
         return 2
     return 0 if result.ok else 1
-
-
-def _logs(directory: Path) -> str:
-    parts = []
-    for log in sorted(directory.rglob("*.log")):
-        text = stack.tail(log, 1500).strip()
-        if text:
-            parts.append(f"--- {log.name}\n{text}")
-    return "\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -133,21 +133,21 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     store = MemoryState()
     key = f"budget:{budget.pk}:{lost.created_at:%Y-%m-%d}"
     asyncio.run(store.budget_prepare((WindowInit(key, 0, 86_400.0),)))
-    admission = asyncio.run(
-        store.admit(
-            AdmitRequest(
-                lease_id=str(lost.pk),
-                lease_ttl_s=90.0,
-                agent_breaker_key=None,
-                agent_breaker=None,
-                rate_limits=(),
-                candidates=(Candidate(deployment_id, 10),),
-                deployment_breaker=BreakerConfig(),
-                budgets=(BudgetHold(key, 10_000_000, 3_000, 86_400.0),),
-            )
+
+    def admit(execution: Execution) -> Any:
+        request = AdmitRequest(
+            lease_id=str(execution.pk),
+            lease_ttl_s=90.0,
+            agent_breaker_key=None,
+            agent_breaker=None,
+            rate_limits=(),
+            candidates=(Candidate(deployment_id, 10),),
+            deployment_breaker=BreakerConfig(),
+            budgets=(BudgetHold(key, 10_000_000, 3_000, 86_400.0),),
         )
-    )
-    assert admission.ok
+        return asyncio.run(store.admit(request))
+
+    assert admit(lost).ok
 
     settled = executions_settle_dead(store=store)
 
@@ -171,21 +171,8 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     assert entries[uuid.uuid5(queued.pk, f"abandoned:{dead.id}")] == 4_000
 
     # The failed execution's lease is gone for good; the requeued one runs again under its id.
-    def readmit(execution: Execution) -> str | None:
-        again = AdmitRequest(
-            lease_id=str(execution.pk),
-            lease_ttl_s=90.0,
-            agent_breaker_key=None,
-            agent_breaker=None,
-            rate_limits=(),
-            candidates=(Candidate(deployment_id, 10),),
-            deployment_breaker=BreakerConfig(),
-            budgets=(BudgetHold(key, 10_000_000, 3_000, 86_400.0),),
-        )
-        return asyncio.run(store.admit(again)).refusal
-
-    assert readmit(lost) == "late"
-    assert readmit(queued) is None
+    assert admit(lost).refusal == "late"
+    assert admit(queued).refusal is None
     # Settling again changes nothing.
     assert executions_settle_dead(store=store).failed == 0
     assert SpendEntry.objects.count() == 2
