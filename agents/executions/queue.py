@@ -150,6 +150,9 @@ class ExecutionClaim:
     timeout_s: float = 0.0
     wait_s: float = 0.0  # busy: until the current claim goes stale
     reclaimed: bool = False  # claimed from a dead delivery
+    # reclaimed: the row as that delivery left it (its owner, claim time, reservation), whose
+    # attempt is to be charged (``agents.executions.settle.execution_attempt_abandoned``)
+    abandoned: Any = None
 
 
 def execution_claim(*, execution_id: str, now: datetime | None = None) -> ExecutionClaim:
@@ -161,7 +164,8 @@ def execution_claim(*, execution_id: str, now: datetime | None = None) -> Execut
     the runner's watchdog and Celery's hard time limit all end it first). It must change exactly
     one row: concurrent deliveries race on it and all but one change nothing. Before taking over
     a dead delivery's execution the journal is drained once, so a result that delivery recorded
-    just before dying is stored, and found final, instead of being run again. Outcomes:
+    just before dying is stored, and found final, instead of being run again; the dead
+    delivery's attempt is then charged by the runner (``abandoned``). Outcomes:
 
     * ``claimed``: run it;
     * ``finished`` / ``missing``: nothing to do (a redelivered message, a cancelled execution);
@@ -173,7 +177,9 @@ def execution_claim(*, execution_id: str, now: datetime | None = None) -> Execut
 def _claim(execution_id: str, now: datetime | None) -> ExecutionClaim:
 
     now = now or timezone.now()
-    row = Execution.objects.filter(pk=execution_id).only("agent_name", "status", "created_at")
+    row = Execution.objects.filter(pk=execution_id).only(
+        "agent_name", "status", "created_at", "owner", "reserved_usd", "api_key_id"
+    )
     current = row.first()
     if current is None:
         return ExecutionClaim("missing")
@@ -198,7 +204,9 @@ def _claim(execution_id: str, now: datetime | None) -> ExecutionClaim:
     )
     if changed == 1:
         claimed = Execution.objects.select_related("api_key").get(pk=execution_id)
-        return ExecutionClaim("claimed", claimed, timeout_s, reclaimed=stale)
+        return ExecutionClaim(
+            "claimed", claimed, timeout_s, reclaimed=stale, abandoned=current if stale else None
+        )
     current = row.first()
     if current is None:
         return ExecutionClaim("missing")

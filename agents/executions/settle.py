@@ -58,6 +58,48 @@ async def _abandon(state: StateStore, *, request: Abandon) -> dict[str, int]:
     return await state.abandon(request)
 
 
+def _abandoned_entry(row: Any, micros: int) -> SpendEntry:
+    """The ledger entry of an attempt a dead process left of a queued execution that runs
+    again: an id of its own (``uuid5(execution id, owner)``), since the execution's own entry
+    is its next run's."""
+    return SpendEntry(
+        execution_id=uuid.uuid5(row.pk, f"abandoned:{row.owner}"),
+        at=row.created_at,
+        agent_name=row.agent_name,
+        api_key_id=row.api_key_id,
+        model="",
+        cost_usd=Decimal(micros) / Decimal(1_000_000),
+        charged_micros=micros,
+    )
+
+
+def execution_attempt_abandoned(*, row: Any, store: Any = None) -> int:
+    """Charge the attempt a dead delivery left of an execution claimed again (the claim found
+    it ``running`` past its deadline: ``agents.executions.queue.execution_claim``), as
+    :func:`executions_settle_dead` charges a queued one it requeues: its reservation becomes
+    spend, on a ledger entry of its own, and its lease is dropped but not marked gone (the new
+    run uses the same id). ``row`` is the row as the dead delivery left it (owner, claim time,
+    reservation). Returns the micro-USD charged."""
+    request = Abandon(
+        lease_ids=(str(row.pk),),
+        deployment_ids=tuple(ModelDeployment.objects.values_list("id", flat=True)),
+        budget_keys=_budget_keys([row])[row.pk],
+        charge=True,
+        tombstone_ttl_s=0.0,
+    )
+    held: dict[str, int] = on_state_sync(partial(_abandon, request=request), store)
+    micros = max(held.get(str(row.pk), 0), to_micros(row.reserved_usd, up=True))
+    if micros:
+        SpendEntry.objects.bulk_create([_abandoned_entry(row, micros)], ignore_conflicts=True)
+        log.warning(
+            "execution %s: the attempt of a dead delivery (owner %s) charged %d micro-USD",
+            row.pk,
+            row.owner,
+            micros,
+        )
+    return micros
+
+
 def executions_settle_dead(
     *, store: Any = None, now: datetime | None = None, batch: int = 500
 ) -> SettleDead:
@@ -139,7 +181,7 @@ def executions_settle_dead(
                     continue
                 requeued += 1
                 dispatch.append((str(row.pk), row.agent_name))
-                entry.execution_id = uuid.uuid5(row.pk, f"abandoned:{row.owner}")
+                entry = _abandoned_entry(row, micros)
             else:
                 message = f"the process running it ({who}) died"
                 if micros:
