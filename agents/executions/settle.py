@@ -16,8 +16,13 @@ from django.utils import timezone
 
 from agents.backends import on_state_sync
 from agents.executions.processes import processes_mark_dead
-from agents.executions.queue import execution_dispatch, journal_drain_once
-from agents.models import Agent, Execution, ExecutionStatus, ModelDeployment, WorkerProcess
+from agents.executions.queue import (
+    agents_dispatch_targets,
+    execution_dispatch,
+    execution_queue_name,
+    journal_drain_once,
+)
+from agents.models import Execution, ExecutionStatus, ModelDeployment, WorkerProcess
 from agents.runtime.budgets import to_micros, window_bounds
 from agents.runtime.state import Abandon, StateStore
 from budgets.models import Budget, BudgetScope, SpendEntry
@@ -198,11 +203,10 @@ def executions_settle_dead(
                 SpendEntry.objects.bulk_create([entry], ignore_conflicts=True)
                 charged += micros
     if dispatch:
-        timeouts = dict(Agent.objects.values_list("name", "timeout_s"))
+        targets = agents_dispatch_targets()
         for execution_id, agent_name in dispatch:
-            execution_dispatch(
-                execution_id=execution_id, timeout_s=float(timeouts.get(agent_name, 30.0))
-            )
+            timeout_s, queue = targets.get(agent_name, (30.0, execution_queue_name(None)))
+            execution_dispatch(execution_id=execution_id, timeout_s=timeout_s, queue=queue)
     if failed or requeued:
         log.warning(
             "settled %d execution(s) of dead processes: %d failed, %d queued again, "

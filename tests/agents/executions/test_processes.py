@@ -106,10 +106,10 @@ def _running(owner: str, *, reserved: str, queued: bool = False) -> Execution:
 def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     me: Heartbeat, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dispatched: list[str] = []  # (a worker running it would outlive the test)
+    dispatched: list[tuple[str, str | None]] = []  # (a worker running it would outlive the test)
     monkeypatch.setattr(
         "agents.executions.settle.execution_dispatch",
-        lambda *, execution_id, **_: dispatched.append(execution_id),
+        lambda *, execution_id, queue=None, **_: dispatched.append((execution_id, queue)),
     )
     settings.EMBEDDED = True
     settings.REDIS_URL = None
@@ -118,7 +118,7 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
             "providers: [{name: sim, kind: simulated}]\n"
             "models: [{name: m, provider: sim, upstream_model: m-1, input_usd_per_mtok: 1,"
             " output_usd_per_mtok: 1}]\n"
-            "agents: [{name: support, model: m}]\n"
+            "agents: [{name: support, model: m, queue: support-pool}]\n"
         )
     )
     deployment_id = ModelDeployment.objects.get().pk
@@ -161,7 +161,8 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     )
     queued.refresh_from_db()
     assert (queued.status, queued.owner) == ("queued", "")
-    assert dispatched == [str(queued.pk)]  # handed to a worker again
+    # handed to a worker again, on its agent's queue
+    assert dispatched == [(str(queued.pk), "support-pool")]
     other.refresh_from_db()
     assert other.status == "running"  # a live process's execution is its own
     assert asyncio.run(store.in_flight((deployment_id,))) == {deployment_id: 0}
