@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections import Counter
 
 from aiohttp import web
@@ -189,3 +191,33 @@ def test_a_stream_is_complete_with_its_done_line_and_no_error_event() -> None:
     assert stream_outcome(chunk) == ("abc", False)
     error = b'data: {"error": {"type": "server_error"}}\n\n'
     assert stream_outcome(chunk + error + b"data: [DONE]\n\n") == ("abc", False)
+
+
+async def test_a_slow_loop_catches_up_so_the_offered_rate_is_the_one_asked_for() -> None:
+    async def execute(request: web.Request) -> web.Response:
+        return web.json_response({"status": "succeeded"})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/agents/{name}/execute", execute)
+    app.router.add_post("/api/v1/agents/{name}/executions", execute)
+    app.router.add_post("/v1/chat/completions", execute)
+
+    async def hog() -> None:  # a busy event loop: every sleep overshoots by about 20 ms
+        while True:
+            time.sleep(0.02)  # noqa: ASYNC251 - the point: it blocks the loop
+            await asyncio.sleep(0)
+
+    async with TestServer(app, host="127.0.0.1") as server:
+        busy = asyncio.create_task(hog())
+        try:
+            stats = await run_load(
+                base_url=str(server.make_url("")).rstrip("/"),
+                api_key="bw_test",
+                rate=200.0,
+                duration_s=2.0,
+                seed=3,
+            )
+        finally:
+            busy.cancel()
+    # 400 offered on average (Poisson); a loop that slept each gap would send about 50
+    assert stats.sent >= 200
