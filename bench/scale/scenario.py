@@ -283,7 +283,7 @@ def _drive(
             thread.join(timeout=120)
         if t.serve_back_s is None:
             raise HarnessError(f"serve-2 did not come back:\n{tail(victim_serve.log)}")
-        t.settled_s = _settle(deployment, shape.settle_s, t.load_end)
+        t.settled_s = _settle(deployment, shape.settle_s, t.load_end, record)
         reconciling = reconcile_start(deployment)
     finally:
         sampler.done.set()
@@ -313,12 +313,26 @@ def _wait_busy(deployment: ScaleStack, worker: Worker, *, timeout_s: float) -> i
         time.sleep(0.05)
 
 
-def _settle(deployment: ScaleStack, settle_s: float, since: float) -> float | None:
-    """Wait until no execution is queued or running and the journal is empty; seconds after
-    the load ended (None: not within ``settle_s``)."""
+def _settle(deployment: ScaleStack, settle_s: float, since: float, record: Path) -> float | None:
+    """Wait until every accepted queued execution is final, none is running and the journal is
+    empty; seconds after the load ended (None: not within ``settle_s``).
+
+    A queued row whose client got no answer (its ``serve`` was killed between the commit and
+    the dispatch: the retry met 409) is not waited for: nothing dispatches it before
+    ``executions_requeue_stale`` finds it, 300 s on (:func:`_figures` counts it)."""
+    accepted_queued = [
+        r["execution_id"]
+        for line in record.read_text().splitlines()
+        if line.strip() and accepted(r := json.loads(line)) and r["mode"] == "queued"
+    ]
 
     def quiet() -> bool:
-        if observe.running(deployment) != 0:
+        open_rows = deployment.db.query(
+            "SELECT COUNT(*) FROM agents_execution WHERE status = 'running' "
+            "OR (status = 'queued' AND id::text = ANY(%s))",
+            (accepted_queued,),
+        )
+        if int(open_rows[0][0]) != 0:
             return False
         lag = _drain_lag(deployment.serves[0].url)
         return lag is not None and lag == 0
@@ -398,12 +412,15 @@ def _figures(
         "duplicated", "executions duplicated (a request with two rows)", duplicated + mismatched
     )
     untagged = sum(1 for row in rows.values() if not row[1])
+    answered = {r["request"] for r in ok}
+    orphans = sum(1 for row in rows.values() if row[0] == "queued" and row[1] not in answered)
     modes = Counter(r["mode"] for r in ok)
     result.note(
         f"{len(records):,} requests sent, {len(ok):,} accepted ({dict(modes)}); "
         f"{len(rows):,} rows ({untagged} without a request id); rows by status "
         f"{observe.status_counts(deployment)}; not accepted: {_kinds([r for r in records if not accepted(r)])}; "
-        f"REST requests resent after no answer: {sum(1 for r in records if r['tries'] > 1)}"
+        f"REST requests resent after no answer: {sum(1 for r in records if r['tries'] > 1)}; "
+        f"queued rows of unanswered requests (left to executions_requeue_stale): {orphans}"
     )
     if missing or unfinished:
         result.note(
