@@ -60,8 +60,8 @@ BATCH = ("code-review", "data-analyst", "content-writer", "meeting-summarizer", 
 QUEUES = {"interactive": INTERACTIVE, "batch": BATCH}
 # Worker a also takes the default queue (beat's periodic jobs, the recovery among them).
 WORKERS = {"a": ("celery", "interactive"), "b": ("batch",)}
-# Whether the agents carry their ``queue`` (CONTRACT v2; False: both workers take the default
-# queue, for a comparison).
+# Whether the agents carry their ``queue`` (docs/INTERFACES.md §2; False: both workers take the
+# default queue, for a comparison).
 AGENT_QUEUES = True
 
 
