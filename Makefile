@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # setuptools warns on every editable install about same-named folders; that is our layout on purpose.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-sqlite lint format typecheck imports check bench chaos clean screenshots
+.PHONY: run test test-sqlite lint format typecheck imports check bench chaos scale-test clean screenshots
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Breakwater needs Python 3.11+, found " + sys.version.split()[0])'
@@ -69,6 +69,15 @@ bench: $(VENV)/.test-stamp
 # CHAOS_ARGS: e.g. --only poisoned,redis-stall, --quick, --env NAME=VALUE, --keep DIR.
 chaos: $(VENV)/.test-stamp
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
+# The production-shaped test (bench/scale, docs/BENCHMARKS.md): 3 serve behind a round-robin,
+# 2 Celery workers, beat and the drainer on PostgreSQL (DATABASE_URL or CHAOS_DATABASE_URL: a
+# scratch database next to it) and a private redis-server; loadgen at 60 req/s for 3 minutes
+# through a primary outage and a SIGKILL of one serve and one worker; about 6 minutes. Exits
+# non-zero when an execution is lost or doubled, the ledger and the counters differ, or fewer
+# than 99.9% of the outage's requests succeed. SCALE_ARGS: e.g. --quick, --keep DIR.
+scale-test: $(VENV)/.test-stamp
+	$(PY) -m bench.scale $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.sqlite3* .pytest_cache .mypy_cache .ruff_cache

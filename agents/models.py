@@ -37,6 +37,13 @@ SLO_DEFAULT_LATENCY_QUANTILE = 0.95
 SLO_OBJECTIVE_MIN = 0.5
 SLO_OBJECTIVE_MAX = 0.99999
 SLO_LATENCY_MS_MAX = 3_600_000  # an execution's deadline is at most an hour
+# An agent's queue (config `queue:`; docs/SCALING.md, "Per-agent pools"): the Celery queue its
+# queued executions go to. `default` is the deployment's execution queue
+# (BREAKWATER_EXECUTION_QUEUE); any other name is a Celery queue of that name, which a worker
+# consumes with `-Q name`. A name is a Redis key and a `-Q a,b` item: no spaces, commas or
+# colons (agents.config.schema refuses the names Celery's Redis transport uses itself).
+DEFAULT_QUEUE = "default"
+QUEUE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class ProviderKind(models.TextChoices):
@@ -189,6 +196,9 @@ class Agent(models.Model):
     slo_availability = models.FloatField(default=SLO_DEFAULT_AVAILABILITY)
     slo_latency_ms = models.PositiveIntegerField(default=SLO_DEFAULT_LATENCY_MS)
     slo_latency_quantile = models.FloatField(default=SLO_DEFAULT_LATENCY_QUANTILE)
+    queue = models.CharField(
+        max_length=64, default=DEFAULT_QUEUE, validators=[RegexValidator(QUEUE_NAME_RE)]
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -196,6 +206,9 @@ class Agent(models.Model):
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(condition=Q(name__regex=SLUG_RE), name="agent_name_slug"),
+            models.CheckConstraint(
+                condition=Q(queue__regex=QUEUE_NAME_RE), name="agent_queue_name"
+            ),
             models.CheckConstraint(
                 condition=Q(
                     slo_availability__gte=SLO_OBJECTIVE_MIN,

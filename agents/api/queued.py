@@ -16,6 +16,7 @@ from agents.access.auth import PermissionDenied, Principal
 from agents.backends import idempotency_store
 from agents.doors.auth import ApiKeyAuth
 from agents.doors.execute import executable_agent, execute_messages
+from agents.engine import get_engine
 from agents.executions import queue as executions
 from agents.executions.idempotency import run_idempotently
 from agents.schemas import ERRORS, ExecuteIn
@@ -51,11 +52,13 @@ async def execution_enqueue(request: HttpRequest, name: str, payload: ExecuteIn)
     agent = executable_agent(principal, name, max_tokens=payload.max_tokens)
     cache_control = request.headers.get("Cache-Control", "").lower()
     messages = [{"role": m.role, "content": m.content} for m in execute_messages(payload)]
+    queue = get_engine().config.queue(name)
 
     async def enqueue() -> dict[str, Any]:
         execution_id = await sync_to_async(executions.execution_enqueue)(
             agent=name,
             timeout_s=agent.timeout_s,
+            queue=queue,
             messages=messages,
             session_id=payload.session_id,
             metadata=payload.metadata,

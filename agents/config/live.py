@@ -30,7 +30,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents.access.crypto import SecretUnavailable, decrypt_secret
-from agents.models import Agent, ApiKey, ModelDeployment, Provider
+from agents.models import DEFAULT_QUEUE, Agent, ApiKey, ModelDeployment, Provider
 from agents.runtime.state import BreakerConfig
 from agents.runtime.types import (
     AgentConfig,
@@ -104,6 +104,8 @@ class Snapshot:
     global_budgets: tuple[BudgetRule, ...] = ()
     agent_budgets: dict[str, tuple[BudgetRule, ...]] = field(default_factory=dict)
     key_budgets: dict[int, tuple[BudgetRule, ...]] = field(default_factory=dict)
+    # agent name -> its queue (config `queue:`), for the agents not on `default`
+    queues: dict[str, str] = field(default_factory=dict)
 
 
 def _api_key(provider: Provider) -> str | None:
@@ -239,7 +241,10 @@ def snapshot_build(version: int) -> Snapshot:
             key_budgets.setdefault(budget.api_key_id, []).append(rule)
     agents: dict[str, AgentConfig] = {}
     unavailable: dict[str, str] = {}
+    queues: dict[str, str] = {}
     for agent in Agent.objects.filter(enabled=True):
+        if agent.queue != DEFAULT_QUEUE:
+            queues[agent.name] = agent.queue
         try:
             agents[agent.name] = agent_config(agent)
         except Exception as exc:  # one unreadable row must not stop the others loading
@@ -270,6 +275,7 @@ def snapshot_build(version: int) -> Snapshot:
         deployments={model: tuple(items) for model, items in by_model.items()},
         deployments_by_id=by_id,
         keys=keys_build(),
+        queues=queues,
     )
 
 
@@ -390,6 +396,10 @@ class LiveConfig:
 
     def key(self, prefix: str) -> KeyInfo | None:
         return self.snapshot.keys.get(prefix)
+
+    def queue(self, name: str) -> str:
+        """Agent ``name``'s queue (config ``queue:``): where its queued executions go."""
+        return self.snapshot.queues.get(name, DEFAULT_QUEUE)
 
     def unavailable(self, name: str) -> str | None:
         """Why agent ``name`` cannot run with this process's configuration, or None."""

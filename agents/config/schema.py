@@ -8,6 +8,7 @@ the database. Every error is reported as ``path: message``, e.g.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -18,16 +19,19 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from agents.models import (
     ATTEMPT_TIMEOUT_MIN_S,
+    DEFAULT_QUEUE,
     ENV_NAME_RE,
     MODEL_NAME_RE,
     MONEY_MAX,
     PRICE_MAX,
+    QUEUE_NAME_RE,
     SLO_DEFAULT_AVAILABILITY,
     SLO_DEFAULT_LATENCY_MS,
     SLO_DEFAULT_LATENCY_QUANTILE,
@@ -66,6 +70,29 @@ MIN_RECOVERY_S = 0.1  # a breaker's open period
 MIN_SLOW_CALL_S = 0.01  # what counts as a slow call
 MIN_RATE = 0.001  # a breaker rate threshold: one call in the largest window (1000)
 Seconds = Annotated[float, Field(ge=MIN_TIMEOUT_S, allow_inf_nan=False)]
+
+# Keys Celery's Redis transport and Celery itself keep in the broker's database: a queue of that
+# name would be the same Redis key (WRONGTYPE errors, or messages read as bookkeeping).
+RESERVED_QUEUES = frozenset({"unacked", "unacked_index", "unacked_mutex"})
+RESERVED_QUEUE_PREFIXES = ("celeryev", "celery-task-meta-", "celery-taskset-meta-", "chord-unlock")
+RESERVED_QUEUE_SUFFIXES = (".pidbox", ".reply.celery.pidbox")
+
+
+def queue_refusal(name: str) -> str | None:
+    """Why ``name`` cannot be an agent's Celery queue (None: it can)."""
+    if re.fullmatch(QUEUE_NAME_RE, name) is None:
+        return (
+            "must be a Celery queue name: 1-64 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit (no spaces, commas or colons)"
+        )
+    if (
+        name in RESERVED_QUEUES
+        or name.startswith(RESERVED_QUEUE_PREFIXES)
+        or name.endswith(RESERVED_QUEUE_SUFFIXES)
+    ):
+        return "is a name Celery's Redis transport uses for its own keys; choose another"
+    return None
+
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -272,7 +299,26 @@ class AgentSpec(Spec):
         str, Annotated[str, StringConstraints(min_length=1, max_length=2000)]
     ] = Field(default_factory=dict)
     slo: SloSpec = Field(default_factory=SloSpec)
+    # The Celery queue of its queued executions (docs/SCALING.md, "Per-agent pools"); `default`
+    # is BREAKWATER_EXECUTION_QUEUE.
+    queue: str = Field(
+        default=DEFAULT_QUEUE,
+        description="The Celery queue (worker pool) of its queued executions; `default` is "
+        "BREAKWATER_EXECUTION_QUEUE.",
+        # Documented here, checked by _queue_name (whose message names the agent).
+        json_schema_extra={"pattern": QUEUE_NAME_RE, "maxLength": 64},
+    )
     enabled: bool = True
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, value: str, info: ValidationInfo) -> str:
+        refusal = queue_refusal(value)
+        if refusal is not None:
+            agent = info.data.get("name")
+            of = f" (agent {agent})" if agent else ""
+            raise ValueError(f"{value!r} {refusal}{of}")
+        return value
 
     @field_validator("fallback_messages")
     @classmethod

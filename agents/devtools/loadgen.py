@@ -7,16 +7,27 @@ load). Questions come from per-agent templates x slots (agents/devtools/prompts.
 computes the cache hit rate they give: about 35% at the demo's 3 requests/s). Requests are sent
 synchronously, queued or streamed (:data:`MODES`); chat agents continue some conversations in a
 session. Every random choice comes from one seeded ``random.Random``.
+
+With ``record`` (``manage.py loadgen --record FILE``) every request carries an id of its own
+(``metadata.request``, and the ``Idempotency-Key`` of the REST doors), and one JSON line per
+request says what the client got: the HTTP status, the execution id, its status, the model that
+answered, the latency and the tries. ``retries`` sends a REST request again, with the same
+``Idempotency-Key``, when it got no HTTP answer (a server that died under it): the retry replays
+the answer or is refused while the first is in progress, and never runs the request twice. A
+stream is never retried: ``/v1`` has no idempotency key. ``bench/scale`` reads the lines back
+against the database (lost, duplicated).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,17 +99,21 @@ class Request:
     mode: str  # a key of MODES
     text: str
     session_id: str | None = None
+    request_id: str = ""  # with a record: metadata.request (and the REST Idempotency-Key)
 
     def call(self, base_url: str) -> tuple[str, dict[str, Any]]:
         """(url, JSON body)."""
+        tag = {"request": self.request_id} if self.request_id else {}
         if self.mode == "stream":
             body: dict[str, Any] = {
                 "model": self.agent,
                 "messages": [{"role": "user", "content": self.text}],
                 "stream": True,
             }
+            if tag:
+                body["metadata"] = {"source": "loadgen", "mode": self.mode, **tag}
             return f"{base_url}/v1/chat/completions", body
-        body = {"input": self.text, "metadata": {"source": "loadgen", "mode": self.mode}}
+        body = {"input": self.text, "metadata": {"source": "loadgen", "mode": self.mode, **tag}}
         if self.session_id is not None:
             body["session_id"] = self.session_id
         path = "executions" if self.mode == "queued" else "execute"
@@ -137,6 +152,32 @@ class Traffic:
         return Request(agent, mode, pick_question(agent, rng))
 
 
+Record = Callable[[dict[str, Any]], None]
+RETRY_PAUSE_S = 0.5
+
+
+def stream_outcome(raw: bytes) -> tuple[str | None, bool]:
+    """(execution id, complete) of a ``/v1`` event stream: the id of its chunks
+    (``chatcmpl-<execution id>``), and whether it ended with ``[DONE]`` and no error event."""
+    ident: str | None = None
+    errored = False
+    for line in raw.split(b"\n"):
+        if not line.startswith(b"data: {"):
+            continue
+        try:
+            doc = json.loads(line[6:])
+        except ValueError:
+            errored = True
+            continue
+        if not isinstance(doc, dict):
+            continue
+        if "error" in doc:
+            errored = True
+        if ident is None and isinstance(doc.get("id"), str):
+            ident = doc["id"].removeprefix("chatcmpl-") or None
+    return ident, b"data: [DONE]" in raw and not errored
+
+
 async def run_load(
     *,
     base_url: str,
@@ -147,10 +188,19 @@ async def run_load(
     seed: int | None = None,
     max_in_flight: int = 256,
     stats: LoadStats | None = None,
+    record: Record | None = None,
+    run_id: str = "lg",
+    retries: int = 0,
 ) -> LoadStats:
-    """Offer ``rate`` executions per second for ``duration_s`` (None: until cancelled)."""
+    """Offer ``rate`` executions per second for ``duration_s`` (None: until cancelled).
+
+    ``record``: called with one dict per request once it is done (see the module docstring);
+    the requests' ids are ``<run_id>-<n>``. ``retries``: how many times a REST request that got
+    no HTTP answer is sent again (with the same ``Idempotency-Key``; only with ``record``)."""
     if rate <= 0:
         raise ValueError("rate: must be > 0")
+    if retries < 0:
+        raise ValueError("retries: must be >= 0")
     rng = random.Random(seed)
     traffic = Traffic(rng, agents)
     stats = stats or LoadStats()
@@ -158,46 +208,111 @@ async def run_load(
     headers = {"Authorization": f"Bearer {api_key}"}
     pending: set[asyncio.Task[None]] = set()
 
+    async def attempt(
+        session: aiohttp.ClientSession, request: Request, entry: dict[str, Any]
+    ) -> None:
+        """One try: fills ``entry`` with what the server answered (raises on no answer)."""
+        url, payload = request.call(base_url)
+        sent_headers = dict(headers)
+        if request.request_id and request.mode != "stream":
+            sent_headers["Idempotency-Key"] = request.request_id
+        async with session.post(url, json=payload, headers=sent_headers) as response:
+            entry["http"] = response.status
+            if request.mode == "stream":
+                raw = await response.read()  # the whole event stream, to its end
+                ident, complete = stream_outcome(raw) if response.status == 200 else (None, False)
+                entry["execution_id"] = ident
+                entry["status"] = "streamed" if complete else "stream_error"
+                return
+            body = await response.json(content_type=None)
+            if isinstance(body, dict):
+                entry["execution_id"] = body.get("execution_id")
+                entry["status"] = body.get("status")
+                entry["model"] = body.get("model")
+                entry["fallback_used"] = body.get("fallback_used")
+                error = body.get("error")
+                if isinstance(error, dict):
+                    entry["error"] = str(error.get("type") or "")
+
     async def one(session: aiohttp.ClientSession, request: Request) -> None:
         started = time.perf_counter()
-        url, payload = request.call(base_url)
+        entry: dict[str, Any] = {
+            "request": request.request_id,
+            "agent": request.agent,
+            "mode": request.mode,
+            "sent_at": time.time(),
+            "http": None,
+            "execution_id": None,
+            "tries": 0,
+        }
+        may_retry = retries if request.request_id and request.mode != "stream" else 0
         try:
-            async with session.post(url, json=payload, headers=headers) as response:
-                stats.modes[request.mode] += 1
-                if request.mode == "stream":
-                    await response.read()  # the whole event stream, to its end
-                    if response.status == 200:
-                        stats.statuses["streamed"] += 1
-                    else:
-                        stats.http_errors[response.status] += 1
-                    return
-                body = await response.json(content_type=None)
-                if response.status in (200, 202):
-                    stats.statuses[str(body.get("status"))] += 1
+            while True:
+                entry["tries"] += 1
+                try:
+                    await attempt(session, request, entry)
+                    break
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    entry["error"] = type(exc).__name__
+                    if entry["tries"] > may_retry:
+                        break
+                    await asyncio.sleep(RETRY_PAUSE_S)
+                except ValueError as exc:  # a body that is not JSON
+                    entry["error"] = type(exc).__name__
+                    break
+                except asyncio.CancelledError:  # still unanswered when the run ended
+                    entry["error"] = "unfinished"
+                    raise
+            stats.modes[request.mode] += 1
+            status = entry["http"]
+            if status is None or ("status" not in entry and request.mode != "stream"):
+                stats.http_errors[0 if status is None else status] += 1
+            elif request.mode == "stream":
+                if entry["status"] == "streamed":
+                    stats.statuses["streamed"] += 1
                 else:
-                    stats.http_errors[response.status] += 1
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            stats.http_errors[0] += 1
+                    stats.http_errors[status] += 1
+            elif status in (200, 202):
+                stats.statuses[str(entry["status"])] += 1
+            else:
+                stats.http_errors[status] += 1
         finally:
-            stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+            latency_ms = (time.perf_counter() - started) * 1000
+            stats.latencies_ms.append(latency_ms)
             gate.release()
+            if record is not None:
+                entry["latency_ms"] = round(latency_ms, 2)
+                record(entry)
 
     deadline = None if duration_s is None else time.monotonic() + duration_s
     timeout = aiohttp.ClientTimeout(total=120)
+    # Arrivals keep their own schedule: a sleep that overshoots (a busy machine) is made up by
+    # the next ones, so the offered rate is the one asked for, not what this process managed.
+    arrival = time.monotonic()
     async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
             while deadline is None or time.monotonic() < deadline:
-                await asyncio.sleep(rng.expovariate(rate))
+                arrival += rng.expovariate(rate)
+                if (ahead := arrival - time.monotonic()) > 0:  # behind: send it at once
+                    await asyncio.sleep(ahead)
+                if deadline is not None and arrival >= deadline:
+                    break
                 if not gate._value:  # saturated: drop (open loop), count it
                     stats.http_errors[-1] += 1
                     continue
                 await gate.acquire()
                 request = traffic.next()
                 stats.sent += 1
+                if record is not None:
+                    request = dataclasses.replace(request, request_id=f"{run_id}-{stats.sent}")
                 task = asyncio.create_task(one(session, request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         finally:
             if pending:
                 await asyncio.wait(pending, timeout=30)
+            for task in list(pending):  # unanswered after 30 s: recorded as unfinished
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
     return stats

@@ -25,7 +25,7 @@ from agents.executions.live import publish
 from agents.executions.processes import process_owner_id
 from agents.executions.recording.events import encode_finished, row_from_event
 from agents.executions.recording.store import store_rows
-from agents.models import Agent, Execution, ExecutionStatus
+from agents.models import DEFAULT_QUEUE, Agent, Execution, ExecutionStatus
 from agents.selectors import execution_out
 from core.errors import Conflict, NotFound
 from core.redis import close_loop_clients
@@ -77,18 +77,37 @@ def execution_time_limits(timeout_s: float) -> tuple[float, float]:
     return timeout_s + SOFT_LIMIT_MARGIN_S, timeout_s + HARD_LIMIT_MARGIN_S
 
 
+def execution_queue_name(agent_queue: str | None) -> str:
+    """The Celery queue of an agent whose config says ``queue: agent_queue``: ``default`` (or
+    nothing) is the deployment's execution queue, ``BREAKWATER_EXECUTION_QUEUE``; any other
+    name is the Celery queue of that name (docs/SCALING.md, "Per-agent pools")."""
+    if not agent_queue or agent_queue == DEFAULT_QUEUE:
+        return str(settings.BREAKWATER_EXECUTION_QUEUE)
+    return agent_queue
+
+
+def agents_dispatch_targets() -> dict[str, tuple[float, str]]:
+    """Every agent's (timeout_s, Celery queue), for the recovery jobs that dispatch again."""
+    return {
+        name: (float(timeout_s), execution_queue_name(queue))
+        for name, timeout_s, queue in Agent.objects.values_list("name", "timeout_s", "queue")
+    }
+
+
 def execution_enqueue(
     *,
     agent: str,
     timeout_s: float,
     messages: list[dict[str, str]],
+    queue: str = DEFAULT_QUEUE,
     session_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     max_tokens: int | None = None,
     bypass_cache: bool = False,
     api_key_id: int | None = None,
 ) -> str:
-    """Write a ``queued`` execution and dispatch it once the transaction commits.
+    """Write a ``queued`` execution and dispatch it once the transaction commits, to the
+    Celery queue of the agent's ``queue`` (:func:`execution_queue_name`).
 
     ``max_tokens`` and ``bypass_cache`` have no column: they travel in the task message.
     """
@@ -110,6 +129,7 @@ def execution_enqueue(
                 timeout_s=timeout_s,
                 max_tokens=max_tokens,
                 bypass_cache=bypass_cache,
+                queue=execution_queue_name(queue),
             )
         )
     return str(row.pk)
@@ -125,8 +145,9 @@ def execution_dispatch(
     queue: str | None = None,
 ) -> None:
     """Hand an execution to a worker (``agents.backends.work_dispatch``): a Celery message on
-    ``queue`` (default ``BREAKWATER_EXECUTION_QUEUE``) with time limits from the agent's
-    timeout, or the in-process worker in embedded mode."""
+    the Celery queue ``queue`` (default ``BREAKWATER_EXECUTION_QUEUE``) with time limits from
+    the agent's timeout, or the in-process worker in embedded mode, which runs every queue's
+    work."""
     kwargs: dict[str, Any] = {"execution_id": execution_id}
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
@@ -150,6 +171,9 @@ class ExecutionClaim:
     timeout_s: float = 0.0
     wait_s: float = 0.0  # busy: until the current claim goes stale
     reclaimed: bool = False  # claimed from a dead delivery
+    # reclaimed: the row as that delivery left it (its owner, claim time, reservation), whose
+    # attempt is to be charged (``agents.executions.settle.execution_attempt_abandoned``)
+    abandoned: Any = None
 
 
 def execution_claim(*, execution_id: str, now: datetime | None = None) -> ExecutionClaim:
@@ -161,7 +185,8 @@ def execution_claim(*, execution_id: str, now: datetime | None = None) -> Execut
     the runner's watchdog and Celery's hard time limit all end it first). It must change exactly
     one row: concurrent deliveries race on it and all but one change nothing. Before taking over
     a dead delivery's execution the journal is drained once, so a result that delivery recorded
-    just before dying is stored, and found final, instead of being run again. Outcomes:
+    just before dying is stored, and found final, instead of being run again; the dead
+    delivery's attempt is then charged by the runner (``abandoned``). Outcomes:
 
     * ``claimed``: run it;
     * ``finished`` / ``missing``: nothing to do (a redelivered message, a cancelled execution);
@@ -173,7 +198,9 @@ def execution_claim(*, execution_id: str, now: datetime | None = None) -> Execut
 def _claim(execution_id: str, now: datetime | None) -> ExecutionClaim:
 
     now = now or timezone.now()
-    row = Execution.objects.filter(pk=execution_id).only("agent_name", "status", "created_at")
+    row = Execution.objects.filter(pk=execution_id).only(
+        "agent_name", "status", "created_at", "owner", "reserved_usd", "api_key_id"
+    )
     current = row.first()
     if current is None:
         return ExecutionClaim("missing")
@@ -198,7 +225,9 @@ def _claim(execution_id: str, now: datetime | None) -> ExecutionClaim:
     )
     if changed == 1:
         claimed = Execution.objects.select_related("api_key").get(pk=execution_id)
-        return ExecutionClaim("claimed", claimed, timeout_s, reclaimed=stale)
+        return ExecutionClaim(
+            "claimed", claimed, timeout_s, reclaimed=stale, abandoned=current if stale else None
+        )
     current = row.first()
     if current is None:
         return ExecutionClaim("missing")
@@ -360,16 +389,15 @@ def executions_requeue_stale(*, now: datetime | None = None, older_than_s: float
 
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=older_than_s)
-    timeouts = dict(Agent.objects.values_list("name", "timeout_s"))
+    targets = agents_dispatch_targets()
     stale = list(
         Execution.objects.filter(status=ExecutionStatus.QUEUED, created_at__lt=cutoff)
         .order_by("created_at")
         .values_list("id", "agent_name")[:200]
     )
     for execution_id, agent_name in stale:
-        execution_dispatch(
-            execution_id=str(execution_id), timeout_s=float(timeouts.get(agent_name, 30.0))
-        )
+        timeout_s, queue = targets.get(agent_name, (30.0, execution_queue_name(None)))
+        execution_dispatch(execution_id=str(execution_id), timeout_s=timeout_s, queue=queue)
     if stale:
         log.warning("re-dispatched %d execution(s) left queued", len(stale))
     return len(stale)

@@ -28,6 +28,7 @@ from agents.executions.queue import (
     publish_sync,
 )
 from agents.executions.recording.drainer import with_fresh_connections
+from agents.executions.settle import execution_attempt_abandoned
 from agents.runtime.executor import UnknownAgent
 from agents.runtime.types import (
     ExecutionRequest,
@@ -70,6 +71,11 @@ def execution_run(
         )
         return "deferred"
     row = claim.execution
+    if claim.abandoned is not None:
+        try:
+            execution_attempt_abandoned(row=claim.abandoned)
+        except Exception:  # the reconcile job reports the drift; the execution still runs
+            log.warning("could not charge the abandoned attempt of %s", execution_id, exc_info=True)
     try:
         return str(
             _in_engine_loop(lambda: _run_claimed(row, claim.timeout_s, max_tokens, bypass_cache))

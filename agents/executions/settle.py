@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -15,10 +16,15 @@ from django.utils import timezone
 
 from agents.backends import on_state_sync
 from agents.executions.processes import processes_mark_dead
-from agents.executions.queue import execution_dispatch, journal_drain_once
-from agents.models import Agent, Execution, ExecutionStatus, ModelDeployment, WorkerProcess
+from agents.executions.queue import (
+    agents_dispatch_targets,
+    execution_dispatch,
+    execution_queue_name,
+    journal_drain_once,
+)
+from agents.models import Execution, ExecutionStatus, ModelDeployment, WorkerProcess
 from agents.runtime.budgets import to_micros, window_bounds
-from agents.runtime.state import Abandon
+from agents.runtime.state import Abandon, StateStore
 from budgets.models import Budget, BudgetScope, SpendEntry
 from budgets.rules import budget_rule
 
@@ -53,6 +59,52 @@ def _budget_keys(rows: list[Any]) -> dict[Any, tuple[str, ...]]:
     return keys
 
 
+async def _abandon(state: StateStore, *, request: Abandon) -> dict[str, int]:
+    return await state.abandon(request)
+
+
+def _abandoned_entry(row: Any, micros: int) -> SpendEntry:
+    """The ledger entry of an attempt a dead process left of a queued execution that runs
+    again: an id of its own (``uuid5(execution id, owner)``), since the execution's own entry
+    is its next run's."""
+    return SpendEntry(
+        execution_id=uuid.uuid5(row.pk, f"abandoned:{row.owner}"),
+        at=row.created_at,
+        agent_name=row.agent_name,
+        api_key_id=row.api_key_id,
+        model="",
+        cost_usd=Decimal(micros) / Decimal(1_000_000),
+        charged_micros=micros,
+    )
+
+
+def execution_attempt_abandoned(*, row: Any, store: Any = None) -> int:
+    """Charge the attempt a dead delivery left of an execution claimed again (the claim found
+    it ``running`` past its deadline: ``agents.executions.queue.execution_claim``), as
+    :func:`executions_settle_dead` charges a queued one it requeues: its reservation becomes
+    spend, on a ledger entry of its own, and its lease is dropped but not marked gone (the new
+    run uses the same id). ``row`` is the row as the dead delivery left it (owner, claim time,
+    reservation). Returns the micro-USD charged."""
+    request = Abandon(
+        lease_ids=(str(row.pk),),
+        deployment_ids=tuple(ModelDeployment.objects.values_list("id", flat=True)),
+        budget_keys=_budget_keys([row])[row.pk],
+        charge=True,
+        tombstone_ttl_s=0.0,
+    )
+    held: dict[str, int] = on_state_sync(partial(_abandon, request=request), store)
+    micros = max(held.get(str(row.pk), 0), to_micros(row.reserved_usd, up=True))
+    if micros:
+        SpendEntry.objects.bulk_create([_abandoned_entry(row, micros)], ignore_conflicts=True)
+        log.warning(
+            "execution %s: the attempt of a dead delivery (owner %s) charged %d micro-USD",
+            row.pk,
+            row.owner,
+            micros,
+        )
+    return micros
+
+
 def executions_settle_dead(
     *, store: Any = None, now: datetime | None = None, batch: int = 500
 ) -> SettleDead:
@@ -67,7 +119,8 @@ def executions_settle_dead(
       larger of what the store held and what its ``started`` event journaled);
     * a queued execution is queued again (and dispatched): the abandoned attempt's charge is a
       ledger entry of its own (id ``uuid5(execution id, owner)``), since the execution's own
-      entry is its next run's;
+      entry is its next run's; its lease id (the execution id) is not marked gone, so that the
+      next run is admitted;
     * any other is failed (``error.type`` ``process_died``), its cost and ledger entry that
       charge.
 
@@ -93,17 +146,22 @@ def executions_settle_dead(
         return SettleDead()
     keys = _budget_keys(rows)
     deployments = tuple(ModelDeployment.objects.values_list("id", flat=True))
-    held: dict[str, int] = on_state_sync(
-        lambda state: state.abandon(
-            Abandon(
-                lease_ids=tuple(str(row.pk) for row in rows),
-                deployment_ids=deployments,
-                budget_keys=tuple(sorted({k for ks in keys.values() for k in ks})),
-                charge=True,
-            )
-        ),
-        store,
-    )
+    budget_keys = tuple(sorted({k for ks in keys.values() for k in ks}))
+    held: dict[str, int] = {}
+    # A queued execution runs again under its own id (its lease id): its lease is not marked
+    # gone, or the next run's admission would be refused as late.
+    for requeue in (False, True):
+        lease_ids = tuple(str(row.pk) for row in rows if (row.queued_at is not None) is requeue)
+        if not lease_ids:
+            continue
+        request = Abandon(
+            lease_ids=lease_ids,
+            deployment_ids=deployments,
+            budget_keys=budget_keys,
+            charge=True,
+            tombstone_ttl_s=0.0 if requeue else Abandon.tombstone_ttl_s,
+        )
+        held.update(on_state_sync(partial(_abandon, request=request), store))
     owners = {p.id: p for p in WorkerProcess.objects.filter(id__in={row.owner for row in rows})}
     failed = requeued = charged = 0
     dispatch: list[tuple[str, str]] = []
@@ -128,7 +186,7 @@ def executions_settle_dead(
                     continue
                 requeued += 1
                 dispatch.append((str(row.pk), row.agent_name))
-                entry.execution_id = uuid.uuid5(row.pk, f"abandoned:{row.owner}")
+                entry = _abandoned_entry(row, micros)
             else:
                 message = f"the process running it ({who}) died"
                 if micros:
@@ -145,11 +203,10 @@ def executions_settle_dead(
                 SpendEntry.objects.bulk_create([entry], ignore_conflicts=True)
                 charged += micros
     if dispatch:
-        timeouts = dict(Agent.objects.values_list("name", "timeout_s"))
+        targets = agents_dispatch_targets()
         for execution_id, agent_name in dispatch:
-            execution_dispatch(
-                execution_id=execution_id, timeout_s=float(timeouts.get(agent_name, 30.0))
-            )
+            timeout_s, queue = targets.get(agent_name, (30.0, execution_queue_name(None)))
+            execution_dispatch(execution_id=execution_id, timeout_s=timeout_s, queue=queue)
     if failed or requeued:
         log.warning(
             "settled %d execution(s) of dead processes: %d failed, %d queued again, "

@@ -288,7 +288,9 @@ class Abandon:
     removed. Their reservations on ``budget_keys`` become spend when ``charge`` (the work may
     have gone upstream: charged at the reservation, its usage being unknown), or are dropped
     otherwise (nothing was sent). Each lease id is marked gone for ``tombstone_ttl_s``: an
-    admission under it that reaches the store later (stuck behind a stall) takes nothing."""
+    admission under it that reaches the store later (stuck behind a stall) takes nothing. With
+    ``tombstone_ttl_s`` 0 it is not marked: its execution runs again under the same id (a queued
+    execution requeued after its worker died)."""
 
     lease_ids: tuple[str, ...]
     deployment_ids: tuple[int, ...]

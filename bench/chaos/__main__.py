@@ -89,16 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(result.summary(), flush=True)
             if result.error and args.keep is None:
-                print(_logs(base / name), flush=True)
+                print(stack.logs(base / name), flush=True)
     finally:
         signal.alarm(0)
         stack.stop_all()
         stack.drop_templates()
         if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            for log in base.rglob("*.log"):
-                target = args.keep / log.relative_to(base).as_posix().replace("/", "--")
-                shutil.copyfile(log, target)
+            stack.keep(base, args.keep)
         shutil.rmtree(base, ignore_errors=True)
     wall = time.monotonic() - started
     print()
@@ -116,15 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _full(name: str) -> Callable[[Path], Result]:
     return next(s.run for s in scenarios.FULL if s.name == name)
-
-
-def _logs(directory: Path) -> str:
-    parts = []
-    for log in sorted(directory.rglob("*.log")):
-        text = stack.tail(log, 2000).strip()
-        if text:
-            parts.append(f"--- {log.name}\n{text}")
-    return "\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,25 @@ def tail(path: Path, n: int = 3000) -> str:
         return ""
 
 
+def logs(directory: Path, n: int = 2000) -> str:
+    """The tail of every log under ``directory``, each under its name."""
+    parts = []
+    for log in sorted(directory.rglob("*.log")):
+        text = tail(log, n).strip()
+        if text:
+            parts.append(f"--- {log.name}\n{text}")
+    return "\n".join(parts)
+
+
+def keep(base: Path, target: Path, patterns: Sequence[str] = ("*.log",)) -> None:
+    """Copy the files under ``base`` matching ``patterns`` into ``target``, flat (``a/b.log``
+    becomes ``a--b.log``)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for pattern in patterns:
+        for path in base.rglob(pattern):
+            shutil.copyfile(path, target / path.relative_to(base).as_posix().replace("/", "--"))
+
+
 def http_json(url: str, *, key: str | None = None, timeout_s: float = 5.0) -> Any:
     """GET ``url`` and decode its JSON (raises OSError / ValueError on failure)."""
     import json
@@ -553,9 +572,18 @@ class Stack:
         """Apply the config (the database is migrated already), create the keys side by side:
         ``keys`` (name -> scopes, agents: ``self.keys[name]``) and, with ``admin``, the admin
         key the observers read the API with (``self.admin_key``)."""
+        self.apply_config()
+        self.create_keys(keys, admin=admin)
+
+    def apply_config(self) -> None:
         path = self.tmp / "breakwater.yaml"
         path.write_text(self.config)
         self.manage("apply", "-f", str(path))
+
+    def create_keys(
+        self, keys: Mapping[str, tuple[str, Sequence[str]]], *, admin: bool = True
+    ) -> None:
+        """The keys of :meth:`setup`, created side by side."""
         wanted = {**({"chaos-admin": ("admin", ())} if admin else {}), **keys}
         procs = {}
         for name, (scopes, agents) in wanted.items():

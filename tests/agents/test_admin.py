@@ -296,6 +296,7 @@ def _agent_form(**overrides: Any) -> dict[str, Any]:
         "slo_availability": "0.999",
         "slo_latency_ms": "2000",
         "slo_latency_quantile": "0.95",
+        "queue": "default",
         "enabled": "on",
         "daily_budget_usd": "",
     }
@@ -319,6 +320,7 @@ def _form_errors(response: Any) -> dict[str, list[str]]:
         ("fallback_messages", '{"nonsense": "x"}', "fallback_messages"),
         ("slo_availability", "1", "slo.availability: must be <= 0.99999"),
         ("slo_latency_quantile", "0.3", "slo.latency_quantile: must be >= 0.5"),
+        ("queue", "unacked", "queue: 'unacked' is a name Celery's Redis transport uses"),
     ],
 )
 def test_adding_an_agent_the_service_refuses_names_the_field_and_writes_nothing(

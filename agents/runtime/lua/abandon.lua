@@ -1,12 +1,14 @@
 -- abandon: executions whose callers will never settle them (a dead process; an admission whose
 -- reply never came back). REQ: {lease_ids, deployment_ids, budget_keys, rate_keys, charge,
 -- tombstone_ttl_s}. Each lease id is marked gone (an admission under it that arrives later takes
--- nothing), its leases and rate-log entries are dropped, and its reservations become spend
+-- nothing; not with tombstone_ttl_s 0: the id is to run again), its leases and rate-log entries are dropped, and its reservations become spend
 -- (charge) or are dropped. Returns flat lease id, micro-USD held pairs (the largest over its
 -- windows; absent when it held nothing any more).
 local held = {}
 for _, lease_id in ipairs(REQ.lease_ids) do
-  redis.call('SET', gone_key(lease_id), '1', 'PX', ttl_ms(REQ.tombstone_ttl_s))
+  if REQ.tombstone_ttl_s > 0 then
+    redis.call('SET', gone_key(lease_id), '1', 'PX', ttl_ms(REQ.tombstone_ttl_s))
+  end
   for _, deployment_id in ipairs(REQ.deployment_ids) do
     lease_drop(deployment_id, lease_id)
   end

@@ -287,7 +287,8 @@ class MemoryState(BreakerCalls, LimitCalls, BudgetCalls):
             if len(self._gone) > 10_000:  # tombstones are looked up by id only: prune them
                 self._gone = {k: until for k, until in self._gone.items() if until > now}
             for lease_id in request.lease_ids:
-                self._gone[lease_id] = now + request.tombstone_ttl_s
+                if request.tombstone_ttl_s > 0:
+                    self._gone[lease_id] = now + request.tombstone_ttl_s
                 for deployment_id in request.deployment_ids:
                     self._leases.get(deployment_id, {}).pop(lease_id, None)
                 for key in request.rate_keys:

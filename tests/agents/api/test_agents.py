@@ -375,6 +375,36 @@ async def test_an_agent_created_with_an_slo_keeps_it_and_a_bad_one_is_named(
     assert _error(patched, 422, "validation_error") == "slo.latency_quantile: must be >= 0.5"
 
 
+async def test_an_agents_queue_reads_back_as_default_and_a_patch_moves_it_to_a_pool(
+    keys: dict[str, str],
+) -> None:
+    assert (await call("GET", "/api/v1/agents/helper", keys["read"])).json()["queue"] == "default"
+    changed = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"queue": "heavy"})
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["queue"] == "heavy"
+    assert (await sync_to_async(Agent.objects.get)(name="helper")).queue == "heavy"
+    assert (await sync_to_async(_exported_agent)("helper"))["queue"] == "heavy"
+    (audited,) = await _audit("agent_update")
+    assert (audited.before, audited.after) == ({"queue": "default"}, {"queue": "heavy"})
+    refused = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"queue": "a,b"})
+    assert _error(refused, 422, "validation_error") == (
+        "queue: 'a,b' must be a Celery queue name: 1-64 letters, digits, '_', '-' or '.', "
+        "starting with a letter or digit (no spaces, commas or colons) (agent helper)"
+    )
+    restored = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"queue": None})
+    assert restored.json()["queue"] == "default"
+
+
+def test_the_openapi_agent_shapes_carry_the_queue() -> None:
+    from console.api import api
+
+    schemas = api.get_openapi_schema()["components"]["schemas"]
+    assert schemas["AgentOut"]["properties"]["queue"]["default"] == "default"
+    queue = schemas["AgentIn"]["properties"]["queue"]
+    assert (queue["type"], queue["maxLength"]) == ("string", 64)
+    assert "BREAKWATER_EXECUTION_QUEUE" in queue["description"]
+
+
 async def test_a_patch_that_changes_nothing_writes_nothing(keys: dict[str, str]) -> None:
     response = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"model": "m"})
     assert response.status_code == 200

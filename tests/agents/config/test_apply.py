@@ -132,6 +132,7 @@ agents:
          parameters: {{type: object, properties: {{id: {{type: string}}}}, required: [id]}}}}
       - {{name: notify, kind: webhook, url: "https://hooks.example.com/notify", timeout_s: 2}}
     fallback_messages: {{timeout: "Still thinking, try again.", budget: "Out of budget."}}
+    queue: heavy.pool-1
     enabled: false
 budgets:
   - {{scope: global, daily_limit_usd: 0}}
@@ -152,6 +153,7 @@ budgets:
     assert agent.tools[1]["max_response_bytes"] == 65_536
     assert agent.rate_limit_tpm == 2_147_483_647
     assert agent.attempt_timeout_s == 4.5
+    assert agent.queue == "heavy.pool-1"
     assert Provider.objects.get(name="claude").base_url == "https://anthropic.example.com"
     assert Provider.objects.get(name="openai-main").base_url == "https://api.openai.com/v1"
     assert Budget.objects.get(agent=agent, window="daily").limit_usd == Decimal("12.345678")
@@ -488,6 +490,22 @@ def test_removing_attempt_timeout_s_restores_the_derived_default_and_is_audited(
     event = AuditEvent.objects.order_by("-id").first()
     assert event is not None
     assert (event.before, event.after) == ({"attempt_timeout_s": 4.0}, {"attempt_timeout_s": None})
+
+
+def test_moving_an_agent_to_another_queue_is_audited_and_leaving_it_out_restores_default(
+    demo_yaml: str,
+) -> None:
+    _apply(demo_yaml)
+    assert Agent.objects.get(name="customer-support").queue == "default"
+
+    _apply(_edit(demo_yaml, lambda doc: doc["agents"][0].update(queue="support-pool")))
+
+    assert Agent.objects.get(name="customer-support").queue == "support-pool"
+    event = AuditEvent.objects.order_by("-id").first()
+    assert event is not None
+    assert (event.before, event.after) == ({"queue": "default"}, {"queue": "support-pool"})
+    _apply(demo_yaml)
+    assert Agent.objects.get(name="customer-support").queue == "default"
 
 
 def test_changing_a_nested_and_a_list_field_audits_both(demo_yaml: str) -> None:

@@ -96,6 +96,9 @@ def test_the_export_is_ordered_and_readable(demo_yaml: str) -> None:
     assert support["attempt_timeout_s"] == 4
     review = next(a for a in data["agents"] if a["name"] == "code-review")
     assert "attempt_timeout_s" not in review  # unset: derived, so left out
+    assert (support["queue"], review["queue"]) == ("default", "default")  # shown even when default
+    analyst = next(a for a in data["agents"] if a["name"] == "data-analyst")
+    assert analyst["queue"] == "heavy"
     assert data["budgets"] == [
         {
             "scope": "global",

@@ -99,6 +99,7 @@ def test_defaults_fill_what_an_agent_leaves_out() -> None:
         "latency_ms": 2000,
         "latency_quantile": 0.95,
     }
+    assert agent.queue == "default"  # the deployment's execution queue
 
 
 MUTATIONS: list[tuple[str, Any, str]] = [
@@ -126,6 +127,16 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ("agents[0].slo.latency_quantile", 0.2, "agents[0].slo.latency_quantile: must be >= 0.5"),
     ("agents[0].slo.p99_ms", 100, "agents[0].slo.p99_ms: unknown field"),
     ("agents[0].slo", 0.999, "agents[0].slo: must be a mapping"),
+    # queue: a Celery queue name (a Redis key and an item of `-Q a,b`), not one Celery keeps
+    ("agents[0].queue", "heavy pool", "agents[0].queue: 'heavy pool' must be a Celery queue name: 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit (no spaces, commas or colons) (agent customer-support)"),
+    ("agents[2].queue", "heavy,light", "agents[2].queue: 'heavy,light' must be a Celery queue name: 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit (no spaces, commas or colons) (agent data-analyst)"),
+    ("agents[0].queue", "bw:heavy", "agents[0].queue: 'bw:heavy' must be a Celery queue name: 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit (no spaces, commas or colons) (agent customer-support)"),
+    ("agents[0].queue", "", "agents[0].queue: '' must be a Celery queue name: 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit (no spaces, commas or colons) (agent customer-support)"),
+    ("agents[0].queue", "q" * 65, f"agents[0].queue: '{'q' * 65}' must be a Celery queue name: 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit (no spaces, commas or colons) (agent customer-support)"),
+    ("agents[0].queue", "unacked", "agents[0].queue: 'unacked' is a name Celery's Redis transport uses for its own keys; choose another (agent customer-support)"),
+    ("agents[0].queue", "worker1.celery.pidbox", "agents[0].queue: 'worker1.celery.pidbox' is a name Celery's Redis transport uses for its own keys; choose another (agent customer-support)"),
+    ("agents[0].queue", "celeryev.x", "agents[0].queue: 'celeryev.x' is a name Celery's Redis transport uses for its own keys; choose another (agent customer-support)"),
+    ("agents[0].queue", 7, "agents[0].queue: must be a string"),
     ("agents[0].rate_limit.rpm", 0, "agents[0].rate_limit.rpm: must be >= 1"),
     # A PositiveIntegerField is 32-bit on PostgreSQL: the schema must stop what the column would.
     ("agents[0].rate_limit.tpm", INT32_MAX + 1, f"agents[0].rate_limit.tpm: must be <= {INT32_MAX}"),
@@ -431,3 +442,8 @@ def test_the_largest_accepted_values_parse(demo_yaml: str) -> None:
     doc = config_parse(text)
     assert doc.agents[0].rate_limit.tpm == INT32_MAX
     assert doc.agents[0].timeout_s == 3600
+
+
+@pytest.mark.parametrize("name", ["heavy", "Heavy.Pool_2-a", "celery", "q" * 64, "0"])
+def test_a_celery_queue_name_is_accepted_as_an_agents_queue(name: str) -> None:
+    assert config_parse(f"agents: [{{name: a, model: m, queue: '{name}'}}]").agents[0].queue == name

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections import Counter
 
 from aiohttp import web
@@ -14,6 +16,7 @@ from agents.devtools.loadgen import (
     Traffic,
     pick_question,
     run_load,
+    stream_outcome,
 )
 
 
@@ -124,3 +127,97 @@ def test_the_summary_reports_statuses_errors_and_latency() -> None:
     assert "succeeded 2" in summary
     assert "HTTP 503: 1" in summary
     assert "p50 20 ms" in summary
+
+
+async def test_a_recorded_run_tags_each_request_and_retries_rest_with_the_same_key() -> None:
+    keys: Counter[str] = Counter()
+    tags: dict[str, str] = {}
+
+    async def execute(request: web.Request) -> web.Response:
+        body = await request.json()
+        key = request.headers.get("Idempotency-Key", "")
+        keys[key] += 1
+        tags[key] = body["metadata"]["request"]
+        if keys[key] == 1:  # the server dies under the first try: no HTTP answer
+            assert request.transport is not None
+            request.transport.close()
+        return web.json_response({"execution_id": f"e-{key}", "status": "succeeded"})
+
+    async def stream(request: web.Request) -> web.Response:
+        body = await request.json()
+        keys["stream " + body["metadata"]["request"]] += 1
+        assert "Idempotency-Key" not in request.headers
+        request.transport.close()  # type: ignore[union-attr]
+        return web.Response(text="data: [DONE]\n\n", content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/agents/{name}/execute", execute)
+    app.router.add_post("/api/v1/agents/{name}/executions", execute)
+    app.router.add_post("/v1/chat/completions", stream)
+    records: list[dict[str, object]] = []
+    async with TestServer(app, host="127.0.0.1") as server:
+        stats = await run_load(
+            base_url=str(server.make_url("")).rstrip("/"),
+            api_key="bw_test",
+            rate=200.0,
+            duration_s=0.5,
+            seed=3,
+            record=records.append,
+            run_id="t",
+            retries=1,
+        )
+    assert len(records) == stats.sent > 0
+    assert len({r["request"] for r in records}) == len(records)
+    rest = [r for r in records if r["mode"] != "stream"]
+    streams = [r for r in records if r["mode"] == "stream"]
+    assert rest
+    assert streams
+    for r in rest:  # one retry, same key: the second try answered
+        assert r["tries"] == 2
+        assert keys[str(r["request"])] == 2
+        assert tags[str(r["request"])] == r["request"]
+        assert r["execution_id"] == f"e-{r['request']}"
+        assert r["status"] == "succeeded"
+    for r in streams:  # never retried: /v1 has no idempotency key
+        assert r["tries"] == 1
+        assert keys[f"stream {r['request']}"] == 1
+        assert r["http"] is None
+        assert r["execution_id"] is None
+
+
+def test_a_stream_is_complete_with_its_done_line_and_no_error_event() -> None:
+    chunk = b'data: {"id": "chatcmpl-abc", "choices": []}\n\n'
+    assert stream_outcome(chunk + b"data: [DONE]\n\n") == ("abc", True)
+    assert stream_outcome(chunk) == ("abc", False)
+    error = b'data: {"error": {"type": "server_error"}}\n\n'
+    assert stream_outcome(chunk + error + b"data: [DONE]\n\n") == ("abc", False)
+
+
+async def test_a_slow_loop_catches_up_so_the_offered_rate_is_the_one_asked_for() -> None:
+    async def execute(request: web.Request) -> web.Response:
+        return web.json_response({"status": "succeeded"})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/agents/{name}/execute", execute)
+    app.router.add_post("/api/v1/agents/{name}/executions", execute)
+    app.router.add_post("/v1/chat/completions", execute)
+
+    async def hog() -> None:  # a busy event loop: every sleep overshoots by about 20 ms
+        while True:
+            time.sleep(0.02)  # noqa: ASYNC251 - the point: it blocks the loop
+            await asyncio.sleep(0)
+
+    async with TestServer(app, host="127.0.0.1") as server:
+        busy = asyncio.create_task(hog())
+        try:
+            stats = await run_load(
+                base_url=str(server.make_url("")).rstrip("/"),
+                api_key="bw_test",
+                rate=200.0,
+                duration_s=2.0,
+                seed=3,
+            )
+        finally:
+            busy.cancel()
+    # 400 offered on average (Poisson); a loop that slept each gap would send about 50
+    assert stats.sent >= 200

@@ -125,15 +125,10 @@ class CeleryWorker:
         return self.log.read_text(errors="replace")[-4000:] if self.log else ""
 
 
-@pytest.fixture
-def celery_worker(
-    redis_url: str, postgres: None, tmp_path: Path, settings: Any
-) -> Iterator[CeleryWorker]:
-    config_apply(document=config_parse(DOC))
-    queue = f"bwtest-{os.getpid()}-{time.monotonic_ns()}"
-    settings.BREAKWATER_EXECUTION_QUEUE = queue
+def worker_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a worker on the test's database and Redis, with WORKER_SETTINGS."""
     (tmp_path / "bw_worker_settings.py").write_text(WORKER_SETTINGS)
-    env = {
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "bw_worker_settings",
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
@@ -142,7 +137,16 @@ def celery_worker(
         "BREAKWATER_VAR_DIR": str(tmp_path / "var"),
         "SECRET_KEY": "celery-worker-test-secret-key-0123456789abcdef",
     }
-    worker = CeleryWorker(env, queue, tmp_path)
+
+
+@pytest.fixture
+def celery_worker(
+    redis_url: str, postgres: None, tmp_path: Path, settings: Any
+) -> Iterator[CeleryWorker]:
+    config_apply(document=config_parse(DOC))
+    queue = f"bwtest-{os.getpid()}-{time.monotonic_ns()}"
+    settings.BREAKWATER_EXECUTION_QUEUE = queue
+    worker = CeleryWorker(worker_env(redis_url, tmp_path), queue, tmp_path)
     yield worker
     worker.stop()
     from core.redis import get_redis

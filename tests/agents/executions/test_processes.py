@@ -17,7 +17,8 @@ from django.utils import timezone
 from agents.config.apply import config_apply, config_parse
 from agents.executions import processes
 from agents.executions.processes import Heartbeat, processes_mark_dead
-from agents.executions.settle import executions_settle_dead
+from agents.executions.queue import execution_claim
+from agents.executions.settle import execution_attempt_abandoned, executions_settle_dead
 from agents.models import Execution, ModelDeployment, WorkerProcess
 from agents.runtime.memory import MemoryState
 from agents.runtime.state import AdmitRequest, BreakerConfig, BudgetHold, Candidate, WindowInit
@@ -105,10 +106,10 @@ def _running(owner: str, *, reserved: str, queued: bool = False) -> Execution:
 def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     me: Heartbeat, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dispatched: list[str] = []  # (a worker running it would outlive the test)
+    dispatched: list[tuple[str, str | None]] = []  # (a worker running it would outlive the test)
     monkeypatch.setattr(
         "agents.executions.settle.execution_dispatch",
-        lambda *, execution_id, **_: dispatched.append(execution_id),
+        lambda *, execution_id, queue=None, **_: dispatched.append((execution_id, queue)),
     )
     settings.EMBEDDED = True
     settings.REDIS_URL = None
@@ -117,7 +118,7 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
             "providers: [{name: sim, kind: simulated}]\n"
             "models: [{name: m, provider: sim, upstream_model: m-1, input_usd_per_mtok: 1,"
             " output_usd_per_mtok: 1}]\n"
-            "agents: [{name: support, model: m}]\n"
+            "agents: [{name: support, model: m, queue: support-pool}]\n"
         )
     )
     deployment_id = ModelDeployment.objects.get().pk
@@ -133,21 +134,21 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     store = MemoryState()
     key = f"budget:{budget.pk}:{lost.created_at:%Y-%m-%d}"
     asyncio.run(store.budget_prepare((WindowInit(key, 0, 86_400.0),)))
-    admission = asyncio.run(
-        store.admit(
-            AdmitRequest(
-                lease_id=str(lost.pk),
-                lease_ttl_s=90.0,
-                agent_breaker_key=None,
-                agent_breaker=None,
-                rate_limits=(),
-                candidates=(Candidate(deployment_id, 10),),
-                deployment_breaker=BreakerConfig(),
-                budgets=(BudgetHold(key, 10_000_000, 3_000, 86_400.0),),
-            )
+
+    def admit(execution: Execution) -> Any:
+        request = AdmitRequest(
+            lease_id=str(execution.pk),
+            lease_ttl_s=90.0,
+            agent_breaker_key=None,
+            agent_breaker=None,
+            rate_limits=(),
+            candidates=(Candidate(deployment_id, 10),),
+            deployment_breaker=BreakerConfig(),
+            budgets=(BudgetHold(key, 10_000_000, 3_000, 86_400.0),),
         )
-    )
-    assert admission.ok
+        return asyncio.run(store.admit(request))
+
+    assert admit(lost).ok
 
     settled = executions_settle_dead(store=store)
 
@@ -160,7 +161,8 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     )
     queued.refresh_from_db()
     assert (queued.status, queued.owner) == ("queued", "")
-    assert dispatched == [str(queued.pk)]  # handed to a worker again
+    # handed to a worker again, on its agent's queue
+    assert dispatched == [(str(queued.pk), "support-pool")]
     other.refresh_from_db()
     assert other.status == "running"  # a live process's execution is its own
     assert asyncio.run(store.in_flight((deployment_id,))) == {deployment_id: 0}
@@ -169,6 +171,57 @@ def test_a_dead_processes_executions_are_failed_and_charged_their_reservations(
     assert entries[lost.pk] == 3_000
     # The requeued execution's abandoned attempt is charged under an entry of its own.
     assert entries[uuid.uuid5(queued.pk, f"abandoned:{dead.id}")] == 4_000
+
+    # The failed execution's lease is gone for good; the requeued one runs again under its id.
+    assert admit(lost).refusal == "late"
+    assert admit(queued).refusal is None
     # Settling again changes nothing.
     assert executions_settle_dead(store=store).failed == 0
     assert SpendEntry.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reclaimed_execution_charges_its_dead_attempt_on_an_entry_of_its_own(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead worker's delivery comes back (the broker's visibility timeout) before the settle
+    job saw the worker die: the claim takes the row over, and the dead attempt's reservation
+    becomes spend on a ledger entry of its own, so the counter and the ledger still agree."""
+    monkeypatch.setattr("agents.executions.queue.journal_drain_once", lambda: None)
+    settings.BREAKWATER_EXECUTION_CLAIM_GRACE_S = 1.0
+    config_apply(
+        document=config_parse(
+            "providers: [{name: sim, kind: simulated}]\n"
+            "models: [{name: m, provider: sim, upstream_model: m-1, input_usd_per_mtok: 1,"
+            " output_usd_per_mtok: 1}]\n"
+            "agents: [{name: support, model: m, timeout_s: 1}]\n"
+        )
+    )
+    deployment_id = ModelDeployment.objects.get().pk
+    budget = Budget.objects.create(scope="global", limit_usd=Decimal(10))
+    row = _running("gone-worker", reserved="0.002", queued=True)
+    store = MemoryState()
+    key = f"budget:{budget.pk}:{row.created_at:%Y-%m-%d}"
+    asyncio.run(store.budget_prepare((WindowInit(key, 0, 86_400.0),)))
+    dead_attempt = AdmitRequest(
+        lease_id=str(row.pk),
+        lease_ttl_s=90.0,
+        agent_breaker_key=None,
+        agent_breaker=None,
+        rate_limits=(),
+        candidates=(Candidate(deployment_id, 10),),
+        deployment_breaker=BreakerConfig(),
+        budgets=(BudgetHold(key, 10_000_000, 2_000, 86_400.0),),
+    )
+    assert asyncio.run(store.admit(dead_attempt)).ok
+
+    claim = execution_claim(execution_id=str(row.pk))
+    assert (claim.outcome, claim.reclaimed) == ("claimed", True)
+    assert (claim.abandoned.owner, claim.abandoned.created_at) == ("gone-worker", row.created_at)
+    assert execution_attempt_abandoned(row=claim.abandoned, store=store) == 2_000
+
+    assert asyncio.run(store.budget_usage((key,))) == {key: (2_000, 0)}
+    (entry,) = SpendEntry.objects.all()
+    assert entry.execution_id == uuid.uuid5(row.pk, "abandoned:gone-worker")
+    assert entry.charged_micros == 2_000
+    assert asyncio.run(store.admit(dead_attempt)).ok  # the new run is admitted under its id

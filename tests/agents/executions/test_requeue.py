@@ -11,8 +11,17 @@ from agents.models import Agent, Execution, ExecutionStatus
 
 
 @pytest.mark.django_db
-def test_executions_left_queued_are_dispatched_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_executions_left_queued_are_dispatched_again_on_their_agents_queue(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.BREAKWATER_EXECUTION_QUEUE = "celery"
     Agent.objects.create(name="a", model="m", timeout_s=12)
+    Agent.objects.create(name="b", model="m", timeout_s=20, queue="heavy")
+    pooled = Execution.objects.create(
+        agent_name="b",
+        status=ExecutionStatus.QUEUED,
+        created_at=timezone.now() - timedelta(minutes=11),
+    )
     old = Execution.objects.create(
         agent_name="a",
         status=ExecutionStatus.QUEUED,
@@ -26,5 +35,8 @@ def test_executions_left_queued_are_dispatched_again(monkeypatch: pytest.MonkeyP
     )
     sent: list[dict[str, Any]] = []
     monkeypatch.setattr(executions, "execution_dispatch", lambda **kw: sent.append(kw))
-    assert executions.executions_requeue_stale() == 1
-    assert sent == [{"execution_id": str(old.pk), "timeout_s": 12.0}]
+    assert executions.executions_requeue_stale() == 2
+    assert sent == [
+        {"execution_id": str(pooled.pk), "timeout_s": 20.0, "queue": "heavy"},
+        {"execution_id": str(old.pk), "timeout_s": 12.0, "queue": "celery"},  # `default`
+    ]

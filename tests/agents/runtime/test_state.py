@@ -1111,6 +1111,18 @@ async def test_an_admission_arriving_after_its_abandon_takes_nothing(
     assert await store.rate_acquire((rpm,), "intact") == (True, 0.0)
 
 
+async def test_abandon_with_no_tombstone_lets_the_same_lease_id_be_admitted_again(
+    windows: None, store: StateStore
+) -> None:
+    assert (await store.admit(admit_request(lease_id="requeued", budgets=(hold(300),)))).ok
+    held = await store.abandon(Abandon(("requeued",), (1,), (DAY,), tombstone_ttl_s=0.0))
+    assert held == {"requeued": 300}
+    assert await store.budget_usage((DAY,)) == {DAY: (300, 0)}  # charged, as a dead attempt
+    again = await store.admit(admit_request(lease_id="requeued", budgets=(hold(300),)))
+    assert again.ok  # its next run is admitted, not refused as late
+    assert await store.in_flight((1,)) == {1: 1}
+
+
 async def test_abandon_without_charge_gives_back_what_an_applied_admission_took(
     windows: None, store: StateStore
 ) -> None:
