@@ -12,15 +12,19 @@ Starts ``manage.py serve`` processes on the environment's database and Redis (``
 * ``nodb``: as ``on`` without the database wrapper (``bench/django_metrics_nodb.py``);
 * ``off``: ``BREAKWATER_DJANGO_METRICS=0``.
 
-Then, per path, ``--n`` sequential GETs on a kept-alive connection to each server, interleaved
+Then, per path, ``--n`` sequential requests on a kept-alive connection to each server, interleaved
 (one request to each in turn, so drift hits all alike), after ``--warmup`` untimed ones; it
 prints the median and p95 in ms, and the server's CPU time per request (the serve process
-tree's, from /proc: what a loaded machine distorts least). ``/metrics`` is timed on ``on``, and with ``--baseline ROOT``
+tree's, from /proc: what a loaded machine distorts least). ``--execute AGENT`` adds
+``POST /api/v1/agents/AGENT/execute`` (the lean execute door, which django-prometheus must not
+reach: on and off should be alike); each call has its own input, so the response cache is not
+what is timed if the agent has one. ``/metrics`` is timed on ``on``, and with ``--baseline ROOT``
 also on a ``serve`` run from another checkout (e.g. the main branch before #16), interleaved. An API key with the read
-scope is created (``manage.py create_api_key``). Usage::
+scope (and execute, with ``--execute``) is created (``manage.py create_api_key``). Usage::
 
     DATABASE_URL=postgres://... REDIS_URL=redis://... .venv/bin/python bench/metrics.py \\
-        [--n 400] [--warmup 30] [--path /api/v1/agents ...] [--port-base 19100] [--baseline ROOT]
+        [--n 400] [--warmup 30] [--path /api/v1/agents ...] [--execute AGENT] [--port-base 19100]
+        [--baseline ROOT]
 
 The database should hold the deployment to measure (e.g. 10 agents, 20 deployments, 30 budgets).
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import statistics
 import subprocess
@@ -44,6 +49,7 @@ if str(ROOT) not in sys.path:
 from bench.common import HOST, kill_group, provenance, tree_cpu_s, wait_ready  # noqa: E402
 
 DEFAULT_PATHS = ("/api/v1/agents", "/api/v1/stats/agents?window=24h")
+EXECUTE = "/api/v1/agents/"  # + AGENT + "/execute": a POST
 VARIANTS: dict[str, dict[str, str]] = {
     "on": {},
     "stock": {"DJANGO_SETTINGS_MODULE": "bench.django_metrics_stock"},
@@ -52,7 +58,7 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 
-def _key() -> str:
+def _key(scopes: str) -> str:
     done = subprocess.run(
         [
             sys.executable,
@@ -61,7 +67,7 @@ def _key() -> str:
             "--name",
             "bench-metrics",
             "--scopes",
-            "read",
+            scopes,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -71,14 +77,21 @@ def _key() -> str:
     return done.stdout.split()[0]
 
 
-def _get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> float:
+def _get(
+    conn: http.client.HTTPConnection,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None = None,
+) -> float:
+    """One request (a POST when there is a body); its wall time in ms."""
+    method = "GET" if body is None else "POST"
     start = time.perf_counter()
-    conn.request("GET", path, headers=headers)
+    conn.request(method, path, body=body, headers=headers)
     response = conn.getresponse()
-    response.read()
+    answer = response.read()
     elapsed = (time.perf_counter() - start) * 1000
     if response.status != 200:
-        raise RuntimeError(f"GET {path}: {response.status}")
+        raise RuntimeError(f"{method} {path}: {response.status} {answer[:200]!r}")
     return elapsed
 
 
@@ -98,11 +111,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--path", action="append", default=None)
+    parser.add_argument("--execute", metavar="AGENT", default=None, help="also time its execute")
     parser.add_argument("--port-base", type=int, default=19100)
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout's root")
     args = parser.parse_args()
-    paths = tuple(args.path or DEFAULT_PATHS)
-    headers = {"Authorization": f"Bearer {_key()}"}
+    paths = list(args.path or DEFAULT_PATHS)
+    if args.execute is not None:
+        paths.append(f"{EXECUTE}{args.execute}/execute")
+    scopes = "read" if args.execute is None else "read,execute"
+    headers = {"Authorization": f"Bearer {_key(scopes)}", "Content-Type": "application/json"}
     servers: dict[str, tuple[subprocess.Popen[bytes], http.client.HTTPConnection]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
         try:
@@ -134,8 +151,13 @@ def main() -> None:
                 for i in range(args.warmup + args.n):
                     if i == args.warmup:
                         cpu = {name: tree_cpu_s(proc.pid) for name, (proc, _) in measured.items()}
+                    body = (
+                        json.dumps({"input": f"bench {i}"}).encode()
+                        if path.startswith(EXECUTE)
+                        else None
+                    )
                     for name, (_, conn) in measured.items():
-                        elapsed = _get(conn, path, headers)
+                        elapsed = _get(conn, path, headers, body)
                         if i >= args.warmup:
                             samples[name].append(elapsed)
                 for name, (proc, _) in measured.items():

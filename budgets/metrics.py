@@ -1,5 +1,6 @@
-"""Prometheus gauges of budgets, computed at scrape time (console/metrics_view.py) from every
-budget's current window: the shared state's counters and the database's limits and ledger.
+"""Prometheus gauges of budgets and SLO objectives, computed at scrape time
+(console/metrics_view.py): from every budget's current window (the shared state's counters and
+the database's limits and ledger), and from every agent's ``slo``.
 
 One series per budget and gauge, labelled by its bounded ``scope``
 (:func:`budgets.selectors.budget_scope_label`: ``global``, ``agent:<name>``,
@@ -10,63 +11,40 @@ says the same (docs/INTERFACES.md §5).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from budgets.selectors import BudgetStatus
 
-# SLO objectives (budgets.slos): config, mirrored so that Prometheus rules and dashboards can
-# divide by the agent's own error budget. ``mostrecent``: the last process to publish wins.
-SLO_OBJECTIVE = Gauge(
-    "agent_slo_objective_ratio",
-    "The agent's SLO objective: the share of valid requests that must be good (sli = "
-    "availability | latency).",
-    ["agent", "sli"],
-    multiprocess_mode="mostrecent",
-)
-SLO_LATENCY_THRESHOLD = Gauge(
-    "agent_slo_latency_threshold_seconds",
-    "The agent's SLO latency threshold: a valid request slower than this is bad for the latency SLI.",
-    ["agent"],
-    multiprocess_mode="mostrecent",
-)
-_slo_published: set[str] = set()
+
+class SloObjective(NamedTuple):
+    """An agent's SLO objectives (config ``slo``), as the scrape-time gauges export them."""
+
+    agent: str
+    availability: float
+    latency_ms: int
+    latency_quantile: float
 
 
-def set_slo_objectives(objectives: Iterable[tuple[str, float, int, float]]) -> None:
-    """Set both SLO gauges from ``(agent, availability, latency_ms, latency_quantile)`` rows and
-    remove this process's series of agents no longer among them."""
-    seen = set()
-    for agent, availability, latency_ms, quantile in objectives:
-        seen.add(agent)
-        SLO_OBJECTIVE.labels(agent=agent, sli="availability").set(availability)
-        SLO_OBJECTIVE.labels(agent=agent, sli="latency").set(quantile)
-        SLO_LATENCY_THRESHOLD.labels(agent=agent).set(latency_ms / 1000)
-    for agent in _slo_published - seen:
-        for sli in ("availability", "latency"):
-            with contextlib.suppress(KeyError):
-                SLO_OBJECTIVE.remove(agent, sli)
-        with contextlib.suppress(KeyError):
-            SLO_LATENCY_THRESHOLD.remove(agent)
-    _slo_published.clear()
-    _slo_published.update(seen)
-
-
-def slo_objective_families(
-    objectives: Iterable[tuple[str, float, int, float]],
-) -> list[GaugeMetricFamily]:
-    """The two SLO gauges as metric families from ``(agent, availability, latency_ms,
-    latency_quantile)`` rows (``budgets.slos.slo_objectives()``, one query): for a scrape-time
-    collector, which shows exactly the agents that exist at each scrape in every process
-    (``set_slo_objectives`` cannot remove another process's series in multiprocess mode)."""
+def slo_objective_families(objectives: Iterable[SloObjective]) -> list[GaugeMetricFamily]:
+    """``agent_slo_objective_ratio{agent,sli}`` (sli = availability | latency) and
+    ``agent_slo_latency_threshold_seconds{agent}`` of each agent, so that Prometheus rules and
+    dashboards can divide by the agent's own error budget. Read at scrape time from the
+    catalog (console/metrics_view.py): every agent has them from start-up, a changed ``slo``
+    shows at the next scrape, a deleted agent's are gone, and every process says the same."""
     ratio = GaugeMetricFamily(
-        SLO_OBJECTIVE._name, SLO_OBJECTIVE._documentation, labels=["agent", "sli"]
+        "agent_slo_objective_ratio",
+        "The agent's SLO objective: the share of valid requests that must be good (sli = "
+        "availability | latency).",
+        labels=["agent", "sli"],
     )
     threshold = GaugeMetricFamily(
-        SLO_LATENCY_THRESHOLD._name, SLO_LATENCY_THRESHOLD._documentation, labels=["agent"]
+        "agent_slo_latency_threshold_seconds",
+        "The agent's SLO latency threshold: a valid request slower than this is bad for the "
+        "latency SLI.",
+        labels=["agent"],
     )
     for agent, availability, latency_ms, quantile in objectives:
         ratio.add_metric([agent, "availability"], availability)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from budgets.metrics import set_slo_objectives
 from budgets.slos import (
     FAST_BURN,
     FAST_WINDOWS,
@@ -100,10 +99,9 @@ def _describe(slo: AgentSlo, sli: Sli, burn: str) -> tuple[str, str]:
 
 def slo_burn_check(*, now: datetime | None = None) -> list[BurnCheck]:
     """Open, escalate or resolve the ``slo_burn`` incidents of every agent and SLI (see the
-    module), and publish the SLO objective gauges. Four queries when nothing changes (the
-    agents, two rollup aggregates, the open burn incidents)."""
+    module). Four queries when nothing changes (the agents, two rollup aggregates, the open
+    burn incidents)."""
     slos = slo_list(now=now)
-    set_slo_objectives((s.agent, s.availability, s.latency_ms, s.latency_quantile) for s in slos)
     open_now = {
         key: (pk, severity)
         for key, pk, severity in Incident.objects.filter(kind=KIND)

@@ -34,7 +34,6 @@ from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from agents.models import Agent
-from budgets.metrics import set_slo_objectives
 from budgets.models import ALL_AGENTS, TrafficRollup, TrafficStep
 
 SLIS = ("availability", "latency")
@@ -246,21 +245,3 @@ def slo_list(
             )
         )
     return out
-
-
-def slo_objectives() -> list[tuple[str, float, int, float]]:
-    """``(agent, availability, latency_ms, latency_quantile)`` of every agent: one query."""
-    return list(
-        Agent.objects.order_by("name").values_list(
-            "name", "slo_availability", "slo_latency_ms", "slo_latency_quantile"
-        )
-    )
-
-
-def slo_gauges_set() -> int:
-    """Publish ``agent_slo_objective_ratio{agent,sli}`` and
-    ``agent_slo_latency_threshold_seconds{agent}`` for every agent (the gauges of agents that
-    no longer exist are removed in this process). Returns the agents published; one query."""
-    objectives = slo_objectives()
-    set_slo_objectives(objectives)
-    return len(objectives)

@@ -10,8 +10,9 @@ One scrape is two parts (docs/DECISIONS.md #16):
    agent).
 2. **What mirrors shared state**, read now, so that it is right whichever process answers and
    exists from start-up for every object: breaker states and budget windows (one pipelined
-   read of the shared state), budgets' limits and forecasts (the database), the journal's
-   drain lag, live processes by role (heartbeat rows) and the migrations applied.
+   read of the shared state), budgets' limits and forecasts and agents' SLO objectives (the
+   database), the journal's drain lag, live processes by role (heartbeat rows) and the
+   migrations applied.
 
 Reads: three catalog queries, one for the processes, one for the budgets' recent spend (and
 one more if a budget window is unknown to the shared state), one pipelined shared-state round
@@ -61,7 +62,7 @@ from agents.runtime.state import (
     agent_breaker_key,
     deployment_breaker_key,
 )
-from budgets.metrics import budget_families
+from budgets.metrics import budget_families, slo_objective_families
 from budgets.selectors import BudgetSpan, BudgetStatus, budget_spans, budget_statuses
 from console.selectors import DashboardCatalog, dashboard_catalog
 from core.models import ConfigVersion
@@ -278,6 +279,7 @@ async def scrape_read() -> ScrapeExtra:
     else:
         catalog = database.catalog
         extra.agents = frozenset(agent.name for agent in catalog.agents)
+        extra.families += slo_objective_families(catalog.slos)
         spans = budget_spans(catalog.budgets, now=now)
 
         async def shared() -> (

@@ -30,7 +30,7 @@ JOBS: tuple[Job, ...] = (
     Job("budgets-reconcile", "budgets.tasks.budgets_reconcile", every_s=300),
     Job("cost-spike-detect", "budgets.tasks.cost_spike_detect", every_s=60),
     Job("budgets-observe", "budgets.tasks.budgets_observe", every_s=15),
-    # SLO burn-rate incidents and the SLO objective gauges (budgets/slo_burn.py).
+    # SLO burn-rate incidents (budgets/slo_burn.py).
     Job("slo-burn-check", "budgets.tasks.slo_burn_check", every_s=60),
     Job("notifications-sweep", "incidents.tasks.notifications_sweep", every_s=30),
     Job("incidents-sweep", "incidents.tasks.incidents_sweep", every_s=60),

@@ -29,6 +29,7 @@ from agents.config.live import agent_config
 from agents.models import Agent, Execution
 from agents.runtime.types import AgentConfig
 from agents.selectors import deployment_rows
+from budgets.metrics import SloObjective
 from budgets.models import LATENCY_BUCKETS_MS, Budget, SpendRollup
 from budgets.selectors import BudgetSpan, BudgetStatus, budget_list, budget_statuses
 from incidents.models import Incident, IncidentStatus
@@ -64,17 +65,22 @@ class DashboardCatalog:
     agents: tuple[CatalogAgent, ...]
     deployments: tuple[dict[str, Any], ...]  # ``agents.selectors.deployment_rows`` items
     budgets: tuple[Budget, ...]  # with their agent and key loaded
+    slos: tuple[SloObjective, ...] = ()  # each agent's, in the order of ``agents``
 
 
 def dashboard_catalog() -> DashboardCatalog:
     """Every agent (disabled ones too), deployment and budget. Three queries."""
+    agents = tuple(Agent.objects.order_by("name"))
     return DashboardCatalog(
-        agents=tuple(
-            CatalogAgent(agent_config(agent), agent.enabled)
-            for agent in Agent.objects.order_by("name")
-        ),
+        agents=tuple(CatalogAgent(agent_config(agent), agent.enabled) for agent in agents),
         deployments=tuple(deployment_rows()),
         budgets=tuple(budget_list()),
+        slos=tuple(
+            SloObjective(
+                agent.name, agent.slo_availability, agent.slo_latency_ms, agent.slo_latency_quantile
+            )
+            for agent in agents
+        ),
     )
 
 

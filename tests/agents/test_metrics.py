@@ -59,7 +59,7 @@ from agents.runtime.types import (
     Step,
     Usage,
 )
-from agents.services import agent_delete
+from agents.services import agent_delete, agent_update
 from budgets.selectors import budget_list, budget_scope_label, budget_spans
 from console import metrics_view
 from core.redis import close_loop_clients
@@ -497,7 +497,8 @@ models:
   - {{name: m-{tag}, provider: sim-{tag}, upstream_model: a, input_usd_per_mtok: 1, output_usd_per_mtok: 2}}
   - {{name: m-{tag}, provider: sim-{tag}, upstream_model: b, input_usd_per_mtok: 1, output_usd_per_mtok: 2}}
 agents:
-  - {{name: support-{tag}, model: m-{tag}, daily_budget_usd: 50}}
+  - {{name: support-{tag}, model: m-{tag}, daily_budget_usd: 50,
+     slo: {{availability: 0.995, latency_ms: 1500}}}}
   - {{name: billing-{tag}, model: m-{tag}}}
 budgets:
   - {{scope: global, daily_limit_usd: 1000, monthly_limit_usd: 20000}}
@@ -582,6 +583,8 @@ async def test_the_metrics_view_answers_the_text_exposition_with_every_metric_na
         "agent_budget_limit_dollars",
         "agent_budget_forecast_dollars",
         "agent_budget_forecast_ratio",
+        "agent_slo_objective_ratio",
+        "agent_slo_latency_threshold_seconds",
         "agent_cache_hits_total",
         "agent_fallbacks_total",
         "agent_retries_total",
@@ -634,6 +637,35 @@ async def test_a_known_agents_counters_read_zero_before_its_first_execution(worl
     for le in ("0.5", "1.0", "2.0", "+Inf"):
         assert sample(values, bucket, agent=world.billing, le=le) == 0
     assert sample(values, "agent_request_duration_seconds_count", agent=world.billing) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_every_agents_slo_objectives_are_read_at_scrape_time_from_its_config(
+    world: World,
+) -> None:
+    values = parse(await scrape())
+
+    objective, threshold = "agent_slo_objective_ratio", "agent_slo_latency_threshold_seconds"
+    assert sample(values, objective, agent=world.support, sli="availability") == 0.995
+    assert sample(values, objective, agent=world.support, sli="latency") == 0.95
+    assert sample(values, threshold, agent=world.support) == 1.5
+    assert sample(values, objective, agent=world.billing, sli="availability") == 0.999  # defaults
+    assert sample(values, threshold, agent=world.billing) == 2.0
+
+    patch = {"slo": {"availability": 0.99, "latency_ms": 800, "latency_quantile": 0.9}}
+    await sync_to_async(agent_update)(name=world.billing, patch=patch, actor="test")
+    values = parse(await scrape())
+
+    assert sample(values, objective, agent=world.billing, sli="availability") == 0.99
+    assert sample(values, objective, agent=world.billing, sli="latency") == 0.9
+    assert sample(values, threshold, agent=world.billing) == 0.8
+
+    await sync_to_async(agent_delete)(name=world.billing, actor="test")
+    values = parse(await scrape())
+
+    assert sample(values, threshold, agent=world.billing) is None
+    assert sample(values, objective, agent=world.billing, sli="availability") is None
+    assert sample(values, threshold, agent=world.support) == 1.5
 
 
 @pytest.mark.django_db(transaction=True)

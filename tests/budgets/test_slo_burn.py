@@ -1,6 +1,6 @@
 """The SLO burn job opens one ``slo_burn`` incident per agent and SLI on the multiwindow burn
-conditions (fast: critical, slow: major), escalates, resolves when the burn stops, and publishes
-the SLO objective gauges."""
+conditions (fast: critical, slow: major), escalates and resolves when the burn stops (the SLO
+objective gauges are read at scrape time: tests/agents/test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 
 from agents.models import Agent
 from budgets.services import traffic_rollups_refresh
 from budgets.slo_burn import slo_burn_check, slo_burn_key
-from budgets.slos import slo_gauges_set
 from incidents.models import Incident, IncidentStatus
 from tests.budgets.conftest import NOW, execution
 
@@ -129,26 +127,6 @@ def test_quiet_runs_cost_four_queries(support: Agent, django_assert_num_queries:
         assert set(actions().values()) == {"quiet"}
 
 
-def _sample(name: str, **labels: str) -> float | None:
-    return REGISTRY.get_sample_value(name, labels)
-
-
-def test_the_objective_gauges_follow_the_agents_and_drop_deleted_ones() -> None:
-    Agent.objects.create(name="gauged", model="m", slo_availability=0.995, slo_latency_ms=1500)
-    Agent.objects.create(name="brief", model="m")
-    assert slo_gauges_set() == 2
-    assert _sample("agent_slo_objective_ratio", agent="gauged", sli="availability") == 0.995
-    assert _sample("agent_slo_objective_ratio", agent="gauged", sli="latency") == 0.95
-    assert _sample("agent_slo_latency_threshold_seconds", agent="gauged") == 1.5
-    assert _sample("agent_slo_latency_threshold_seconds", agent="brief") == 2.0
-
-    Agent.objects.filter(name="brief").delete()
-    slo_burn_check(now=MINUTE)  # the job publishes them too
-    assert _sample("agent_slo_latency_threshold_seconds", agent="brief") is None
-    assert _sample("agent_slo_objective_ratio", agent="brief", sli="availability") is None
-    assert _sample("agent_slo_objective_ratio", agent="gauged", sli="availability") == 0.995
-
-
 def test_the_burn_task_runs_the_service_and_is_scheduled_every_minute(support: Agent) -> None:
     from budgets.tasks import slo_burn_check as task
     from console.schedule import JOBS
@@ -156,23 +134,3 @@ def test_the_burn_task_runs_the_service_and_is_scheduled_every_minute(support: A
     assert task() == 0
     job = next(job for job in JOBS if job.name == "slo-burn-check")
     assert (job.task, job.every_s) == ("budgets.tasks.slo_burn_check", 60)
-
-
-def test_the_objective_families_for_a_scrape_time_collector_name_each_agent() -> None:
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from budgets.metrics import slo_objective_families
-    from budgets.slos import slo_objectives
-
-    Agent.objects.create(name="scraped", model="m", slo_latency_ms=750)
-
-    class Collector:
-        def collect(self) -> Any:
-            return slo_objective_families(slo_objectives())
-
-    registry = CollectorRegistry()
-    registry.register(Collector())
-    text = generate_latest(registry).decode()
-    assert 'agent_slo_objective_ratio{agent="scraped",sli="availability"} 0.999' in text
-    assert 'agent_slo_objective_ratio{agent="scraped",sli="latency"} 0.95' in text
-    assert 'agent_slo_latency_threshold_seconds{agent="scraped"} 0.75' in text

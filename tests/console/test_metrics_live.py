@@ -1,6 +1,7 @@
 """``/metrics`` of real ``serve`` processes in multiprocess mode (docs/DECISIONS.md #16): every
-series is there from the first scrape of a fresh process, counters of known agents start at 0,
-a deleted agent's series are gone at the next scrape, django-prometheus' ``django_http_*`` count
+series is there from the first scrape of a fresh process (the SLO objectives as configured),
+counters of known agents start at 0, a changed SLO shows at the next scrape of any process, a
+deleted agent's series are gone at the next scrape, django-prometheus' ``django_http_*`` count
 the console and API requests (not the lean execute door), two processes on one host agree, and
 the drain-lag and process gauges say what happens.
 """
@@ -33,7 +34,7 @@ models:
   - {name: m, provider: sim, upstream_model: m-1, input_usd_per_mtok: 1, output_usd_per_mtok: 2}
   - {name: m, provider: sim, upstream_model: m-2, input_usd_per_mtok: 1, output_usd_per_mtok: 2}
 agents:
-  - {name: alpha, model: m, daily_budget_usd: 40}
+  - {name: alpha, model: m, daily_budget_usd: 40, slo: {availability: 0.99, latency_ms: 1200}}
   - {name: beta, model: m, daily_budget_usd: 30}
 budgets:
   - {scope: global, daily_limit_usd: 1000}
@@ -131,6 +132,11 @@ def test_a_fresh_serve_exports_every_series_and_drops_a_deleted_agents(tmp_path:
             assert value(first, "agent_budget_remaining_dollars", scope=scope) == limit
             assert value(first, "agent_budget_limit_dollars", scope=scope) == limit
             assert value(first, "agent_budget_forecast_dollars", scope=scope) == 0
+        assert value(first, "agent_slo_objective_ratio", agent="alpha", sli="availability") == 0.99
+        assert value(first, "agent_slo_latency_threshold_seconds", agent="alpha") == 1.2
+        assert value(first, "agent_slo_objective_ratio", agent="beta", sli="availability") == 0.999
+        assert value(first, "agent_slo_objective_ratio", agent="beta", sli="latency") == 0.95
+        assert value(first, "agent_slo_latency_threshold_seconds", agent="beta") == 2.0
         assert value(first, "breakwater_processes", role="serve") == 1
         assert ("breakwater_processes", frozenset({("role", "worker")})) not in first  # embedded
         assert value(first, "breakwater_drain_lag_seconds") is not None
@@ -188,6 +194,10 @@ def test_two_serves_on_one_host_agree_and_the_drain_lag_counts_what_waits(
                 {"action": "force_open", "reason": "drill"},
             )  # fmt: skip
             assert status == 200
+            status, _ = http(
+                two, "PATCH", "/api/v1/agents/alpha", key, {"slo": {"latency_ms": 900}}
+            )
+            assert status == 200
             time.sleep(1.1)  # the waiting record ages by at least a second
 
             seen = [scrape(one), scrape(two)]
@@ -213,6 +223,8 @@ def test_two_serves_on_one_host_agree_and_the_drain_lag_counts_what_waits(
                 assert (
                     value(samples, "agent_deployment_breaker_state", deployment=deployments[1]) == 0
                 )
+                assert value(samples, "agent_slo_latency_threshold_seconds", agent="alpha") == 0.9
+                assert value(samples, "agent_slo_latency_threshold_seconds", agent="beta") == 2.0
                 assert value(samples, "breakwater_processes", role="serve") == 2
                 assert value(samples, "breakwater_processes", role="worker") == 0  # none runs
                 assert (value(samples, "breakwater_drain_lag_seconds") or 0) >= 1.0
