@@ -59,6 +59,7 @@ from agents.runtime.state import (
 )
 from agents.runtime.tools import ToolRunner
 from agents.runtime.types import (
+    AgentConfig,
     ExecutionRequest,
     ExecutionResult,
     ExecutionStatus,
@@ -113,6 +114,8 @@ class Executor:
         self._deployment_breaker = deployment_breaker
         self._breakers = BreakerCache(clock, deployment_breaker, self._events.breaker_transition)
         self._budgets = BudgetsSeen()
+        # Agent name -> its synchronous executions in flight here (only agents with a cap).
+        self._in_flight: dict[str, int] = {}
         self._background = Background(state, clock)
         self._attempts = AttemptLoop(
             config=config,
@@ -148,6 +151,37 @@ class Executor:
         agent = self._config.agent(request.agent)
         if agent is None:
             raise UnknownAgent(request.agent)
+        cap = agent.max_concurrency
+        if cap is None or request.queued:
+            return await self._execute(request, agent, on_token, full=False)
+        # The agent's bulkhead in this process: a plain counter (one event loop, no await
+        # between the check and the increment), given back however the execution ends.
+        name = agent.name
+        running = self._in_flight.get(name, 0)
+        if running >= cap:
+            return await self._execute(request, agent, on_token, full=True)
+        self._in_flight[name] = running + 1
+        try:
+            return await self._execute(request, agent, on_token, full=False)
+        finally:
+            left = self._in_flight[name] - 1
+            if left:
+                self._in_flight[name] = left
+            else:
+                del self._in_flight[name]
+
+    def in_flight(self, agent: str) -> int:
+        """The synchronous executions of ``agent`` in flight here, if it has a cap."""
+        return self._in_flight.get(agent, 0)
+
+    async def _execute(
+        self,
+        request: ExecutionRequest,
+        agent: AgentConfig,
+        on_token: OnToken | None,
+        *,
+        full: bool,
+    ) -> ExecutionResult:
         system = (Message("system", agent.system_prompt),) if agent.system_prompt else ()
         clock = self._clock
         ex = Execution.begin(request, agent, monotonic=clock.monotonic(), now=clock.now())
@@ -163,7 +197,10 @@ class Executor:
                     max_tokens=agent.session_max_tokens,
                 )
                 progress.messages = system + history + request.messages
-            result = await self._run(ex, progress, on_token)
+            if full:
+                result = results.agent_full(clock, ex, progress)
+            else:
+                result = await self._run(ex, progress, on_token)
         except asyncio.CancelledError:
             result = results.result(clock, ex, progress, ExecutionStatus.CANCELLED, "", None, None)
             await self._finish_aborted(ex, progress, result)
