@@ -356,6 +356,7 @@ class AgentForm(ServiceForm):
             "slo_availability",
             "slo_latency_ms",
             "slo_latency_quantile",
+            "max_concurrency",
             "queue",
             "enabled",
         ]

@@ -196,6 +196,7 @@ class Agent(models.Model):
     slo_availability = models.FloatField(default=SLO_DEFAULT_AVAILABILITY)
     slo_latency_ms = models.PositiveIntegerField(default=SLO_DEFAULT_LATENCY_MS)
     slo_latency_quantile = models.FloatField(default=SLO_DEFAULT_LATENCY_QUANTILE)
+    max_concurrency = models.PositiveIntegerField(null=True, blank=True)  # null: no cap
     queue = models.CharField(
         max_length=64, default=DEFAULT_QUEUE, validators=[RegexValidator(QUEUE_NAME_RE)]
     )
@@ -208,6 +209,11 @@ class Agent(models.Model):
             models.CheckConstraint(condition=Q(name__regex=SLUG_RE), name="agent_name_slug"),
             models.CheckConstraint(
                 condition=Q(queue__regex=QUEUE_NAME_RE), name="agent_queue_name"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_concurrency__isnull=True)
+                | Q(max_concurrency__gte=1, max_concurrency__lte=100_000),
+                name="agent_max_concurrency_range",
             ),
             models.CheckConstraint(
                 condition=Q(

@@ -127,6 +127,7 @@ def agent_spec_dict(agent: Agent, daily_budget_usd: Decimal | None) -> dict[str,
             "latency_ms": agent.slo_latency_ms,
             "latency_quantile": agent.slo_latency_quantile,
         },
+        "max_concurrency": agent.max_concurrency,
         "queue": agent.queue,
         "enabled": agent.enabled,
     }

@@ -296,6 +296,7 @@ def agent_values(spec: AgentSpec) -> dict[str, Any]:
         "slo_availability": spec.slo.availability,
         "slo_latency_ms": spec.slo.latency_ms,
         "slo_latency_quantile": spec.slo.latency_quantile,
+        "max_concurrency": spec.max_concurrency,
         "queue": spec.queue,
         "enabled": spec.enabled,
     }

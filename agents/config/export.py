@@ -32,6 +32,8 @@ def agent_export(agent: Agent, daily_budget_usd: Decimal | None) -> dict[str, An
         del item["cheap_model"]
     if item["attempt_timeout_s"] is None:
         del item["attempt_timeout_s"]
+    if item["max_concurrency"] is None:
+        del item["max_concurrency"]
     if item["daily_budget_usd"] is None:
         del item["daily_budget_usd"]
     else:

@@ -170,6 +170,7 @@ def agent_config(agent: Agent) -> AgentConfig:
             for tool in agent.tools
         ),
         fallback_messages=dict(agent.fallback_messages),
+        max_concurrency=agent.max_concurrency,
     )
 
 

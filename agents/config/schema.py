@@ -301,6 +301,9 @@ class AgentSpec(Spec):
     slo: SloSpec = Field(default_factory=SloSpec)
     # The Celery queue of its queued executions (docs/SCALING.md, "Per-agent pools"); `default`
     # is BREAKWATER_EXECUTION_QUEUE.
+    # Its bulkhead in each serving process: at most this many synchronous executions in flight
+    # there; one more is refused at once (rate limited, Retry-After 1). None: no cap.
+    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
     queue: str = Field(
         default=DEFAULT_QUEUE,
         description="The Celery queue (worker pool) of its queued executions; `default` is "

@@ -166,6 +166,7 @@ def _request_for(row: Any, max_tokens: int | None, bypass_cache: bool) -> Any:
         api_key_id=row.api_key_id,
         api_key_limits=RateLimits(key.rate_limit_rpm, key.rate_limit_tpm) if key else RateLimits(),
         bypass_cache=bypass_cache,
+        queued=True,
     )
 
 

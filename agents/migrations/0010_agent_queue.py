@@ -1,4 +1,4 @@
-# An agent's queue (config `queue:`, CONTRACT v2): the Celery queue of its queued executions.
+# An agent's queue (config `queue:`, docs/INTERFACES.md §2): the Celery queue of its queued executions.
 # Adding a column with a constant default is instant on PostgreSQL 11+ (no table rewrite).
 
 import django.core.validators

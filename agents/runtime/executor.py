@@ -113,6 +113,8 @@ class Executor:
         self._deployment_breaker = deployment_breaker
         self._breakers = BreakerCache(clock, deployment_breaker, self._events.breaker_transition)
         self._budgets = BudgetsSeen()
+        # Agent name -> its synchronous executions in flight here (only agents with a cap).
+        self._in_flight: dict[str, int] = {}
         self._background = Background(state, clock)
         self._attempts = AttemptLoop(
             config=config,
@@ -148,68 +150,99 @@ class Executor:
         agent = self._config.agent(request.agent)
         if agent is None:
             raise UnknownAgent(request.agent)
-        system = (Message("system", agent.system_prompt),) if agent.system_prompt else ()
-        clock = self._clock
-        ex = Execution.begin(request, agent, monotonic=clock.monotonic(), now=clock.now())
-        progress = Progress(system + request.messages)
-        self._events.execution_started(request.execution_id, agent.name)
+        # The agent's bulkhead in this process: a plain counter (one event loop, no await
+        # between the check and the increment), given back however the execution ends.
+        held = full = False
+        cap = agent.max_concurrency
+        if cap is not None and not request.queued:
+            running = self._in_flight.get(agent.name, 0)
+            if running >= cap:
+                full = True
+            else:
+                self._in_flight[agent.name] = running + 1
+                held = True
         try:
-            if request.session_id and self._sessions is not None:
-                history = window(
-                    await self._sessions.history(
-                        agent.name, request.session_id, api_key_id=request.api_key_id
-                    ),
-                    max_messages=agent.session_max_messages,
-                    max_tokens=agent.session_max_tokens,
-                )
-                progress.messages = system + history + request.messages
-            result = await self._run(ex, progress, on_token)
-        except asyncio.CancelledError:
-            result = results.result(clock, ex, progress, ExecutionStatus.CANCELLED, "", None, None)
-            await self._finish_aborted(ex, progress, result)
-            raise
-        except DependencyUnavailable as exc:
-            # The shared state or the journal did not answer: a typed refusal (503), never an
-            # untyped 500.
-            if exc.kind not in self._down:
-                self._down.add(exc.kind)
-                self._events.dependency_changed(exc.kind, False, str(exc)[:500])
-            result = results.unavailable(clock, ex, progress, exc)
-            # Answered now: its record and any settlement wait on the very dependency that did
-            # not answer, so they go in the background (the journal writes again what it could
-            # not write, the settlement is retried).
-            self._background.run(self._finish_aborted(ex, progress, result))
-            return result
-        except Exception as exc:  # a bug or a broken dependency (the journal): record, re-raise
-            error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:500]}
-            result = results.result(
-                clock, ex, progress, ExecutionStatus.FAILED, "", None, None, error=error
-            )
-            await self._finish_aborted(ex, progress, result)
-            raise
-        # The cache write first: it leaves with the settle and the journal.
-        self._cache_store(ex, progress, result)
-        # Shielded: a caller that goes away now (a client disconnect) must not cancel the
-        # settlement or the "finished" journal write of an execution that has ended.
-        await asyncio.shield(self._finish(ex, progress, result))
-        if (
-            request.session_id
-            and self._sessions is not None
-            and result.status == ExecutionStatus.SUCCEEDED
-        ):
+            system = (Message("system", agent.system_prompt),) if agent.system_prompt else ()
+            clock = self._clock
+            ex = Execution.begin(request, agent, monotonic=clock.monotonic(), now=clock.now())
+            progress = Progress(system + request.messages)
+            self._events.execution_started(request.execution_id, agent.name)
             try:
-                await self._sessions.append(
-                    agent.name,
-                    request.session_id,
-                    (
-                        *request.messages,
-                        Message("assistant", result.output, tool_calls=result.tool_calls),
-                    ),
-                    api_key_id=request.api_key_id,
+                if request.session_id and self._sessions is not None:
+                    history = window(
+                        await self._sessions.history(
+                            agent.name, request.session_id, api_key_id=request.api_key_id
+                        ),
+                        max_messages=agent.session_max_messages,
+                        max_tokens=agent.session_max_tokens,
+                    )
+                    progress.messages = system + history + request.messages
+                if full:
+                    result = results.agent_full(clock, ex, progress)
+                else:
+                    result = await self._run(ex, progress, on_token)
+            except asyncio.CancelledError:
+                result = results.result(
+                    clock, ex, progress, ExecutionStatus.CANCELLED, "", None, None
                 )
-            except Exception:  # the answer stands; the durable copy is the execution record
-                log.warning("could not append to session %s", request.session_id, exc_info=True)
-        return result
+                await self._finish_aborted(ex, progress, result)
+                raise
+            except DependencyUnavailable as exc:
+                # The shared state or the journal did not answer: a typed refusal (503), never an
+                # untyped 500.
+                if exc.kind not in self._down:
+                    self._down.add(exc.kind)
+                    self._events.dependency_changed(exc.kind, False, str(exc)[:500])
+                result = results.unavailable(clock, ex, progress, exc)
+                # Answered now: its record and any settlement wait on the very dependency that did
+                # not answer, so they go in the background (the journal writes again what it could
+                # not write, the settlement is retried).
+                self._background.run(self._finish_aborted(ex, progress, result))
+                return result
+            except Exception as exc:  # a bug or a broken dependency (the journal): record, re-raise
+                error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:500]}
+                result = results.result(
+                    clock, ex, progress, ExecutionStatus.FAILED, "", None, None, error=error
+                )
+                await self._finish_aborted(ex, progress, result)
+                raise
+            # The cache write first: it leaves with the settle and the journal.
+            self._cache_store(ex, progress, result)
+            # Shielded: a caller that goes away now (a client disconnect) must not cancel the
+            # settlement or the "finished" journal write of an execution that has ended.
+            await asyncio.shield(self._finish(ex, progress, result))
+            if (
+                request.session_id
+                and self._sessions is not None
+                and result.status == ExecutionStatus.SUCCEEDED
+            ):
+                try:
+                    await self._sessions.append(
+                        agent.name,
+                        request.session_id,
+                        (
+                            *request.messages,
+                            Message("assistant", result.output, tool_calls=result.tool_calls),
+                        ),
+                        api_key_id=request.api_key_id,
+                    )
+                except Exception:  # the answer stands; the durable copy is the execution record
+                    log.warning("could not append to session %s", request.session_id, exc_info=True)
+            return result
+        finally:
+            if held:
+                self._release(agent.name)
+
+    def _release(self, agent: str) -> None:
+        left = self._in_flight[agent] - 1
+        if left:
+            self._in_flight[agent] = left
+        else:
+            del self._in_flight[agent]
+
+    def in_flight(self, agent: str) -> int:
+        """The synchronous executions of ``agent`` in flight here, if it has a cap."""
+        return self._in_flight.get(agent, 0)
 
     async def drain_cache_writes(self) -> None:
         """Wait for pending cache writes (call before the event loop closes), and give the

@@ -141,6 +141,10 @@ class AgentConfig:
     # of a budget left, the cheap model is used for everything.
     cheap_max_input_tokens: int = 50
     cheap_below_budget_pct: float = 20.0
+    # A bulkhead: at most this many of its synchronous executions in flight in this process
+    # (the serving process); one more is refused at once, before admission, as when every
+    # deployment is full. None: no cap. Queued executions are bounded by their worker pool.
+    max_concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ class ExecutionRequest:
     # Client tools (kind "client") offered next to the agent's own; see ToolSpec.
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice | None = None
+    # Run by a worker for a queued execution: not counted against the agent's max_concurrency.
+    queued: bool = False
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,64 @@ def option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
+# --- per-agent pools --------------------------------------------------------------------------------
+
+
+def queues_consumed(objects: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Worker Deployment -> the Celery queues its ``--queues`` names."""
+    return {
+        d["metadata"]["name"]: set(option(container(d)["command"], "--queues").split(","))
+        for d in deployments(objects)
+        if container(d)["command"][:4] == ["celery", "-A", "console", "worker"]
+    }
+
+
+@pytest.mark.parametrize("directory", ["overlays/example", "overlays/example-keda"])
+def test_the_heavy_pool_scales_on_the_redis_list_of_the_queue_it_alone_consumes(
+    directory: str,
+) -> None:
+    objects = render(directory)
+    consumed = queues_consumed(objects)
+    assert consumed == {"breakwater-worker": {"celery"}, "breakwater-worker-heavy": {"heavy"}}
+    scaled = one(objects, "ScaledObject", "breakwater-worker-heavy")["spec"]
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "redis"
+    # kombu keeps a queue's waiting messages in the Redis list named after it
+    # (tests/agents/executions/test_pools.py reads them there).
+    assert trigger["metadata"]["listName"] == "heavy"
+    assert scaled["scaleTargetRef"]["name"] == "breakwater-worker-heavy"
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, 10)
+    assert_doubling_and_halving(scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"])
+    default = one(objects, "ScaledObject", "breakwater-worker")["spec"]["triggers"][0]
+    assert default["authenticationRef"] == trigger["authenticationRef"]
+    assert default["metadata"]["databaseIndex"] == trigger["metadata"]["databaseIndex"]
+
+
+def test_the_heavy_pools_pod_is_the_default_workers_but_for_its_queue_and_labels() -> None:
+    objects = render("overlays/example")
+    pods = {
+        name: one(objects, "Deployment", name)["spec"]["template"]
+        for name in ("breakwater-worker", "breakwater-worker-heavy")
+    }
+    for pod in pods.values():
+        main = pod["spec"]["containers"][0]
+        main["command"] = [a for a in main["command"] if a not in {"celery", "heavy", "heavy@%h"}]
+        main["command"] = [a for a in main["command"] if a != "--hostname"]
+        del pod["metadata"]["labels"]["app.kubernetes.io/component"]
+    assert pods["breakwater-worker"] == pods["breakwater-worker-heavy"]
+
+
+def test_every_queue_of_the_demo_agents_has_a_worker_in_the_example() -> None:
+    from agents.config.apply import config_parse
+
+    objects = render("overlays/example")
+    default = config(objects)["BREAKWATER_EXECUTION_QUEUE"]
+    demo = config_parse((ROOT / "demo" / "breakwater.yaml").read_text())
+    wanted = {default if a.queue == "default" else a.queue for a in demo.agents}
+    assert wanted == {"celery", "heavy"}  # the demo's data-analyst has a pool of its own
+    assert wanted <= set().union(*queues_consumed(objects).values())
+
+
 def test_the_keda_overlay_scales_serve_by_the_exact_rule_instead_of_the_hpa() -> None:
     objects = render("overlays/example-keda")
     assert [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"] == []

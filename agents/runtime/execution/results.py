@@ -120,6 +120,19 @@ def refused(
     return degraded(clock, execution, progress, "circuit_open", "unavailable", None, None)
 
 
+def agent_full(clock: Clock, execution: Execution, progress: Progress) -> ExecutionResult:
+    """Refused before admission: the agent's ``max_concurrency`` executions are in flight in
+    this process already (its bulkhead). Answered as a full deployment is: rate limited, to
+    be retried in a second."""
+    cap = execution.agent.max_concurrency
+    progress.steps.append(
+        Step("refused", outcome="agent_capacity", detail=f"{cap} in flight in this process")
+    )
+    return degraded(
+        clock, execution, progress, "rate_limited", "rate_limit", None, None, retry_after=1.0
+    )
+
+
 def known_open(
     clock: Clock, execution: Execution, progress: Progress, detail: str
 ) -> ExecutionResult:

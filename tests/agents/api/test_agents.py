@@ -395,6 +395,18 @@ async def test_an_agents_queue_reads_back_as_default_and_a_patch_moves_it_to_a_p
     assert restored.json()["queue"] == "default"
 
 
+async def test_an_agents_max_concurrency_is_unset_by_default_and_patched_within_range(
+    keys: dict[str, str],
+) -> None:
+    body = (await call("GET", "/api/v1/agents/helper", keys["read"])).json()
+    assert body["max_concurrency"] is None
+    capped = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"max_concurrency": 8})
+    assert capped.json()["max_concurrency"] == 8
+    assert (await sync_to_async(Agent.objects.get)(name="helper")).max_concurrency == 8
+    refused = await call("PATCH", "/api/v1/agents/helper", keys["admin"], {"max_concurrency": 0})
+    assert _error(refused, 422, "validation_error") == "max_concurrency: must be >= 1"
+
+
 def test_the_openapi_agent_shapes_carry_the_queue() -> None:
     from console.api import api
 

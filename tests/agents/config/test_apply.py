@@ -133,6 +133,7 @@ agents:
       - {{name: notify, kind: webhook, url: "https://hooks.example.com/notify", timeout_s: 2}}
     fallback_messages: {{timeout: "Still thinking, try again.", budget: "Out of budget."}}
     queue: heavy.pool-1
+    max_concurrency: 16
     enabled: false
 budgets:
   - {{scope: global, daily_limit_usd: 0}}
@@ -154,6 +155,7 @@ budgets:
     assert agent.rate_limit_tpm == 2_147_483_647
     assert agent.attempt_timeout_s == 4.5
     assert agent.queue == "heavy.pool-1"
+    assert agent.max_concurrency == 16
     assert Provider.objects.get(name="claude").base_url == "https://anthropic.example.com"
     assert Provider.objects.get(name="openai-main").base_url == "https://api.openai.com/v1"
     assert Budget.objects.get(agent=agent, window="daily").limit_usd == Decimal("12.345678")

@@ -99,6 +99,8 @@ def test_the_export_is_ordered_and_readable(demo_yaml: str) -> None:
     assert (support["queue"], review["queue"]) == ("default", "default")  # shown even when default
     analyst = next(a for a in data["agents"] if a["name"] == "data-analyst")
     assert analyst["queue"] == "heavy"
+    assert "max_concurrency" not in review  # unset: no cap, so left out
+    assert analyst["max_concurrency"] == 24
     assert data["budgets"] == [
         {
             "scope": "global",

@@ -338,3 +338,27 @@ def test_a_restarted_process_loading_the_version_its_predecessor_failed_on_resol
     LiveConfig().reload()  # its successor, same version
 
     assert _reload_incident().status == "resolved"
+
+
+def test_the_snapshot_carries_each_agents_queue_and_cap() -> None:
+    from agents.config.apply import config_apply, config_parse
+
+    config_apply(
+        document=config_parse(
+            "providers: [{name: sim, kind: simulated}]\n"
+            "models: [{name: m, provider: sim, upstream_model: m-1}]\n"
+            "agents: [{name: plain, model: m},"
+            " {name: pooled, model: m, queue: heavy, max_concurrency: 3}]\n"
+        )
+    )
+    config = LiveConfig()
+    config.reload_in_thread()
+    assert (config.queue("plain"), config.queue("pooled"), config.queue("gone")) == (
+        "default",
+        "heavy",
+        "default",
+    )
+    plain, pooled = config.agent("plain"), config.agent("pooled")
+    assert plain is not None
+    assert pooled is not None
+    assert (plain.max_concurrency, pooled.max_concurrency) == (None, 3)

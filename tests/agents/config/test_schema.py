@@ -100,6 +100,7 @@ def test_defaults_fill_what_an_agent_leaves_out() -> None:
         "latency_quantile": 0.95,
     }
     assert agent.queue == "default"  # the deployment's execution queue
+    assert agent.max_concurrency is None  # no bulkhead in serve
 
 
 MUTATIONS: list[tuple[str, Any, str]] = [
@@ -137,6 +138,9 @@ MUTATIONS: list[tuple[str, Any, str]] = [
     ("agents[0].queue", "worker1.celery.pidbox", "agents[0].queue: 'worker1.celery.pidbox' is a name Celery's Redis transport uses for its own keys; choose another (agent customer-support)"),
     ("agents[0].queue", "celeryev.x", "agents[0].queue: 'celeryev.x' is a name Celery's Redis transport uses for its own keys; choose another (agent customer-support)"),
     ("agents[0].queue", 7, "agents[0].queue: must be a string"),
+    ("agents[0].max_concurrency", 0, "agents[0].max_concurrency: must be >= 1"),
+    ("agents[0].max_concurrency", 100_001, "agents[0].max_concurrency: must be <= 100000"),
+    ("agents[0].max_concurrency", 2.5, "agents[0].max_concurrency: must be an integer"),
     ("agents[0].rate_limit.rpm", 0, "agents[0].rate_limit.rpm: must be >= 1"),
     # A PositiveIntegerField is 32-bit on PostgreSQL: the schema must stop what the column would.
     ("agents[0].rate_limit.tpm", INT32_MAX + 1, f"agents[0].rate_limit.tpm: must be <= {INT32_MAX}"),

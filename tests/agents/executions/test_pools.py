@@ -25,7 +25,7 @@ from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
 from agents.executions import queue as executions
-from agents.models import Execution
+from agents.models import Agent, Execution
 from tests.agents.executions.test_celery_worker import CeleryWorker, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,13 +33,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 DOC = """
 providers:
   - {{name: quick, kind: simulated, simulation: {{latency_ms: 20, error_rate: 0, seed: 1}}}}
-  - {{name: slow, kind: simulated, simulation: {{latency_ms: 20000, error_rate: 0, seed: 2}}}}
+  - {{name: slow, kind: simulated, simulation: {{latency_ms: 60000, error_rate: 0, seed: 2}}}}
 models:
   - {{name: q, provider: quick, upstream_model: q-1, input_usd_per_mtok: 1, output_usd_per_mtok: 2}}
   - {{name: s, provider: slow, upstream_model: s-1, input_usd_per_mtok: 1, output_usd_per_mtok: 2}}
 agents:
   - {{name: light, model: q, max_tokens: 32, timeout_s: 5}}
-  - {{name: heavy, model: s, max_tokens: 32, timeout_s: 30, queue: {heavy}}}
+  - {{name: heavy, model: s, max_tokens: 32, timeout_s: 90, queue: {heavy}}}
 """
 
 
@@ -113,6 +113,15 @@ def _statuses(agent: str) -> list[str]:
     )
 
 
+def _each(workers: list[CeleryWorker], action: Any) -> None:
+    """``action(worker)`` for every worker at once (a start or a warm shutdown takes seconds)."""
+    threads = [threading.Thread(target=action, args=(worker,)) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_a_surge_on_the_heavy_pool_does_not_delay_the_other_agents_queued_executions(
     pools: tuple[str, str], redis_url: str, tmp_path: Any
 ) -> None:
@@ -121,18 +130,15 @@ def test_a_surge_on_the_heavy_pool_does_not_delay_the_other_agents_queued_execut
     workers = [CeleryWorker(env, default, tmp_path / "d"), CeleryWorker(env, heavy, tmp_path / "h")]
     for worker in workers:
         worker.logs.mkdir()
-    starting = [threading.Thread(target=worker.start) for worker in workers]
-    for thread in starting:
-        thread.start()
-    for thread in starting:
-        thread.join()
+    _each(workers, CeleryWorker.start)
     try:
-        # Each heavy execution holds the heavy pool's one worker for 20 s.
+        # Each heavy execution would hold the heavy pool's one worker for 60 s.
+        agent = Agent.objects.get(name="heavy")
         surge = [
             executions.execution_enqueue(
                 agent="heavy",
-                timeout_s=30,
-                queue=heavy,
+                timeout_s=agent.timeout_s,
+                queue=agent.queue,  # what the API passes (the live config's copy of it)
                 messages=[{"role": "user", "content": "x"}],
             )
             for _ in range(5)
@@ -156,6 +162,5 @@ def test_a_surge_on_the_heavy_pool_does_not_delay_the_other_agents_queued_execut
                 execution_id=execution_id, key_id=0, operator_agents=frozenset()
             )
     finally:
-        for worker in workers:
-            worker.stop()
+        _each(workers, CeleryWorker.stop)
     assert set(_statuses("heavy")) == {"cancelled"}, workers[1].tail()

@@ -164,6 +164,7 @@ def harness(
     deployments: Iterable[Deployment] = (),
     *,
     retry: RetryPolicy | None = None,
+    provider: type[ScriptedProvider] = ScriptedProvider,
 ) -> Harness:
     clock = FakeClock()
     agents = list(agents) or [agent()]
@@ -173,17 +174,17 @@ def harness(
         by_model[item.model] = (*by_model.get(item.model, ()), item)
     config = StaticConfig({a.name: a for a in agents}, by_model)
     state = CountingState(MemoryState(clock))
-    provider = ScriptedProvider(clock)
+    scripted = provider(clock)
     records = ListRecords()
     import random
 
     executor = Executor(
         config=config,
         state=state,
-        providers=provider,
+        providers=scripted,
         clock=clock,
         records=records,
         retry=retry,
         rng=random.Random(7),
     )
-    return Harness(clock, state, provider, records, executor, config)
+    return Harness(clock, state, scripted, records, executor, config)
