@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from agents.models import Agent
-from budgets.services import traffic_rollups_refresh
+from budgets.rollups import traffic_rollups_refresh
 from budgets.slo_burn import slo_burn_check, slo_burn_key
 from budgets.slos import slo_gauges_set
 from incidents.models import Incident, IncidentStatus

@@ -173,7 +173,7 @@ async def test_the_scheduler_drives_the_real_worker_through_a_real_job() -> None
     ("task", "every_s"),
     [
         ("agents.tasks.executions_requeue_stale", 60),
-        ("budgets.tasks.rollups_refresh", 60),
+        ("budgets.tasks.rollups_advance", 15),
         ("budgets.tasks.budgets_reconcile", 300),
         ("budgets.tasks.cost_spike_detect", 60),
     ],
