@@ -42,7 +42,7 @@ from django.utils import timezone
 
 from agents.models import Agent, Execution, ModelDeployment
 from agents.runtime.fallbacks import DEFAULT_FALLBACK_MESSAGES
-from budgets.models import PriceVersion, SpendEntry
+from budgets.models import PriceVersion, SpendEntry, SpendRollup, TrafficRollup
 from budgets.rollups import rollup_day_refresh, rollups_rebuild, traffic_rollups_refresh
 from incidents.models import Incident, IncidentEvent, IncidentStatus, Severity
 
@@ -1251,6 +1251,12 @@ def history_seed(plan: HistoryPlan, *, progress: ProgressFn | None = None) -> Se
     # Today and yesterday once more, with their minute parts and the watermark: the rollups
     # job goes on from here instead of reading the history as new (budgets/rollups.py).
     rollups_rebuild()
+    if connection.vendor == "postgresql":
+        # Rows written in one transaction have no statistics until autovacuum gets to them:
+        # the planner would guess (a sort of 436K minute rows for the prune's first 2,000).
+        with connection.cursor() as cursor:
+            for model in (Execution, SpendEntry, SpendRollup, TrafficRollup):
+                cursor.execute(f"ANALYZE {model._meta.db_table}")
     finished = time.perf_counter()
     return SeedResult(
         seed=plan.seed,
