@@ -22,8 +22,9 @@ model and key, kept for today and yesterday): the touched minutes' rows are repl
 difference from what they held before is added to the day's ``SpendRollup`` rows, so the sum of
 a day's minute rows is its rollup row at all times. A day before the minute rows
 (``RollupWatermark.spend_from``) is recomputed whole, which only a record late by more than a
-day causes. Runs are serialized by a lock on the watermark row (one transaction each), so two
-concurrent runs, or one run twice, give the same rows.
+day causes. Runs are serialized by a lock on the watermark row (one transaction each; on
+PostgreSQL a run that finds it locked returns at once, the running one folds in what it would
+have), so two concurrent runs, or one run twice, give the same rows.
 """
 
 from __future__ import annotations
@@ -510,6 +511,7 @@ class RollupRun:
     hours_recomputed: int  # hours older than the minute rows, recomputed from the executions
     days_recomputed: int  # days before the spend minute rows, recomputed whole
     rebuilt: bool  # no mark yet: today and yesterday were rebuilt
+    skipped: bool = False  # another run held the watermark: nothing done (PostgreSQL)
 
 
 def _postgres() -> bool:
@@ -547,10 +549,14 @@ def _unseen(mark: str) -> list[Q]:
     return later + [Q(seq=xid) for xid in sorted(running)]
 
 
-def _watermark_locked() -> RollupWatermark:
-    """The watermark row, locked for this transaction: the first statement writes it, so a
-    concurrent run waits here (a row lock on PostgreSQL, the write lock on SQLite) and then
-    reads what the other committed."""
+def _watermark_locked(*, wait: bool = True) -> RollupWatermark | None:
+    """The watermark row, locked for this transaction, so that runs take turns and each reads
+    what the previous committed. On PostgreSQL a row lock (``wait=False``: None at once when
+    another run holds it, since that run folds in what this one would); on SQLite the write
+    lock, taken by writing the row first."""
+    if _postgres():
+        rows = RollupWatermark.objects.select_for_update(skip_locked=not wait)
+        return rows.filter(name=WATERMARK).first()
     RollupWatermark.objects.filter(name=WATERMARK).update(updated_at=timezone.now())
     return RollupWatermark.objects.get(name=WATERMARK)
 
@@ -563,7 +569,9 @@ def rollups_advance(*, now: datetime | None = None) -> RollupRun:
     at = (now or timezone.now()).astimezone(UTC)
     RollupWatermark.objects.get_or_create(name=WATERMARK)
     with transaction.atomic():
-        mark = _watermark_locked()
+        mark = _watermark_locked(wait=False)
+        if mark is None:  # a run is under way (the first one, a rebuild, takes minutes)
+            return RollupRun(0, 0, 0, 0, rebuilt=False, skipped=True)
         if not mark.mark:
             return _rebuild(mark, at, days=2)
         taken = _mark_now()
@@ -584,6 +592,7 @@ def rollups_advance(*, now: datetime | None = None) -> RollupRun:
         mark.mark = taken
         mark.rows_seen += run.rows
         mark.spend_from = _spend_from(mark.spend_from, at)
+        mark.updated_at = timezone.now()
         mark.save(update_fields=["mark", "rows_seen", "spend_from", "updated_at"])
     _prune(at, mark.spend_from)  # housekeeping, after the lock: rows no run reads any more
     return run
@@ -717,7 +726,9 @@ def rollups_rebuild(*, now: datetime | None = None, days: int = 2) -> int:
     at = (now or timezone.now()).astimezone(UTC)
     RollupWatermark.objects.get_or_create(name=WATERMARK)
     with transaction.atomic():
-        _rebuild(_watermark_locked(), at, days=days)
+        mark = _watermark_locked()
+        assert mark is not None  # waited for it
+        _rebuild(mark, at, days=days)
     return SpendRollup.objects.filter(day__gte=at.date() - timedelta(days=days - 1)).count()
 
 
@@ -760,6 +771,7 @@ def _rebuild(mark: RollupWatermark, at: datetime, *, days: int) -> RollupRun:
         _days_refold(hours)
     mark.mark = taken
     mark.spend_from = first_day
+    mark.updated_at = timezone.now()
     mark.save(update_fields=["mark", "spend_from", "updated_at"])
     _prune(at, mark.spend_from)
     minutes = len({minute for minute, _agent in traffic})
