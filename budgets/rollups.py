@@ -545,8 +545,9 @@ def _unseen(mark: str) -> list[Q]:
         own = cursor.fetchone()[0]
     if own is not None:
         running.add(int(own))
-    later = [Q(seq__gte=int(xmax))]  # disjoint from the running ones, all below xmax
-    return later + [Q(seq=xid) for xid in sorted(running)]
+    # Disjoint conditions (a row is counted once): the ids at or above xmax are in the first.
+    later = [Q(seq__gte=int(xmax))]
+    return later + [Q(seq=xid) for xid in sorted(running) if xid < int(xmax)]
 
 
 def _watermark_locked(*, wait: bool = True) -> RollupWatermark | None:

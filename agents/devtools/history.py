@@ -1250,7 +1250,7 @@ def history_seed(plan: HistoryPlan, *, progress: ProgressFn | None = None) -> Se
             progress("rollups", i, len(days))
     # Today and yesterday once more, with their minute parts and the watermark: the rollups
     # job goes on from here instead of reading the history as new (budgets/rollups.py).
-    rollups_rebuild()
+    rollups_rebuild(now=plan.now)
     if connection.vendor == "postgresql":
         # Rows written in one transaction have no statistics until autovacuum gets to them:
         # the planner would guess (a sort of 436K minute rows for the prune's first 2,000).
