@@ -405,8 +405,20 @@ class Execution(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     steps = models.JSONField(default=list, blank=True)
     error = models.JSONField(null=True, blank=True)
+    # When it was accepted: never rewritten (a queued execution keeps it when a worker claims
+    # it). The rollups, the explorer and the API's lists go by it.
     created_at = models.DateTimeField(default=timezone.now)
+    # When it started running: the claim of a queued execution, the admission of one run now;
+    # also the time its budget windows were chosen (``SpendEntry.at``). None: not started yet
+    # (queued, cancelled while queued), or recorded before the column existed (agents
+    # migration 0012; ``created_at`` was then the start).
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Which write last changed what the rollups count (a trigger sets it on every insert, and
+    # on every update of a counted column; agents migration 0012): on PostgreSQL the writing
+    # transaction's id, on SQLite a counter. ``budgets.rollups`` refolds the buckets of the
+    # rows it has not seen yet (docs/DECISIONS.md #23). None: written before the column existed.
+    seq = models.BigIntegerField(null=True, blank=True, editable=False)
     # Recovery (agents.executions.queue.executions_settle_dead): the process running it (a
     # WorkerProcess id), what its admission reserved, and when it was queued (None: run now).
     owner = models.CharField(max_length=36, blank=True, default="")
@@ -449,6 +461,8 @@ class Execution(models.Model):
                 name="execution_agent_cached_time",
                 condition=Q(cached=True),
             ),
+            # The rollups' watermark: the rows written since a refresh (budgets.rollups).
+            models.Index(fields=["seq"], name="execution_seq", condition=Q(seq__isnull=False)),
         ]
         constraints = [
             models.CheckConstraint(
@@ -475,6 +489,13 @@ class Execution(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_name}:{self.id}"
+
+    @property
+    def queue_wait_ms(self) -> float | None:
+        """How long a queued execution waited for a worker (None: run now, or not started)."""
+        if self.queued_at is None or self.started_at is None:
+            return None
+        return max(0.0, (self.started_at - self.created_at).total_seconds() * 1000)
 
 
 class WorkerProcess(models.Model):

@@ -231,7 +231,16 @@ class ExecutionOut(Schema):
     usage: UsageOut
     cost_usd: float
     latency_ms: float
-    created_at: float = Field(description="Seconds since the epoch.")
+    created_at: float = Field(
+        description="Seconds since the epoch: when the execution was accepted (a queued one "
+        "keeps it when a worker starts it)."
+    )
+    started_at: float | None = Field(
+        default=None,
+        description="Seconds since the epoch: when it started running (null: not started "
+        "yet, or recorded before this field existed). started_at - created_at is a queued "
+        "execution's wait.",
+    )
     model_choice: str = Field(
         default="standard",
         description="standard, or cheap:simple / cheap:hint / cheap:budget_low when the cheap "

@@ -249,6 +249,7 @@ def execution_out(row: Execution) -> dict[str, Any]:
         "cost_usd": float(row.cost_usd),
         "latency_ms": None if row.latency_ms is None else float(row.latency_ms),
         "created_at": row.created_at.timestamp(),
+        "started_at": _epoch(row.started_at),
         "model_choice": row.model_choice,
         "finished_at": _epoch(row.finished_at),
         "session_id": row.session_id or None,

@@ -47,6 +47,7 @@ from budgets.models import (  # noqa: E402
     SpendRollup,
     TrafficRollup,
 )
+from budgets.rollups import traffic_rollups_refresh  # noqa: E402
 from budgets.selectors import agent_stats_by_window, latency_percentile  # noqa: E402
 from budgets.series import (  # noqa: E402
     TRAFFIC_FIELDS,
@@ -56,7 +57,6 @@ from budgets.series import (  # noqa: E402
     traffic_series,
     traffic_series_by_agent,
 )
-from budgets.services import traffic_rollups_refresh  # noqa: E402
 
 AGENTS = tuple(f"bench-series-{i}" for i in range(10))
 SIZE = len(LATENCY_BUCKETS_MS) + 1

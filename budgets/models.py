@@ -199,20 +199,10 @@ LATENCY_BUCKETS_MS: tuple[int, ...] = (
 )  # fmt: skip
 
 
-class SpendRollup(models.Model):
-    """Executions of one UTC day, per agent, model and API key: what the dashboards and
-    ``/api/v1/stats/agents`` read (never the raw executions).
+class SpendCounts(models.Model):
+    """The counts and sums of a set of finished executions, as the daily ``SpendRollup`` and
+    its minute rows (``SpendMinute``) hold them."""
 
-    Recomputed from ``Execution`` by ``budgets.services.rollups_refresh`` (replace, not
-    increment), so a late or redelivered record only ever makes a row more correct.
-    ``api_key_id`` is 0 for executions without a key (console, loadgen, a deleted key), so the
-    unique key has no NULLs; ``model`` is "" when no model answered.
-    """
-
-    day = models.DateField()
-    agent_name = models.CharField(max_length=64)
-    model = models.CharField(max_length=128, blank=True, default="")
-    api_key_id = models.BigIntegerField(default=0)
     requests = models.PositiveIntegerField(default=0)  # finished executions
     succeeded = models.PositiveIntegerField(default=0)
     degraded = models.PositiveIntegerField(default=0)
@@ -232,6 +222,29 @@ class SpendRollup(models.Model):
     latency_buckets = models.JSONField(default=list)
     model_choices = models.JSONField(default=dict)  # {"standard": n, "cheap:simple": m, ...}
     updated_at = models.DateTimeField(default=_now)
+
+    class Meta:
+        abstract = True
+
+
+class SpendRollup(SpendCounts):
+    """Executions of one UTC day (of their ``created_at``, the time they were accepted), per
+    agent, model and API key: what the dashboards and ``/api/v1/stats/agents`` read (never the
+    raw executions).
+
+    Kept by ``budgets.rollups.rollups_advance`` (docs/DECISIONS.md #23): each minute the new
+    records touch is recomputed from ``Execution`` into its ``SpendMinute`` rows, and the
+    difference from what those rows held before is added here, so a late or redelivered record
+    only ever makes a row more correct. A day older than the minute rows are kept is recomputed
+    whole from ``Execution`` (``rollup_day_refresh``). ``api_key_id`` is 0 for executions without
+    a key (console, loadgen, a deleted key), so the unique key has no NULLs; ``model`` is ""
+    when no model answered.
+    """
+
+    day = models.DateField()
+    agent_name = models.CharField(max_length=64)
+    model = models.CharField(max_length=128, blank=True, default="")
+    api_key_id = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-day", "agent_name", "model", "api_key_id"]
@@ -255,6 +268,48 @@ class SpendRollup(models.Model):
         return f"{self.day} {self.agent_name} {self.model or '-'} key {self.api_key_id}"
 
 
+class SpendMinute(SpendCounts):
+    """Executions of one UTC minute per agent, model and API key: the daily ``SpendRollup``'s
+    parts, kept for today and yesterday (UTC) so that a refresh recomputes only the minutes new
+    records touch and adds their difference to the day (``budgets.rollups``). Nothing reads
+    them otherwise."""
+
+    start = models.DateTimeField()
+    agent_name = models.CharField(max_length=64)
+    model = models.CharField(max_length=128, blank=True, default="")
+    api_key_id = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-start", "agent_name", "model", "api_key_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["start", "agent_name", "model", "api_key_id"], name="spend_minute_identity"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.start:%Y-%m-%d %H:%M} {self.agent_name} {self.model or '-'}"
+
+
+class RollupWatermark(models.Model):
+    """How far the rollups have read ``Execution`` (one row, ``name`` "executions"): every row
+    whose ``seq`` is covered by ``mark`` is counted. On PostgreSQL ``mark`` is the snapshot
+    (``pg_current_snapshot()`` as text) taken at the start of the last refresh: a row whose
+    transaction was visible in it was seen. On SQLite it is the largest ``seq`` seen. Empty:
+    nothing read incrementally yet; the first refresh rebuilds today and yesterday.
+    ``spend_from``: the first UTC day whose ``SpendMinute`` rows are complete (days before it
+    are recomputed whole when a record reaches them)."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    mark = models.TextField(blank=True, default="")
+    spend_from = models.DateField(null=True, blank=True)
+    rows_seen = models.BigIntegerField(default=0)  # row versions read by refreshes, in total
+    updated_at = models.DateTimeField(default=_now)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.mark or '-'}"
+
+
 ALL_AGENTS = "*"  # TrafficRollup.agent_name of the every-agent rows
 
 
@@ -268,9 +323,11 @@ class TrafficRollup(models.Model):
     """Finished executions of one agent in one time bucket (a UTC minute, hour or day): what the
     console's charts and ``/api/v1/stats/agents?window=1h|24h`` read (``budgets.series``).
 
-    Minute rows are recomputed from ``Execution`` (replace, not increment) for the last few
-    minutes by ``budgets.services.traffic_rollups_refresh``; an hour row is the sum of its minute
-    rows and a day row the sum of its hour rows, recomputed whenever one of them is. Kept:
+    Minute rows are recomputed from ``Execution`` (replace, not increment) for each minute that
+    new records touch by ``budgets.rollups.rollups_advance`` (docs/DECISIONS.md #23); an hour
+    row is the sum of its minute rows and a day row the sum of its hour rows, recomputed
+    whenever one of them is (an hour older than the minute rows are kept is recomputed from
+    ``Execution``). Kept:
     minute rows ``TRAFFIC_KEEP[60]``, hour rows ``TRAFFIC_KEEP[3600]``, day rows
     ``TRAFFIC_KEEP[86400]`` (then deleted in small batches). ``start`` is the bucket's start;
     ``created_at`` of the executions decides their bucket. ``agent_name`` ``ALL_AGENTS`` ("*",

@@ -532,8 +532,8 @@ def agent_stats_by_window(
 
     ``1h`` reads the minute rows of ``TrafficRollup`` and ``24h`` its hour rows, from the bucket
     holding ``now - window`` on: a trailing window, at least as long as it says and at most one
-    step (a minute, an hour) longer. Records reach those rollups within the refresh interval,
-    except those later than its recomputed slice (``budgets.services.traffic_rollups_refresh``).
+    step (a minute, an hour) longer. Records reach those rollups within the refresh interval
+    of ``budgets.rollups.rollups_advance``, late ones included.
     ``7d`` and ``30d`` read the daily ``SpendRollup``: the 7 (30) days before today and today,
     UTC. Per-day figures divide by the time the read rollups actually cover for that agent:
     from the start of its first bucket with data (within the window) until ``now``. ``agents``

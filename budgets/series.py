@@ -1,7 +1,7 @@
 """Time series and window totals of the traffic, for the console's charts, cards and sparklines.
 
 Everything here reads ``TrafficRollup`` (minute, hour and day rows per agent; see
-``budgets.services.traffic_rollups_refresh``), never the raw executions, with one query per
+``budgets.rollups``), never the raw executions, with one query per
 call whose rows are bounded by the window (at most 168 hour rows per agent), so a call costs the
 same at any amount of history (docs/BENCHMARKS.md, "Issue 12: console series").
 
@@ -103,9 +103,13 @@ def window_parse(value: str) -> str:
 # --- adding rollup rows up -----------------------------------------------------------------
 
 
-def _add_counts(into: dict[str, int], more: Mapping[str, Any]) -> None:
+def _add_counts(into: dict[str, int], more: Mapping[str, Any], sign: int = 1) -> None:
     for key, count in (more or {}).items():
-        into[key] = into.get(key, 0) + int(count)
+        total = into.get(key, 0) + sign * int(count)
+        if total:
+            into[key] = total
+        else:
+            into.pop(key, None)
 
 
 @dataclass
@@ -132,16 +136,36 @@ class TrafficTotals:
     fallback_reasons: dict[str, int] = field(default_factory=dict)
     model_choices: dict[str, int] = field(default_factory=dict)
 
-    def add(self, row: Mapping[str, Any]) -> None:
+    def add(self, row: Mapping[str, Any], sign: int = 1) -> None:
+        """Add ``row`` (``sign`` -1: take it away, as the rollups' differences do)."""
         for name in _COUNTS:
-            setattr(self, name, getattr(self, name) + row[name])
-        self.cost_usd += row["cost_usd"]
-        self.saved_usd += row["saved_usd"]
+            setattr(self, name, getattr(self, name) + sign * row[name])
+        self.cost_usd += sign * row["cost_usd"]
+        self.saved_usd += sign * row["saved_usd"]
         buckets = self.latency_buckets
         for index, count in enumerate((row["latency_buckets"] or [])[:_SIZE]):
-            buckets[index] += count
-        _add_counts(self.fallback_reasons, row["fallback_reasons"])
-        _add_counts(self.model_choices, row["model_choices"])
+            buckets[index] += sign * count
+        _add_counts(self.fallback_reasons, row["fallback_reasons"], sign)
+        _add_counts(self.model_choices, row["model_choices"], sign)
+
+    def is_zero(self) -> bool:
+        return (
+            all(getattr(self, name) == 0 for name in _COUNTS)
+            and self.cost_usd == 0
+            and self.saved_usd == 0
+            and not any(self.latency_buckets)
+            and not self.fallback_reasons
+            and not self.model_choices
+        )
+
+    def is_negative(self) -> bool:
+        """Something below zero: totals taken away that were never added."""
+        return (
+            any(getattr(self, name) < 0 for name in _COUNTS)
+            or self.cost_usd < 0
+            or self.saved_usd < 0
+            or any(count < 0 for count in self.latency_buckets)
+        )
 
     def rollup_values(self) -> dict[str, Any]:
         """The values of a ``TrafficRollup`` row holding these totals."""

@@ -5,20 +5,16 @@ from __future__ import annotations
 from celery import shared_task
 
 from agents.backends import on_state_sync
-from budgets import services, slo_burn
+from budgets import rollups, services, slo_burn
 from budgets.windows import budget_windows_rebuild
 
 
-@shared_task(name="budgets.tasks.rollups_refresh", acks_late=True, time_limit=120)
-def rollups_refresh() -> int:
-    """Rows of today's and yesterday's rollups kept."""
-    return services.rollups_refresh()
-
-
-@shared_task(name="budgets.tasks.traffic_rollups_refresh", acks_late=True, time_limit=30)
-def traffic_rollups_refresh() -> int:
-    """Minute rows of the last 15 minutes' traffic rollups kept (hours and days follow)."""
-    return services.traffic_rollups_refresh()
+# The first run after an upgrade rebuilds today and yesterday (minutes at 15M executions);
+# every run after it is proportional to the records since the last.
+@shared_task(name="budgets.tasks.rollups_advance", acks_late=True, time_limit=1800)
+def rollups_advance() -> int:
+    """Row versions folded into the rollups since the previous run (budgets/rollups.py)."""
+    return rollups.rollups_advance().rows
 
 
 @shared_task(name="budgets.tasks.budgets_reconcile", acks_late=True, time_limit=120)

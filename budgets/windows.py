@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import Agent, Execution, ExecutionStatus
@@ -85,7 +86,7 @@ def _ledger(spans: list[BudgetSpan], now: datetime) -> dict[str, int]:
 
 
 def _in_span(span: BudgetSpan, row: Mapping[str, Any]) -> bool:
-    if not span.counted_from <= row["created_at"] < span.end:
+    if not span.counted_from <= row["started"] < span.end:
         return False
     budget = span.budget
     if budget.scope == BudgetScope.AGENT:
@@ -103,10 +104,13 @@ def _reservations(
     if not begun:
         return {}
     earliest = min(span.counted_from for span in begun)
+    # Its windows and its lease date from its start (a queued execution's claim), not from
+    # when it was accepted; rows from before agents migration 0012 started at created_at.
     rows = list(
-        Execution.objects.filter(
-            status=ExecutionStatus.RUNNING, reserved_usd__gt=0, created_at__gte=earliest
-        ).values("id", "agent_name", "api_key_id", "created_at", "reserved_usd")
+        Execution.objects.filter(status=ExecutionStatus.RUNNING, reserved_usd__gt=0)
+        .annotate(started=Coalesce("started_at", "created_at"))
+        .filter(started__gte=earliest)
+        .values("id", "agent_name", "api_key_id", "started", "reserved_usd")
     )
     if not rows:
         return {}
@@ -117,7 +121,7 @@ def _reservations(
         reservation = (
             str(row["id"]),
             to_micros(row["reserved_usd"], up=True),
-            row["created_at"].timestamp() + lease_s,
+            row["started"].timestamp() + lease_s,
         )
         for span in begun:
             if _in_span(span, row):

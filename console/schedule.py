@@ -24,9 +24,9 @@ JOBS: tuple[Job, ...] = (
     Job("executions-reap-stale", "agents.tasks.executions_reap_stale", every_s=60),
     Job("budget-windows-prepare", "budgets.tasks.budget_windows_prepare", every_s=60),
     Job("executions-requeue-stale", "agents.tasks.executions_requeue_stale", every_s=60),
-    Job("rollups-refresh", "budgets.tasks.rollups_refresh", every_s=60),
-    # The console's charts lag the traffic by at most this (budgets/series.py).
-    Job("traffic-rollups-refresh", "budgets.tasks.traffic_rollups_refresh", every_s=15),
+    # Every rollup, from the records written since its last run (budgets/rollups.py); the
+    # console's charts lag the traffic by at most this (budgets/series.py).
+    Job("rollups-advance", "budgets.tasks.rollups_advance", every_s=15),
     Job("budgets-reconcile", "budgets.tasks.budgets_reconcile", every_s=300),
     Job("cost-spike-detect", "budgets.tasks.cost_spike_detect", every_s=60),
     Job("budgets-observe", "budgets.tasks.budgets_observe", every_s=15),

@@ -179,8 +179,9 @@ class ExecutionClaim:
 def execution_claim(*, execution_id: str, now: datetime | None = None) -> ExecutionClaim:
     """Claim a queued execution for this delivery, or a running one whose delivery died.
 
-    One conditional UPDATE moves the row to ``running`` and stamps ``created_at`` with the claim
-    time; it matches ``queued``, or ``running`` with a claim older than the agent's timeout plus
+    One conditional UPDATE moves the row to ``running`` and stamps ``started_at`` with the claim
+    time (``created_at`` stays the time it was accepted: the rollups and the explorer go by it);
+    it matches ``queued``, or ``running`` with a claim older than the agent's timeout plus
     :func:`execution_claim_grace_s` (no live delivery runs that long: the executor's deadline,
     the runner's watchdog and Celery's hard time limit all end it first). It must change exactly
     one row: concurrent deliveries race on it and all but one change nothing. Before taking over
@@ -199,7 +200,7 @@ def _claim(execution_id: str, now: datetime | None) -> ExecutionClaim:
 
     now = now or timezone.now()
     row = Execution.objects.filter(pk=execution_id).only(
-        "agent_name", "status", "created_at", "owner", "reserved_usd", "api_key_id"
+        "agent_name", "status", "created_at", "started_at", "owner", "reserved_usd", "api_key_id"
     )
     current = row.first()
     if current is None:
@@ -211,7 +212,9 @@ def _claim(execution_id: str, now: datetime | None) -> ExecutionClaim:
     stale_after = timedelta(seconds=timeout_s + execution_claim_grace_s())
     if current.status in FINAL_STATUSES:
         return ExecutionClaim("finished", timeout_s=timeout_s)
-    stale = current.status == ExecutionStatus.RUNNING and current.created_at < now - stale_after
+    stale = current.status == ExecutionStatus.RUNNING and _claimed_before(
+        current, now - stale_after
+    )
     if stale:
         journal_drain_once()
 
@@ -219,9 +222,10 @@ def _claim(execution_id: str, now: datetime | None) -> ExecutionClaim:
         Execution.objects.filter(pk=execution_id)
         .filter(
             Q(status=ExecutionStatus.QUEUED)
-            | Q(status=ExecutionStatus.RUNNING, created_at__lt=now - stale_after)
+            | Q(status=ExecutionStatus.RUNNING, started_at__lt=now - stale_after)
+            | Q(status=ExecutionStatus.RUNNING, started_at__isnull=True)
         )
-        .update(status=ExecutionStatus.RUNNING, created_at=now, owner=process_owner_id("worker"))
+        .update(status=ExecutionStatus.RUNNING, started_at=now, owner=process_owner_id("worker"))
     )
     if changed == 1:
         claimed = Execution.objects.select_related("api_key").get(pk=execution_id)
@@ -233,8 +237,14 @@ def _claim(execution_id: str, now: datetime | None) -> ExecutionClaim:
         return ExecutionClaim("missing")
     if current.status in FINAL_STATUSES:
         return ExecutionClaim("finished", timeout_s=timeout_s)
-    wait = (current.created_at + stale_after - now).total_seconds()
+    wait = ((current.started_at or now) + stale_after - now).total_seconds()
     return ExecutionClaim("busy", timeout_s=timeout_s, wait_s=max(0.2, wait + 0.05))
+
+
+def _claimed_before(row: Execution, cutoff: datetime) -> bool:
+    """A running row without a start time has no live claim (agents migration 0012 gave every
+    running row one; nothing writes ``running`` without it since)."""
+    return row.started_at is None or row.started_at < cutoff
 
 
 def journal_drain_once() -> None:
@@ -255,12 +265,14 @@ def journal_drain_once() -> None:
 
 def execution_release(*, execution_id: str, claimed_at: datetime) -> bool:
     """Give a claim back (an infrastructure error before the run started): ``queued`` again,
-    only if the claim is still ours."""
+    only if the claim is still ours (``claimed_at``: the claim's ``started_at``)."""
 
     rows = Execution.objects.filter(
-        pk=execution_id, status=ExecutionStatus.RUNNING, created_at=claimed_at
+        pk=execution_id, status=ExecutionStatus.RUNNING, started_at=claimed_at
     )
-    changed: int = _retry_locked(lambda: rows.update(status=ExecutionStatus.QUEUED))
+    changed: int = _retry_locked(
+        lambda: rows.update(status=ExecutionStatus.QUEUED, started_at=None)
+    )
     return changed == 1
 
 
@@ -365,13 +377,16 @@ def executions_reap_stale(*, now: datetime | None = None) -> int:
     """Fail executions left ``running`` by a process that died.
 
     An execution cannot legitimately run past its agent's deadline (``timeout_s`` <= 3600 s),
-    so one still ``running`` after ``BREAKWATER_STALE_EXECUTION_S`` belongs to a dead process.
-    The conditional UPDATE makes concurrent reapers safe: each row changes once.
+    so one still ``running`` after ``BREAKWATER_STALE_EXECUTION_S`` since it started belongs
+    to a dead process (since it started: a queued execution may wait longer than that before
+    a worker claims it). The conditional UPDATE makes concurrent reapers safe: each row
+    changes once.
     """
 
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.BREAKWATER_STALE_EXECUTION_S)
-    return Execution.objects.filter(status=ExecutionStatus.RUNNING, created_at__lt=cutoff).update(
+    started_before = Q(started_at__lt=cutoff) | Q(started_at__isnull=True, created_at__lt=cutoff)
+    return Execution.objects.filter(started_before, status=ExecutionStatus.RUNNING).update(
         status=ExecutionStatus.FAILED,
         finished_at=now,
         error={"type": "worker_lost", "message": "the process running this execution died"},

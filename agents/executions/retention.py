@@ -12,8 +12,9 @@ What stays, whatever its age:
   audit trail and the incidents. No incident timeline entry refers to an execution.
 
 The cutoff never reaches into a day a rollup refresh still recomputes from raw rows: the daily
-rollups recompute today and yesterday (UTC, ``budgets.services.rollups_refresh``) and the
-traffic rollups the last 15 minutes, so the cutoff is at most the start of yesterday. A refresh
+rollups recompute today and yesterday (UTC, ``budgets.rollups.rollups_rebuild``; the job
+``rollups_advance`` leaves out any minute before this cutoff) and the traffic rollups the last
+15 minutes, so the cutoff is at most the start of yesterday. A refresh
 after retention therefore leaves every older rollup as it was (with the default 30 days the
 clamp never applies; it matters for ``BREAKWATER_RETENTION_DAYS=1``).
 
@@ -61,7 +62,7 @@ PAUSE_MIN_S = 0.05  # after every batch, at least this, and at least as long as 
 SPAN_FIRST = timedelta(minutes=1)
 SPAN_MIN, SPAN_MAX = timedelta(seconds=1), timedelta(days=1)
 RUN_BUDGET_S = 60.0  # one scheduled run (every 300 s, console/schedule.py)
-ROLLUP_RECOMPUTED_DAYS = 2  # today and yesterday: budgets.services.rollups_refresh(days=2)
+ROLLUP_RECOMPUTED_DAYS = 2  # today and yesterday: budgets.rollups.rollups_rebuild(days=2)
 
 
 @dataclass(frozen=True)

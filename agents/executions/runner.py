@@ -81,7 +81,7 @@ def execution_run(
             _in_engine_loop(lambda: _run_claimed(row, claim.timeout_s, max_tokens, bypass_cache))
         )
     except _EngineUnavailable as exc:
-        execution_release(execution_id=execution_id, claimed_at=row.created_at)
+        execution_release(execution_id=execution_id, claimed_at=row.started_at)
         raise exc.__cause__ or exc from None
     except SoftTimeLimitExceeded:
         stored = execution_fail(
@@ -144,7 +144,8 @@ def _empty_result(row: Any, request: Any, status: str, error: dict[str, str] | N
         usage=Usage(),
         cost_usd=Decimal(0),
         latency_ms=0.0,
-        created_at=row.created_at.timestamp(),
+        # The runtime's created_at is the start (the time its ledger entry is filed under).
+        created_at=(row.started_at or row.created_at).timestamp(),
         finished_at=now,
         error=error,
         session_id=request.session_id,

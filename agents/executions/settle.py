@@ -38,9 +38,15 @@ class SettleDead:
     charged_micros: int = 0  # what was charged for work whose usage is unknown
 
 
+def _started(row: Any) -> datetime:
+    """When its admission chose its budget windows (rows from before agents migration 0012
+    have no ``started_at``: their ``created_at`` was the start)."""
+    return row.started_at or row.created_at  # type: ignore[no-any-return]
+
+
 def _budget_keys(rows: list[Any]) -> dict[Any, tuple[str, ...]]:
     """The budget window keys each execution's admission held (the budgets that apply to its
-    agent and key, in the windows of its ``created_at``)."""
+    agent and key, in the windows of its start)."""
     budgets = list(Budget.objects.select_related("agent"))
     keys: dict[Any, tuple[str, ...]] = {}
     for row in rows:
@@ -53,7 +59,7 @@ def _budget_keys(rows: list[Any]) -> dict[Any, tuple[str, ...]]:
             if budget.scope == BudgetScope.API_KEY and budget.api_key_id != row.api_key_id:
                 continue
             rule = budget_rule(budget)
-            window, _, _ = window_bounds(rule, row.created_at.timestamp())
+            window, _, _ = window_bounds(rule, _started(row).timestamp())
             found.append(f"budget:{rule.id}:{window}")
         keys[row.pk] = tuple(found)
     return keys
@@ -69,7 +75,7 @@ def _abandoned_entry(row: Any, micros: int) -> SpendEntry:
     is its next run's."""
     return SpendEntry(
         execution_id=uuid.uuid5(row.pk, f"abandoned:{row.owner}"),
-        at=row.created_at,
+        at=_started(row),
         agent_name=row.agent_name,
         api_key_id=row.api_key_id,
         model="",
@@ -139,7 +145,14 @@ def executions_settle_dead(
     journal_drain_once()  # what they recorded before dying is the truth
     rows = list(
         running.only(
-            "id", "agent_name", "api_key_id", "owner", "reserved_usd", "queued_at", "created_at"
+            "id",
+            "agent_name",
+            "api_key_id",
+            "owner",
+            "reserved_usd",
+            "queued_at",
+            "created_at",
+            "started_at",
         ).order_by("created_at")[:batch]
     )
     if not rows:
@@ -173,7 +186,7 @@ def executions_settle_dead(
         still = Execution.objects.filter(pk=row.pk, status=ExecutionStatus.RUNNING, owner=row.owner)
         entry = SpendEntry(
             execution_id=row.pk,
-            at=row.created_at,
+            at=_started(row),
             agent_name=row.agent_name,
             api_key_id=row.api_key_id,
             model="",
@@ -182,7 +195,7 @@ def executions_settle_dead(
         )
         with transaction.atomic():
             if row.queued_at is not None:
-                if not still.update(status=ExecutionStatus.QUEUED, owner=""):
+                if not still.update(status=ExecutionStatus.QUEUED, owner="", started_at=None):
                     continue
                 requeued += 1
                 dispatch.append((str(row.pk), row.agent_name))

@@ -282,6 +282,7 @@ class ExecutionResult:
             "cost_usd": float(self.cost_usd),
             "latency_ms": round(self.latency_ms, 2),
             "created_at": self.created_at,
+            "started_at": self.created_at,  # the runtime's created_at is when it started
             "model_choice": self.model_choice,
             "steps": [step.as_dict() for step in self.steps],
         }

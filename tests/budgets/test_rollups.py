@@ -1,18 +1,27 @@
-"""Daily rollups are recomputed from executions (replace, not increment) and feed the stats."""
+"""The rollups: recomputed from executions (replace, not increment), advanced from a watermark
+by the job, and read by the stats."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+import threading
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from agents.access.keys import generate_key
-from agents.models import ApiKey, Execution
-from budgets.models import LATENCY_BUCKETS_MS, SpendRollup, TrafficRollup
+from agents.models import Agent, ApiKey, Execution
+from agents.runtime.types import ExecutionStatus
+from budgets.models import (
+    LATENCY_BUCKETS_MS,
+    RollupWatermark,
+    SpendEntry,
+    SpendRollup,
+    TrafficRollup,
+)
+from budgets.rollups import rollup_day_refresh, rollups_advance, rollups_rebuild, rollups_refresh
 from budgets.selectors import agent_stats_by_window, latency_percentile, merge_buckets
-from budgets.services import rollup_day_refresh, rollups_refresh
 from tests.budgets.conftest import NOW, execution
 
 TODAY = NOW.date()
@@ -174,14 +183,19 @@ def test_a_day_with_no_executions_writes_nothing() -> None:
 
 
 @pytest.mark.django_db
-def test_the_rollups_refresh_task_runs_the_service() -> None:
+def test_the_rollups_task_runs_the_advance_and_is_scheduled_every_15_s() -> None:
     from django.utils import timezone
 
-    from budgets.tasks import rollups_refresh as task
+    from budgets.tasks import rollups_advance as task
+    from console.schedule import JOBS
 
+    task()  # the first run rebuilds and sets the mark
     execution(at=timezone.now())
-    assert task() == 1
+    assert task() == 1  # one row version written since
     assert SpendRollup.objects.count() == 1
+    assert TrafficRollup.objects.filter(step_s=60).count() == 2  # the agent's and every agent's
+    job = next(job for job in JOBS if job.name == "rollups-advance")
+    assert (job.task, job.every_s) == ("budgets.tasks.rollups_advance", 15)
 
 
 # --- stats -----------------------------------------------------------------------------------
@@ -322,3 +336,300 @@ def test_an_agent_with_no_latency_recorded_has_no_latency_figures() -> None:
     assert item["avg_latency_ms"] is None
     assert item["p95_latency_ms"] is None
     assert item["success_rate"] == 0.0
+
+
+# --- the job: advancing from the watermark (budgets/rollups.py, DECISIONS #23) -----------------
+#
+# Each statement commits on its own here (transaction=True), as the recorder's and the job's
+# transactions do in production: the watermark is about what other transactions committed.
+
+committed = pytest.mark.django_db(transaction=True)
+RUN_AT = NOW + timedelta(minutes=30)
+
+
+def recorded(
+    at: datetime, *, agent: str = "support", status: str = "succeeded", **result: Any
+) -> str:
+    """An execution stored the way the recorder stores it: its ``finished`` journal event."""
+    from agents.executions.recording.events import encode_finished, row_from_event
+    from agents.executions.recording.store import store_rows
+    from tests.agents.executions.test_recording import request_for, result_for
+
+    request = request_for(agent=agent)
+    fields: dict[str, Any] = {
+        "status": ExecutionStatus(status),
+        "fallback_used": status == "degraded",
+        "fallback_reason": "timeout" if status == "degraded" else None,
+        "error": None,
+        "created_at": at.timestamp(),
+        "finished_at": at.timestamp() + 0.8,
+        **result,
+    }
+    finished = result_for(request, **fields)
+    outcome = store_rows([(0, row_from_event(encode_finished(finished)))])
+    assert not outcome.rejected
+    return str(finished.execution_id)
+
+
+def day_requests() -> dict[tuple[date, str], int]:
+    totals: dict[tuple[date, str], int] = {}
+    for row in SpendRollup.objects.all():
+        key = (row.day, row.agent_name)
+        totals[key] = totals.get(key, 0) + row.requests
+    return totals
+
+
+def minute_requests(agent: str = "support") -> dict[datetime, int]:
+    return dict(
+        TrafficRollup.objects.filter(step_s=60, agent_name=agent).values_list("start", "requests")
+    )
+
+
+def rollup_tables() -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+    traffic = list(
+        TrafficRollup.objects.order_by("step_s", "start", "agent_name").values_list(
+            "step_s", "start", "agent_name", "requests", "succeeded", "failed", "slow", "cost_usd"
+        )
+    )
+    return rollup_values(), traffic
+
+
+@committed
+def test_the_first_run_rebuilds_today_and_yesterday_and_sets_the_mark() -> None:
+    execution(at=NOW - timedelta(days=1))
+    execution(at=NOW)
+    run = rollups_advance(now=RUN_AT)
+    assert run.rebuilt
+    assert day_requests() == {(TODAY - timedelta(days=1), "support"): 1, (TODAY, "support"): 1}
+    mark = RollupWatermark.objects.get(name="executions")
+    assert mark.mark
+    assert mark.spend_from == TODAY - timedelta(days=1)
+
+
+@committed
+def test_the_watermark_advances_so_each_run_reads_only_the_rows_written_since_the_last() -> None:
+    rollups_advance(now=RUN_AT)
+    for _ in range(3):
+        execution(at=NOW)
+    assert rollups_advance(now=RUN_AT).rows == 3
+    again = rollups_advance(now=RUN_AT)
+    assert (again.rows, again.minutes) == (0, 0)  # nothing new: nothing read, nothing refolded
+    execution(at=NOW + timedelta(minutes=1))
+    assert rollups_advance(now=RUN_AT).rows == 1
+    assert day_requests() == {(TODAY, "support"): 4}
+    assert minute_requests() == {NOW: 3, NOW + timedelta(minutes=1): 1}
+
+
+@committed
+def test_a_late_record_from_the_journal_is_counted_by_the_next_run() -> None:
+    """A record reaching the database after its minute's refresh (a journal drained late):
+    the next run refolds that minute, its hour, its day and the daily spend."""
+    rollups_advance(now=RUN_AT)
+    recorded(NOW)
+    rollups_advance(now=RUN_AT)
+    assert minute_requests() == {NOW: 1}
+    recorded(NOW + timedelta(seconds=20), status="failed")  # late: 29 minutes after its minute
+    run = rollups_advance(now=RUN_AT)
+    assert (run.rows, run.minutes) == (1, 1)
+    minute = TrafficRollup.objects.get(step_s=60, start=NOW, agent_name="support")
+    assert (minute.requests, minute.succeeded, minute.failed) == (2, 1, 1)
+    hour = TrafficRollup.objects.get(step_s=3600, start=NOW, agent_name="*")
+    day = TrafficRollup.objects.get(step_s=86400, agent_name="*")
+    assert hour.requests == day.requests == 2
+    assert day_requests() == {(TODAY, "support"): 2}
+
+
+@committed
+def test_a_record_late_by_more_than_the_minute_rows_recomputes_its_hour_and_day_whole() -> None:
+    rollups_advance(now=RUN_AT)
+    old = NOW - timedelta(days=3)
+    execution(at=old)
+    execution(at=old + timedelta(minutes=5))
+    run = rollups_advance(now=RUN_AT)
+    assert (run.hours_recomputed, run.days_recomputed) == (1, 1)
+    assert day_requests() == {(old.date(), "support"): 2}
+    assert TrafficRollup.objects.get(step_s=3600, start=old, agent_name="support").requests == 2
+    assert not TrafficRollup.objects.filter(step_s=60, start__lte=old + timedelta(minutes=5))
+
+
+@committed
+def test_a_record_from_before_the_retention_cutoff_leaves_the_rollups_of_its_day_alone(
+    settings: Any,
+) -> None:
+    """Retention deleted that day's raw rows: recomputing it from one record drained (or
+    edited) that late would replace a day of rollups by that one record."""
+    settings.BREAKWATER_RETENTION_DAYS = 2
+    old = NOW - timedelta(days=4)
+    execution(at=old)
+    execution(at=old + timedelta(minutes=1))
+    rollups_rebuild(now=RUN_AT, days=5)
+    before = rollup_tables()
+    Execution.objects.filter(created_at__lt=NOW - timedelta(days=3)).delete()  # retention
+    execution(at=old + timedelta(minutes=2))  # then a record of that day reaches the database
+
+    run = rollups_advance(now=RUN_AT)
+
+    assert (run.rows, run.minutes, run.hours_recomputed, run.days_recomputed) == (1, 0, 0, 0)
+    assert rollup_tables() == before
+    assert day_requests()[(old.date(), "support")] == 2
+
+
+@committed
+def test_a_record_that_changes_moves_its_counts_instead_of_adding_them_again() -> None:
+    """The reaper fails a run its process left; the truth arrives later and overwrites it."""
+    rollups_advance(now=RUN_AT)
+    execution_id = recorded(NOW, status="failed")
+    rollups_advance(now=RUN_AT)
+    redelivered = recorded(
+        NOW, status="succeeded", execution_id=execution_id, cost_usd=Decimal("0.5")
+    )
+    assert redelivered == execution_id
+    rollups_advance(now=RUN_AT)
+    [row] = SpendRollup.objects.all()
+    assert (row.requests, row.succeeded, row.failed, row.cost_usd) == (1, 1, 0, Decimal("0.5"))
+    minute = TrafficRollup.objects.get(step_s=60, start=NOW, agent_name="support")
+    assert (minute.requests, minute.succeeded, minute.failed) == (1, 1, 0)
+
+
+@committed
+def test_a_redelivered_identical_record_keeps_its_seq_and_is_not_read_again() -> None:
+    execution_id = recorded(NOW)
+    rollups_advance(now=RUN_AT)
+    seq = Execution.objects.get(pk=execution_id).seq
+    recorded(NOW, execution_id=execution_id)
+    assert Execution.objects.get(pk=execution_id).seq == seq
+    assert rollups_advance(now=RUN_AT).rows == 0
+
+
+@committed
+def test_running_it_twice_changes_nothing_and_equals_a_rebuild() -> None:
+    rollups_advance(now=RUN_AT)
+    for minute in range(5):
+        execution(
+            at=NOW + timedelta(minutes=minute), status="degraded" if minute % 2 else "succeeded"
+        )
+    rollups_advance(now=RUN_AT)
+    once = rollup_tables()
+    Execution.objects.filter(created_at=NOW).update(seq=None)  # nothing to read: a no-op run
+    rollups_advance(now=RUN_AT)
+    assert rollup_tables() == once
+    rollups_rebuild(now=RUN_AT)
+    assert rollup_tables() == once
+
+
+@committed
+def test_the_slow_count_follows_each_agents_threshold() -> None:
+    Agent.objects.create(name="strict", model="m", slo_latency_ms=500)
+    rollups_advance(now=RUN_AT)
+    for latency in (400, 600, 2500):
+        execution(at=NOW, agent="strict", latency_ms=latency)
+        execution(at=NOW, agent="support", latency_ms=latency)
+    rollups_advance(now=RUN_AT)
+    slow = dict(
+        TrafficRollup.objects.filter(step_s=60, start=NOW).values_list("agent_name", "slow")
+    )
+    assert slow == {"strict": 2, "support": 1, "*": 3}
+
+
+@committed
+def test_a_queued_execution_keeps_its_accepted_time_in_the_daily_rollup() -> None:
+    """Accepted at 23:59:40, started by a worker after midnight: yesterday's spend."""
+    from agents.executions.queue import execution_claim
+
+    Agent.objects.create(name="support", model="m")
+    accepted = datetime(2026, 3, 11, 23, 59, 40, tzinfo=UTC)
+    started = accepted + timedelta(seconds=50)
+    rollups_advance(now=accepted)
+    queued = Execution.objects.create(
+        agent_name="support", status="queued", created_at=accepted, queued_at=accepted
+    )
+    assert execution_claim(execution_id=str(queued.pk), now=started).outcome == "claimed"
+    recorded(started, execution_id=str(queued.pk))  # the runtime's time is the start
+    rollups_advance(now=started + timedelta(seconds=5))
+    row = Execution.objects.get(pk=queued.pk)
+    assert (row.created_at, row.started_at) == (accepted, started)
+    assert row.queue_wait_ms == 50_000
+    assert day_requests() == {(accepted.date(), "support"): 1}
+    assert minute_requests() == {datetime(2026, 3, 11, 23, 59, tzinfo=UTC): 1}
+    # The ledger files it at its start: the budget window its counter was charged in.
+    assert SpendEntry.objects.get(execution_id=queued.pk).at == started
+
+
+def test_a_transaction_that_commits_after_a_run_is_counted_by_the_next(
+    postgres: None, transactional_db: None
+) -> None:
+    """Rows become visible in commit order, not in the order of their ids: a run that starts
+    while a writer's transaction is open must not skip it once it commits."""
+    from django.db import connection, transaction
+
+    rollups_advance(now=RUN_AT)
+    written, commit, done = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_writer() -> None:
+        try:
+            with transaction.atomic():
+                execution(at=NOW)
+                written.set()
+                commit.wait(10)
+        finally:
+            connection.close()
+            done.set()
+
+    thread = threading.Thread(target=slow_writer)
+    thread.start()
+    assert written.wait(10)
+    execution(at=NOW + timedelta(seconds=1))  # a later transaction, committed first
+    assert rollups_advance(now=RUN_AT).rows == 1
+    commit.set()
+    assert done.wait(10)
+    thread.join()
+    assert rollups_advance(now=RUN_AT).rows == 1
+    assert minute_requests() == {NOW: 2}
+
+
+def test_concurrent_runs_and_writers_count_every_record_exactly_once(
+    postgres: None, transactional_db: None
+) -> None:
+    from django.db import connection
+
+    rollups_advance(now=RUN_AT)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(agent: str) -> None:
+        try:
+            for i in range(40):
+                recorded(
+                    NOW + timedelta(seconds=i),
+                    agent=agent,
+                    status="failed" if i % 7 == 0 else "succeeded",
+                )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def refresher() -> None:
+        try:
+            while not stop.is_set():
+                rollups_advance(now=RUN_AT)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    writers = [threading.Thread(target=writer, args=(a,)) for a in ("support", "writer")]
+    refreshers = [threading.Thread(target=refresher) for _ in range(3)]
+    for thread in writers + refreshers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    for thread in refreshers:
+        thread.join()
+    assert not errors
+    rollups_advance(now=RUN_AT)
+    advanced = rollup_tables()
+    assert day_requests() == {(TODAY, "support"): 40, (TODAY, "writer"): 40}
+    rollups_rebuild(now=RUN_AT)
+    assert rollup_tables() == advanced

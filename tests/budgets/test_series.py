@@ -11,6 +11,7 @@ import pytest
 
 from agents.models import Execution
 from budgets.models import ALL_AGENTS, LATENCY_BUCKETS_MS, TrafficRollup
+from budgets.rollups import traffic_rollups_prune, traffic_rollups_refresh
 from budgets.selectors import latency_percentile
 from budgets.series import (
     WINDOWS,
@@ -21,7 +22,6 @@ from budgets.series import (
     traffic_series_by_agent,
     window_parse,
 )
-from budgets.services import traffic_rollups_prune, traffic_rollups_refresh
 from core.errors import ValidationFailed
 from tests.budgets.conftest import NOW, execution
 
@@ -199,20 +199,6 @@ def test_rows_past_their_keep_are_pruned_in_batches() -> None:
     assert traffic_rollups_prune(now=NOW, batch=2) == 0
     kept = sorted((r.step_s, NOW - r.start) for r in TrafficRollup.objects.all())
     assert [step for step, _ in kept] == [60, 3600]
-
-
-@pytest.mark.django_db
-def test_the_traffic_rollups_task_runs_the_service_and_is_scheduled() -> None:
-    from django.utils import timezone
-
-    from budgets.tasks import traffic_rollups_refresh as task
-    from console.schedule import JOBS
-
-    execution(at=timezone.now())
-    assert task() == 2  # the agent's minute row and the every-agent one
-    assert TrafficRollup.objects.filter(step_s=60).count() == 2
-    job = next(job for job in JOBS if job.name == "traffic-rollups-refresh")
-    assert (job.task, job.every_s) == ("budgets.tasks.traffic_rollups_refresh", 15)
 
 
 # --- series ----------------------------------------------------------------------------------

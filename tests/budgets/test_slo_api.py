@@ -15,7 +15,7 @@ from django.utils import timezone
 from agents.access.services import api_key_create
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown
-from budgets.services import traffic_rollups_refresh
+from budgets.rollups import traffic_rollups_refresh
 from tests.budgets.conftest import execution
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agents.models import Agent
-from budgets.services import traffic_rollups_refresh
+from budgets.rollups import traffic_rollups_refresh
 from budgets.slo_burn import slo_burn_check, slo_burn_key
 from incidents.models import Incident, IncidentStatus
 from tests.budgets.conftest import NOW, execution

@@ -11,7 +11,7 @@ import pytest
 
 from agents.models import Agent
 from budgets.models import ALL_AGENTS, TrafficRollup
-from budgets.services import traffic_rollups_refresh
+from budgets.rollups import traffic_rollups_refresh
 from budgets.slos import (
     SLO_WINDOWS,
     AgentSlo,

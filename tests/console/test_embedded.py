@@ -200,7 +200,7 @@ async def test_the_embedded_scheduler_runs_retention_on_the_real_worker() -> Non
     [
         ("agents.tasks.executions_prune", 300),
         ("agents.tasks.executions_requeue_stale", 60),
-        ("budgets.tasks.rollups_refresh", 60),
+        ("budgets.tasks.rollups_advance", 15),
         ("budgets.tasks.budgets_reconcile", 300),
         ("budgets.tasks.cost_spike_detect", 60),
     ],

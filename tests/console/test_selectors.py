@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from agents.config.apply import config_apply, config_parse
 from agents.models import Agent
+from budgets.rollups import rollups_refresh
 from budgets.selectors import budget_list, budget_spans, latency_percentile
-from budgets.services import rollups_refresh
 from console.selectors import dashboard_catalog, dashboard_figures
 from incidents.services import incident_open
 from tests.budgets.conftest import execution

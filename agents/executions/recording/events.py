@@ -160,7 +160,10 @@ def row_from_event(raw: bytes | str) -> Row:
         "input": list(event.get("input") or []),
         "session_id": str(event.get("session_id") or ""),
         "metadata": dict(event.get("metadata") or {}),
+        # The runtime's created_at is when the execution started: the accepted time of a run
+        # now, the claim of a queued one, whose row keeps its own created_at (FINISHED_FIELDS).
         "created_at": _when(event["created_at"]),
+        "started_at": _when(event["created_at"]),
     }
     if kind == STARTED:
         fields["status"] = "running"
@@ -203,8 +206,9 @@ def row_from_event(raw: bytes | str) -> Row:
 # a ``finished`` that arrived first): who runs it and what it reserved.
 STARTED_FIELDS = ("owner", "reserved_usd")
 
-# Every Execution column but the primary key (and STARTED_FIELDS): what a redelivered
-# ``finished`` rewrites.
+# Every Execution column but the primary key, STARTED_FIELDS and ``created_at`` (the time it
+# was accepted is never rewritten: a queued execution's row has it from its enqueue): what a
+# redelivered ``finished`` rewrites.
 FINISHED_FIELDS = (
     "agent_name",
     "api_key_id",
@@ -227,6 +231,6 @@ FINISHED_FIELDS = (
     "metadata",
     "steps",
     "error",
-    "created_at",
+    "started_at",
     "finished_at",
 )

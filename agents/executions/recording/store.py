@@ -12,7 +12,7 @@ A ``finished`` event that cost something, or was answered from the cache, also a
 unique ``execution_id``: a redelivered event finds its entry there and adds nothing, and the
 first charge recorded for an execution stands. The entry carries the prices of the deployment
 that answered (for a cancelled execution, the last one attempted), looked up at drain time
-from ``budgets.PriceVersion``: the latest version effective at the execution's ``created_at``
+from ``budgets.PriceVersion``: the latest version effective at the execution's ``started_at``
 (the journal event does not carry prices; the executor's result has none). Null when no
 version is known. The charged ``cost_usd`` itself always comes from the event.
 
@@ -132,7 +132,7 @@ def _ledger_append(executions: Sequence[Any], rows: Sequence[Row]) -> None:
         return
     versions: dict[int, list[Any]] = {}
     deployment_ids = {d for _, d in charged if d is not None}
-    # Ordered newest first: the first version not after created_at is the one in force.
+    # Ordered newest first: the first version not after started_at is the one in force.
     for version in PriceVersion.objects.filter(deployment_id__in=deployment_ids).order_by(
         "deployment_id", "-effective_from", "-id"
     ):
@@ -143,14 +143,14 @@ def _ledger_append(executions: Sequence[Any], rows: Sequence[Row]) -> None:
             (
                 v
                 for v in versions.get(deployment_id or 0, ())
-                if v.effective_from <= execution.created_at
+                if v.effective_from <= execution.started_at
             ),
             None,
         )
         entries.append(
             SpendEntry(
                 execution_id=execution.id,
-                at=execution.created_at,
+                at=execution.started_at,
                 agent_name=execution.agent_name,
                 api_key_id=execution.api_key_id,
                 model=execution.model,

@@ -138,6 +138,7 @@ async def test_a_stored_execution_reads_as_the_contracts_result(world: World) ->
         "cost_usd": 0.000011,
         "latency_ms": 40.0,
         "created_at": T0.timestamp(),
+        "started_at": None,  # made here without one (the claim or the record sets it)
         "model_choice": "standard",
         "finished_at": (T0 + timedelta(milliseconds=40)).timestamp(),
         "session_id": "s-1",

@@ -357,11 +357,56 @@ def test_a_claim_older_than_the_timeout_and_grace_belongs_to_a_dead_delivery(
 ) -> None:
     execution_id = _queued()
     claimed_at = timezone.now() - timedelta(seconds=5 + executions.execution_claim_grace_s() + 1)
-    Execution.objects.filter(pk=execution_id).update(status="running", created_at=claimed_at)
+    Execution.objects.filter(pk=execution_id).update(status="running", started_at=claimed_at)
     claim = executions.execution_claim(execution_id=execution_id)
     assert claim.outcome == "claimed"
     assert claim.reclaimed
-    assert Execution.objects.get(pk=execution_id).created_at > claimed_at
+    started = Execution.objects.get(pk=execution_id).started_at
+    assert started is not None
+    assert started > claimed_at
+
+
+@pytest.mark.dbmatrix
+def test_the_claim_sets_started_at_and_the_execution_keeps_the_time_it_was_accepted(
+    agents_config: None,
+) -> None:
+    execution_id = _queued()
+    accepted = timezone.now() - timedelta(minutes=10)
+    Execution.objects.filter(pk=execution_id).update(created_at=accepted)
+    claimed_at = timezone.now()
+    claim = executions.execution_claim(execution_id=execution_id, now=claimed_at)
+    assert claim.outcome == "claimed"
+    row = Execution.objects.get(pk=execution_id)
+    assert (row.created_at, row.started_at) == (accepted, claimed_at)
+    assert row.queue_wait_ms is None  # queued_at: run now (this row was made without it)
+
+
+@pytest.mark.dbmatrix
+def test_a_released_claim_is_queued_again_without_a_start(agents_config: None) -> None:
+    execution_id = _queued()
+    claim = executions.execution_claim(execution_id=execution_id)
+    assert executions.execution_release(
+        execution_id=execution_id, claimed_at=claim.execution.started_at
+    )
+    row = Execution.objects.get(pk=execution_id)
+    assert (row.status, row.started_at) == ("queued", None)
+
+
+@pytest.mark.dbmatrix
+def test_the_reaper_goes_by_the_start_so_a_long_wait_in_the_queue_is_not_a_dead_run(
+    agents_config: None, settings: Any
+) -> None:
+    waited, stuck = _queued(), _queued()
+    long_ago = timezone.now() - timedelta(seconds=settings.BREAKWATER_STALE_EXECUTION_S + 60)
+    Execution.objects.filter(pk=waited).update(
+        status="running", created_at=long_ago, started_at=timezone.now()
+    )
+    Execution.objects.filter(pk=stuck).update(
+        status="running", created_at=long_ago, started_at=long_ago
+    )
+    assert executions.executions_reap_stale() == 1
+    assert Execution.objects.get(pk=waited).status == "running"
+    assert Execution.objects.get(pk=stuck).status == "failed"
 
 
 @pytest.mark.dbmatrix
@@ -422,7 +467,7 @@ async def test_a_reclaimed_execution_runs_once_and_is_charged_once(
     """A delivery died after its claim (the row is ``running``, stale): the next one runs it."""
     execution_id = await sync_to_async(_queued)()
     stale = timezone.now() - timedelta(seconds=5 + executions.execution_claim_grace_s() + 1)
-    await Execution.objects.filter(pk=execution_id).aupdate(status="running", created_at=stale)
+    await Execution.objects.filter(pk=execution_id).aupdate(status="running", started_at=stale)
     worker.worker.submit("agents.tasks.execution_run", execution_id=execution_id)
     row = await wait_for(execution_id, FINAL, worker)
     assert row.status == "succeeded"

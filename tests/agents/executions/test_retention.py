@@ -19,7 +19,12 @@ from agents.executions.retention import (
 )
 from agents.models import Execution
 from budgets.models import SpendEntry, SpendRollup, TrafficRollup
-from budgets.services import rollup_day_refresh, rollups_refresh, traffic_rollups_refresh
+from budgets.rollups import (
+    rollup_day_refresh,
+    rollups_advance,
+    rollups_refresh,
+    traffic_rollups_refresh,
+)
 from core.models import AuditEvent
 from tests.budgets.conftest import execution, spend
 
@@ -140,7 +145,7 @@ def test_it_keeps_the_ledger_and_the_rollups(db: None) -> None:
 
 
 def test_a_rollup_refresh_after_retention_leaves_the_old_rollups_unchanged(db: None) -> None:
-    # The invariant with budgets.services: the refreshes recompute from raw rows only the days
+    # The invariant with budgets.rollups: the refreshes (and the job, rollups_advance) recompute from raw rows only the days
     # (today, yesterday) and minutes (the last 15) retention never reaches, so deleting the raw
     # rows of an old day never recomputes that day's rollups to zero.
     for days in (45, 31, 20, 0):
@@ -154,6 +159,8 @@ def test_a_rollup_refresh_after_retention_leaves_the_old_rollups_unchanged(db: N
     assert _prune().deleted == 4
     rollups_refresh(now=NOW)
     traffic_rollups_refresh(now=NOW)
+    rollups_advance(now=NOW)  # its first run rebuilds today and yesterday
+    rollups_advance(now=NOW)
 
     after = {r["day"]: r["requests"] for r in SpendRollup.objects.values("day", "requests")}
     assert after == before

@@ -17,8 +17,8 @@ from django.test import Client
 from agents.backends import on_state_sync
 from agents.models import Agent
 from agents.runtime.state import agent_breaker_key
+from budgets.rollups import traffic_rollups_refresh
 from budgets.series import Series, SeriesPoint
-from budgets.services import traffic_rollups_refresh
 from console.pages import overview
 from incidents.services import incident_open
 from tests.budgets.conftest import budget, execution

@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from agents.models import Agent
-from budgets.services import traffic_rollups_refresh
+from budgets.rollups import traffic_rollups_refresh
 from console.pages import slos
 from tests.budgets.conftest import NOW, execution
 
