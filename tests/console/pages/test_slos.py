@@ -63,7 +63,7 @@ def test_each_agent_has_a_row_per_sli_with_windows_budget_burn_rates_and_state(
     page = viewer.get("/slos/").content.decode()
 
     support = _row(page, "support", "availability")
-    assert "99% available" in support
+    assert '<td class="objective" title="99% available">99%</td>' in support  # short; 1280 px
     assert '<td class="num" data-window="1h" title="100 valid requests">80%</td>' in support
     assert 'data-field="budget">-1900%</td>' in support  # 20 bad of a budget of 1
     assert '<td class="num burn fast" data-burn="1h">20.0\u00d7</td>' in support
@@ -73,7 +73,7 @@ def test_each_agent_has_a_row_per_sli_with_windows_budget_burn_rates_and_state(
     assert '<span class="pill fast-burn" data-field="state">fast burn</span>' in support
 
     latency = _row(page, "billing", "latency")
-    assert "95% within 500 ms" in latency
+    assert 'title="95% within 500 ms">95% \u2264\u00a0500\u00a0ms</td>' in latency
     assert '<td class="num" data-window="24h" title="100 valid requests">90%</td>' in latency
     assert '<td class="num burn over" data-burn="1h">2.0\u00d7</td>' in latency
     assert '<span class="pill exhausted" data-field="state">budget spent</span>' in latency
