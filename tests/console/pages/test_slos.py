@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from agents.models import Agent
@@ -24,14 +23,6 @@ MINUTE = NOW.replace(minute=37, second=20)
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(slos, "clock", lambda: MINUTE)
-
-
-@pytest.fixture
-def viewer(client: Client) -> Client:
-    user = User.objects.create_user("vera", password="a-long-passphrase-1")
-    user.groups.add(Group.objects.get(name="viewer"))
-    client.force_login(user)
-    return client
 
 
 def many(count: int, *, minutes_ago: float, **fields: Any) -> None:
