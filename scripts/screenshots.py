@@ -3,10 +3,13 @@
     .venv/bin/python scripts/screenshots.py [--seed-executions 200000 --days 30] [--warmup 240]
 
 Starts the demo (`manage.py demo`, as `make run` does) in a throwaway var directory on a free
-port, optionally back-fills history with `manage.py seed_history` first, lets the demo's live
-traffic run for ``--warmup`` seconds (so breakers, fallbacks and incidents have happened), signs
-in as the demo admin and saves each page to docs/screenshots/<name>.png at 1280 px wide. With
-``--url`` it photographs a running server instead (``--username``/``--password`` then required).
+port, optionally back-fills history with `manage.py seed_history` first, adds two notification
+channels (a webhook to a receiver this script runs, and a Slack channel whose webhook refuses,
+so the delivery log shows both outcomes), lets the demo's live traffic run for ``--warmup``
+seconds (so breakers, fallbacks, incidents and their notifications have happened) while an
+outage drill (``manage.py drill outage``) runs against it, signs in as the demo admin and saves
+each page of ``PAGES`` to docs/screenshots/<name>.png at 1280 px wide. With ``--url`` it
+photographs a running server instead (``--username``/``--password`` then required).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import http.server
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,26 +35,60 @@ sys.path.insert(0, str(ROOT))
 from tests.console.browser import new_driver, wait_until  # noqa: E402
 from tests.live import embedded_env, free_port, wait_http  # noqa: E402
 
-PAGES = (("/", "overview"), ("/agents/", "agents"))
+# (path, file name): every console page a reader of the README may want to see.
+PAGES = (
+    ("/", "overview"),
+    ("/agents/", "agents"),
+    ("/budgets/", "budgets"),
+    ("/incidents/", "incidents"),
+    ("/slos/", "slos"),
+    ("/notifications/", "notifications"),
+    ("/drills/", "drills"),
+)
 WIDTH, MAX_HEIGHT = 1280, 2400
 
+# The demo has no notification channels of its own (they would need receivers).
+CHANNELS = """
+notifications:
+  - {{name: ops-webhook, kind: webhook, url: "http://127.0.0.1:{port}/breakwater/incidents"}}
+  - {{name: oncall-slack, kind: slack, url: "http://127.0.0.1:9/services/T000/B000/demo",
+     min_severity: major}}
+"""
 
-def _manage(var_dir: Path, *args: str) -> None:
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that takes every notification."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _manage(var_dir: Path, *args: str, stdin: str | None = None) -> None:
     subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
         env=embedded_env(var_dir),
+        input=stdin,
+        text=True,
         check=True,
         stdout=subprocess.DEVNULL,
     )
 
 
 @contextlib.contextmanager
-def demo(seed_executions: int, days: int) -> Iterator[tuple[str, str]]:
-    """A running demo: (url, admin password)."""
+def demo(seed_executions: int, days: int) -> Iterator[tuple[str, str, Path]]:
+    """A running demo with notification channels: (url, admin password, var directory)."""
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory(prefix="bw-shots-") as tmp:
         var_dir = Path(tmp)
         _manage(var_dir, "demo", "--no-serve")
+        _manage(var_dir, "apply", "-f", "-", stdin=CHANNELS.format(port=receiver.server_address[1]))
         if seed_executions:
             print(f"seeding {seed_executions} executions over {days} days…", file=sys.stderr)
             _manage(
@@ -67,8 +106,9 @@ def demo(seed_executions: int, days: int) -> Iterator[tuple[str, str]]:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/healthz", 60)
-            yield url, (var_dir / "demo-admin-password").read_text().strip()
+            yield url, (var_dir / "demo-admin-password").read_text().strip(), var_dir
         finally:
+            receiver.shutdown()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -145,9 +185,23 @@ def main() -> None:
             parser.error("--url needs --password")
         saved = shoot(args.url.rstrip("/"), args.username, args.password, args.out)
     else:
-        with demo(args.seed_executions, args.days) as (url, password):
+        with demo(args.seed_executions, args.days) as (url, password, var_dir):
             print(f"demo at {url}; {args.warmup:.0f} s of traffic first…", file=sys.stderr)
-            time.sleep(args.warmup)
+            started = time.monotonic()
+            # One short outage drill, so /drills/ shows a finished drill with its figures.
+            drill = subprocess.Popen(
+                [sys.executable, "manage.py", "drill", "outage", "--url", url, "--seconds", "10"],
+                cwd=ROOT,
+                env=embedded_env(var_dir),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                drill.wait(timeout=max(args.warmup, 150))
+            except subprocess.TimeoutExpired:
+                drill.kill()
+                print("the drill did not finish; /drills/ shows it running", file=sys.stderr)
+            time.sleep(max(0.0, args.warmup - (time.monotonic() - started)))
             saved = shoot(url, "admin", password, args.out)
     for path in saved:
         print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)

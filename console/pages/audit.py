@@ -12,6 +12,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from console.audit_trail import FILTER_MAX, audit_diff, audit_page
+from console.pages.paging import pager_links
 from console.roles import role_required
 from core.errors import ValidationFailed
 
@@ -49,21 +50,12 @@ def audit_list(request: HttpRequest) -> HttpResponse:
         }
         for event in events
     ]
-    query = request.GET.copy()
-    query.pop("after", None)
-    next_query = None
-    if cursor:
-        query["after"] = cursor
-        next_query = query.urlencode()
-        query.pop("after")
     context = {
         "rows": rows,
         "filters": filters,
         "filter_max": FILTER_MAX,
         "filtered": any(filters.values()),
         "errors": errors,
-        "paged": after is not None,
-        "next_query": next_query,
-        "first_query": query.urlencode(),
+        **pager_links(request, cursor),
     }
     return render(request, "console/audit.html", context, status=400 if errors else 200)

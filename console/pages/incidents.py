@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.models import Agent
+from console.pages.paging import pager_links
 from console.roles import has_role, role_required
 from core.errors import ApplicationError, ValidationFailed
 from incidents import selectors
@@ -107,8 +108,6 @@ def incident_list(request: HttpRequest) -> HttpResponse:
         }
         for incident in incidents
     ]
-    query = request.GET.copy()
-    query.pop("after", None)
     context = {
         "rows": rows,
         "errors": errors,
@@ -121,9 +120,7 @@ def incident_list(request: HttpRequest) -> HttpResponse:
         "kinds": [{"value": value, "label": kind_label(value)} for value in kinds],
         "agents": list(Agent.objects.order_by("name").values_list("name", flat=True)),
         "filtered": bool(state or severity or agent or kind),
-        "paged": after is not None,
-        "next_query": _with(query, "after", cursor) if cursor else None,
-        "first_query": query.urlencode(),
+        **pager_links(request, cursor),
     }
     return render(request, "console/incidents.html", context, status=400 if errors else 200)
 
@@ -138,12 +135,6 @@ def _figures(data: Any) -> list[tuple[str, str]]:
         for name, value in data.items()
         if value is not None and value != {} and value != []
     ]
-
-
-def _with(query: Any, name: str, value: str) -> str:
-    copy = query.copy()
-    copy[name] = value
-    return str(copy.urlencode())
 
 
 @require_GET

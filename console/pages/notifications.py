@@ -16,6 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from console.pages.paging import pager_links
 from console.roles import has_role, role_required
 from core.errors import ApplicationError, ValidationFailed
 from incidents import selectors
@@ -89,13 +90,6 @@ def notifications_page(request: HttpRequest) -> HttpResponse:
         )
     except ValidationFailed as error:
         errors.extend(error.errors)
-    query = request.GET.copy()
-    query.pop("after", None)
-    next_query = None
-    if cursor:
-        following = query.copy()
-        following["after"] = cursor
-        next_query = following.urlencode()
     channels = _channels()
     context = {
         "channels": channels,
@@ -103,9 +97,8 @@ def notifications_page(request: HttpRequest) -> HttpResponse:
         "channel": channel,
         "channel_names": [row["channel"].name for row in channels],
         "errors": errors,
-        "paged": after is not None,
-        "next_query": next_query,
-        "first_query": query.urlencode(),
+        "filtered": bool(channel),
+        **pager_links(request, cursor),
     }
     return render(request, "console/notifications.html", context, status=400 if errors else 200)
 

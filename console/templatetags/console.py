@@ -6,6 +6,7 @@
 * ``ms``: milliseconds, or seconds from 10 s up.
 * ``when``: a ``<time>`` element in UTC; ``static/js/console.js`` shows it in the viewer's zone
   and keeps UTC on hover.
+* ``{% paged_list %}``: a keyset-paginated list (its errors, table, empty text and pager).
 """
 
 from __future__ import annotations
@@ -90,3 +91,46 @@ def when(value: datetime | float | int | None) -> SafeString | str:
         moment.strftime("%Y-%m-%d %H:%M:%S"),
         moment.strftime("%Y-%m-%d %H:%M:%S"),
     )
+
+
+class PagedListNode(template.Node):
+    def __init__(
+        self, table: template.NodeList, empty: template.NodeList, texts: dict[str, Any]
+    ) -> None:
+        self.table, self.empty, self.texts = table, empty, texts
+
+    def render(self, context: template.Context) -> str:
+        assert context.template is not None  # rendering a template, as for any tag
+        partial = context.template.engine.get_template("console/partials/paged_list.html")
+        texts = {name: value.resolve(context) for name, value in self.texts.items()}
+        with context.push(
+            table=self.table.render(context), empty=self.empty.render(context), **texts
+        ):
+            return str(partial.render(context))
+
+
+@register.tag
+def paged_list(parser: template.base.Parser, token: template.base.Token) -> PagedListNode:
+    """A list page's errors, table, empty text and pager, from the view's ``rows``, ``errors``,
+    ``filtered`` and :func:`console.pages.paging.pager_links`::
+
+        {% paged_list none_match="No incidents match these filters." show_all="Show every
+           incident" older="Older incidents" %}<table>…</table>
+        {% empty %}No incidents yet…{% endpaged_list %}
+
+    The table shows when there are rows; else the empty text, or, when filtered or paged,
+    ``none_match`` with a link to the unfiltered list; then the pager's Newest and ``older``.
+    """
+    bits = token.split_contents()[1:]
+    texts = template.base.token_kwargs(bits, parser)
+    wanted = {"none_match", "show_all", "older"}
+    if bits or set(texts) != wanted:
+        raise template.TemplateSyntaxError(
+            f"paged_list takes exactly {', '.join(sorted(wanted))} as name=value"
+        )
+    table = parser.parse(("empty", "endpaged_list"))
+    empty = template.NodeList()
+    if parser.next_token().contents == "empty":
+        empty = parser.parse(("endpaged_list",))
+        parser.delete_first_token()
+    return PagedListNode(table, empty, texts)

@@ -26,6 +26,7 @@ from agents.runtime.state import BreakerConfig, agent_breaker_key
 from budgets.models import TrafficRollup
 from budgets.selectors import latency_percentile
 from core.models import AuditEvent
+from tests.console.pages.conftest import ClientAs
 
 DOC = """
 providers:
@@ -40,17 +41,6 @@ agents:
 """
 
 
-def _users() -> dict[str, Client]:
-    clients = {}
-    for role in ("viewer", "operator", "admin"):
-        user = User.objects.create_user(role, password="pw-for-tests-1")
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-        client = Client()
-        client.force_login(user)
-        clients[role] = client
-    return clients
-
-
 def _hour() -> datetime:
     now = int(timezone.now().timestamp())
     return datetime.fromtimestamp(now // 3600 * 3600, UTC)
@@ -61,9 +51,9 @@ def _rollup(agent: str, start: datetime, **values: Any) -> None:
 
 
 @pytest.fixture
-def world(db: None) -> dict[str, Client]:
+def world(db: None, client_as: ClientAs) -> dict[str, Client]:
     config_apply(document=config_parse(DOC))
-    return _users()
+    return {role: client_as(role, name=role) for role in ("viewer", "operator", "admin")}
 
 
 def _traffic() -> None:
@@ -164,8 +154,8 @@ def test_agents_without_traffic_are_listed_with_zeros_and_disabled_ones_are_mark
     assert '"idle": {"step_s": 3600' in html
 
 
-def test_with_no_agents_the_page_says_how_to_load_them(db: None) -> None:
-    client = _users()["viewer"]
+def test_with_no_agents_the_page_says_how_to_load_them(db: None, client_as: ClientAs) -> None:
+    client = client_as("viewer")
     html = client.get("/agents/").content.decode()
     assert "manage.py apply" in html
     assert "POST /api/v1/agents" in html
@@ -180,7 +170,7 @@ def test_a_bad_window_is_a_clear_400(world: dict[str, Client], path: str) -> Non
 
 @pytest.mark.django_db(transaction=True)
 async def test_the_csv_download_is_the_apis_csv_byte_for_byte(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, client_as: ClientAs
 ) -> None:
     # Per-day figures divide by the time until now: both reads see the same instant.
     frozen = timezone.now()
@@ -189,7 +179,7 @@ async def test_the_csv_download_is_the_apis_csv_byte_for_byte(
     def setup() -> tuple[Client, str]:
         config_apply(document=config_parse(DOC))
         _traffic()
-        return _users()["viewer"], api_key_create(name="r", scopes=["read"]).plaintext
+        return client_as("viewer"), api_key_create(name="r", scopes=["read"]).plaintext
 
     viewer, key = await sync_to_async(setup)()
     try:

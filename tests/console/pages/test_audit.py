@@ -5,20 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 
 from core.audit import audit_record
+from tests.console.pages.conftest import ClientAs
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(role: str) -> Client:
-    user = User.objects.create_user(f"{role}-user", password="pw-for-tests-1")
-    user.groups.add(Group.objects.get(name=role))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _event(**fields: Any) -> None:
@@ -32,11 +23,13 @@ def _event(**fields: Any) -> None:
 
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
-def test_the_page_is_403_below_admin(role: str) -> None:
-    assert _client(role).get("/audit/").status_code == 403
+def test_the_page_is_403_below_admin(role: str, client_as: ClientAs) -> None:
+    assert client_as(role).get("/audit/").status_code == 403
 
 
-def test_rows_are_newest_first_with_a_compact_diff_reason_and_request_id() -> None:
+def test_rows_are_newest_first_with_a_compact_diff_reason_and_request_id(
+    client_as: ClientAs,
+) -> None:
     _event(action="first_action")
     _event(
         action="budget_raise",
@@ -45,7 +38,7 @@ def test_rows_are_newest_first_with_a_compact_diff_reason_and_request_id() -> No
         reason="launch day",
         request_id="req-123",
     )
-    page = _client("admin").get("/audit/").content.decode()
+    page = client_as("admin").get("/audit/").content.decode()
     assert page.index("budget_raise") < page.index("first_action")
     assert "<details>" in page
     assert '<span class="del">- limit_usd: &quot;50.00&quot;</span>' in page
@@ -56,11 +49,11 @@ def test_rows_are_newest_first_with_a_compact_diff_reason_and_request_id() -> No
     assert "req-123" in page
 
 
-def test_filters_by_actor_action_and_target() -> None:
+def test_filters_by_actor_action_and_target(client_as: ClientAs) -> None:
     _event(actor="user:alice", action="agent_update", target_type="agent", target_id="a")
     _event(actor="user:bob", action="apikey_revoke", target_type="apikey", target_id="bw_x")
     _event(actor="user:bob", action="agent_update", target_type="agent", target_id="b")
-    client = _client("admin")
+    client = client_as("admin")
 
     def actions(query: str) -> list[tuple[str, str]]:
         rows = client.get(f"/audit/?{query}").context["rows"]
@@ -74,10 +67,10 @@ def test_filters_by_actor_action_and_target() -> None:
     assert "No audit events match these filters" in page
 
 
-def test_the_pages_follow_each_other_without_overlap() -> None:
+def test_the_pages_follow_each_other_without_overlap(client_as: ClientAs) -> None:
     for number in range(60):
         _event(target_id=str(number))
-    client = _client("admin")
+    client = client_as("admin")
     first = client.get("/audit/")
     second = client.get(f"/audit/?{first.context['next_query']}")
     ids = [row["event"].pk for row in first.context["rows"]]
@@ -88,18 +81,18 @@ def test_the_pages_follow_each_other_without_overlap() -> None:
     assert ids + more == sorted(ids + more, reverse=True)
 
 
-def test_a_bad_cursor_is_a_400_naming_it() -> None:
-    response = _client("admin").get("/audit/?after=zzz")
+def test_a_bad_cursor_is_a_400_naming_it(client_as: ClientAs) -> None:
+    response = client_as("admin").get("/audit/?after=zzz")
     assert response.status_code == 400
     assert "after: invalid cursor" in response.content.decode()
 
 
 @pytest.mark.parametrize("count", [1, 150])
 def test_the_page_takes_the_same_few_queries_whatever_the_size_of_the_trail(
-    count: int, django_assert_max_num_queries: Any
+    count: int, django_assert_max_num_queries: Any, client_as: ClientAs
 ) -> None:
     for number in range(count):
         _event(target_id=str(number), after={"n": number})
-    client = _client("admin")
+    client = client_as("admin")
     with django_assert_max_num_queries(5):
         assert client.get("/audit/?action=agent_update").status_code == 200

@@ -4,7 +4,6 @@ for operators, one drill at a time."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -12,16 +11,9 @@ from django.test.utils import CaptureQueriesContext
 from console.drills.report import Report
 from console.drills.services import drill_create, drill_finish, drill_update
 from console.models import DrillRun, DrillStatus
+from tests.console.pages.conftest import ClientAs
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(role: str) -> Client:
-    user = User.objects.create_user(f"{role}-user", password="pw-for-tests-1")
-    user.groups.add(Group.objects.get(name=role))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _finished(kind: str = "outage", *, ok: bool = True) -> DrillRun:
@@ -41,10 +33,10 @@ def _finished(kind: str = "outage", *, ok: bool = True) -> DrillRun:
     return DrillRun.objects.get(pk=drill.pk)
 
 
-def test_a_viewer_sees_past_drills_with_their_figures_checks_and_log() -> None:
+def test_a_viewer_sees_past_drills_with_their_figures_checks_and_log(client_as: ClientAs) -> None:
     drill = _finished()
     _finished("cost-spike", ok=False)
-    page = _client("viewer").get("/drills/").content.decode()
+    page = client_as("viewer").get("/drills/").content.decode()
     assert f'id="drill-{drill.pk}"' in page
     assert "time to open the breaker" in page
     assert "0.56 s" in page
@@ -56,8 +48,8 @@ def test_a_viewer_sees_past_drills_with_their_figures_checks_and_log() -> None:
     assert "by user:amy" in page
 
 
-def test_a_viewer_has_no_start_form_and_a_forged_start_is_403() -> None:
-    client = _client("viewer")
+def test_a_viewer_has_no_start_form_and_a_forged_start_is_403(client_as: ClientAs) -> None:
+    client = client_as("viewer")
     page = client.get("/drills/").content.decode()
     assert "Start drill" not in page
     assert client.post("/drills/start/", {"kind": "outage"}).status_code == 403
@@ -71,7 +63,9 @@ def test_signed_out_visitors_are_sent_to_log_in_and_cannot_start() -> None:
     assert not DrillRun.objects.exists()
 
 
-def test_an_operator_sees_the_start_form_with_the_three_drills_and_the_agents_to_copy() -> None:
+def test_an_operator_sees_the_start_form_with_the_three_drills_and_the_agents_to_copy(
+    client_as: ClientAs,
+) -> None:
     from agents.config.apply import config_apply, config_parse
 
     config_apply(
@@ -81,7 +75,7 @@ def test_an_operator_sees_the_start_form_with_the_three_drills_and_the_agents_to
             "agents: [{name: support, model: m}, {name: drill-9-outage, model: m}]\n"
         )
     )
-    page = _client("operator").get("/drills/").content.decode()
+    page = client_as("operator").get("/drills/").content.decode()
     assert "Start drill" in page
     for kind in ("outage", "cost-spike", "memory-leak"):
         assert f'value="{kind}"' in page
@@ -89,8 +83,8 @@ def test_an_operator_sees_the_start_form_with_the_three_drills_and_the_agents_to
     assert "drill-9-outage" not in page  # a drill's own agent is not a template
 
 
-def test_an_unknown_kind_or_agent_starts_nothing_and_says_why() -> None:
-    client = _client("operator")
+def test_an_unknown_kind_or_agent_starts_nothing_and_says_why(client_as: ClientAs) -> None:
+    client = client_as("operator")
     page = client.post("/drills/start/", {"kind": "flood"}, follow=True).content.decode()
     assert "No drill started: kind: expected one of outage, cost-spike, memory-leak." in page
     page = client.post(
@@ -100,10 +94,10 @@ def test_an_unknown_kind_or_agent_starts_nothing_and_says_why() -> None:
     assert not DrillRun.objects.exists()
 
 
-def test_a_second_drill_is_refused_while_one_runs() -> None:
+def test_a_second_drill_is_refused_while_one_runs(client_as: ClientAs) -> None:
     running = drill_create(kind="outage", options={}, actor="user:amy")
     drill_update(drill_id=running.pk, status=DrillStatus.RUNNING)
-    client = _client("operator")
+    client = client_as("operator")
     page = client.get("/drills/").content.decode()
     assert f"Drill {running.pk} is running; one at a time." in page
     page = client.post("/drills/start/", {"kind": "cost-spike"}, follow=True).content.decode()
@@ -111,11 +105,13 @@ def test_a_second_drill_is_refused_while_one_runs() -> None:
     assert DrillRun.objects.count() == 1
 
 
-def test_a_running_drills_card_polls_itself_and_a_finished_one_does_not() -> None:
+def test_a_running_drills_card_polls_itself_and_a_finished_one_does_not(
+    client_as: ClientAs,
+) -> None:
     running = drill_create(kind="outage", options={}, actor="user:amy")
     drill_update(drill_id=running.pk, status=DrillStatus.RUNNING, log="07:00:00.000 warm-up")
     done = _finished()
-    client = _client("viewer")
+    client = client_as("viewer")
     card = client.get(f"/drills/{running.pk}/").content.decode()
     assert f'hx-get="/drills/{running.pk}/"' in card
     assert 'hx-trigger="every 2s"' in card
@@ -125,13 +121,15 @@ def test_a_running_drills_card_polls_itself_and_a_finished_one_does_not() -> Non
     assert "time to open the breaker" in card
 
 
-def test_an_unknown_drill_is_404() -> None:
-    assert _client("viewer").get("/drills/999/").status_code == 404
+def test_an_unknown_drill_is_404(client_as: ClientAs) -> None:
+    assert client_as("viewer").get("/drills/999/").status_code == 404
 
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
-def test_the_list_costs_the_same_few_queries_whatever_the_number_of_drills(role: str) -> None:
-    client = _client(role)
+def test_the_list_costs_the_same_few_queries_whatever_the_number_of_drills(
+    role: str, client_as: ClientAs
+) -> None:
+    client = client_as(role)
     _finished()
     with CaptureQueriesContext(connection) as few:
         assert client.get("/drills/").status_code == 200
@@ -145,7 +143,7 @@ def test_the_list_costs_the_same_few_queries_whatever_the_number_of_drills(role:
     assert len(few) == (6 if role == "operator" else 4), [q["sql"] for q in few.captured_queries]
 
 
-def test_a_drill_lost_with_its_process_does_not_block_the_next_one() -> None:
+def test_a_drill_lost_with_its_process_does_not_block_the_next_one(client_as: ClientAs) -> None:
     from datetime import timedelta
 
     from django.utils import timezone
@@ -157,6 +155,6 @@ def test_a_drill_lost_with_its_process_does_not_block_the_next_one() -> None:
         status=DrillStatus.RUNNING,
         created_at=timezone.now() - timedelta(seconds=STALE_AFTER_S + 1),
     )
-    page = _client("operator").get("/drills/").content.decode()
+    page = client_as("operator").get("/drills/").content.decode()
     assert "one at a time" not in page
     assert 'type="submit" disabled' not in page

@@ -8,24 +8,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from agents.models import Execution, ModelDeployment, Provider
 from console.pages.executions import filters_parse, timeline
+from tests.console.pages.conftest import ClientAs
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-
-
-def _client(role: str | None = "viewer") -> Client:
-    user = User.objects.create_user(f"u-{role}-{uuid.uuid4().hex[:6]}", password="pw-for-tests-1")
-    if role is not None:
-        user.groups.add(Group.objects.get(name=role))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _execution(**fields: Any) -> Execution:
@@ -62,11 +53,11 @@ def _ids(response: Any) -> list[str]:
 # --- the explorer --------------------------------------------------------------------------
 
 
-def test_the_explorer_lists_executions_newest_first_with_their_columns() -> None:
+def test_the_explorer_lists_executions_newest_first_with_their_columns(client_as: ClientAs) -> None:
     old = _execution(created_at=NOW - timedelta(minutes=5), status="degraded",
                      fallback_reason="timeout", fallback_used=True)  # fmt: skip
     new = _execution(cached=True)
-    response = _client().get("/executions/")
+    response = client_as("viewer").get("/executions/")
     assert response.status_code == 200
     assert _ids(response) == [str(new.id), str(old.id)]
     html = response.content.decode()
@@ -76,13 +67,13 @@ def test_the_explorer_lists_executions_newest_first_with_their_columns() -> None
     assert f'href="/executions/{new.id}/"' in html
 
 
-def test_filters_narrow_the_list_to_what_matches() -> None:
+def test_filters_narrow_the_list_to_what_matches(client_as: ClientAs) -> None:
     support_failed = _execution(status="failed")
     _execution(status="succeeded")
     writer_failed = _execution(agent_name="writer", status="failed")
     cached = _execution(agent_name="writer", cached=True, created_at=NOW - timedelta(hours=3))
     reason = _execution(status="degraded", fallback_reason="budget_exceeded", model="")
-    client = _client()
+    client = client_as("viewer")
     assert _ids(client.get("/executions/?agent=support&status=failed")) == [str(support_failed.id)]
     assert set(_ids(client.get("/executions/?status=failed"))) == {
         str(support_failed.id),
@@ -93,11 +84,11 @@ def test_filters_narrow_the_list_to_what_matches() -> None:
     assert str(cached.id) not in _ids(client.get("/executions/?cached=no"))
 
 
-def test_a_time_range_in_the_viewers_zone_is_converted_to_utc() -> None:
+def test_a_time_range_in_the_viewers_zone_is_converted_to_utc(client_as: ClientAs) -> None:
     inside = _execution(created_at=datetime(2026, 11, 28, 9, 30, tzinfo=UTC))
     _execution(created_at=datetime(2026, 11, 28, 11, 30, tzinfo=UTC))
     # tz is getTimezoneOffset(): minutes behind UTC (UTC+1 is -60).
-    client = _client()
+    client = client_as("viewer")
     query = "range=custom&from=2026-11-28T09:00&to=2026-11-28T10:00"
     assert _ids(client.get(f"/executions/?{query}&tz=0")) == [str(inside.id)]
     assert _ids(client.get(f"/executions/?{query}&tz=-60")) == []  # 08:00-09:00 UTC
@@ -133,17 +124,19 @@ def _query(text: str) -> Any:
         ("agent=support&model=m-main", "choose an agent or a model, not both"),
     ],
 )
-def test_bad_filter_values_get_a_message_naming_them_not_a_500(query: str, message: str) -> None:
+def test_bad_filter_values_get_a_message_naming_them_not_a_500(
+    query: str, message: str, client_as: ClientAs
+) -> None:
     _execution()
-    response = _client().get(f"/executions/?{query}")
+    response = client_as("viewer").get(f"/executions/?{query}")
     assert response.status_code == 400
     assert message in response.content.decode()
     assert response.context["rows"] == []
 
 
-def test_pages_go_older_and_back_newer_with_cursors() -> None:
+def test_pages_go_older_and_back_newer_with_cursors(client_as: ClientAs) -> None:
     rows = _many(120)  # rows[0] is the newest
-    client = _client()
+    client = client_as("viewer")
     first = client.get("/executions/")
     assert _ids(first) == [str(r.id) for r in rows[:50]]
     assert first.context["newer"] is None
@@ -160,21 +153,21 @@ def test_pages_go_older_and_back_newer_with_cursors() -> None:
     assert "Older →" in top.content.decode()
 
 
-def test_paging_keeps_the_filters() -> None:
+def test_paging_keeps_the_filters(client_as: ClientAs) -> None:
     _many(60, status="failed")
     _many(10, status="succeeded")
-    response = _client().get("/executions/?status=failed")
+    response = client_as("viewer").get("/executions/?status=failed")
     assert "status=failed" in response.context["older"]
-    second = _client().get("/executions/" + response.context["older"])
+    second = client_as("viewer").get("/executions/" + response.context["older"])
     assert len(_ids(second)) == 10
     assert {row.status for row in second.context["rows"]} == {"failed"}
 
 
-def test_ties_in_time_are_paged_by_id_without_loss_or_repeat() -> None:
+def test_ties_in_time_are_paged_by_id_without_loss_or_repeat(client_as: ClientAs) -> None:
     rows = Execution.objects.bulk_create(
         [Execution(agent_name="support", status="succeeded", created_at=NOW) for _ in range(75)]
     )
-    client = _client()
+    client = client_as("viewer")
     first = client.get("/executions/")
     second = client.get("/executions/" + first.context["older"])
     seen = _ids(first) + _ids(second)
@@ -184,10 +177,11 @@ def test_ties_in_time_are_paged_by_id_without_loss_or_repeat() -> None:
 
 def test_the_explorer_page_query_count_does_not_grow_with_rows(
     django_assert_max_num_queries: Any,
+    client_as: ClientAs,
 ) -> None:
     _many(300)
     _many(300, agent_name="writer", status="failed")
-    client = _client()
+    client = client_as("viewer")
     first = client.get("/executions/")
     # session, user, role groups, agents, models, one page of executions
     for url in (
@@ -199,8 +193,8 @@ def test_the_explorer_page_query_count_does_not_grow_with_rows(
             assert client.get(url).status_code == 200
 
 
-def test_empty_states_say_what_to_do() -> None:
-    client = _client()
+def test_empty_states_say_what_to_do(client_as: ClientAs) -> None:
+    client = client_as("viewer")
     assert "None yet: run traffic" in client.get("/executions/").content.decode()
     _execution()
     html = client.get("/executions/?agent=nobody").content.decode()
@@ -208,9 +202,11 @@ def test_empty_states_say_what_to_do() -> None:
     assert "Clear filters" in html
 
 
-def test_signed_out_visitors_are_sent_to_log_in_and_roleless_users_get_403() -> None:
+def test_signed_out_visitors_are_sent_to_log_in_and_roleless_users_get_403(
+    client_as: ClientAs,
+) -> None:
     assert Client().get("/executions/").status_code == 302
-    assert _client(None).get("/executions/").status_code == 403
+    assert client_as(None).get("/executions/").status_code == 403
 
 
 # --- one execution -------------------------------------------------------------------------
@@ -240,7 +236,9 @@ def _step(kind: str, **fields: Any) -> dict[str, Any]:
     } | fields
 
 
-def test_the_timeline_shows_retries_fallbacks_and_the_costs_of_attempts() -> None:
+def test_the_timeline_shows_retries_fallbacks_and_the_costs_of_attempts(
+    client_as: ClientAs,
+) -> None:
     main = _priced_deployment()
     row = _execution(
         status="succeeded",
@@ -261,7 +259,7 @@ def test_the_timeline_shows_retries_fallbacks_and_the_costs_of_attempts() -> Non
                   input_tokens=1000, output_tokens=700),
         ],
     )  # fmt: skip
-    response = _client("operator").get(f"/executions/{row.id}/")  # sees provider text
+    response = client_as("operator").get(f"/executions/{row.id}/")  # sees provider text
     assert response.status_code == 200
     titles = [entry["title"] for entry in response.context["entries"]]
     assert titles == [
@@ -299,20 +297,22 @@ def test_the_timeline_shows_tool_calls_cache_hits_and_refusals() -> None:
     ]
 
 
-def test_input_and_output_are_escaped_and_long_text_is_collapsed() -> None:
+def test_input_and_output_are_escaped_and_long_text_is_collapsed(client_as: ClientAs) -> None:
     row = _execution(
         input=[{"role": "user", "content": "<script>alert(1)</script>"}],
         output="x" * 2000,
     )
-    html = _client().get(f"/executions/{row.id}/").content.decode()
+    html = client_as("viewer").get(f"/executions/{row.id}/").content.decode()
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<details><summary>Output (2000 characters)</summary>" in html
 
 
-def test_a_running_execution_is_marked_live_and_its_body_partial_renders() -> None:
+def test_a_running_execution_is_marked_live_and_its_body_partial_renders(
+    client_as: ClientAs,
+) -> None:
     row = _execution(status="running", steps=[], latency_ms=None)
-    client = _client()
+    client = client_as("viewer")
     html = client.get(f"/executions/{row.id}/").content.decode()
     assert 'data-live="1"' in html
     assert f'data-body-url="/executions/{row.id}/body/"' in html
@@ -323,22 +323,28 @@ def test_a_running_execution_is_marked_live_and_its_body_partial_renders() -> No
     assert 'data-live="1"' not in client.get(f"/executions/{finished.id}/").content.decode()
 
 
-def test_an_unknown_execution_is_404(django_assert_max_num_queries: Any) -> None:
-    client = _client()
+def test_an_unknown_execution_is_404(
+    django_assert_max_num_queries: Any, client_as: ClientAs
+) -> None:
+    client = client_as("viewer")
     assert client.get(f"/executions/{uuid.uuid4()}/").status_code == 404
     assert client.get(f"/executions/{uuid.uuid4()}/body/").status_code == 404
 
 
-def test_the_detail_page_query_count_is_pinned(django_assert_max_num_queries: Any) -> None:
+def test_the_detail_page_query_count_is_pinned(
+    django_assert_max_num_queries: Any, client_as: ClientAs
+) -> None:
     main = _priced_deployment()
     steps = [_step("attempt", model="m-main", deployment=main.pk, outcome="ok")] * 20
     row = _execution(steps=steps)
-    client = _client()
+    client = client_as("viewer")
     with django_assert_max_num_queries(5):  # session, user, groups, execution, prices
         assert client.get(f"/executions/{row.id}/").status_code == 200
 
 
-def test_provider_error_text_is_for_operators_and_viewers_read_a_summary() -> None:
+def test_provider_error_text_is_for_operators_and_viewers_read_a_summary(
+    client_as: ClientAs,
+) -> None:
     execution = _execution(
         status="failed",
         steps=[
@@ -353,8 +359,8 @@ def test_provider_error_text_is_for_operators_and_viewers_read_a_summary() -> No
         ],
         error={"type": "client_error", "message": "400 Unknown model for org-42"},
     )
-    viewer = _client("viewer").get(f"/executions/{execution.id}/").content.decode()
-    operator = _client("operator").get(f"/executions/{execution.id}/").content.decode()
+    viewer = client_as("viewer").get(f"/executions/{execution.id}/").content.decode()
+    operator = client_as("operator").get(f"/executions/{execution.id}/").content.decode()
     assert "Incorrect API key" not in viewer
     assert "org-42" not in viewer
     assert "provider error 401 (authentication)" in viewer

@@ -6,24 +6,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 from django.utils import timezone
 
 from console.pages.incidents import duration_text
 from core.models import AuditEvent
 from incidents.models import Incident, IncidentEvent
 from incidents.services import incident_open
+from tests.console.pages.conftest import ClientAs
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(role: str) -> Client:
-    user = User.objects.create_user(f"{role}-user", password="pw-for-tests-1")
-    user.groups.add(Group.objects.get(name=role))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _incident(title: str = "Breaker open", **fields: Any) -> Incident:
@@ -37,10 +28,10 @@ def _incident(title: str = "Breaker open", **fields: Any) -> Incident:
     return incident
 
 
-def test_the_list_shows_severity_state_agent_times_and_duration() -> None:
+def test_the_list_shows_severity_state_agent_times_and_duration(client_as: ClientAs) -> None:
     incident = _incident("Support is down", severity="critical", agent_name="support")
     Incident.objects.filter(pk=incident.pk).update(opened_at=timezone.now() - timedelta(minutes=5))
-    page = _client("viewer").get("/incidents/").content.decode()
+    page = client_as("viewer").get("/incidents/").content.decode()
     assert "Support is down" in page
     assert 'class="pill critical"' in page
     assert 'class="pill open"' in page
@@ -50,11 +41,11 @@ def test_the_list_shows_severity_state_agent_times_and_duration() -> None:
     assert "so far" in page
 
 
-def test_the_filters_narrow_the_list_and_are_labelled() -> None:
+def test_the_filters_narrow_the_list_and_are_labelled(client_as: ClientAs) -> None:
     _incident("Minor thing", severity="minor")
     resolved = _incident("Fixed thing", severity="critical")
     Incident.objects.filter(pk=resolved.pk).update(status="resolved", resolved_at=timezone.now())
-    client = _client("viewer")
+    client = client_as("viewer")
     page = client.get("/incidents/?state=resolved").content.decode()
     assert "Fixed thing" in page
     assert "Minor thing" not in page
@@ -65,22 +56,24 @@ def test_the_filters_narrow_the_list_and_are_labelled() -> None:
         assert f'<label for="{field}">' in page
 
 
-def test_an_unknown_filter_value_is_a_400_naming_it() -> None:
-    response = _client("viewer").get("/incidents/?state=sleeping")
+def test_an_unknown_filter_value_is_a_400_naming_it(client_as: ClientAs) -> None:
+    response = client_as("viewer").get("/incidents/?state=sleeping")
     assert response.status_code == 400
     assert "state: unknown value &#x27;sleeping&#x27;" in response.content.decode()
 
 
-def test_a_bad_cursor_is_a_400_naming_it() -> None:
-    response = _client("viewer").get("/incidents/?after=nonsense")
+def test_a_bad_cursor_is_a_400_naming_it(client_as: ClientAs) -> None:
+    response = client_as("viewer").get("/incidents/?after=nonsense")
     assert response.status_code == 400
     assert "after: invalid cursor" in response.content.decode()
 
 
-def test_the_list_is_paginated_and_the_next_page_continues_where_the_first_ended() -> None:
+def test_the_list_is_paginated_and_the_next_page_continues_where_the_first_ended(
+    client_as: ClientAs,
+) -> None:
     for number in range(55):
         _incident(f"Incident number {number:02d}")
-    client = _client("viewer")
+    client = client_as("viewer")
     first = client.get("/incidents/")
     assert first.content.decode().count('href="/incidents/') >= 50
     next_link = first.context["next_query"]
@@ -94,8 +87,8 @@ def test_the_list_is_paginated_and_the_next_page_continues_where_the_first_ended
     assert second.context["next_query"] is None
 
 
-def test_empty_states_say_what_to_do() -> None:
-    client = _client("viewer")
+def test_empty_states_say_what_to_do(client_as: ClientAs) -> None:
+    client = client_as("viewer")
     assert "POST /api/v1/incidents" in client.get("/incidents/").content.decode()
     assert (
         "No incidents match these filters" in client.get("/incidents/?state=open").content.decode()
@@ -104,42 +97,42 @@ def test_empty_states_say_what_to_do() -> None:
 
 @pytest.mark.parametrize("count", [1, 120])
 def test_the_list_takes_the_same_few_queries_whatever_the_number_of_incidents(
-    count: int, django_assert_max_num_queries: Any
+    count: int, django_assert_max_num_queries: Any, client_as: ClientAs
 ) -> None:
     for number in range(count):
         _incident(f"Incident {number}")
-    client = _client("viewer")
+    client = client_as("viewer")
     with django_assert_max_num_queries(6):
         assert client.get("/incidents/?severity=major").status_code == 200
 
 
 @pytest.mark.parametrize("events", [1, 200])
 def test_the_detail_takes_the_same_few_queries_whatever_the_length_of_its_timeline(
-    events: int, django_assert_max_num_queries: Any
+    events: int, django_assert_max_num_queries: Any, client_as: ClientAs
 ) -> None:
     incident = _incident()
     for number in range(events):
         IncidentEvent(incident=incident, kind="comment", message=f"note {number}").save()
-    client = _client("operator")
+    client = client_as("operator")
     with django_assert_max_num_queries(6):
         assert client.get(f"/incidents/{incident.pk}/").status_code == 200
 
 
-def test_the_detail_shows_the_timeline_in_order() -> None:
+def test_the_detail_shows_the_timeline_in_order(client_as: ClientAs) -> None:
     incident = _incident()
     IncidentEvent(incident=incident, kind="comment", message="looking into it").save()
-    page = _client("viewer").get(f"/incidents/{incident.pk}/").content.decode()
+    page = client_as("viewer").get(f"/incidents/{incident.pk}/").content.decode()
     assert '<ol class="timeline">' in page
     assert page.index("it broke") < page.index("looking into it")
 
 
-def test_an_unknown_incident_is_404() -> None:
-    assert _client("viewer").get("/incidents/999999/").status_code == 404
+def test_an_unknown_incident_is_404(client_as: ClientAs) -> None:
+    assert client_as("viewer").get("/incidents/999999/").status_code == 404
 
 
-def test_an_operator_acknowledges_then_resolves_and_each_is_audited() -> None:
+def test_an_operator_acknowledges_then_resolves_and_each_is_audited(client_as: ClientAs) -> None:
     incident = _incident()
-    client = _client("operator")
+    client = client_as("operator")
     response = client.post(f"/incidents/{incident.pk}/acknowledge/", follow=True)
     assert f"Incident #{incident.pk} acknowledged." in response.content.decode()
     response = client.post(
@@ -160,24 +153,26 @@ def test_an_operator_acknowledges_then_resolves_and_each_is_audited() -> None:
     ]
 
 
-def test_acknowledging_a_resolved_incident_is_refused_with_a_message() -> None:
+def test_acknowledging_a_resolved_incident_is_refused_with_a_message(client_as: ClientAs) -> None:
     incident = _incident()
-    client = _client("operator")
+    client = client_as("operator")
     client.post(f"/incidents/{incident.pk}/resolve/")
     response = client.post(f"/incidents/{incident.pk}/acknowledge/", follow=True)
     assert "was not changed" in response.content.decode()
     assert "cannot be acknowledged" in response.content.decode()
 
 
-def test_resolve_asks_for_confirmation() -> None:
+def test_resolve_asks_for_confirmation(client_as: ClientAs) -> None:
     incident = _incident()
-    page = _client("operator").get(f"/incidents/{incident.pk}/").content.decode()
+    page = client_as("operator").get(f"/incidents/{incident.pk}/").content.decode()
     assert 'data-confirm="Resolve incident' in page
 
 
-def test_a_comment_is_added_to_the_timeline_and_an_empty_one_is_refused() -> None:
+def test_a_comment_is_added_to_the_timeline_and_an_empty_one_is_refused(
+    client_as: ClientAs,
+) -> None:
     incident = _incident()
-    client = _client("operator")
+    client = client_as("operator")
     response = client.post(f"/incidents/{incident.pk}/comment/", {"comment": "  "}, follow=True)
     assert "Comment: must not be empty" in response.content.decode()
     client.post(f"/incidents/{incident.pk}/comment/", {"comment": "pool drained"})
@@ -187,7 +182,7 @@ def test_a_comment_is_added_to_the_timeline_and_an_empty_one_is_refused() -> Non
     ).exists()
 
 
-def test_the_postmortem_is_saved_audited_and_read_only_for_viewers() -> None:
+def test_the_postmortem_is_saved_audited_and_read_only_for_viewers(client_as: ClientAs) -> None:
     incident = _incident()
     fields = {
         "impact": "Support answered from the fallback for 12 minutes.",
@@ -195,12 +190,12 @@ def test_the_postmortem_is_saved_audited_and_read_only_for_viewers() -> None:
         "resolution": "Raised the provider quota.",
         "lessons": "Alert on 429s earlier.",
     }
-    _client("operator").post(f"/incidents/{incident.pk}/postmortem/", fields)
+    client_as("operator").post(f"/incidents/{incident.pk}/postmortem/", fields)
     incident.refresh_from_db()
     assert {name: getattr(incident, name) for name in fields} == fields
     audit = AuditEvent.objects.get(action="incident_update", target_id=str(incident.pk))
     assert audit.after == fields
-    page = _client("viewer").get(f"/incidents/{incident.pk}/").content.decode()
+    page = client_as("viewer").get(f"/incidents/{incident.pk}/").content.decode()
     for label in ("Impact", "Root cause", "Solution", "Lesson"):
         assert f"<dt>{label}</dt>" in page
     assert "Raised the provider quota." in page
@@ -208,9 +203,9 @@ def test_the_postmortem_is_saved_audited_and_read_only_for_viewers() -> None:
     assert "Save postmortem" not in page
 
 
-def test_operators_see_a_labelled_postmortem_form() -> None:
+def test_operators_see_a_labelled_postmortem_form(client_as: ClientAs) -> None:
     incident = _incident()
-    page = _client("operator").get(f"/incidents/{incident.pk}/").content.decode()
+    page = client_as("operator").get(f"/incidents/{incident.pk}/").content.decode()
     for name, label in (
         ("impact", "Impact"),
         ("root_cause", "Root cause"),
@@ -220,9 +215,9 @@ def test_operators_see_a_labelled_postmortem_form() -> None:
         assert f'<label for="pm-{name}">{label}</label>' in page
 
 
-def test_viewers_see_no_actions_and_their_forged_posts_are_refused() -> None:
+def test_viewers_see_no_actions_and_their_forged_posts_are_refused(client_as: ClientAs) -> None:
     incident = _incident()
-    client = _client("viewer")
+    client = client_as("viewer")
     page = client.get(f"/incidents/{incident.pk}/").content.decode()
     assert "/acknowledge/" not in page
     assert "Add comment" not in page
@@ -247,7 +242,7 @@ def test_durations_read_as_the_two_largest_units() -> None:
     assert duration_text(2 * 86_400 + 4 * 3600) == "2d 04h"
 
 
-def test_every_incident_class_is_named_and_the_list_filters_by_kind() -> None:
+def test_every_incident_class_is_named_and_the_list_filters_by_kind(client_as: ClientAs) -> None:
     _incident(
         "Budget exhausted: daily global budget ($10.00)",
         kind="budget_exhausted",
@@ -255,7 +250,7 @@ def test_every_incident_class_is_named_and_the_list_filters_by_kind() -> None:
     )
     _incident("Upstream quota exhausted: deployment 3", kind="upstream_quota")
     _incident("BreakwaterDrainerLag", kind="alert")
-    client = _client("viewer")
+    client = client_as("viewer")
     page = client.get("/incidents/").content.decode()
     assert '<label for="f-kind">Kind</label>' in page
     for label in (
@@ -272,7 +267,7 @@ def test_every_incident_class_is_named_and_the_list_filters_by_kind() -> None:
     assert client.get("/incidents/?kind=nonsense").status_code == 400
 
 
-def test_a_timeline_entry_shows_its_figures() -> None:
+def test_a_timeline_entry_shows_its_figures(client_as: ClientAs) -> None:
     incident, _ = incident_open(
         kind="budget_exhausted",
         dedup_key="budget:1:exhausted",
@@ -280,7 +275,7 @@ def test_a_timeline_entry_shows_its_figures() -> None:
         message="$10.00 of $10.00 used",
         data={"limit_usd": "10", "spent_usd": "10", "labels": {"agent": "support"}},
     )
-    page = _client("viewer").get(f"/incidents/{incident.pk}/").content.decode()
+    page = client_as("viewer").get(f"/incidents/{incident.pk}/").content.decode()
     assert 'Budget exhausted <span class="muted">budget_exhausted</span>' in page
     assert "<dt>limit_usd</dt><dd><code>10</code></dd>" in page
     assert "<dt>labels</dt><dd><code>{&quot;agent&quot;: &quot;support&quot;}</code></dd>" in page

@@ -6,38 +6,29 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 from django.utils import timezone
 
 from agents.access.keys import verify_key
 from agents.access.services import api_key_create, api_key_revoke
 from agents.models import Agent, ApiKey
 from core.models import AuditEvent
+from tests.console.pages.conftest import ClientAs
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(role: str) -> Client:
-    user = User.objects.create_user(f"{role}-user", password="pw-for-tests-1")
-    user.groups.add(Group.objects.get(name=role))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _agent(name: str) -> Agent:
     return Agent.objects.create(name=name, model="m")
 
 
-def test_the_list_shows_keys_without_secrets_and_their_state() -> None:
+def test_the_list_shows_keys_without_secrets_and_their_state(client_as: ClientAs) -> None:
     active = api_key_create(name="ci", scopes=["read"])
     revoked = api_key_create(name="old", scopes=["execute"])
     api_key_revoke(key_id=revoked.api_key.pk, actor="test")
     expired = api_key_create(
         name="temp", scopes=["read"], expires_at=timezone.now() - timedelta(days=1)
     )
-    page = _client("admin").get("/keys/").content.decode()
+    page = client_as("admin").get("/keys/").content.decode()
     for created in (active, revoked, expired):
         assert created.api_key.prefix in page
         assert created.plaintext not in page
@@ -48,9 +39,9 @@ def test_the_list_shows_keys_without_secrets_and_their_state() -> None:
 
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
-def test_the_page_and_its_forged_posts_are_403_below_admin(role: str) -> None:
+def test_the_page_and_its_forged_posts_are_403_below_admin(role: str, client_as: ClientAs) -> None:
     key = api_key_create(name="ci", scopes=["read"])
-    client = _client(role)
+    client = client_as(role)
     assert client.get("/keys/").status_code == 403
     assert client.post("/keys/", {"name": "x", "scopes": ["admin"]}).status_code == 403
     assert client.post(f"/keys/{key.api_key.pk}/revoke/", {"reason": "x"}).status_code == 403
@@ -59,9 +50,9 @@ def test_the_page_and_its_forged_posts_are_403_below_admin(role: str) -> None:
     assert key.api_key.revoked_at is None
 
 
-def test_a_created_key_is_shown_once_in_the_answer_itself_and_works() -> None:
+def test_a_created_key_is_shown_once_in_the_answer_itself_and_works(client_as: ClientAs) -> None:
     _agent("support")
-    client = _client("admin")
+    client = client_as("admin")
     response = client.post(
         "/keys/",
         {
@@ -92,8 +83,8 @@ def test_a_created_key_is_shown_once_in_the_answer_itself_and_works() -> None:
     assert key.prefix in again
 
 
-def test_wrong_fields_are_named_and_nothing_is_created() -> None:
-    response = _client("admin").post(
+def test_wrong_fields_are_named_and_nothing_is_created(client_as: ClientAs) -> None:
+    response = client_as("admin").post(
         "/keys/",
         {
             "name": "",
@@ -108,7 +99,7 @@ def test_wrong_fields_are_named_and_nothing_is_created() -> None:
     assert "Expires (UTC): must be in the future" in page
     assert "Requests per minute: must be a whole number" in page
     assert not ApiKey.objects.exists()
-    response = _client_again("admin2").post(
+    response = client_as("admin", "admin2").post(
         "/keys/", {"name": "x", "scopes": ["superuser"], "agents": ["ghost"]}
     )
     page = response.content.decode()
@@ -117,17 +108,9 @@ def test_wrong_fields_are_named_and_nothing_is_created() -> None:
     assert not ApiKey.objects.exists()
 
 
-def _client_again(name: str) -> Client:
-    user = User.objects.create_user(name, password="pw-for-tests-1")
-    user.groups.add(Group.objects.get(name="admin"))
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def test_revoking_needs_a_reason_and_is_audited_with_it() -> None:
+def test_revoking_needs_a_reason_and_is_audited_with_it(client_as: ClientAs) -> None:
     created = api_key_create(name="leaked", scopes=["read"])
-    client = _client("admin")
+    client = client_as("admin")
     response = client.post(f"/keys/{created.api_key.pk}/revoke/", {"reason": ""}, follow=True)
     assert "Reason: say why" in response.content.decode()
     created.api_key.refresh_from_db()
@@ -142,29 +125,29 @@ def test_revoking_needs_a_reason_and_is_audited_with_it() -> None:
     assert (audit.actor, audit.reason) == ("user:admin-user", "posted in a ticket")
 
 
-def test_revoke_asks_for_confirmation_and_has_a_labelled_reason() -> None:
+def test_revoke_asks_for_confirmation_and_has_a_labelled_reason(client_as: ClientAs) -> None:
     created = api_key_create(name="ci", scopes=["read"])
-    page = _client("admin").get("/keys/").content.decode()
+    page = client_as("admin").get("/keys/").content.decode()
     assert 'data-confirm="Revoke ' in page
     assert f'<label for="reason-{created.api_key.pk}">Reason</label>' in page
 
 
-def test_revoking_an_unknown_key_says_so() -> None:
-    response = _client("admin").post("/keys/999999/revoke/", {"reason": "x"}, follow=True)
+def test_revoking_an_unknown_key_says_so(client_as: ClientAs) -> None:
+    response = client_as("admin").post("/keys/999999/revoke/", {"reason": "x"}, follow=True)
     assert "does not exist" in response.content.decode()
 
 
-def test_the_empty_state_says_how_to_make_one() -> None:
-    assert "create_api_key" in _client("admin").get("/keys/").content.decode()
+def test_the_empty_state_says_how_to_make_one(client_as: ClientAs) -> None:
+    assert "create_api_key" in client_as("admin").get("/keys/").content.decode()
 
 
 @pytest.mark.parametrize("count", [1, 80])
 def test_the_list_takes_the_same_few_queries_whatever_the_number_of_keys(
-    count: int, django_assert_max_num_queries: Any
+    count: int, django_assert_max_num_queries: Any, client_as: ClientAs
 ) -> None:
     agent = _agent("support")
     for number in range(count):
         api_key_create(name=f"k{number}", scopes=["read"], agents=[agent.name])
-    client = _client("admin")
+    client = client_as("admin")
     with django_assert_max_num_queries(7):
         assert client.get("/keys/").status_code == 200

@@ -7,22 +7,13 @@ import re
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 from django.utils import timezone
 
 from core.models import AuditEvent
 from incidents.models import NotificationAttempt, NotificationChannel, NotificationDelivery
+from tests.console.pages.conftest import ClientAs
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(role: str) -> Client:
-    user = User.objects.create_user(f"{role}-user", password="pw-for-tests-1")
-    user.groups.add(Group.objects.get(name=role))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _channel(name: str = "ops-hook", **fields: Any) -> NotificationChannel:
@@ -58,7 +49,7 @@ def _delivery(channel: NotificationChannel, *, status: str = "sent", attempts: i
     return delivery
 
 
-def test_a_viewer_sees_channels_and_the_log_but_no_send_test_button() -> None:
+def test_a_viewer_sees_channels_and_the_log_but_no_send_test_button(client_as: ClientAs) -> None:
     hook = _channel()
     _channel("oncall-slack", kind="slack", url="", url_env="SLACK_URL", secret_env="")
     _channel(
@@ -70,7 +61,7 @@ def test_a_viewer_sees_channels_and_the_log_but_no_send_test_button() -> None:
         min_severity="critical",
     )
     _delivery(hook, status="failed", attempts=3)
-    page = _client("viewer").get("/notifications/").content.decode()
+    page = client_as("viewer").get("/notifications/").content.decode()
     assert '<tr data-channel="ops-hook">' in page
     assert "<code>https://hooks.example.com</code>" in page  # the host, not the token
     assert "token=abc" not in page
@@ -84,19 +75,21 @@ def test_a_viewer_sees_channels_and_the_log_but_no_send_test_button() -> None:
     assert "Send test" not in page
 
 
-def test_the_page_is_in_the_navigation() -> None:
-    page = _client("viewer").get("/notifications/").content.decode()
+def test_the_page_is_in_the_navigation(client_as: ClientAs) -> None:
+    page = client_as("viewer").get("/notifications/").content.decode()
     assert '<a href="/notifications/" aria-current="page">Notifications</a>' in page
 
 
-def test_the_log_is_newest_first_filtered_by_channel_and_paginated(settings: Any) -> None:
+def test_the_log_is_newest_first_filtered_by_channel_and_paginated(
+    settings: Any, client_as: ClientAs
+) -> None:
     from console.pages import notifications
 
     hook, other = _channel(), _channel("other")
     first = _delivery(hook)
     second = _delivery(other)
     third = _delivery(hook)
-    client = _client("viewer")
+    client = client_as("viewer")
     page = client.get("/notifications/").content.decode()
     assert page.index(str(third.pk)) < page.index(str(second.pk)) < page.index(str(first.pk))
     page = client.get("/notifications/?channel=other").content.decode()
@@ -116,20 +109,20 @@ def test_the_log_is_newest_first_filtered_by_channel_and_paginated(settings: Any
         notifications.PAGE_SIZE = size
 
 
-def test_a_bad_cursor_is_a_clear_400() -> None:
-    response = _client("viewer").get("/notifications/?after=nonsense")
+def test_a_bad_cursor_is_a_clear_400(client_as: ClientAs) -> None:
+    response = client_as("viewer").get("/notifications/?after=nonsense")
     assert response.status_code == 400
     assert "after: invalid cursor" in response.content.decode()
 
 
 @pytest.mark.parametrize("count", [1, 60])
 def test_the_page_takes_the_same_few_queries_whatever_the_number_of_channels_and_deliveries(
-    count: int, django_assert_num_queries: Any
+    count: int, django_assert_num_queries: Any, client_as: ClientAs
 ) -> None:
     for number in range(count):
         channel = _channel(f"hook-{number}")
         _delivery(channel, status="failed", attempts=3)
-    client = _client("admin")
+    client = client_as("admin")
     client.get("/notifications/")  # the session and the role, read once
     # session, user, role; channels + their latest delivery; the log page + its attempts
     with django_assert_num_queries(7):
@@ -137,15 +130,17 @@ def test_the_page_takes_the_same_few_queries_whatever_the_number_of_channels_and
 
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
-def test_send_test_is_403_below_admin(role: str) -> None:
+def test_send_test_is_403_below_admin(role: str, client_as: ClientAs) -> None:
     _channel()
-    assert _client(role).post("/notifications/ops-hook/test/").status_code == 403
+    assert client_as(role).post("/notifications/ops-hook/test/").status_code == 403
     assert not NotificationDelivery.objects.exists()
 
 
-def test_an_admin_sends_a_test_and_it_is_queued_and_audited(settings: Any) -> None:
+def test_an_admin_sends_a_test_and_it_is_queued_and_audited(
+    settings: Any, client_as: ClientAs
+) -> None:
     _channel()
-    client = _client("admin")
+    client = client_as("admin")
     page = client.get("/notifications/").content.decode()
     assert "Send test" in page
     response = client.post("/notifications/ops-hook/test/", HTTP_HX_REQUEST="true")
@@ -164,15 +159,15 @@ def test_an_admin_sends_a_test_and_it_is_queued_and_audited(settings: Any) -> No
     assert response["Location"] == "/notifications/"
 
 
-def test_the_followed_delivery_stops_polling_once_it_is_done() -> None:
+def test_the_followed_delivery_stops_polling_once_it_is_done(client_as: ClientAs) -> None:
     delivery = _delivery(_channel(), status="sent", attempts=2)
-    fragment = _client("viewer").get(f"/notifications/deliveries/{delivery.pk}/").content.decode()
+    fragment = client_as("viewer").get(f"/notifications/deliveries/{delivery.pk}/").content.decode()
     assert 'data-status="sent"' in fragment
     assert "after 2 attempts" in fragment
     assert "hx-get" not in fragment
 
 
-def test_a_test_to_an_unknown_channel_says_so() -> None:
-    response = _client("admin").post("/notifications/ghost/test/", HTTP_HX_REQUEST="true")
+def test_a_test_to_an_unknown_channel_says_so(client_as: ClientAs) -> None:
+    response = client_as("admin").post("/notifications/ghost/test/", HTTP_HX_REQUEST="true")
     assert response.status_code == 404
     assert "notification channel &#x27;ghost&#x27; does not exist" in response.content.decode()

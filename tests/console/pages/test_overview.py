@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.test import Client
 
 from agents.backends import on_state_sync
@@ -49,14 +49,6 @@ NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(overview, "clock", lambda: NOW)
-
-
-@pytest.fixture
-def viewer(client: Client) -> Client:
-    user = User.objects.create_user("vera", password="a-long-passphrase-1")
-    user.groups.add(Group.objects.get(name="viewer"))
-    client.force_login(user)
-    return client
 
 
 def traffic() -> None:
