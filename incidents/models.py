@@ -32,7 +32,7 @@ INCIDENT_KINDS: dict[str, str] = {
     "budget_forecast": "Budget forecast over its limit",
     "cost_spike": "Cost spike",
     "ledger_drift": "Ledger drift",
-    "slo_burn": "SLO fast burn",
+    "slo_burn": "SLO burn (fast or slow)",
     "upstream_quota": "Upstream quota exhausted",
     "config_reload": "Config reload failed",
     "provider_secret": "Provider secret unreadable",
