@@ -61,23 +61,10 @@ log = logging.getLogger("breakwater.rollups")
 FINISHED_STATUSES = ("succeeded", "degraded", "failed", "cancelled")
 SLI_VALID_STATUSES = ("succeeded", "degraded", "failed")  # what an SLI counts (budgets.slos)
 WATERMARK = "executions"  # RollupWatermark.name of the one watermark
-_SPEND_VALUES = (
-    "requests",
-    "succeeded",
-    "degraded",
-    "failed",
-    "cancelled",
-    "cached",
-    "fallbacks",
-    "fallback_reasons",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "saved_usd",
-    "latency_sum_ms",
-    "latency_count",
-    "latency_buckets",
-    "model_choices",
+# What a daily spend row holds beyond its key (day, agent, model, key): the traffic counts but
+# the retries and the slow count, which only the traffic rows keep.
+_SPEND_VALUES = tuple(
+    f for f in TRAFFIC_FIELDS if f not in ("start", "agent_name", "retries", "slow")
 )
 _ROLLUP_VALUES = (*_SPEND_VALUES, "updated_at")
 TRAFFIC_RECOMPUTE_MINUTES = 15  # traffic_rollups_refresh's default window
@@ -89,27 +76,8 @@ TRAFFIC_KEEP: dict[int, timedelta] = {
 TRAFFIC_PRUNE_BATCH = 2000  # rows deleted per step and run, at most
 SPEND_MINUTE_PRUNE_BATCH = 5000  # SpendMinute rows of days before spend_from deleted per run
 RANGES_PER_QUERY = 200  # minute ranges OR'ed in one grouped query
-_TRAFFIC_VALUES = (
-    "requests",
-    "succeeded",
-    "degraded",
-    "failed",
-    "cancelled",
-    "cached",
-    "fallbacks",
-    "fallback_reasons",
-    "retries",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "saved_usd",
-    "latency_sum_ms",
-    "latency_count",
-    "latency_buckets",
-    "model_choices",
-    "slow",
-    "updated_at",
-)
+# What a traffic row's upsert writes: every column the selectors read but its key, and the stamp.
+_TRAFFIC_VALUES = (*(f for f in TRAFFIC_FIELDS if f not in ("start", "agent_name")), "updated_at")
 _MINUTE = timedelta(minutes=1)
 
 Range = tuple[datetime, datetime]  # [start, end)
