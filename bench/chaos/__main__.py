@@ -18,7 +18,6 @@ Exit status 0 when every target is met, 1 when one is missed, 2 when a scenario 
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import shutil
 import signal
@@ -67,15 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[name] = value  # app_env() passes the harness's environment on
     if shutil.which("redis-server") is None:
         print("note: redis-server is not installed: the distributed scenarios cannot run")
-
-    def _term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
-        signal.signal(sig, _term)
-    atexit.register(stack.drop_templates)
-    atexit.register(stack.stop_all)
-    signal.alarm(ALARM_S)
+    stack.guard_run(ALARM_S)
 
     started = time.monotonic()
     load_before = os.getloadavg()[0]

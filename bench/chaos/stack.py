@@ -9,6 +9,7 @@ uses SQLite in its own var directory.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
@@ -93,6 +94,20 @@ def stop_all() -> None:
         stop(proc)
     for db in list(_DATABASES):
         db.drop()
+
+
+def guard_run(alarm_s: int) -> None:
+    """A run's safety net: SIGTERM, SIGINT and an alarm after ``alarm_s`` end it as an exit, so
+    the ``atexit`` handlers stop every process it started and drop its template databases."""
+
+    def _term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(sig, _term)
+    atexit.register(drop_templates)
+    atexit.register(stop_all)
+    signal.alarm(alarm_s)
 
 
 def tail(path: Path, n: int = 3000) -> str:

@@ -16,7 +16,6 @@ when one is missed, 2 when the run could not be made.
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
 import shutil
 import signal
@@ -56,15 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("redis-server") is None:
         print("redis-server is not installed", file=sys.stderr)
         return 2
-
-    def _term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
-        signal.signal(sig, _term)
-    atexit.register(stack.drop_templates)
-    atexit.register(stack.stop_all)
-    signal.alarm(ALARM_S)
+    stack.guard_run(ALARM_S)
     before = scenario.machine()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="bw-scale-"))
