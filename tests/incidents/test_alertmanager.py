@@ -317,14 +317,15 @@ def mirroring(alert: dict[str, Any], incident_key: str) -> dict[str, Any]:
     return out
 
 
-def _own_breaker_incident() -> Incident:
+def _own_breaker_incident(agent: str = "helper") -> Incident:
+    """The incident Breakwater opens itself when ``agent``'s breaker opens."""
     incident, _ = incident_open(
         kind="breaker_open",
-        dedup_key="breaker:agent:helper",
-        title="Circuit breaker open: agent helper",
+        dedup_key=f"breaker:agent:{agent}",
+        title=f"Circuit breaker open: agent {agent}",
         message="breaker opened (2 failures)",
         severity="critical",
-        agent_name="helper",
+        agent_name=agent,
     )
     return incident
 
@@ -364,17 +365,7 @@ async def test_an_alert_about_an_open_breakwater_incident_joins_its_timeline_ins
 async def test_a_key_restricted_to_some_agents_cannot_write_on_another_agents_incident(
     keys: dict[str, str],
 ) -> None:
-    def others() -> Incident:
-        incident, _ = incident_open(
-            kind="breaker_open",
-            dedup_key="breaker:agent:other",
-            title="Circuit breaker open: agent other",
-            message="breaker opened",
-            agent_name="other",
-        )
-        return incident
-
-    theirs = await sync_to_async(others)()
+    theirs = await sync_to_async(_own_breaker_incident)("other")
     alert = mirroring(BREAKER, "breaker:agent:other")  # labels.agent is helper: allowed
 
     response = await post(keys["helper"], notification(alert))
