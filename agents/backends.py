@@ -106,6 +106,8 @@ class Backends:
     journal: FileJournal | RedisJournal
     drainer: RecordDrainer
     drains: bool
+    # The journal when admission can append its "started" event itself (on the state's Redis).
+    admission_records: RedisJournal | None = None
 
 
 def backends_build(*, owner: str = "") -> Backends:
@@ -123,15 +125,17 @@ def backends_build(*, owner: str = "") -> Backends:
             drains=True,
         )
     wire = get_async_wire()
+    journal = RedisJournal(wire, owner=owner)  # on the state's Redis: admission appends to it
     return Backends(
         embedded=False,
         state=RedisState(wire, prefix=PREFIX),
         # On the state's Redis: admission reads it, a miss costs no round trip.
         cache=RedisCache(wire, prefix=PREFIX, in_admission=True),
         sessions=RedisSessions(get_async_redis(), prefix=PREFIX),
-        journal=RedisJournal(wire, owner=owner),
+        journal=journal,
         drainer=RecordDrainer(redis_drain(get_async_redis())),
         drains=settings.BREAKWATER_SERVE_DRAINS,
+        admission_records=journal,
     )
 
 

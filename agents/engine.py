@@ -82,6 +82,7 @@ class Engine:
             sessions=self.sessions,
             cache=self.cache,
             windows=LedgerBudgetWindows(self.state, before=self._records_synced),
+            admission_records=self.backends.admission_records,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = False

@@ -39,6 +39,7 @@ from agents.runtime.execution.breakers import BreakerCache
 from agents.runtime.execution.context import AdmissionPlan, Admitted, Execution, Progress
 from agents.runtime.execution.plan import BudgetsSeen, plan_admission
 from agents.runtime.ports import (
+    AdmissionRecords,
     BudgetWindows,
     ConfigSource,
     EventSink,
@@ -56,6 +57,7 @@ from agents.runtime.state import (
     RecordingUnavailable,
     StateStore,
     StateUnavailable,
+    StreamRecord,
 )
 from agents.runtime.tools import ToolRunner
 from agents.runtime.types import (
@@ -97,7 +99,11 @@ class Executor:
         deployment_breaker: BreakerConfig = DEFAULT_DEPLOYMENT_BREAKER,
         rng: random.Random | None = None,
         windows: BudgetWindows | None = None,
+        admission_records: AdmissionRecords | None = None,
     ) -> None:
+        """``admission_records``: ``records`` itself when the state store can append its
+        ``started`` event in the admission that admits (a Redis journal on the state's Redis):
+        then admission and record are one atomic step, and one round trip."""
         self._config = config
         self._state = state
         self._windows = windows or NewBudgetWindows(state)
@@ -106,6 +112,7 @@ class Executor:
         self._down: set[str] = set()
         self._clock = clock
         self._records = records
+        self._admission_records = admission_records
         self._events = events or NullEvents()
         self._sessions = sessions
         self._cache = cache
@@ -303,22 +310,33 @@ class Executor:
         if model_index > 0:
             progress.fallback_reason = "circuit_open"
         progress.model_index = model_index
-        # Journaled concurrently with admission (both leave in this turn of the loop), with
-        # what admission reserves: a process that dies mid-call is charged for it. Awaited
-        # before any provider call.
-        journaled = progress.journaled = asyncio.ensure_future(
-            self._records.started(
-                ex.request,
-                ex.created_at,
-                reserved_micros=plan.reserved,
-                budget_keys=plan.budget_keys,
+        # The "started" event carries what admission reserves: a process that dies mid-call is
+        # charged for it. Appended by the admission itself where the state store can (one
+        # atomic step: no reservation without its record); else journaled concurrently with
+        # admission (both leave in this turn of the loop) and awaited before any provider call.
+        record: StreamRecord | None = None
+        journaled: asyncio.Future[None] | None = None
+        if self._admission_records is not None:
+            record = self._admission_records.started_record(
+                ex.request, ex.created_at, reserved_micros=plan.reserved
             )
-        )
-        admission = await self._ask(ex, progress, plan, lookup, on_token)
+        else:
+            journaled = progress.journaled = asyncio.ensure_future(
+                self._records.started(
+                    ex.request,
+                    ex.created_at,
+                    reserved_micros=plan.reserved,
+                    budget_keys=plan.budget_keys,
+                )
+            )
+        admission = await self._ask(ex, progress, plan, lookup, on_token, record)
         if isinstance(admission, ExecutionResult):
             return admission  # the cached answer that admission found
         if not admission.ok:
             return results.refused(clock, ex, progress, admission)
+        if record is not None and admission.record_id is not None:
+            assert self._admission_records is not None
+            self._admission_records.record_written(record, admission.record_id)
         admitted = Admitted(
             plan=plan,
             model_index=progress.model_index,
@@ -327,7 +345,8 @@ class Executor:
             agent_probe=admission.agent_probe,
         )
         progress.admit(admitted)  # from here on, whatever happens gives the lease back
-        await journaled  # durable before any money is spent upstream
+        if journaled is not None:
+            await journaled  # durable before any money is spent upstream
         if self._down:
             self._answering(RecordingUnavailable.kind, "the journal recorded an execution")
         return admitted
@@ -339,6 +358,7 @@ class Executor:
         plan: AdmissionPlan,
         lookup: str | None,
         on_token: OnToken | None,
+        record: StreamRecord | None = None,
     ) -> Admission | ExecutionResult:
         """The shared state's admission, from ``progress.model_index`` on: the next model when
         one's deployments are all open or full, again once after rebuilding budget windows it
@@ -352,6 +372,7 @@ class Executor:
                 self._breakers.candidates(model, self._config.deployments(model)),
                 self._deployment_breaker,
                 lookup,
+                record,
             )
             try:
                 admission = await self._state.admit(admit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agents.runtime.state import BudgetHold, StateStore, Transition, WindowInit
+from agents.runtime.state import BudgetHold, StateStore, StreamRecord, Transition, WindowInit
 from agents.runtime.types import (
     AgentConfig,
     BudgetRule,
@@ -70,6 +70,24 @@ class RecordSink(Protocol):
         ...
 
     async def finished(self, result: ExecutionResult) -> None: ...
+
+
+class AdmissionRecords(Protocol):
+    """A :class:`RecordSink` whose ``started`` event the state store can append itself, in the
+    admission that admits (``AdmitRequest.record``): a journal on the state's own Redis. Then a
+    process killed between admission and journal cannot leave a reservation without a record
+    (whose budget counters would count money the ledger never hears of)."""
+
+    def started_record(
+        self, request: ExecutionRequest, created_at: float, *, reserved_micros: int
+    ) -> StreamRecord:
+        """The ``started`` event as the stream entry admission appends."""
+        ...
+
+    def record_written(self, record: StreamRecord, entry_id: bytes) -> None:
+        """Admission appended ``record`` as ``entry_id``: kept like an event of its own (a
+        replay after Redis lost its data writes it again)."""
+        ...
 
 
 class BudgetWindows(Protocol):

@@ -160,6 +160,12 @@ def _optional_int(value: Any) -> int | None:
     return int(text) if text else None
 
 
+def _record_id(value: Any) -> bytes | None:
+    """A stream entry id from a reply ('' when nothing was appended)."""
+    entry = value if isinstance(value, bytes) else str(value).encode()
+    return entry or None
+
+
 def _config(config: BreakerConfig) -> dict[str, Any]:
     encoded: dict[str, Any] = {
         "failure_threshold": config.failure_threshold,
@@ -246,15 +252,22 @@ class RedisState:
         if scripts:
             self._use_scripts()
 
-    async def _run(self, name: str, payload: dict[str, Any]) -> Any:
+    async def _run(self, name: str, payload: dict[str, Any], *blob: bytes) -> Any:
         try:
-            return await self._call(name, payload)
+            return await self._call(name, payload, *blob)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StateUnavailable(f"Redis: {exc}") from exc
 
-    async def _call(self, name: str, payload: dict[str, Any]) -> Any:
+    async def _call(self, name: str, payload: dict[str, Any], *blob: bytes) -> Any:
+        """``blob``: the admission's record value (``args[5]`` in ``lib.lua``), if any."""
         now = "" if self._clock is None else repr(self._clock.now())
-        args = (self._prefix, now, self._slack, orjson.dumps(payload))
+        args: tuple[str | bytes, ...] = (
+            self._prefix,
+            now,
+            self._slack,
+            orjson.dumps(payload),
+            *blob,
+        )
         if self._use_functions is not False:
             try:
                 return await self._client.execute_command("FCALL", self._functions[name], 0, *args)
@@ -289,7 +302,7 @@ class RedisState:
             for name, source in self._sources.items()
         }
 
-    async def _eval(self, name: str, args: tuple[str, str, str, bytes]) -> Any:
+    async def _eval(self, name: str, args: tuple[str | bytes, ...]) -> Any:
         try:
             return await self._client.execute_command("EVALSHA", self._shas[name], 0, *args)
         except NoScriptError:  # a restarted or flushed Redis: EVAL sends and caches the script
@@ -311,7 +324,16 @@ class RedisState:
             payload["agent_cfg"] = _config(request.agent_breaker)
         if request.cache_key is not None:
             payload["cache"] = request.cache_key
-        reply = await self._run("admit", payload)
+        record = request.record
+        if record is None:
+            reply = await self._run("admit", payload)
+        else:
+            payload["record"] = {
+                "stream": record.stream,
+                "maxlen": record.maxlen,
+                "field": record.field,
+            }
+            reply = await self._run("admit", payload, record.value)
         refusal = _text(reply[0])
         if refusal == "cached":
             cached = reply[1]
@@ -343,6 +365,7 @@ class RedisState:
             transitions=_transitions(reply[5]),
             open_until=_open_until(reply[6]),
             budget_remaining=_remaining(reply[7]),
+            record_id=_record_id(reply[8]) if len(reply) > 8 else None,
         )
 
     async def select(

@@ -178,6 +178,18 @@ class BudgetHold:
 
 
 @dataclass(frozen=True)
+class StreamRecord:
+    """An entry appended to a Redis stream by the admission that admits, in the same atomic
+    step (``AdmitRequest.record``): the journal's ``started`` event, so that no reservation is
+    ever held without the record that lets a dead process's execution be found and charged."""
+
+    stream: str  # the stream's key
+    maxlen: int  # trimmed to about this many entries (MAXLEN ~)
+    field: str
+    value: bytes
+
+
+@dataclass(frozen=True)
 class AdmitRequest:
     lease_id: str  # unique per execution; names its in-flight lease and rate-log entries
     lease_ttl_s: float  # the lease outlives the execution's deadline, then expires by itself
@@ -192,6 +204,10 @@ class AdmitRequest:
     # miss costs no round trip of its own. Only for a store that can read the cache
     # (RedisState with a RedisCache on the same Redis); MemoryState refuses it.
     cache_key: str | None = None
+    # Appended when (and only when) this admission admits, atomically with what it takes; its
+    # entry id comes back as Admission.record_id. Only for a store on the journal's Redis
+    # (RedisState with a RedisJournal on the same server); MemoryState refuses it.
+    record: StreamRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +227,8 @@ class Admission:
     cached: bytes | None = None
     # Refused as budget_unknown: the hold keys whose windows the store does not know.
     unknown_budgets: tuple[str, ...] = ()
+    # The stream entry id of AdmitRequest.record, written because this admission admitted.
+    record_id: bytes | None = None
 
     @property
     def ok(self) -> bool:

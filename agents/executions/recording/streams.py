@@ -35,7 +35,7 @@ from agents.executions.recording.drainer import DrainResult, with_fresh_connecti
 from agents.executions.recording.events import Row, encode_finished, encode_started, row_from_event
 from agents.executions.recording.store import StoreOutcome, store_rows
 from agents.runtime.redis_wire import RedisCommands
-from agents.runtime.state import RecordingUnavailable
+from agents.runtime.state import RecordingUnavailable, StreamRecord
 from agents.runtime.types import ExecutionRequest, ExecutionResult
 
 log = logging.getLogger("breakwater.recording")
@@ -124,6 +124,22 @@ class RedisJournal:
             )
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise RecordingUnavailable(f"Redis journal: {exc}") from exc
+
+    def started_record(
+        self, request: ExecutionRequest, created_at: float, *, reserved_micros: int
+    ) -> StreamRecord:
+        """``started`` as the entry the state's admission appends (``AdmissionRecords``)."""
+        return StreamRecord(
+            stream=self.stream,
+            maxlen=self._maxlen,
+            field=FIELD,
+            value=encode_started(
+                request, created_at, owner=self.owner, reserved_micros=reserved_micros
+            ),
+        )
+
+    def record_written(self, record: StreamRecord, entry_id: bytes) -> None:
+        self._recent.append((self._clock(), _stream_id(entry_id), record.value))
 
     async def finished(self, result: ExecutionResult) -> None:
         await self._add(encode_finished(result))

@@ -21,6 +21,7 @@ from agents.runtime.state import (
     Candidate,
     Completion,
     RateLimit,
+    StreamRecord,
     agent_breaker_key,
 )
 from agents.runtime.types import (
@@ -100,9 +101,11 @@ class AdmissionPlan:
         candidates: tuple[Candidate, ...],
         deployment_breaker: BreakerConfig,
         cache_key: str | None,
+        record: StreamRecord | None = None,
     ) -> AdmitRequest:
         """The admission of the model whose ``candidates`` are given; ``cache_key``: where the
-        state store can read the cached answer in the same round trip (None: do not look)."""
+        state store can read the cached answer in the same round trip (None: do not look);
+        ``record``: the "started" event the store appends if it admits."""
         return AdmitRequest(
             lease_id=execution.request.execution_id,
             lease_ttl_s=execution.lease_ttl,
@@ -113,6 +116,7 @@ class AdmissionPlan:
             deployment_breaker=deployment_breaker,
             budgets=self.holds,
             cache_key=cache_key,
+            record=record,
         )
 
 

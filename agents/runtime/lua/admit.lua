@@ -1,18 +1,25 @@
 -- admit: agent breaker, rate limits, budgets, deployment choice; all or nothing.
 -- REQ: {lease_id, lease_ttl_s, agent_key?, agent_cfg?, limits: [{key, limit, window_s, cost}],
 --       holds: [{key, limit, amount, ttl_s}], candidates: [{id, key, max_concurrency, weight}],
---       deployment_cfg, cache?}
+--       deployment_cfg, cache?, record?: {stream, maxlen, field}}, and the record's value as
+--       the call's fifth argument (BLOB)
 -- Returns {refusal or "", retry_after, deployment_id or "", agent_probe, deployment_probe,
 --          transitions (flat), open_until (flat key, time pairs),
 --          budget_remaining (flat key, micro-USD pairs: after the reservation when admitted,
 --          as found when refused for budget, the unknown window keys when refused as
---          budget_unknown, empty otherwise)}.
+--          budget_unknown, empty otherwise),
+--          the entry id of REQ.record when admitted and one was given, else ''}.
 -- Refusals: 'late' (the lease id was abandoned: see abandon.lua), 'circuit_open',
 -- 'rate_limited', 'budget_unknown' (a window not prepared: see budget_prepare.lua),
 -- 'budget_exceeded', 'no_deployment'.
 --
 -- With REQ.cache (the Redis key of a cached answer to this request) and a value under it,
 -- returns {'cached', value} and takes nothing: the answer is served instead.
+--
+-- With REQ.record (the journal's "started" event of this execution), an admission that admits
+-- appends it to its stream in the same atomic step: a process killed at any point can leave a
+-- reservation only together with the record that has it found and charged (settle_dead), and a
+-- refusal records nothing here (its "finished" event alone makes the row).
 --
 -- A refusal takes nothing (no lease, no probe, no rate budget, no reservation), but it does
 -- apply the time-driven transitions an acquire would: half-open probes that gave no answer
@@ -90,7 +97,12 @@ chosen, deployment_probe = select_deployment(
 rl_take(REQ.limits, REQ.lease_id)
 local remaining = bg_take(REQ.holds, REQ.lease_id, REQ.lease_ttl_s)
 flush()
+local record_id = ''
+if REQ.record ~= nil then
+  local r = REQ.record
+  record_id = redis.call('XADD', r.stream, 'MAXLEN', '~', r.maxlen, '*', r.field, BLOB)
+end
 return {
   '', '0', id_or_empty(chosen), flag(agent_probe), flag(deployment_probe), out, open_until,
-  remaining,
+  remaining, record_id,
 }

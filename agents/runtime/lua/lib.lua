@@ -5,7 +5,9 @@
 -- mirrors agents/runtime/memory/ line for line; keep the two in step.
 --
 -- args[1] key prefix, args[2] now (epoch seconds as a string, or "" to read Redis TIME),
--- args[3] extra TTL seconds (slack for an injected clock), args[4] the call as JSON.
+-- args[3] extra TTL seconds (slack for an injected clock), args[4] the call as JSON, args[5]
+-- (admit only, optional) the value of the stream entry REQ.record describes, kept out of the
+-- JSON so that it is neither escaped nor decoded here.
 --
 -- Keys (P = prefix .. ":"):
 --   P.."br:"..key        hash   breaker: mode state consecutive failures slow open_until
@@ -38,7 +40,7 @@
 -- numbers in replies to integers.
 
 -- Per call: set by begin(). The caches hold what this call has read (see the Keys note).
-local P, NOW, NOW_TEXT, SLACK, REQ
+local P, NOW, NOW_TEXT, SLACK, REQ, BLOB
 local BREAKERS, RATES, LOADS, BUDGETS
 
 -- math.floor and string.format, bound by begin(): the libraries are not there while loading.
@@ -56,6 +58,7 @@ local function begin(args)
   NOW_TEXT = nil -- num(NOW), formatted once per call when first needed (now_text)
   SLACK = tonumber(args[3])
   REQ = cjson.decode(args[4])
+  BLOB = args[5]
   BREAKERS, RATES, LOADS, BUDGETS = {}, {}, {}, {}
 end
 

@@ -115,6 +115,8 @@ class MemoryState(BreakerCalls, LimitCalls, BudgetCalls):
     async def admit(self, request: AdmitRequest) -> Admission:
         if request.cache_key is not None:
             raise ValueError("MemoryState cannot read a response cache: cache_key must be None")
+        if request.record is not None:
+            raise ValueError("MemoryState cannot append to a Redis stream: record must be None")
         with self._lock:
             now = self._clock.now()
             if self._is_gone(request.lease_id, now):
