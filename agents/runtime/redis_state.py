@@ -20,7 +20,9 @@ reservations + amount <= limit`` for every hold, on windows marked complete by
 ``budget_prepare`` only, and takes all or nothing; a top-up (``budget_reserve``) adds to the
 execution's reservation and moves its expiry; settlement (in ``complete``) drops it and adds the
 actual cost to spent, once. The window's keys expire ``BudgetHold.ttl_s`` after the last
-reservation.
+reservation. With ``AdmitRequest.record`` (the journal's ``started`` event), an admission that
+admits appends it to the journal stream in the same script: no reservation exists without the
+record that lets a dead process's execution be charged (DECISIONS #7).
 
 Rate-log entry ids are the executions' lease ids, unique per key. Were one reused, settling it
 would target the oldest entry under that id only while that entry lives (``MemoryState``: the
