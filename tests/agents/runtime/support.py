@@ -14,6 +14,7 @@ from agents.runtime.executor import Executor, RetryPolicy
 from agents.runtime.memory import MemoryState
 from agents.runtime.ports import ListRecords
 from agents.runtime.providers.base import OnToken
+from agents.runtime.redis_wire import RedisWire
 from agents.runtime.state import BreakerConfig
 from agents.runtime.types import (
     AgentConfig,
@@ -188,3 +189,19 @@ def harness(
         rng=random.Random(7),
     )
     return Harness(clock, state, scripted, records, executor, config)
+
+
+class Commands:
+    """A Redis client that records the name of every command sent through it."""
+
+    def __init__(self, inner: RedisWire) -> None:
+        self.inner = inner
+        self.names: list[str] = []
+
+    async def execute_command(self, *args: Any) -> Any:
+        self.names.append(str(args[0]).upper())
+        return await self.inner.execute_command(*args)
+
+    def take(self) -> list[str]:
+        names, self.names = self.names, []
+        return names

@@ -25,25 +25,9 @@ from agents.runtime.redis_state import RedisState
 from agents.runtime.redis_wire import RedisWire
 from agents.runtime.state import AdmitRequest, BreakerConfig, Candidate, RateLimit
 from agents.runtime.types import ExecutionRequest, ExecutionStatus, Message, RateLimits
-from tests.agents.runtime.support import ScriptedProvider, StaticConfig, agent, deployment
+from tests.agents.runtime.support import Commands, ScriptedProvider, StaticConfig, agent, deployment
 
 BREAKER = BreakerConfig()
-
-
-class Commands:
-    """A Redis client that records the name of every command sent through it."""
-
-    def __init__(self, inner: RedisWire) -> None:
-        self.inner = inner
-        self.names: list[str] = []
-
-    async def execute_command(self, *args: Any) -> Any:
-        self.names.append(str(args[0]).upper())
-        return await self.inner.execute_command(*args)
-
-    def take(self) -> list[str]:
-        names, self.names = self.names, []
-        return names
 
 
 @pytest.fixture

@@ -35,26 +35,10 @@ from agents.runtime.state import (
     WindowInit,
 )
 from agents.runtime.types import BudgetRule, ExecutionRequest, ExecutionStatus, Message
-from tests.agents.runtime.support import ScriptedProvider, StaticConfig, agent, deployment
+from tests.agents.runtime.support import Commands, ScriptedProvider, StaticConfig, agent, deployment
 
 BREAKER = BreakerConfig()
 DAILY = BudgetRule(id=7, scope="global", target="*", window="daily", limit_usd=Decimal("1"))
-
-
-class Commands:
-    """A Redis client that records the name of every command sent through it."""
-
-    def __init__(self, inner: RedisWire) -> None:
-        self.inner = inner
-        self.names: list[str] = []
-
-    async def execute_command(self, *args: Any) -> Any:
-        self.names.append(str(args[0]).upper())
-        return await self.inner.execute_command(*args)
-
-    def take(self) -> list[str]:
-        names, self.names = self.names, []
-        return names
 
 
 @pytest.fixture
