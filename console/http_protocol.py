@@ -18,6 +18,12 @@ started (what the application then sends is dropped; it sees ``http.disconnect``
 client leaves). Per request this costs two clock reads and a few attribute writes (one timer per
 connection, re-armed lazily; docs/BENCHMARKS.md).
 
+On a graceful stop (SIGTERM, a supervised worker's recycle) uvicorn closes every idle
+connection at once, including one it accepted a moment ago whose request is still on the wire:
+that client sees a reset for a request it had every reason to think was sent. Here an idle
+connection gets ``SHUTDOWN_GRACE_S`` more: a request that arrives meanwhile is answered (with
+``Connection: close``), and the connection closes once it is idle again or the grace is over.
+
 The connection cap is uvicorn's own ``limit_concurrency`` (503 past it; see ``serve``).
 """
 
@@ -30,6 +36,8 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("breakwater.serve")
+
+SHUTDOWN_GRACE_S = 1.0  # an idle connection's last chance to deliver a request on a graceful stop
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\n"
@@ -55,6 +63,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._due: float | None = None
         self._what = "headers"
         self._timer: asyncio.TimerHandle | None = None
+        self._stopping = False
 
     def _arm(self, seconds: float, what: str) -> None:
         self._due = self.loop.time() + seconds
@@ -115,6 +124,8 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if self._stopping and self.cycle is not None:  # came in the grace: answered, closed
+            self.cycle.keep_alive = False
         if self.parser.should_upgrade() and self._should_upgrade():
             return  # a websocket handshake: no body; the websocket protocol takes over
         if not self.pipeline:
@@ -131,6 +142,23 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if waiting is not None and waiting.more_body and not self.transport.is_closing():
             self._arm(self.body_timeout_s, "body")
+
+    # --- graceful stop -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # mid-request: uvicorn's way, closed after the answer
+            return
+        if self._stopping or self.transport.is_closing():
+            return
+        self._stopping = True
+        self._unset_keepalive_if_required()
+        self.loop.call_later(SHUTDOWN_GRACE_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        # A request that came in the grace closes the connection itself once answered.
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
 
 
 def protocol_with_deadlines(

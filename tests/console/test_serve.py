@@ -189,6 +189,26 @@ def test_serve_stops_cleanly_on_a_signal_leaving_nothing_behind(
     assert "Traceback" not in log
 
 
+def test_a_connection_accepted_just_before_a_stop_still_gets_its_answer(server: Server) -> None:
+    # The client connects, the server accepts, and the request is still on its way when SIGTERM
+    # arrives: the answer comes (and the connection closes), instead of a reset.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        time.sleep(0.3)  # accepted by now
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while "Shutting down" not in server.log:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.01)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.decode().lower()
+    assert head.startswith("http/1.1 200"), answer
+    assert "connection: close" in head
+    assert server.process.wait(timeout=STOP_TIMEOUT_S) == 0, server.log
+
+
 def test_serve_sends_anonymous_visitors_to_log_in(shared_server: Server) -> None:
     status, location = _get(f"{shared_server.url}/")
     assert status == 302
