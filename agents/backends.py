@@ -34,6 +34,7 @@ from django.conf import settings
 
 from agents.executions.idempotency import MemoryIdempotency, RedisIdempotency
 from agents.executions.live import MemoryCancelFlags, RedisCancelFlags
+from agents.executions.processes import process_is_dead, process_owner_id
 from agents.executions.recording import (
     DrainResult,
     FileJournal,
@@ -142,7 +143,7 @@ def backends_build(*, owner: str = "") -> Backends:
 def idempotency_store() -> MemoryIdempotency | RedisIdempotency:
     if embedded():
         return _memory_idempotency
-    return RedisIdempotency(get_async_redis())
+    return RedisIdempotency(get_async_redis(), owner=process_owner_id, owner_dead=process_is_dead)
 
 
 def cancel_flags() -> MemoryCancelFlags | RedisCancelFlags:

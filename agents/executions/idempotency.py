@@ -3,7 +3,11 @@
 * The same key with the same request replays the stored response: no second execution, no
   second charge.
 * The same key with a different request is refused (422).
-* The same key while the first request is still running is refused (409).
+* The same key while the first request is still running is refused (409). When the process
+  that ran the first request died (``agents.executions.processes`` judged it dead: about a
+  minute after a SIGKILL or an OOM kill, instead of the claim's hour), the resend takes the claim
+  over and runs: the first request never got an answer, and its execution was settled as what
+  it was by ``executions_settle_dead``. Distributed mode: each claim names its process.
 * Keys are kept 24 hours, per API key (one client's keys never collide with another's).
 
 Distributed mode stores records in Redis (``SET NX`` claims the key atomically across processes);
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +32,17 @@ from core.redis import unavailable_on_redis_errors
 TTL_S = 24 * 3600
 RUNNING_TTL_S = 3700  # a claim outlives the longest execution, then frees itself
 MAX_KEY_LEN = 255
+
+log = logging.getLogger("breakwater.executions")
+
+# Replace a claim only if it is still exactly the one judged abandoned (one resend wins).
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -76,9 +93,21 @@ class MemoryIdempotency:
 
 
 class RedisIdempotency:
-    def __init__(self, client: Any, *, prefix: str = "bw") -> None:
+    """``owner()`` names the process a claim is made by; ``owner_dead(name)`` says whether that
+    process is known to be dead (both optional: without them a claim waits out its TTL)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "bw",
+        owner: Callable[[], str] | None = None,
+        owner_dead: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self._redis = client
         self._prefix = prefix
+        self._owner = owner
+        self._owner_dead = owner_dead
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}:idem:{key}"
@@ -88,7 +117,10 @@ class RedisIdempotency:
             return await self._claim(key, print_)
 
     async def _claim(self, key: str, print_: str) -> Claim:
-        running = json.dumps({"fp": print_, "state": "running"})
+        record: dict[str, Any] = {"fp": print_, "state": "running"}
+        if self._owner is not None:
+            record["owner"] = self._owner()
+        running = json.dumps(record)
         if await self._redis.set(self._key(key), running, nx=True, ex=RUNNING_TTL_S):
             return Claim("started")
         raw = await self._redis.get(self._key(key))
@@ -96,6 +128,19 @@ class RedisIdempotency:
             if await self._redis.set(self._key(key), running, nx=True, ex=RUNNING_TTL_S):
                 return Claim("started")
             raw = await self._redis.get(self._key(key))
+        if not raw:
+            return Claim("in_progress")
+        found = json.loads(raw)
+        claim = _judge(found, print_)
+        owner = found.get("owner")
+        if claim.outcome != "in_progress" or not owner or self._owner_dead is None:
+            return claim
+        if not await self._owner_dead(owner):
+            return claim
+        if await self._redis.eval(_TAKE_OVER, 1, self._key(key), raw, running, RUNNING_TTL_S):
+            log.warning("Idempotency-Key claim of dead process %s taken over by a resend", owner)
+            return Claim("started")
+        raw = await self._redis.get(self._key(key))  # another resend won, or it finished
         return _judge(json.loads(raw), print_) if raw else Claim("in_progress")
 
     async def finish(self, key: str, print_: str, status: int, body: Any) -> None:

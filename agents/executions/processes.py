@@ -141,6 +141,12 @@ def process_owner_id(kind: str = "serve") -> str:
     return current_process(kind).identity.id
 
 
+async def process_is_dead(process_id: str) -> bool:
+    """Whether the process ``process_id`` was judged dead (:func:`processes_mark_dead`). A
+    process without a row (a script, a test) is never dead. One indexed lookup."""
+    return await WorkerProcess.objects.filter(pk=process_id, dead_at__isnull=False).aexists()
+
+
 def pid_gone(pid: int) -> bool:
     """True only when no process has ``pid`` on this host."""
     try:

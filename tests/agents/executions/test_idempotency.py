@@ -1,4 +1,5 @@
-"""Idempotency-Key on execute: replay, mismatch, concurrent duplicate (Stripe semantics)."""
+"""Idempotency-Key on execute: replay, mismatch, concurrent duplicate (Stripe semantics), and
+a resend taking over the claim of a process that died."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient
+from django.utils import timezone
 
 from agents.engine import engine_shutdown
 from agents.executions.idempotency import Claim, MemoryIdempotency, RedisIdempotency
+from agents.executions.processes import process_is_dead
+from agents.models import WorkerProcess
 from tests.agents.api.test_api import _setup
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,3 +98,63 @@ async def test_a_failed_request_releases_its_claim(store: Any) -> None:
 async def test_only_one_of_many_racing_claims_starts(store: Any) -> None:
     outcomes = await asyncio.gather(*(store.claim("race", "fp") for _ in range(20)))
     assert [c.outcome for c in outcomes].count("started") == 1
+
+
+def _redis_store(client: Any, prefix: str, owner: str, dead: set[str]) -> RedisIdempotency:
+    async def owner_dead(name: str) -> bool:
+        return name in dead
+
+    return RedisIdempotency(client, prefix=prefix, owner=lambda: owner, owner_dead=owner_dead)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Any]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_a_resend_takes_over_the_claim_of_a_process_judged_dead(redis_client: Any) -> None:
+    prefix, dead = f"bwtest-{uuid.uuid4().hex[:8]}", set[str]()
+    first = _redis_store(redis_client, prefix, "process-a", dead)
+    second = _redis_store(redis_client, prefix, "process-b", dead)
+    assert await first.claim("k", "fp") == Claim("started")
+    assert await second.claim("k", "fp") == Claim("in_progress")  # a is alive: wait
+    dead.add("process-a")
+    assert await second.claim("k", "fp") == Claim("started")
+    # The claim is b's now: while b lives, a third resend waits; b's answer is replayed.
+    assert await first.claim("k", "fp") == Claim("in_progress")
+    await second.finish("k", "fp", 200, {"ok": True})
+    assert await first.claim("k", "fp") == Claim("replay", 200, {"ok": True})
+
+
+async def test_a_dead_processs_claim_is_still_refused_to_another_request(
+    redis_client: Any,
+) -> None:
+    prefix = f"bwtest-{uuid.uuid4().hex[:8]}"
+    assert await _redis_store(redis_client, prefix, "a", set()).claim("k", "fp") == Claim("started")
+    assert await _redis_store(redis_client, prefix, "b", {"a"}).claim("k", "other") == Claim(
+        "mismatch"
+    )
+
+
+async def test_only_one_of_many_resends_takes_over_a_dead_processs_claim(
+    redis_client: Any,
+) -> None:
+    prefix = f"bwtest-{uuid.uuid4().hex[:8]}"
+    assert (await _redis_store(redis_client, prefix, "a", set()).claim("k", "fp")).outcome == (
+        "started"
+    )
+    resends = [_redis_store(redis_client, prefix, f"r{n}", {"a"}) for n in range(20)]
+    outcomes = await asyncio.gather(*(store.claim("k", "fp") for store in resends))
+    assert [c.outcome for c in outcomes].count("started") == 1
+    assert {c.outcome for c in outcomes} == {"started", "in_progress"}
+
+
+def test_a_process_is_dead_only_once_judged_so() -> None:
+    WorkerProcess.objects.create(id="alive", kind="serve", host="h", pid=1)
+    WorkerProcess.objects.create(id="gone", kind="serve", host="h", pid=2, dead_at=timezone.now())
+    is_dead = async_to_sync(process_is_dead)
+    assert is_dead("gone")
+    assert not is_dead("alive")
+    assert not is_dead("never-registered")
