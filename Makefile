@@ -65,10 +65,13 @@ bench: $(VENV)/.test-stamp
 
 # Every fault scenario against real processes, then the table of figures; exits non-zero when a
 # target is missed (docs/RELIABILITY.md). Needs redis-server (private servers on 6391-6399) and,
-# for pg-refusing, PostgreSQL via DATABASE_URL or CHAOS_DATABASE_URL; about 10 minutes.
+# for pg-refusing, PostgreSQL via DATABASE_URL or CHAOS_DATABASE_URL; then the Celery worker
+# kill test at 50 trials (the suite runs 12; needs DATABASE_URL on PostgreSQL); about 12 minutes.
 # CHAOS_ARGS: e.g. --only poisoned,redis-stall, --quick, --env NAME=VALUE, --keep DIR.
 chaos: $(VENV)/.test-stamp
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
+	BREAKWATER_KILL_TRIALS=50 $(PY) -m pytest -q -p no:cacheprovider \
+		tests/agents/executions/test_celery_worker.py -k killed_mid_run
 
 # The production-shaped test (bench/scale, docs/BENCHMARKS.md): 3 serve behind a round-robin,
 # 2 Celery workers, beat and the drainer on PostgreSQL (DATABASE_URL or CHAOS_DATABASE_URL: a

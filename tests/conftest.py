@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
+from django.db import connections, transaction
+from django.test import TransactionTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = os.environ.get("BREAKWATER_REQUIRE_SERVICES", "").strip().lower() in {
@@ -65,6 +67,53 @@ def _redis_db_per_worker() -> None:
 
 
 _redis_db_per_worker()
+
+
+# Tables a transactional test's clean-up keeps: what ``post_migrate`` would write back at once.
+_KEPT_ON_FLUSH = frozenset({"django_content_type", "auth_permission"})
+
+
+def _truncate_what_the_test_wrote(self: Any) -> None:  # a TransactionTestCase
+    """A transactional test's clean-up on PostgreSQL, measured at ~0.23 s a test with Django's
+    flush (TRUNCATE of every table, ~0.14 s, then ``post_migrate`` re-creating the content types
+    and permissions, ~0.08 s) over some 1,000 transactional tests. Here one query finds the
+    tables that hold rows and only those are truncated (CASCADE: and the ones that refer to
+    them); content types and permissions are kept instead of truncated and re-created, so no
+    ``post_migrate``. What is left is what Django's flush leaves. Django's own flush still runs
+    on SQLite and for the cases it special-cases (``available_apps``, serialized rollback)."""
+    names = self._databases_names(include_mirrors=False)
+    if (
+        self.available_apps is not None
+        or self.serialized_rollback
+        or any(connections[name].vendor != "postgresql" for name in names)
+    ):
+        _django_fixture_teardown(self)
+        return
+    for name in names:
+        connection = connections[name]
+        tables = [
+            table
+            for table in connection.introspection.django_table_names(
+                only_existing=True, include_views=False
+            )
+            if table not in _KEPT_ON_FLUSH
+        ]
+        if not tables:
+            continue
+        qn = connection.ops.quote_name
+        probe = " UNION ALL ".join(
+            f"SELECT %s WHERE EXISTS (SELECT 1 FROM {qn(table)})"  # noqa: S608 - model tables
+            for table in tables
+        )
+        with transaction.atomic(using=name), connection.cursor() as cursor:
+            cursor.execute(probe, tables)
+            written = [row[0] for row in cursor.fetchall()]
+            if written:
+                cursor.execute(f"TRUNCATE {', '.join(qn(t) for t in written)} CASCADE")
+
+
+_django_fixture_teardown = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
+TransactionTestCase._fixture_teardown = _truncate_what_the_test_wrote  # type: ignore[attr-defined]
 
 
 def require_service(name: str, available: bool, hint: str) -> None:
