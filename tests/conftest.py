@@ -77,8 +77,7 @@ def _truncate_what_the_test_wrote(self: Any) -> None:  # a TransactionTestCase
     """A transactional test's clean-up on PostgreSQL, measured at ~0.23 s a test with Django's
     flush (TRUNCATE of every table, ~0.14 s, then ``post_migrate`` re-creating the content types
     and permissions, ~0.08 s) over some 1,000 transactional tests. Here one query finds the
-    tables that hold rows and only those are truncated (CASCADE: and the ones that refer to
-    them); content types and permissions are kept instead of truncated and re-created, so no
+    tables that hold rows and only those are emptied; content types and permissions are kept instead of truncated and re-created, so no
     ``post_migrate``. What is left is what Django's flush leaves. Django's own flush still runs
     on SQLite and for the cases it special-cases (``available_apps``, serialized rollback)."""
     names = self._databases_names(include_mirrors=False)
@@ -108,8 +107,30 @@ def _truncate_what_the_test_wrote(self: Any) -> None:  # a TransactionTestCase
         with transaction.atomic(using=name), connection.cursor() as cursor:
             cursor.execute(probe, tables)
             written = [row[0] for row in cursor.fetchall()]
-            if written:
+            if not written:
+                continue
+            if _may_skip_triggers(connection):
+                # DELETE of a few small tables is ~10x faster than TRUNCATE (which makes new
+                # files for each table and index); with triggers off, the append-only
+                # tables' refusal and the foreign keys' checks do not fire: every row goes.
+                cursor.execute("SET LOCAL session_replication_role = replica")
+                for table in written:
+                    cursor.execute(f"DELETE FROM {qn(table)}")  # noqa: S608 - model tables
+            else:
                 cursor.execute(f"TRUNCATE {', '.join(qn(t) for t in written)} CASCADE")
+
+
+_superuser: dict[str, bool] = {}
+
+
+def _may_skip_triggers(connection: Any) -> bool:
+    """``session_replication_role`` needs a superuser (CI's ``postgres``); others TRUNCATE."""
+    if connection.alias not in _superuser:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            row = cursor.fetchone()
+        _superuser[connection.alias] = bool(row and row[0])
+    return _superuser[connection.alias]
 
 
 _django_fixture_teardown = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
