@@ -9,9 +9,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from django.db import close_old_connections
+from django.db import OperationalError, close_old_connections
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("breakwater.recording")
+
+# A store that did not answer this once (a slow Redis, a database restarting): retried, and
+# logged on one line until it has failed this many times in a row, then with the traceback.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OperationalError, OSError, TimeoutError)
+_QUIET_FAILURES = 3
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,7 +46,9 @@ class RecordDrainer:
     """Calls ``drain`` every ``interval_s`` (at once again when a batch was full).
 
     A failing drain is logged and retried with a growing pause (up to ``max_backoff_s``); the
-    events stay in the journal meanwhile. ``stop()`` lets the current drain finish (a drain is
+    events stay in the journal meanwhile. A store that did not answer (a timeout, a refused
+    connection) gets a one-line warning for its first two failures in a row, then the
+    traceback; anything else gets the traceback at once. ``stop()`` lets the current drain finish (a drain is
     never cancelled halfway: its database work runs in a thread), then drains until the journal
     is empty or ``final_timeout_s`` has passed.
     """
@@ -79,12 +88,14 @@ class RecordDrainer:
         while not self._stopping:
             try:
                 result = await self.drain_now()
-            except Exception:
+            except Exception as exc:
                 failures += 1
                 pause = min(self._max_backoff_s, self._interval_s * 2**failures)
-                log.exception(
-                    "draining records failed (%d in a row); retry in %.1fs", failures, pause
-                )
+                message = "draining records failed (%d in a row); retry in %.1fs"
+                if isinstance(exc, _TRANSIENT) and failures < _QUIET_FAILURES:
+                    log.warning(message + ": %s: %s", failures, pause, type(exc).__name__, exc)
+                else:
+                    log.exception(message, failures, pause)
             else:
                 failures = 0
                 pause = 0.0 if result.full else self._interval_s

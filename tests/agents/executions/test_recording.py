@@ -26,6 +26,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.db import DatabaseError, connection, connections
 from django.test import override_settings
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.executions.recording import (
     GROUP,
@@ -348,6 +349,7 @@ async def main(kind, target, stream, n):
         sink = FileJournal(target)
     else:
         import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
         sink = RedisJournal(aioredis.Redis.from_url(target), stream)
     for i in range(n):
         request = ExecutionRequest("support", (Message("user", f"q{i}"),), f"{i:08d}-0000-4000-8000-000000000000")
@@ -426,6 +428,31 @@ async def test_the_drainer_keeps_going_after_a_failed_drain() -> None:
     await drainer.stop()
     assert len(calls) >= 3  # the failure, a success, and the final drain
     assert drainer.drained == len(calls) - 1
+
+
+async def test_a_store_that_did_not_answer_is_a_warning_until_it_keeps_failing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures = [RedisTimeoutError("Timeout reading from 127.0.0.1:6379")] * 3 + [
+        RuntimeError("a bug")
+    ]
+    done = asyncio.Event()
+
+    async def drain() -> DrainResult:
+        if failures:
+            raise failures.pop(0)
+        done.set()
+        return DrainResult()
+
+    drainer = RecordDrainer(drain, interval_s=0.001, max_backoff_s=0.01)
+    with caplog.at_level(logging.WARNING, logger="breakwater.recording"):
+        drainer.start()
+        await asyncio.wait_for(done.wait(), timeout=10)
+        await drainer.stop()
+    logged = [(r.levelname, r.exc_info is not None) for r in caplog.records]
+    # Two timeouts: one line each. The third in a row, and any other error: the traceback.
+    assert logged == [("WARNING", False), ("WARNING", False), ("ERROR", True), ("ERROR", True)]
+    assert "TimeoutError: Timeout reading from 127.0.0.1:6379" in caplog.records[0].getMessage()
 
 
 async def test_drain_now_while_the_loop_is_draining_waits_and_then_drains_itself() -> None:
