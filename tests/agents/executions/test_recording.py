@@ -349,7 +349,6 @@ async def main(kind, target, stream, n):
         sink = FileJournal(target)
     else:
         import redis.asyncio as aioredis
-from redis.exceptions import TimeoutError as RedisTimeoutError
         sink = RedisJournal(aioredis.Redis.from_url(target), stream)
     for i in range(n):
         request = ExecutionRequest("support", (Message("user", f"q{i}"),), f"{i:08d}-0000-4000-8000-000000000000")
