@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -33,9 +34,10 @@ from agents.executions.settle import executions_settle_dead
 from agents.metrics import MetricsEvents
 from agents.models import ApiKey
 from agents.runtime.clock import SystemClock
-from agents.runtime.executor import Executor
+from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER, Executor
 from agents.runtime.providers.base import OnToken
 from agents.runtime.providers.registry import ProviderRouter
+from agents.runtime.state import BreakerConfig
 from agents.runtime.tools import ToolRunner
 from agents.runtime.types import ExecutionRequest, ExecutionResult
 from budgets.windows import LedgerBudgetWindows, budget_windows_rebuild
@@ -44,6 +46,17 @@ from incidents.events import IncidentEvents
 log = logging.getLogger("breakwater.engine")
 LAST_USED_FLUSH_S = 30.0
 JOURNAL_MAINTAIN_S = 1.0
+
+
+def deployment_breaker_config() -> BreakerConfig:
+    """Every deployment breaker's configuration: ``BREAKWATER_DEPLOYMENT_BREAKER_*`` over the
+    executor's defaults (the same in every process of a deployment: it is the shared state's
+    reading of open and half-open)."""
+    return replace(
+        DEFAULT_DEPLOYMENT_BREAKER,
+        failure_threshold=settings.BREAKWATER_DEPLOYMENT_BREAKER_FAILURES,
+        recovery_timeout_s=settings.BREAKWATER_DEPLOYMENT_BREAKER_RECOVERY_S,
+    )
 
 
 class Engine:
@@ -71,6 +84,7 @@ class Engine:
         )
         self.incidents = IncidentEvents()
         self.events = CompositeEvents(MetricsEvents(), self.incidents)
+        self.deployment_breaker = deployment_breaker_config()
         self.executor = Executor(
             config=self.config,
             state=self.state,
@@ -83,6 +97,7 @@ class Engine:
             cache=self.cache,
             windows=LedgerBudgetWindows(self.state, before=self._records_synced),
             admission_records=self.backends.admission_records,
+            deployment_breaker=self.deployment_breaker,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = False

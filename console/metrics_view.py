@@ -44,6 +44,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from agents.backends import embedded, journal_lag_s, state_for_metrics
+from agents.engine import deployment_breaker_config
 from agents.executions.processes import processes_live_by_role
 from agents.metrics import (
     breaker_families,
@@ -54,7 +55,6 @@ from agents.metrics import (
     processes_family,
     source_up_family,
 )
-from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER
 from agents.runtime.state import (
     BreakerState,
     BudgetWindow,
@@ -231,6 +231,7 @@ async def _shared_read(
     agents = catalog.agents
     ids = tuple(int(row["id"]) for row in catalog.deployments)
     keys = tuple(span.key for span in spans)
+    deployment = deployment_breaker_config()
 
     async def windows() -> dict[str, BudgetWindow]:
         return await state.budget_windows(keys) if keys else {}
@@ -238,10 +239,7 @@ async def _shared_read(
     snapshots, budget_windows = await asyncio.gather(
         asyncio.gather(
             *(state.breaker_snapshot(agent_breaker_key(a.name), a.config.breaker) for a in agents),
-            *(
-                state.breaker_snapshot(deployment_breaker_key(i), DEFAULT_DEPLOYMENT_BREAKER)
-                for i in ids
-            ),
+            *(state.breaker_snapshot(deployment_breaker_key(i), deployment) for i in ids),
         ),
         windows(),
     )

@@ -114,6 +114,14 @@ if BREAKWATER_DEAD_AFTER_S < 2 * BREAKWATER_HEARTBEAT_S:
         "BREAKWATER_DEAD_AFTER_S must be at least twice BREAKWATER_HEARTBEAT_S "
         f"({BREAKWATER_DEAD_AFTER_S:g} < 2 x {BREAKWATER_HEARTBEAT_S:g})"
     )
+# Deployment breakers (one per provider deployment, shared by every agent using it): consecutive
+# failures that open one, and how long it stays open before a half-open probe.
+BREAKWATER_DEPLOYMENT_BREAKER_FAILURES = env_int(
+    "BREAKWATER_DEPLOYMENT_BREAKER_FAILURES", 5, min_value=1, max_value=1000
+)
+BREAKWATER_DEPLOYMENT_BREAKER_RECOVERY_S = env_float(
+    "BREAKWATER_DEPLOYMENT_BREAKER_RECOVERY_S", 30.0, min_value=1.0, max_value=86400
+)
 # Shared state (Redis): a command unanswered after this many seconds fails its execution with a
 # typed 503 (the connection is reset); connecting gets the same time.
 BREAKWATER_REDIS_TIMEOUT_S = env_float(

@@ -34,7 +34,6 @@ from agents.access.disclosure import render_execution, sees_provider_text
 from agents.doors.auth import ApiKeyAuth
 from agents.doors.execute import execute_now
 from agents.engine import get_engine
-from agents.runtime.executor import DEFAULT_DEPLOYMENT_BREAKER
 from agents.runtime.state import (
     BreakerConfig,
     BreakerSnapshot,
@@ -295,7 +294,7 @@ async def deployment_list(request: HttpRequest) -> dict[str, Any]:
     in_flight = await store.in_flight(ids) if ids else {}
     snapshots = await asyncio.gather(
         *(
-            store.breaker_snapshot(deployment_breaker_key(id_), DEFAULT_DEPLOYMENT_BREAKER)
+            store.breaker_snapshot(deployment_breaker_key(id_), get_engine().deployment_breaker)
             for id_ in ids
         )
     )
@@ -329,7 +328,7 @@ async def deployment_breaker_command(
         runtime=get_engine(),
         key=deployment_breaker_key(deployment_id),
         action=payload.action,
-        config=DEFAULT_DEPLOYMENT_BREAKER,
+        config=get_engine().deployment_breaker,
         actor=_actor(principal),
         reason=payload.reason,
     )

@@ -98,7 +98,7 @@ class ConsoleServer:
 
 
 @contextlib.contextmanager
-def console_server(var_dir: Path, config: str = CONFIG) -> Iterator[ConsoleServer]:
+def console_server(var_dir: Path, config: str = CONFIG, **env: str) -> Iterator[ConsoleServer]:
     manage(var_dir, "migrate", "--noinput")
     manage(var_dir, "apply", "-f", "-", stdin=config)
     passwords = {
@@ -117,7 +117,7 @@ def console_server(var_dir: Path, config: str = CONFIG) -> Iterator[ConsoleServe
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port)],
         cwd=ROOT,
-        env=embedded_env(var_dir),
+        env=embedded_env(var_dir, **env),
         stdout=subprocess.DEVNULL,
         stderr=open(var_dir / "serve.log", "wb"),  # noqa: SIM115 - kept for a failing test's eyes
         start_new_session=True,

@@ -301,6 +301,34 @@ async def test_a_deployment_breaker_past_its_recovery_time_reads_half_open(world
     assert await _scraped("agent_deployment_breaker_state", deployment=str(world.broken)) == 1
 
 
+@pytest.fixture
+def short_deployment_breakers(settings: Any) -> None:
+    """Set before ``world`` builds the engine."""
+    settings.BREAKWATER_DEPLOYMENT_BREAKER_FAILURES = 2
+    settings.BREAKWATER_DEPLOYMENT_BREAKER_RECOVERY_S = 7.0
+
+
+async def test_deployment_breakers_follow_their_settings(
+    short_deployment_breakers: None, world: World
+) -> None:
+    # The agent's own breaker out of the way, the deployment's sees every failure.
+    path = f"/api/v1/agents/{world.flaky}/breaker"
+    await call(world.keys["operate"], "POST", path, {"action": "disable"})
+
+    def breaker(listed: dict[str, Any]) -> dict[str, Any]:
+        [item] = [item for item in listed["items"] if item["id"] == world.broken]
+        return dict(item["breaker"])
+
+    await execute(world, world.flaky)
+    listed = (await call(world.keys["read"], "GET", "/api/v1/deployments")).json()
+    assert breaker(listed)["state"] == "closed"  # 1 failure of the 2 that open it
+    await execute(world, world.flaky)
+    opened = breaker((await call(world.keys["read"], "GET", "/api/v1/deployments")).json())
+    assert opened["state"] == "open"
+    open_for = datetime.fromisoformat(opened["open_until"]).timestamp() - time.time()
+    assert 5.0 < open_for <= 7.0  # BREAKWATER_DEPLOYMENT_BREAKER_RECOVERY_S, not the default 30
+
+
 async def test_disabling_a_breaker_admits_everything(world: World) -> None:
     path = f"/api/v1/agents/{world.flaky}/breaker"
     response = await call(world.keys["operate"], "POST", path, {"action": "disable"})

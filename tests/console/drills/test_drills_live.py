@@ -25,7 +25,11 @@ from tests.live import ROOT, embedded_env
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
-    with console_server(tmp_path_factory.mktemp("drills")) as live:
+    # Deployment breakers probe again 5 s after opening (30 by default): the outage drill
+    # waits for that after its outage.
+    with console_server(
+        tmp_path_factory.mktemp("drills"), BREAKWATER_DEPLOYMENT_BREAKER_RECOVERY_S="5"
+    ) as live:
         yield live
 
 
