@@ -31,7 +31,7 @@ from incidents.models import Incident, IncidentStatus
 pytestmark = [pytest.mark.dbmatrix, pytest.mark.django_db]
 
 NOW = datetime(2026, 3, 11, 10, 0, tzinfo=UTC)
-SIZE = 3_000
+SIZE = 1_500
 
 
 @pytest.fixture
