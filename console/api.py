@@ -97,9 +97,9 @@ def _dependency_unavailable(request: HttpRequest, exc: DependencyUnavailable) ->
 def _application_error(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
     # The lean execute door renders the same (agents.doors.rest.render).
     response = api.create_response(request, error_body(exc.type, exc.message), status=exc.status)
-    if isinstance(exc, ServiceUnavailable):
+    if exc.retry_after is not None:
         response["Retry-After"] = str(exc.retry_after)
-    elif isinstance(exc, Unauthenticated):
+    if isinstance(exc, Unauthenticated):
         response["WWW-Authenticate"] = "Bearer"
     return response
 

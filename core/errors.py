@@ -6,6 +6,7 @@ from __future__ import annotations
 class ApplicationError(Exception):
     status = 400
     type = "invalid_request"
+    retry_after: int | None = None  # seconds: sent as ``Retry-After`` when set
 
     def __init__(self, message: str, *, status: int | None = None, type: str | None = None):
         super().__init__(message)
@@ -49,6 +50,10 @@ class NotFound(ApplicationError):
 class Conflict(ApplicationError):
     status = 409
     type = "conflict"
+
+    def __init__(self, message: str, *, type: str | None = None, retry_after: int | None = None):
+        super().__init__(message, type=type)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(ApplicationError):

@@ -107,9 +107,9 @@ def render(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
             "internal error; it has been logged", status=500, type="internal_error"
         )
     headers = []
-    if isinstance(exc, ServiceUnavailable):
+    if exc.retry_after is not None:
         headers.append((b"retry-after", str(exc.retry_after).encode()))
-    elif isinstance(exc, Unauthenticated):
+    if isinstance(exc, Unauthenticated):
         headers.append((b"www-authenticate", b"Bearer"))
     return exc.status, _json(error_body(exc.type, exc.message)), headers
 

@@ -32,6 +32,9 @@ from core.redis import unavailable_on_redis_errors
 TTL_S = 24 * 3600
 RUNNING_TTL_S = 3700  # a claim outlives the longest execution, then frees itself
 MAX_KEY_LEN = 255
+# The 409's Retry-After: the first request ends within its timeout, or its process is judged
+# dead within about BREAKWATER_DEAD_AFTER_S and a resend then takes over.
+IN_PROGRESS_RETRY_AFTER_S = 5
 
 log = logging.getLogger("breakwater.executions")
 
@@ -192,7 +195,10 @@ async def run_idempotently(
             type="idempotency_mismatch",
         )
     if claim.outcome == "in_progress":
-        raise Conflict("a request with this Idempotency-Key is still being processed")
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed",
+            retry_after=IN_PROGRESS_RETRY_AFTER_S,
+        )
     try:
         result = await produce()
     except BaseException:

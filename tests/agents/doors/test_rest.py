@@ -23,8 +23,10 @@ from django.core.signals import request_started
 from django.utils import timezone
 
 from agents.access.services import api_key_create
+from agents.backends import idempotency_store
 from agents.config.apply import config_apply, config_parse
 from agents.engine import engine_shutdown, get_engine
+from agents.executions.idempotency import IN_PROGRESS_RETRY_AFTER_S, fingerprint
 from agents.models import ApiKey, Execution
 from tests.asgi_client import Answer, asgi_request
 
@@ -387,6 +389,23 @@ async def test_a_success_has_the_routes_shape_and_headers(
     assert {k: type(v) for k, v in a.items()} == {k: type(v) for k, v in b.items()}
     assert a["execution_id"] != b["execution_id"]
     assert (a["status"], a["agent"], a["model"]) == (b["status"], b["agent"], b["model"])
+
+
+async def test_a_duplicate_of_a_request_still_running_is_409_with_retry_after_on_both(
+    world: World, django_requests: list[object]
+) -> None:
+    store = idempotency_store()
+    scoped = f"{world.ids['execute']}:{hashlib.sha256(b'dup-1').hexdigest()}"
+    assert (await store.claim(scoped, fingerprint("POST", PATH, HI))).outcome == "started"
+    try:
+        headers = [bearer(world.keys["execute"]), ("Idempotency-Key", "dup-1")]
+        first, second = await both(django_requests, "POST", PATH, headers=headers, body=HI)
+    finally:
+        await store.release(scoped)
+    assert_same(first, second)
+    assert first.status_code == 409
+    assert first.json()["error"]["type"] == "conflict"
+    assert first["Retry-After"] == str(IN_PROGRESS_RETRY_AFTER_S)
 
 
 async def test_a_degraded_execution_is_200_with_the_fallback_on_both(
