@@ -13,14 +13,17 @@ With ``record`` (``manage.py loadgen --record FILE``) every request carries an i
 request says what the client got: the HTTP status, the execution id, its status, the model that
 answered, the latency and the tries. ``retries`` sends a REST request again, with the same
 ``Idempotency-Key``, when it got no HTTP answer (a server that died under it): the retry replays
-the answer or is refused while the first is in progress, and never runs the request twice. A
-stream is never retried: ``/v1`` has no idempotency key. ``bench/scale`` reads the lines back
+the answer, or is refused (409) while the first is in progress, and never runs the request
+twice. A retry refused with ``Retry-After`` is sent again after it, for as long as the request
+is younger than ``IN_PROGRESS_WAIT_S``: once the dead server's process is judged dead the
+server lets the resend take the key over and run. A stream is never retried: ``/v1`` has no idempotency key. ``bench/scale`` reads the lines back
 against the database (lost, duplicated).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -154,6 +157,15 @@ class Traffic:
 
 Record = Callable[[dict[str, Any]], None]
 RETRY_PAUSE_S = 0.5
+IN_PROGRESS_WAIT_S = 120.0  # how long a retried request keeps asking while it is "in progress"
+
+
+class _RetryLater(Exception):
+    """A 409 with ``Retry-After``: the key's first request is still in progress."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"in progress; retry after {seconds:g} s")
+        self.seconds = seconds
 
 
 def stream_outcome(raw: bytes) -> tuple[str | None, bool]:
@@ -218,6 +230,9 @@ async def run_load(
             sent_headers["Idempotency-Key"] = request.request_id
         async with session.post(url, json=payload, headers=sent_headers) as response:
             entry["http"] = response.status
+            if response.status == 409 and entry["tries"] > 1:
+                with contextlib.suppress(ValueError):
+                    raise _RetryLater(float(response.headers.get("Retry-After", "")))
             if request.mode == "stream":
                 raw = await response.read()  # the whole event stream, to its end
                 ident, complete = stream_outcome(raw) if response.status == 200 else (None, False)
@@ -246,15 +261,22 @@ async def run_load(
             "tries": 0,
         }
         may_retry = retries if request.request_id and request.mode != "stream" else 0
+        unanswered = 0
         try:
             while True:
                 entry["tries"] += 1
                 try:
                     await attempt(session, request, entry)
                     break
+                except _RetryLater as later:
+                    entry["error"] = "in_progress"
+                    if time.perf_counter() - started + later.seconds > IN_PROGRESS_WAIT_S:
+                        break
+                    await asyncio.sleep(later.seconds)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     entry["error"] = type(exc).__name__
-                    if entry["tries"] > may_retry:
+                    unanswered += 1
+                    if unanswered > may_retry:
                         break
                     await asyncio.sleep(RETRY_PAUSE_S)
                 except ValueError as exc:  # a body that is not JSON

@@ -5,6 +5,7 @@ import random
 import time
 from collections import Counter
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -183,6 +184,49 @@ async def test_a_recorded_run_tags_each_request_and_retries_rest_with_the_same_k
         assert keys[f"stream {r['request']}"] == 1
         assert r["http"] is None
         assert r["execution_id"] is None
+
+
+@pytest.mark.parametrize("retry_after", ["0.1", None])
+async def test_a_retry_told_to_come_back_later_comes_back_until_it_is_answered(
+    retry_after: str | None,
+) -> None:
+    tries: Counter[str] = Counter()
+
+    async def execute(request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key", "")
+        tries[key] += 1
+        if tries[key] == 1:  # the server dies under the first try
+            assert request.transport is not None
+            request.transport.close()
+        if tries[key] in (2, 3):  # the first is "still in progress" for two more tries
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            error = {"type": "conflict", "message": "still being processed"}
+            return web.json_response({"error": error}, status=409, headers=headers)
+        return web.json_response({"execution_id": f"e-{key}", "status": "succeeded"})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/agents/{name}/execute", execute)
+    app.router.add_post("/api/v1/agents/{name}/executions", execute)
+    records: list[dict[str, object]] = []
+    async with TestServer(app, host="127.0.0.1") as server:
+        await run_load(
+            base_url=str(server.make_url("")).rstrip("/"),
+            api_key="bw_test",
+            rate=50.0,
+            duration_s=0.3,
+            seed=3,
+            agents=["data-analyst"],  # no chat agent: no stream
+            record=records.append,
+            run_id="t",
+            retries=1,
+        )
+    rest = [r for r in records if r["mode"] != "stream"]
+    assert rest
+    for r in rest:
+        if retry_after:  # resent after Retry-After, with the same key, until answered
+            assert (r["tries"], r["http"], r["status"]) == (4, 200, "succeeded")
+        else:  # no Retry-After: the 409 is the answer
+            assert (r["tries"], r["http"]) == (2, 409)
 
 
 def test_a_stream_is_complete_with_its_done_line_and_no_error_event() -> None:
