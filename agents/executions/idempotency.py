@@ -3,11 +3,14 @@
 * The same key with the same request replays the stored response: no second execution, no
   second charge.
 * The same key with a different request is refused (422).
-* The same key while the first request is still running is refused (409). When the process
-  that ran the first request died (``agents.executions.processes`` judged it dead: about a
-  minute after a SIGKILL or an OOM kill, instead of the claim's hour), the resend takes the claim
-  over and runs: the first request never got an answer, and its execution was settled as what
-  it was by ``executions_settle_dead``. Distributed mode: each claim names its process.
+* The same key while the first request is still running is refused (409, ``Retry-After``).
+* When the process that ran the first request died before answering (judged dead by
+  ``agents.executions.processes``: about a minute after a SIGKILL or an OOM kill, instead of the
+  claim's hour), the key's answer becomes a 500 ``execution_interrupted``, for that resend and
+  every later one. The request is never run a second time under its key: the first one may
+  have reached the provider, and its execution is settled as failed by
+  ``executions_settle_dead``; the client sends it again with a new key if it still wants it.
+  Distributed mode: each claim names its process.
 * Keys are kept 24 hours, per API key (one client's keys never collide with another's).
 
 Distributed mode stores records in Redis (``SET NX`` claims the key atomically across processes);
@@ -33,12 +36,25 @@ TTL_S = 24 * 3600
 RUNNING_TTL_S = 3700  # a claim outlives the longest execution, then frees itself
 MAX_KEY_LEN = 255
 # The 409's Retry-After: the first request ends within its timeout, or its process is judged
-# dead within about BREAKWATER_DEAD_AFTER_S and a resend then takes over.
+# dead within about BREAKWATER_DEAD_AFTER_S and the key then answers execution_interrupted.
 IN_PROGRESS_RETRY_AFTER_S = 5
 
 log = logging.getLogger("breakwater.executions")
 
-# Replace a claim only if it is still exactly the one judged abandoned (one resend wins).
+# The key's answer once the process of its first request died without answering.
+INTERRUPTED_STATUS = 500
+INTERRUPTED = {
+    "error": {
+        "type": "execution_interrupted",
+        "message": (
+            "the process running the first request with this Idempotency-Key stopped before "
+            "answering; its execution was settled as failed and is not run again under this "
+            "key: send the request with a new Idempotency-Key to run it"
+        ),
+    }
+}
+
+# Replace a claim only if it is still exactly the one judged abandoned (one resend writes it).
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
@@ -97,7 +113,8 @@ class MemoryIdempotency:
 
 class RedisIdempotency:
     """``owner()`` names the process a claim is made by; ``owner_dead(name)`` says whether that
-    process is known to be dead (both optional: without them a claim waits out its TTL)."""
+    process is known to be dead (both optional: without them a claim waits out its TTL).
+    The claim of a dead process becomes the key's final answer, ``INTERRUPTED``."""
 
     def __init__(
         self,
@@ -140,10 +157,16 @@ class RedisIdempotency:
             return claim
         if not await self._owner_dead(owner):
             return claim
-        if await self._redis.eval(_TAKE_OVER, 1, self._key(key), raw, running, RUNNING_TTL_S):
-            log.warning("Idempotency-Key claim of dead process %s taken over by a resend", owner)
-            return Claim("started")
-        raw = await self._redis.get(self._key(key))  # another resend won, or it finished
+        final = json.dumps(
+            {"fp": print_, "state": "done", "status": INTERRUPTED_STATUS, "body": INTERRUPTED}
+        )
+        if await self._redis.eval(_TAKE_OVER, 1, self._key(key), raw, final, TTL_S):
+            log.warning(
+                "Idempotency-Key of a request whose process %s died: answered %s from now on",
+                owner,
+                INTERRUPTED["error"]["type"],
+            )
+        raw = await self._redis.get(self._key(key))  # this one, another resend's, or finished
         return _judge(json.loads(raw), print_) if raw else Claim("in_progress")
 
     async def finish(self, key: str, print_: str, status: int, body: Any) -> None:
@@ -187,6 +210,9 @@ async def run_idempotently(
     print_ = fingerprint(method, path, body)
     claim = await store.claim(scoped, print_)
     if claim.outcome == "replay":
+        if claim.status != 200:  # a stored refusal (INTERRUPTED): the same answer again
+            error = claim.body["error"]
+            raise ApplicationError(error["message"], status=claim.status, type=error["type"])
         return claim.body
     if claim.outcome == "mismatch":
         raise ApplicationError(

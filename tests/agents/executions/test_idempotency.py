@@ -1,9 +1,10 @@
 """Idempotency-Key on execute: replay, mismatch, concurrent duplicate (Stripe semantics), and
-a resend taking over the claim of a process that died."""
+the final answer of a key whose first request's process died."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -16,9 +17,19 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from agents.engine import engine_shutdown
-from agents.executions.idempotency import Claim, MemoryIdempotency, RedisIdempotency
+from agents.executions.idempotency import (
+    IN_PROGRESS_RETRY_AFTER_S,
+    INTERRUPTED,
+    INTERRUPTED_STATUS,
+    Claim,
+    MemoryIdempotency,
+    RedisIdempotency,
+    fingerprint,
+    run_idempotently,
+)
 from agents.executions.processes import process_is_dead
 from agents.models import WorkerProcess
+from core.errors import ApplicationError, Conflict
 from tests.agents.api.test_api import _setup
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -114,18 +125,22 @@ async def redis_client(redis_url: str) -> AsyncIterator[Any]:
     await client.aclose()
 
 
-async def test_a_resend_takes_over_the_claim_of_a_process_judged_dead(redis_client: Any) -> None:
+INTERRUPTED_CLAIM = Claim("replay", INTERRUPTED_STATUS, INTERRUPTED)
+
+
+async def test_once_the_claims_process_is_judged_dead_the_key_answers_interrupted(
+    redis_client: Any,
+) -> None:
     prefix, dead = f"bwtest-{uuid.uuid4().hex[:8]}", set[str]()
     first = _redis_store(redis_client, prefix, "process-a", dead)
     second = _redis_store(redis_client, prefix, "process-b", dead)
     assert await first.claim("k", "fp") == Claim("started")
     assert await second.claim("k", "fp") == Claim("in_progress")  # a is alive: wait
     dead.add("process-a")
-    assert await second.claim("k", "fp") == Claim("started")
-    # The claim is b's now: while b lives, a third resend waits; b's answer is replayed.
-    assert await first.claim("k", "fp") == Claim("in_progress")
-    await second.finish("k", "fp", 200, {"ok": True})
-    assert await first.claim("k", "fp") == Claim("replay", 200, {"ok": True})
+    # Never run a second time under the key: the first may have reached the provider.
+    assert await second.claim("k", "fp") == INTERRUPTED_CLAIM
+    assert await second.claim("k", "fp") == INTERRUPTED_CLAIM  # and so on, for every resend
+    assert await second.claim("k", "other") == Claim("mismatch")
 
 
 async def test_a_dead_processs_claim_is_still_refused_to_another_request(
@@ -138,7 +153,7 @@ async def test_a_dead_processs_claim_is_still_refused_to_another_request(
     )
 
 
-async def test_only_one_of_many_resends_takes_over_a_dead_processs_claim(
+async def test_many_resends_after_the_process_died_all_get_the_same_answer(
     redis_client: Any,
 ) -> None:
     prefix = f"bwtest-{uuid.uuid4().hex[:8]}"
@@ -147,8 +162,58 @@ async def test_only_one_of_many_resends_takes_over_a_dead_processs_claim(
     )
     resends = [_redis_store(redis_client, prefix, f"r{n}", {"a"}) for n in range(20)]
     outcomes = await asyncio.gather(*(store.claim("k", "fp") for store in resends))
-    assert [c.outcome for c in outcomes].count("started") == 1
-    assert {c.outcome for c in outcomes} == {"started", "in_progress"}
+    assert outcomes == [INTERRUPTED_CLAIM] * 20
+
+
+async def test_an_interrupted_key_is_a_500_naming_what_happened() -> None:
+    store = MemoryIdempotency()
+    scoped = f"1:{hashlib.sha256(b'k').hexdigest()}"
+    print_ = fingerprint("POST", "/p", b"{}")
+    await store.claim(scoped, print_)
+    await store.finish(scoped, print_, INTERRUPTED_STATUS, INTERRUPTED)
+
+    async def produce() -> Any:
+        raise AssertionError("an interrupted request must not run again under its key")
+
+    with pytest.raises(ApplicationError) as refused:
+        await run_idempotently(
+            store=store,
+            header="k",
+            key_id=1,
+            method="POST",
+            path="/p",
+            body=b"{}",
+            produce=produce,
+        )
+    assert (refused.value.status, refused.value.type) == (500, "execution_interrupted")
+    assert "send the request with a new Idempotency-Key" in refused.value.message
+
+
+async def test_a_duplicate_while_the_first_runs_is_told_when_to_retry() -> None:
+    store, gate = MemoryIdempotency(), asyncio.Event()
+
+    async def slow() -> Any:
+        await gate.wait()
+        return {"ok": True}
+
+    def call() -> Any:
+        return run_idempotently(
+            store=store,
+            header="k",
+            key_id=1,
+            method="POST",
+            path="/p",
+            body=b"{}",
+            produce=slow,
+        )
+
+    first = asyncio.create_task(call())
+    await asyncio.sleep(0)
+    with pytest.raises(Conflict) as refused:
+        await call()
+    assert (refused.value.status, refused.value.retry_after) == (409, IN_PROGRESS_RETRY_AFTER_S)
+    gate.set()
+    assert await first == {"ok": True}
 
 
 def test_a_process_is_dead_only_once_judged_so() -> None:
