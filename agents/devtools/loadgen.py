@@ -16,7 +16,7 @@ answered, the latency and the tries. ``retries`` sends a REST request again, wit
 the answer, or is refused (409) while the first is in progress, and never runs the request
 twice. A retry refused with ``Retry-After`` is sent again after it, for as long as the request
 is younger than ``IN_PROGRESS_WAIT_S``: once the dead server's process is judged dead the
-server lets the resend take the key over and run. A stream is never retried: ``/v1`` has no idempotency key. ``bench/scale`` reads the lines back
+key answers ``execution_interrupted`` (a 500, final). A stream is never retried: ``/v1`` has no idempotency key. ``bench/scale`` reads the lines back
 against the database (lost, duplicated).
 """
 
