@@ -403,6 +403,9 @@ class Execution(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     session_id = models.CharField(max_length=128, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
+    # A queued execution's own cap on output tokens, when its request set one (None: the
+    # agent's): kept on the row so that a requeued execution (its message lost) keeps it.
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
     steps = models.JSONField(default=list, blank=True)
     error = models.JSONField(null=True, blank=True)
     # When it was accepted: never rewritten (a queued execution keeps it when a worker claims

@@ -109,7 +109,8 @@ def execution_enqueue(
     """Write a ``queued`` execution and dispatch it once the transaction commits, to the
     Celery queue of the agent's ``queue`` (:func:`execution_queue_name`).
 
-    ``max_tokens`` and ``bypass_cache`` have no column: they travel in the task message.
+    ``max_tokens`` travels in the task message and is kept on the row (a requeued execution
+    keeps it); ``bypass_cache`` has no column: it travels in the message only.
     """
 
     with transaction.atomic():
@@ -121,6 +122,7 @@ def execution_enqueue(
             input=list(messages),
             session_id=session_id or "",
             metadata=dict(metadata or {}),
+            max_tokens=max_tokens,
         )
         transaction.on_commit(
             partial(
@@ -398,8 +400,9 @@ def executions_requeue_stale(*, now: datetime | None = None, older_than_s: float
 
     Their message was lost (a broker restart without persistence, a dispatch that failed after
     commit, an embedded ``serve`` that died with work queued). Dispatching twice is harmless:
-    a delivery that cannot claim the row exits quietly. A requeued execution runs with its
-    agent's ``max_tokens`` (the per-request value travelled only in the lost message).
+    a delivery that cannot claim the row exits quietly. A requeued execution keeps its request's
+    ``max_tokens`` (on the row); it does use the response cache even if its lost message said
+    to skip it (``bypass_cache`` travels in the message only).
     """
 
     now = now or timezone.now()

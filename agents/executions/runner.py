@@ -71,6 +71,8 @@ def execution_run(
         )
         return "deferred"
     row = claim.execution
+    if max_tokens is None:  # a requeued message carries none: the request's, kept on the row
+        max_tokens = row.max_tokens
     if claim.abandoned is not None:
         try:
             execution_attempt_abandoned(row=claim.abandoned)

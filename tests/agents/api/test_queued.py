@@ -244,6 +244,25 @@ async def test_the_message_carries_only_the_id_and_time_limits_from_the_agents_t
     assert (await wait_for(execution_id, FINAL, worker)).status == "succeeded"
 
 
+async def test_a_requeued_execution_keeps_its_requests_max_tokens(
+    keys: dict[str, str], worker: Worker, redis_url: str
+) -> None:
+    from core.redis import get_redis
+
+    execution_id = await _enqueue(keys["execute"], worker, max_tokens=3)
+    row = await Execution.objects.aget(pk=execution_id)
+    assert (row.status, row.max_tokens) == ("queued", 3)
+    assert worker.waiting() == 1
+    await sync_to_async(get_redis().delete)(worker.queue)  # the message is lost
+    later = timezone.now() + timedelta(minutes=10)
+    assert await sync_to_async(executions.executions_requeue_stale)(now=later) == 1
+    [message] = await sync_to_async(worker.deliver)()
+    assert message["kwargs"] == {"execution_id": execution_id}  # the new message has no cap
+    row = await wait_for(execution_id, FINAL, worker)
+    assert row.status == "succeeded"
+    assert len(row.output.split()) <= 3  # the request's cap, not the agent's 64
+
+
 def _enqueue_in_a_transaction(worker: Worker) -> tuple[str, int, int]:
     from django.db import transaction
 
