@@ -8,13 +8,22 @@ class ApplicationError(Exception):
     type = "invalid_request"
     retry_after: int | None = None  # seconds: sent as ``Retry-After`` when set
 
-    def __init__(self, message: str, *, status: int | None = None, type: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        retry_after: int | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
         if type is not None:
             self.type = type
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 def error_body(type_: str, message: str) -> dict[str, dict[str, str]]:
@@ -51,20 +60,13 @@ class Conflict(ApplicationError):
     status = 409
     type = "conflict"
 
-    def __init__(self, message: str, *, type: str | None = None, retry_after: int | None = None):
-        super().__init__(message, type=type)
-        self.retry_after = retry_after
-
 
 class ServiceUnavailable(ApplicationError):
     """A dependency every request needs did not answer: 503 with ``Retry-After``."""
 
     status = 503
     type = "unavailable"
-
-    def __init__(self, message: str, *, type: str | None = None, retry_after: int = 1):
-        super().__init__(message, type=type)
-        self.retry_after = retry_after
+    retry_after = 1
 
 
 class ValidationFailed(ApplicationError):

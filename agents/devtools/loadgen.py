@@ -16,8 +16,9 @@ answered, the latency and the tries. ``retries`` sends a REST request again, wit
 the answer, or is refused (409) while the first is in progress, and never runs the request
 twice. A retry refused with ``Retry-After`` is sent again after it, for as long as the request
 is younger than ``IN_PROGRESS_WAIT_S``: once the dead server's process is judged dead the
-key answers ``execution_interrupted`` (a 500, final). A stream is never retried: ``/v1`` has no idempotency key. ``bench/scale`` reads the lines back
-against the database (lost, duplicated).
+key answers ``execution_interrupted`` (a 500, final). A stream is never retried: ``/v1`` has
+no idempotency key. ``bench/scale`` reads the lines back against the database (lost,
+duplicated).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ INTERRUPTED = {
 }
 
 # Replace a claim only if it is still exactly the one judged abandoned (one resend writes it).
-_TAKE_OVER = """
+_REPLACE_IF_UNCHANGED = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
   return 1
@@ -160,7 +160,7 @@ class RedisIdempotency:
         final = json.dumps(
             {"fp": print_, "state": "done", "status": INTERRUPTED_STATUS, "body": INTERRUPTED}
         )
-        if await self._redis.eval(_TAKE_OVER, 1, self._key(key), raw, final, TTL_S):
+        if await self._redis.eval(_REPLACE_IF_UNCHANGED, 1, self._key(key), raw, final, TTL_S):
             log.warning(
                 "Idempotency-Key of a request whose process %s died: answered %s from now on",
                 owner,

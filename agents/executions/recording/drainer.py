@@ -48,9 +48,9 @@ class RecordDrainer:
     A failing drain is logged and retried with a growing pause (up to ``max_backoff_s``); the
     events stay in the journal meanwhile. A store that did not answer (a timeout, a refused
     connection) gets a one-line warning for its first two failures in a row, then the
-    traceback; anything else gets the traceback at once. ``stop()`` lets the current drain finish (a drain is
-    never cancelled halfway: its database work runs in a thread), then drains until the journal
-    is empty or ``final_timeout_s`` has passed.
+    traceback; anything else gets the traceback at once. ``stop()`` lets the current drain
+    finish (a drain is never cancelled halfway: its database work runs in a thread), then
+    drains until the journal is empty or ``final_timeout_s`` has passed.
     """
 
     def __init__(

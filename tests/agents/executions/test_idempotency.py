@@ -165,6 +165,13 @@ async def test_many_resends_after_the_process_died_all_get_the_same_answer(
     assert outcomes == [INTERRUPTED_CLAIM] * 20
 
 
+async def _run_key_k(store: MemoryIdempotency, produce: Any) -> Any:
+    """``POST /p`` with body ``{}`` under ``Idempotency-Key: k`` of API key 1."""
+    return await run_idempotently(
+        store=store, header="k", key_id=1, method="POST", path="/p", body=b"{}", produce=produce
+    )
+
+
 async def test_an_interrupted_key_is_a_500_naming_what_happened() -> None:
     store = MemoryIdempotency()
     scoped = f"1:{hashlib.sha256(b'k').hexdigest()}"
@@ -176,15 +183,7 @@ async def test_an_interrupted_key_is_a_500_naming_what_happened() -> None:
         raise AssertionError("an interrupted request must not run again under its key")
 
     with pytest.raises(ApplicationError) as refused:
-        await run_idempotently(
-            store=store,
-            header="k",
-            key_id=1,
-            method="POST",
-            path="/p",
-            body=b"{}",
-            produce=produce,
-        )
+        await _run_key_k(store, produce)
     assert (refused.value.status, refused.value.type) == (500, "execution_interrupted")
     assert "send the request with a new Idempotency-Key" in refused.value.message
 
@@ -196,21 +195,10 @@ async def test_a_duplicate_while_the_first_runs_is_told_when_to_retry() -> None:
         await gate.wait()
         return {"ok": True}
 
-    def call() -> Any:
-        return run_idempotently(
-            store=store,
-            header="k",
-            key_id=1,
-            method="POST",
-            path="/p",
-            body=b"{}",
-            produce=slow,
-        )
-
-    first = asyncio.create_task(call())
+    first = asyncio.create_task(_run_key_k(store, slow))
     await asyncio.sleep(0)
     with pytest.raises(Conflict) as refused:
-        await call()
+        await _run_key_k(store, slow)
     assert (refused.value.status, refused.value.retry_after) == (409, IN_PROGRESS_RETRY_AFTER_S)
     gate.set()
     assert await first == {"ok": True}
